@@ -1,0 +1,16 @@
+#pragma once
+// Causal multi-head attention core: o = softmax(q·kᵀ/√d_h + causal mask)·v, per (batch, head).
+// Layout [B, T, H, d_h] for q, k, v, o (what x·Wᵀ gives after viewing [B, T, D] as heads).
+#include "kernels/dispatch.h"
+
+namespace engram::kernels {
+namespace cpu {
+// out written; lse [B, H, T] written: log-sum-exp of each row of scaled, masked scores.
+void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, Tensor& lse);
+// dq, dk, dv written.
+void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                        const Tensor& lse, Tensor& dq, Tensor& dk, Tensor& dv);
+}  // namespace cpu
+EG_KERNEL(attention_forward)
+EG_KERNEL(attention_backward)
+}  // namespace engram::kernels

@@ -1,0 +1,82 @@
+// Small elementwise and reduction kernels on the CPU.
+#include "kernels/elementwise.h"
+
+#include <cmath>
+#include <vector>
+
+namespace engram::kernels::cpu {
+
+namespace {
+
+float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
+
+void check_same_numel(const Tensor& a, const Tensor& b, const char* what) {
+  EG_ASSERT(a.numel() == b.numel(), what, ": ", shape_str(a.shape()), " and ", shape_str(b.shape()),
+            " differ in size");
+}
+
+}  // namespace
+
+void add_(Tensor& y, const Tensor& x, float alpha) {
+  check_same_numel(y, x, "add_");
+  float* yp = y.data<float>();
+  const float* xp = x.data<float>();
+  for (int64_t i = 0; i < y.numel(); ++i) yp[i] += alpha * xp[i];
+}
+
+void scale_(Tensor& y, float alpha) {
+  float* yp = y.data<float>();
+  for (int64_t i = 0; i < y.numel(); ++i) yp[i] *= alpha;
+}
+
+void silu_forward(const Tensor& x, Tensor& y) {
+  check_same_numel(x, y, "silu_forward");
+  const float* xp = x.data<float>();
+  float* yp = y.data<float>();
+  for (int64_t i = 0; i < x.numel(); ++i) yp[i] = xp[i] * sigmoid(xp[i]);
+}
+
+void silu_backward(const Tensor& dy, const Tensor& x, Tensor& dx) {
+  check_same_numel(dy, x, "silu_backward");
+  check_same_numel(dx, x, "silu_backward");
+  const float* dyp = dy.data<float>();
+  const float* xp = x.data<float>();
+  float* dxp = dx.data<float>();
+  for (int64_t i = 0; i < x.numel(); ++i) {
+    // d/dx [x·s(x)] = s(x) + x·s(x)·(1 − s(x)) = s(x)·(1 + x·(1 − s(x)))
+    const float s = sigmoid(xp[i]);
+    dxp[i] = dyp[i] * s * (1.0f + xp[i] * (1.0f - s));
+  }
+}
+
+void add_bias_rows(Tensor& y, const Tensor& bias) {
+  const int64_t cols = y.cols();
+  EG_ASSERT(bias.numel() == cols, "add_bias_rows: bias ", shape_str(bias.shape()), " for rows of ",
+            shape_str(y.shape()));
+  float* yp = y.data<float>();
+  const float* bp = bias.data<float>();
+  for (int64_t r = 0; r < y.rows(); ++r)
+    for (int64_t c = 0; c < cols; ++c) yp[r * cols + c] += bp[c];
+}
+
+void bias_grad(const Tensor& dy, Tensor& dbias) {
+  const int64_t cols = dy.cols();
+  EG_ASSERT(dbias.numel() == cols, "bias_grad: dbias ", shape_str(dbias.shape()), " for rows of ",
+            shape_str(dy.shape()));
+  // Column sums in double: many rows (tokens) feed each entry.
+  std::vector<double> sums(static_cast<size_t>(cols), 0.0);
+  const float* dyp = dy.data<float>();
+  for (int64_t r = 0; r < dy.rows(); ++r)
+    for (int64_t c = 0; c < cols; ++c) sums[c] += dyp[r * cols + c];
+  float* dbp = dbias.data<float>();
+  for (int64_t c = 0; c < cols; ++c) dbp[c] += static_cast<float>(sums[c]);
+}
+
+double sum_squares(const Tensor& x) {
+  const float* xp = x.data<float>();
+  double sum = 0.0;
+  for (int64_t i = 0; i < x.numel(); ++i) sum += static_cast<double>(xp[i]) * xp[i];
+  return sum;
+}
+
+}  // namespace engram::kernels::cpu

@@ -1,0 +1,65 @@
+// RMSNorm over the last dimension on the CPU.
+// The mean of squares and the backward's row dot product are accumulated in double (rows are the
+// model width, up to thousands of terms), then rstd is rounded to float once and saved; the backward
+// uses that saved float rstd, so it is the exact derivative of the forward as computed.
+#include "kernels/rmsnorm.h"
+
+#include <cmath>
+#include <vector>
+
+namespace engram::kernels::cpu {
+
+void rmsnorm_forward(const Tensor& x, const Tensor& g, float eps, Tensor& y, Tensor& rstd) {
+  const int64_t rows = x.rows(), dim = x.cols();
+  check_shape(g, {dim}, "rmsnorm_forward g");
+  check_shape(y, x.shape(), "rmsnorm_forward y");
+  EG_ASSERT(rstd.numel() == rows, "rmsnorm_forward: rstd ", shape_str(rstd.shape()), " for ", rows, " rows");
+  const float* xp = x.data<float>();
+  const float* gp = g.data<float>();
+  float* yp = y.data<float>();
+  float* rp = rstd.data<float>();
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = xp + r * dim;
+    double sum_sq = 0.0;
+    for (int64_t j = 0; j < dim; ++j) sum_sq += static_cast<double>(xr[j]) * xr[j];
+    const float rs = static_cast<float>(1.0 / std::sqrt(sum_sq / static_cast<double>(dim) + eps));
+    rp[r] = rs;
+    float* yr = yp + r * dim;
+    for (int64_t j = 0; j < dim; ++j) yr[j] = xr[j] * rs * gp[j];
+  }
+}
+
+void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& g, const Tensor& rstd, Tensor& dx,
+                      Tensor& dg) {
+  const int64_t rows = x.rows(), dim = x.cols();
+  check_shape(dy, x.shape(), "rmsnorm_backward dy");
+  check_shape(dx, x.shape(), "rmsnorm_backward dx");
+  check_shape(g, {dim}, "rmsnorm_backward g");
+  check_shape(dg, {dim}, "rmsnorm_backward dg");
+  EG_ASSERT(rstd.numel() == rows, "rmsnorm_backward: rstd ", shape_str(rstd.shape()), " for ", rows, " rows");
+  const float* dyp = dy.data<float>();
+  const float* xp = x.data<float>();
+  const float* gp = g.data<float>();
+  const float* rp = rstd.data<float>();
+  float* dxp = dx.data<float>();
+  std::vector<double> dg_sum(static_cast<size_t>(dim), 0.0);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* dyr = dyp + r * dim;
+    const float* xr = xp + r * dim;
+    const double rs = rp[r];
+    // y_j = x_j·rs·g_j with rs = (Σx²/D + eps)^(−1/2), so ∂rs/∂x_k = −rs³·x_k/D and
+    // dx_k = rs·g_k·dy_k − rs³·x_k/D · Σ_j dy_j·g_j·x_j.
+    double dot = 0.0;
+    for (int64_t j = 0; j < dim; ++j) dot += static_cast<double>(dyr[j]) * gp[j] * xr[j];
+    const double coef = rs * rs * rs * dot / static_cast<double>(dim);
+    float* dxr = dxp + r * dim;
+    for (int64_t j = 0; j < dim; ++j) {
+      dg_sum[j] += static_cast<double>(dyr[j]) * xr[j] * rs;
+      dxr[j] = static_cast<float>(rs * gp[j] * dyr[j] - coef * xr[j]);
+    }
+  }
+  float* dgp = dg.data<float>();
+  for (int64_t j = 0; j < dim; ++j) dgp[j] += static_cast<float>(dg_sum[j]);
+}
+
+}  // namespace engram::kernels::cpu

@@ -1,0 +1,60 @@
+// Rotary position embedding on the CPU (rotate-half convention, MODEL.md §2).
+#include "kernels/rope.h"
+
+#include <cmath>
+
+namespace engram::kernels {
+
+RopeTables make_rope_tables(int64_t seq_len, int64_t head_dim, double theta) {
+  EG_CHECK(head_dim > 0 && head_dim % 2 == 0, "rope: head_dim must be positive and even, got ", head_dim);
+  EG_CHECK(seq_len >= 0, "rope: seq_len must be non-negative, got ", seq_len);
+  EG_CHECK(theta > 0.0, "rope: rope_theta must be positive, got ", theta);
+  const int64_t half = head_dim / 2;
+  RopeTables tables{Tensor::empty({seq_len, half}), Tensor::empty({seq_len, half})};
+  float* cos_p = tables.cos.data<float>();
+  float* sin_p = tables.sin.data<float>();
+  for (int64_t i = 0; i < half; ++i) {
+    const double freq = std::pow(theta, -2.0 * static_cast<double>(i) / static_cast<double>(head_dim));
+    for (int64_t pos = 0; pos < seq_len; ++pos) {
+      const double angle = static_cast<double>(pos) * freq;
+      cos_p[pos * half + i] = static_cast<float>(std::cos(angle));
+      sin_p[pos * half + i] = static_cast<float>(std::sin(angle));
+    }
+  }
+  return tables;
+}
+
+namespace cpu {
+
+// Tables may be longer than the sequence (made once for the longest one): rows 0..T−1 are used.
+void rope_apply(Tensor& x, const Tensor& cos, const Tensor& sin, bool inverse) {
+  EG_ASSERT(x.ndim() == 4, "rope_apply: x must be [B, T, H, d_h], got ", shape_str(x.shape()));
+  const int64_t batch = x.dim(0), seq = x.dim(1), heads = x.dim(2), head_dim = x.dim(3);
+  const int64_t half = head_dim / 2;
+  EG_ASSERT(head_dim % 2 == 0, "rope_apply: odd head_dim in ", shape_str(x.shape()));
+  EG_ASSERT(cos.ndim() == 2 && cos.dim(0) >= seq && cos.dim(1) == half && sin.shape() == cos.shape(),
+            "rope_apply: tables cos ", shape_str(cos.shape()), ", sin ", shape_str(sin.shape()), " for x ",
+            shape_str(x.shape()));
+  const float* cos_p = cos.data<float>();
+  const float* sin_p = sin.data<float>();
+  const float sign = inverse ? -1.0f : 1.0f;  // rotating by −angle: cos unchanged, sin negated
+  float* xp = x.data<float>();
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int64_t t = 0; t < seq; ++t) {
+      const float* c = cos_p + t * half;
+      const float* s = sin_p + t * half;
+      for (int64_t h = 0; h < heads; ++h) {
+        float* lo = xp + ((b * seq + t) * heads + h) * head_dim;
+        float* hi = lo + half;
+        for (int64_t i = 0; i < half; ++i) {
+          const float a = lo[i], z = hi[i], sn = sign * s[i];
+          lo[i] = a * c[i] - z * sn;
+          hi[i] = a * sn + z * c[i];
+        }
+      }
+    }
+  }
+}
+
+}  // namespace cpu
+}  // namespace engram::kernels

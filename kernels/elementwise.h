@@ -1,0 +1,22 @@
+#pragma once
+// Small elementwise and reduction kernels (F32). Outputs written unless said "accumulated".
+#include "kernels/dispatch.h"
+
+namespace engram::kernels {
+namespace cpu {
+void add_(Tensor& y, const Tensor& x, float alpha = 1.0f);   // y += alpha·x (same numel)
+void scale_(Tensor& y, float alpha);                         // y *= alpha
+void silu_forward(const Tensor& x, Tensor& y);                // y = x·sigmoid(x)
+void silu_backward(const Tensor& dy, const Tensor& x, Tensor& dx);  // dx = dy·silu'(x)
+void add_bias_rows(Tensor& y, const Tensor& bias);           // y[r, :] += bias, y [N, C], bias [C]
+void bias_grad(const Tensor& dy, Tensor& dbias);             // dbias += Σ_r dy[r, :] (accumulated)
+double sum_squares(const Tensor& x);                          // Σ x², accumulated in double in index order
+}  // namespace cpu
+EG_KERNEL(add_)
+EG_KERNEL(scale_)
+EG_KERNEL(silu_forward)
+EG_KERNEL(silu_backward)
+EG_KERNEL(add_bias_rows)
+EG_KERNEL(bias_grad)
+EG_KERNEL(sum_squares)
+}  // namespace engram::kernels

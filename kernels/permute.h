@@ -1,0 +1,28 @@
+#pragma once
+// Token permutation for experts. An assignment is a (token t, slot k) pair, flat index a = t·K + k.
+// Sorting assignments by (expert, t, k) gives contiguous per-expert row blocks; the rows are
+// gathered with embedding_gather(x, sorted_token) and scattered back with the kernels below.
+#include <vector>
+
+#include "kernels/dispatch.h"
+
+namespace engram::kernels {
+
+struct ExpertSort {
+  Tensor sorted_token;           // i32 [N·K]: token of the assignment at each sorted position
+  Tensor position;               // i32 [N·K]: sorted position of each flat assignment a = t·K + k
+  std::vector<int64_t> offsets;  // E + 1 (host): expert e owns sorted rows [offsets[e], offsets[e+1])
+};
+
+namespace cpu {
+ExpertSort sort_by_expert(const Tensor& topk_idx, int n_experts);  // topk_idx i32 [N, K]
+// y[t] = Σ_k topk_w[t,k] · expert_out[position[t·K+k]], summed in k order. y [N, D] written.
+void combine_expert_outputs(const Tensor& expert_out, const Tensor& position, const Tensor& topk_w, Tensor& y);
+// d_expert_out[position[a]] = w[a]·dy[t]; d_topk_w[t,k] = <dy[t], expert_out[position[a]]>. Both written.
+void combine_expert_outputs_backward(const Tensor& dy, const Tensor& expert_out, const Tensor& position,
+                                     const Tensor& topk_w, Tensor& d_expert_out, Tensor& d_topk_w);
+}  // namespace cpu
+EG_KERNEL(sort_by_expert)
+EG_KERNEL(combine_expert_outputs)
+EG_KERNEL(combine_expert_outputs_backward)
+}  // namespace engram::kernels

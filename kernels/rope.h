@@ -1,0 +1,19 @@
+#pragma once
+// Rotary position embedding, rotate-half convention (MODEL.md §2). The cos/sin tables are made
+// on the host in double precision and rounded once, so every backend rotates by the same floats.
+#include "kernels/dispatch.h"
+
+namespace engram::kernels {
+
+struct RopeTables {
+  Tensor cos;  // [T, d_h/2]: cos(pos · θ^(−2i/d_h))
+  Tensor sin;  // [T, d_h/2]
+};
+RopeTables make_rope_tables(int64_t seq_len, int64_t head_dim, double theta);
+
+namespace cpu {
+// x: [B, T, H, d_h], rotated in place. inverse = rotate by −angle (the backward of the forward).
+void rope_apply(Tensor& x, const Tensor& cos, const Tensor& sin, bool inverse);
+}  // namespace cpu
+EG_KERNEL(rope_apply)
+}  // namespace engram::kernels

@@ -1,0 +1,12 @@
+#pragma once
+// SwiGLU activation: out = silu(gate) ⊙ up (the product inside W_2(silu(W_1 x) ⊙ W_3 x)).
+#include "kernels/dispatch.h"
+
+namespace engram::kernels {
+namespace cpu {
+void swiglu_forward(const Tensor& gate, const Tensor& up, Tensor& out);  // all [N, F], out written
+void swiglu_backward(const Tensor& dout, const Tensor& gate, const Tensor& up, Tensor& dgate, Tensor& dup);
+}  // namespace cpu
+EG_KERNEL(swiglu_forward)
+EG_KERNEL(swiglu_backward)
+}  // namespace engram::kernels

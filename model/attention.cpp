@@ -1,0 +1,92 @@
+#include "model/attention.h"
+
+#include <cmath>
+#include <string>
+
+#include "kernels/attention.h"
+#include "kernels/gemm.h"
+
+namespace engram {
+
+namespace {
+
+Parameter& add_projection(ParameterRegistry& params, int layer, const char* name, int64_t d_model,
+                          double std) {
+  return params.add("layers." + std::to_string(layer) + ".attn." + name + ".weight", {d_model, d_model},
+                    OptimGroup::Decay, {InitKind::Normal, std});
+}
+
+}  // namespace
+
+Attention::Attention(const ModelConfig& cfg, int layer, ParameterRegistry& params)
+    : n_heads_(cfg.n_heads()),
+      head_dim_(head_dim(cfg)),
+      rope_theta_(cfg.rope_theta()),
+      wq_(add_projection(params, layer, "wq", cfg.d_model(), cfg.init_std())),
+      wk_(add_projection(params, layer, "wk", cfg.d_model(), cfg.init_std())),
+      wv_(add_projection(params, layer, "wv", cfg.d_model(), cfg.init_std())),
+      wo_(add_projection(params, layer, "wo", cfg.d_model(),
+                         cfg.init_std() / std::sqrt(2.0 * cfg.n_layers()))) {}
+
+const kernels::RopeTables& Attention::rope_tables(int64_t seq_len) {
+  if (!rope_.cos.defined() || rope_.cos.dim(0) < seq_len)
+    rope_ = kernels::make_rope_tables(seq_len, head_dim_, rope_theta_);
+  return rope_;
+}
+
+Tensor Attention::forward(const Tensor& x) {
+  EG_ASSERT(x.ndim() == 3, "attention input must be [B, T, D], got ", shape_str(x.shape()));
+  const int64_t batch = x.dim(0), seq = x.dim(1);
+  const Shape heads_shape{batch, seq, n_heads_, head_dim_};
+  const kernels::RopeTables& rope = rope_tables(seq);
+  x_ = x;
+  q_ = Tensor::empty(x.shape(), DType::F32, x.device());
+  k_ = Tensor::empty(x.shape(), DType::F32, x.device());
+  v_ = Tensor::empty(x.shape(), DType::F32, x.device());
+  kernels::gemm(x, false, wq_.value, true, q_);
+  kernels::gemm(x, false, wk_.value, true, k_);
+  kernels::gemm(x, false, wv_.value, true, v_);
+  q_ = q_.view(heads_shape);
+  k_ = k_.view(heads_shape);
+  v_ = v_.view(heads_shape);
+  kernels::rope_apply(q_, rope.cos, rope.sin, false);
+  kernels::rope_apply(k_, rope.cos, rope.sin, false);
+
+  o_ = Tensor::empty(heads_shape, DType::F32, x.device());
+  lse_ = Tensor::empty({batch, n_heads_, seq}, DType::F32, x.device());
+  kernels::attention_forward(q_, k_, v_, o_, lse_);
+
+  Tensor y = Tensor::empty(x.shape(), DType::F32, x.device());
+  kernels::gemm(o_.view(x.shape()), false, wo_.value, true, y);
+  return y;
+}
+
+Tensor Attention::backward(const Tensor& dy) {
+  const Shape& model_shape = x_.shape();
+  const Tensor o = o_.view(model_shape);
+  kernels::gemm(dy, true, o, false, wo_.grad, 1.0f, 1.0f);
+  Tensor d_o = Tensor::empty(q_.shape(), DType::F32, dy.device());
+  Tensor d_o_rows = d_o.view(model_shape);
+  kernels::gemm(dy, false, wo_.value, false, d_o_rows);
+
+  Tensor dq = Tensor::empty(q_.shape(), DType::F32, dy.device());
+  Tensor dk = Tensor::empty(k_.shape(), DType::F32, dy.device());
+  Tensor dv = Tensor::empty(v_.shape(), DType::F32, dy.device());
+  kernels::attention_backward(d_o, q_, k_, v_, o_, lse_, dq, dk, dv);
+  // RoPE is a rotation per position: its backward rotates the gradient back by the same angle.
+  const kernels::RopeTables& rope = rope_tables(model_shape[1]);
+  kernels::rope_apply(dq, rope.cos, rope.sin, true);
+  kernels::rope_apply(dk, rope.cos, rope.sin, true);
+
+  const Tensor dq_rows = dq.view(model_shape), dk_rows = dk.view(model_shape), dv_rows = dv.view(model_shape);
+  kernels::gemm(dq_rows, true, x_, false, wq_.grad, 1.0f, 1.0f);
+  kernels::gemm(dk_rows, true, x_, false, wk_.grad, 1.0f, 1.0f);
+  kernels::gemm(dv_rows, true, x_, false, wv_.grad, 1.0f, 1.0f);
+  Tensor dx = Tensor::empty(model_shape, DType::F32, dy.device());
+  kernels::gemm(dq_rows, false, wq_.value, false, dx);
+  kernels::gemm(dk_rows, false, wk_.value, false, dx, 1.0f, 1.0f);
+  kernels::gemm(dv_rows, false, wv_.value, false, dx, 1.0f, 1.0f);
+  return dx;
+}
+
+}  // namespace engram

@@ -1,0 +1,36 @@
+#pragma once
+// Causal multi-head self-attention with RoPE (MODEL.md §2), no biases:
+// q, k, v = x·W_{q,k,v}ᵀ split into heads, RoPE on q and k, o = softmax(q·kᵀ/√d_h + mask)·v,
+// out = o·W_oᵀ.
+#include "kernels/rope.h"
+#include "runtime/config/config.h"
+#include "runtime/parameters.h"
+
+namespace engram {
+
+class Attention {
+ public:
+  // Registers layers.{layer}.attn.{wq,wk,wv}.weight [D,D] (Decay, N(0, init_std)) and
+  // layers.{layer}.attn.wo.weight [D,D] (Decay, N(0, init_std/√(2L))).
+  Attention(const ModelConfig& cfg, int layer, ParameterRegistry& params);
+
+  // x [B, T, D] (already normed) -> [B, T, D]; saves what backward needs.
+  Tensor forward(const Tensor& x);
+  // dy [B, T, D] -> dx [B, T, D]; accumulates the four weight gradients.
+  Tensor backward(const Tensor& dy);
+
+ private:
+  // RoPE tables covering at least `seq_len` positions (rebuilt only when a longer sequence comes).
+  const kernels::RopeTables& rope_tables(int64_t seq_len);
+
+  int64_t n_heads_, head_dim_;
+  double rope_theta_;
+  Parameter& wq_;
+  Parameter& wk_;
+  Parameter& wv_;
+  Parameter& wo_;
+  kernels::RopeTables rope_;
+  Tensor x_, q_, k_, v_, o_, lse_;  // q_, k_ after RoPE; all [B, T, H, d_h] except x_ and lse_ [B, H, T]
+};
+
+}  // namespace engram

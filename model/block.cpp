@@ -1,0 +1,64 @@
+#include "model/block.h"
+
+#include <cmath>
+#include <string>
+
+#include "kernels/elementwise.h"
+
+namespace engram {
+
+namespace {
+
+// h + branch as a new tensor: modules keep handles to their inputs for backward, so the residual
+// stream is never updated in place.
+Tensor residual_add(const Tensor& h, const Tensor& branch) {
+  Tensor sum = h.clone();
+  kernels::add_(sum, branch);
+  return sum;
+}
+
+std::string layer_prefix(int layer) { return "layers." + std::to_string(layer); }
+
+}  // namespace
+
+Block::Block(const ModelConfig& cfg, int layer, const EngramLayerHash* engram_hash, int64_t pad_compressed,
+             ParameterRegistry& params)
+    : engram_(engram_hash ? std::make_unique<EngramModule>(cfg, *engram_hash, pad_compressed, params)
+                          : nullptr),
+      attn_norm_(params, layer_prefix(layer) + ".attn_norm.weight", cfg.d_model(), cfg.norm_eps()),
+      attn_(cfg, layer, params),
+      ffn_norm_(params, layer_prefix(layer) + ".ffn_norm.weight", cfg.d_model(), cfg.norm_eps()) {
+  if (layer < cfg.n_dense_layers()) {
+    mlp_ = std::make_unique<SwiGluMlp>(params, layer_prefix(layer) + ".mlp", cfg.d_model(), cfg.d_ff(),
+                                       cfg.init_std(), cfg.init_std() / std::sqrt(2.0 * cfg.n_layers()));
+  } else {
+    moe_ = std::make_unique<MoELayer>(cfg, layer, params);
+  }
+}
+
+Tensor Block::forward(const Tensor& h, const Tensor& ids_c, const LossWeights& w) {
+  const Tensor h_in = engram_ ? residual_add(h, engram_->forward(h, ids_c)) : h;
+  const Tensor h_mid = residual_add(h_in, attn_.forward(attn_norm_.forward(h_in)));
+  // The FFN works on token rows [B·T, D].
+  const Tensor ffn_in = ffn_norm_.forward(h_mid).view({h.rows(), h.cols()});
+  const Tensor ffn_out = mlp_ ? mlp_->forward(ffn_in) : moe_->forward(ffn_in, w);
+  return residual_add(h_mid, ffn_out.view(h.shape()));
+}
+
+Tensor Block::backward(const Tensor& dh) {
+  // Each residual gradient flows both through its branch and straight past it.
+  const Tensor d_rows = dh.view({dh.rows(), dh.cols()});
+  const Tensor d_ffn_in = mlp_ ? mlp_->backward(d_rows) : moe_->backward(d_rows);
+  Tensor dh_mid = ffn_norm_.backward(d_ffn_in.view(dh.shape()));
+  kernels::add_(dh_mid, dh);
+
+  Tensor dh_in = attn_norm_.backward(attn_.backward(dh_mid));
+  kernels::add_(dh_in, dh_mid);
+  if (!engram_) return dh_in;
+
+  Tensor dh_prev = engram_->backward(dh_in);
+  kernels::add_(dh_prev, dh_in);
+  return dh_prev;
+}
+
+}  // namespace engram

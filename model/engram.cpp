@@ -1,0 +1,179 @@
+#include "model/engram.h"
+
+#include "kernels/conv.h"
+#include "kernels/elementwise.h"
+#include "kernels/embedding.h"
+#include "kernels/engram_gate.h"
+#include "kernels/gemm.h"
+#include "kernels/ngram_hash.h"
+
+namespace engram {
+
+namespace {
+
+constexpr float kConvNormEps = 1e-5f;  // MODEL.md §4.3: fixed, not norm_eps
+
+std::string engram_name(int layer, const std::string& leaf) {
+  return "layers." + std::to_string(layer) + ".engram." + leaf;
+}
+
+int64_t heads_total(const config::EngramConfig& g) { return int64_t{g.max_ngram() - 1} * g.heads_per_ngram(); }
+int64_t memory_dim(const config::EngramConfig& g) { return heads_total(g) * g.head_dim(); }
+
+Tensor i64_tensor(const std::vector<int64_t>& values) {
+  return Tensor::from_vector(values, {static_cast<int64_t>(values.size())});
+}
+
+// Mean of a float tensor on any device, summed on the host in double (a [B·T] vector per step).
+double mean_on_host(const Tensor& t) {
+  Tensor host = Tensor::empty(t.shape(), DType::F32, Device::CPU);
+  host.copy_from(t);
+  double sum = 0.0;
+  for (float v : host.to_vector<float>()) sum += v;
+  return t.numel() > 0 ? sum / static_cast<double>(t.numel()) : 0.0;
+}
+
+}  // namespace
+
+std::vector<EngramLayerHash> make_engram_hashing(const ModelConfig& cfg, int64_t vocab_compressed) {
+  const auto& g = cfg.engram();
+  const std::vector<int64_t> table_size(g.table_size().begin(), g.table_size().end());
+  const std::vector<std::vector<int64_t>> primes =
+      kernels::engram_primes(g.layers_size(), g.max_ngram(), g.heads_per_ngram(), table_size);
+  std::vector<EngramLayerHash> plans;
+  for (int i = 0; i < g.layers_size(); ++i) {
+    EngramLayerHash h;
+    h.layer = g.layers(i);
+    h.multipliers = kernels::engram_multipliers(g.seed(), h.layer, vocab_compressed, g.max_ngram());
+    h.primes = primes[i];
+    h.offsets = kernels::prefix_offsets(h.primes);
+    for (int64_t p : h.primes) h.rows += p;
+    plans.push_back(std::move(h));
+  }
+  return plans;
+}
+
+struct EngramModule::Saved {
+  Shape h_shape;    // [B, T, D]
+  Tensor rows;      // i64 [B, T, H_tot]: global table rows of every head
+  Tensor e;         // [N, d_mem] gathered memory (N = B·T)
+  Tensor qn, kn, v; // [N, D]
+  Tensor score, alpha;  // [N]
+  Tensor u;         // [N, D] gated value
+  Tensor r, c;      // [B, T, D] conv input (normed u) and conv output
+};
+
+EngramModule::EngramModule(const ModelConfig& cfg, const EngramLayerHash& hash, int64_t pad_compressed,
+                           ParameterRegistry& params)
+    : cfg_(cfg),
+      hash_(hash),
+      pad_c_(pad_compressed),
+      multipliers_(i64_tensor(std::vector<int64_t>(hash.multipliers.begin(), hash.multipliers.end()))),
+      primes_(i64_tensor(hash.primes)),
+      offsets_(i64_tensor(hash.offsets)),
+      table_(params.add(engram_name(hash.layer, "table"), {hash.rows, cfg.engram().head_dim()},
+                        OptimGroup::SparseTable, {InitKind::Normal, cfg.engram().table_init_std()},
+                        ShardKind::Rows)),
+      wk_(params.add(engram_name(hash.layer, "wk.weight"), {cfg.d_model(), memory_dim(cfg.engram())},
+                     OptimGroup::Decay, {InitKind::Normal, cfg.init_std()})),
+      wv_(params.add(engram_name(hash.layer, "wv.weight"), {cfg.d_model(), memory_dim(cfg.engram())},
+                     OptimGroup::Decay, {InitKind::Normal, cfg.init_std()})),
+      bk_(params.add(engram_name(hash.layer, "wk.bias"), {cfg.d_model()}, OptimGroup::NoDecay, {InitKind::Zeros})),
+      bv_(params.add(engram_name(hash.layer, "wv.bias"), {cfg.d_model()}, OptimGroup::NoDecay, {InitKind::Zeros})),
+      q_norm_(params, engram_name(hash.layer, "q_norm.weight"), cfg.d_model(), cfg.norm_eps()),
+      k_norm_(params, engram_name(hash.layer, "k_norm.weight"), cfg.d_model(), cfg.norm_eps()),
+      conv_norm_(params, engram_name(hash.layer, "conv_norm.weight"), cfg.d_model(), kConvNormEps),
+      conv_(params.add(engram_name(hash.layer, "conv.weight"), {cfg.engram().conv_kernel(), cfg.d_model()},
+                       OptimGroup::NoDecay, {InitKind::Zeros})) {
+  const auto& g = cfg.engram();
+  EG_ASSERT(static_cast<int64_t>(hash.multipliers.size()) == g.max_ngram() &&
+                static_cast<int64_t>(hash.primes.size()) == heads_total(g) &&
+                hash.offsets.size() == hash.primes.size(),
+            "Engram hash plan of layer ", hash.layer, " does not match the config");
+}
+
+Tensor EngramModule::forward(const Tensor& h, const Tensor& ids_c) {
+  const auto& g = cfg_.engram();
+  EG_ASSERT(h.ndim() == 3 && h.dim(2) == cfg_.d_model(), "Engram forward: h must be [B, T, D], got ",
+            h.describe());
+  check_shape(ids_c, {h.dim(0), h.dim(1)}, "Engram forward ids_c");
+  // This module looks rows up in a table it holds whole, so global row ids are local ids; a
+  // row-sharded table needs the distributed lookup instead.
+  EG_ASSERT(table_.shard_begin == 0 && table_.value.dim(0) == hash_.rows, "Engram layer ", hash_.layer,
+            ": the local lookup needs the whole table");
+  const int64_t n = h.dim(0) * h.dim(1), d = cfg_.d_model(), heads = heads_total(g);
+  const Device dev = h.device();
+  auto s = std::make_shared<Saved>();
+  s->h_shape = h.shape();
+
+  // Lookup: the gather order (n ascending, j ascending per token) is exactly the concat of e_t.
+  s->rows = Tensor::empty({h.dim(0), h.dim(1), heads}, DType::I64, dev);
+  kernels::ngram_hash(ids_c, pad_c_, multipliers_, primes_, offsets_, g.max_ngram(), g.heads_per_ngram(), s->rows);
+  s->e = Tensor::empty({n, memory_dim(g)}, DType::F32, dev);
+  kernels::embedding_gather(table_.value, s->rows, s->e);
+
+  Tensor k = Tensor::empty({n, d}, DType::F32, dev);
+  s->v = Tensor::empty({n, d}, DType::F32, dev);
+  kernels::gemm(s->e, false, wk_.value, true, k);
+  kernels::add_bias_rows(k, bk_.value);
+  kernels::gemm(s->e, false, wv_.value, true, s->v);
+  kernels::add_bias_rows(s->v, bv_.value);
+
+  // Gate.
+  s->qn = q_norm_.forward(h.view({n, d}));
+  s->kn = k_norm_.forward(k);
+  s->score = Tensor::empty({n}, DType::F32, dev);
+  s->alpha = Tensor::empty({n}, DType::F32, dev);
+  s->u = Tensor::empty({n, d}, DType::F32, dev);
+  kernels::engram_gate_forward(s->qn, s->kn, s->v, s->score, s->alpha, s->u);
+  gate_mean_ = mean_on_host(s->alpha);
+
+  // Short causal conv: y = u + SiLU(conv(RMSNorm(u))).
+  s->r = conv_norm_.forward(s->u).view(h.shape());
+  s->c = Tensor::empty(h.shape(), DType::F32, dev);
+  kernels::causal_conv_forward(s->r, conv_.value, g.max_ngram(), s->c);
+  Tensor y = Tensor::empty(h.shape(), DType::F32, dev);
+  kernels::silu_forward(s->c, y);
+  kernels::add_(y, s->u);
+  saved_ = std::move(s);
+  return y;
+}
+
+Tensor EngramModule::backward(const Tensor& dy) {
+  EG_ASSERT(saved_ != nullptr, "EngramModule::backward without forward");
+  const Saved& s = *saved_;
+  const auto& g = cfg_.engram();
+  check_shape(dy, s.h_shape, "Engram backward dy");
+  const int64_t n = s.u.rows(), d = cfg_.d_model();
+  const Device dev = dy.device();
+
+  // y = u + SiLU(c): u gets dy directly and through the conv path.
+  Tensor dc = Tensor::empty(s.h_shape, DType::F32, dev);
+  kernels::silu_backward(dy, s.c, dc);
+  Tensor dr = Tensor::empty(s.h_shape, DType::F32, dev);
+  kernels::causal_conv_backward(dc, s.r, conv_.value, g.max_ngram(), dr, conv_.grad);
+  Tensor du = conv_norm_.backward(dr.view({n, d}));
+  kernels::add_(du, dy);
+
+  Tensor dqn = Tensor::empty({n, d}, DType::F32, dev);
+  Tensor dkn = Tensor::empty({n, d}, DType::F32, dev);
+  Tensor dv = Tensor::empty({n, d}, DType::F32, dev);
+  kernels::engram_gate_backward(du, s.qn, s.kn, s.v, s.score, s.alpha, dqn, dkn, dv);
+  Tensor dh = q_norm_.backward(dqn).view(s.h_shape);
+  Tensor dk = k_norm_.backward(dkn);
+
+  // Projections.
+  kernels::bias_grad(dk, bk_.grad);
+  kernels::bias_grad(dv, bv_.grad);
+  kernels::gemm(dk, true, s.e, false, wk_.grad, 1.0f, 1.0f);
+  kernels::gemm(dv, true, s.e, false, wv_.grad, 1.0f, 1.0f);
+  Tensor de = Tensor::empty(s.e.shape(), DType::F32, dev);
+  kernels::gemm(dk, false, wk_.value, false, de);
+  kernels::gemm(dv, false, wv_.value, false, de, 1.0f, 1.0f);
+
+  // Table: one summed gradient per distinct row touched (rows are local: the table is held whole).
+  table_.row_grads.push_back(kernels::reduce_rows(de.view({s.rows.numel(), g.head_dim()}), s.rows));
+  return dh;
+}
+
+}  // namespace engram

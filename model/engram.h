@@ -1,0 +1,61 @@
+#pragma once
+// Engram conditional memory (MODEL.md §4): n-gram hashed table lookup, gated fusion with the
+// hidden state, short causal conv. The caller adds the output to the residual stream.
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "model/rmsnorm.h"
+#include "runtime/config/config.h"
+#include "runtime/parameters.h"
+
+namespace engram {
+
+// The hashing constants of one Engram layer (MODEL.md §4.2); stored in checkpoint metadata.
+struct EngramLayerHash {
+  int layer = 0;
+  std::vector<uint64_t> multipliers;  // max_ngram
+  std::vector<int64_t> primes;        // (max_ngram−1)·heads, order (n ascending, j ascending)
+  std::vector<int64_t> offsets;       // exclusive prefix sums of primes
+  int64_t rows = 0;                   // Σ primes = the layer's table rows
+};
+
+// Hash plans of every Engram layer of the model, for a compressed vocabulary of size V'.
+std::vector<EngramLayerHash> make_engram_hashing(const ModelConfig& cfg, int64_t vocab_compressed);
+
+class EngramModule {
+ public:
+  // Registers layers.{l}.engram.table [rows, d_e] (SparseTable, N(0, table_init_std)),
+  // engram.{wk,wv}.weight [D, d_mem] (Decay, N(0, init_std)), engram.{wk,wv}.bias [D] (NoDecay, 0),
+  // engram.{q_norm,k_norm,conv_norm}.weight [D] (NoDecay, 1), engram.conv.weight [w, D] (NoDecay, 0).
+  EngramModule(const ModelConfig& cfg, const EngramLayerHash& hash, int64_t pad_compressed,
+               ParameterRegistry& params);
+
+  // h [B, T, D], ids_c i32 [B, T] compressed token ids -> y [B, T, D] (the branch output
+  // u + SiLU(conv), without the residual). Saves what backward needs.
+  Tensor forward(const Tensor& h, const Tensor& ids_c);
+  // dy [B, T, D] -> dh [B, T, D] (through the query norm); accumulates dense parameter gradients
+  // and appends this micro-batch's table row gradients to the table's Parameter::row_grads.
+  Tensor backward(const Tensor& dy);
+
+  double last_gate_mean() const { return gate_mean_; }  // mean α over the last forward's tokens
+
+ private:
+  struct Saved;
+  const ModelConfig& cfg_;
+  EngramLayerHash hash_;
+  int64_t pad_c_;
+  Tensor multipliers_, primes_, offsets_;  // hash_ as i64 tensors for kernels::ngram_hash
+  // Registration order = MODEL.md §7 order.
+  Parameter& table_;
+  Parameter& wk_;
+  Parameter& wv_;
+  Parameter& bk_;
+  Parameter& bv_;
+  RMSNormModule q_norm_, k_norm_, conv_norm_;
+  Parameter& conv_;
+  std::shared_ptr<Saved> saved_;
+  double gate_mean_ = 0.0;
+};
+
+}  // namespace engram

@@ -1,0 +1,46 @@
+#include "model/mlp.h"
+
+#include "kernels/gemm.h"
+#include "kernels/swiglu.h"
+
+namespace engram {
+
+SwiGluMlp::SwiGluMlp(ParameterRegistry& params, const std::string& prefix, int64_t d_model, int64_t d_ff,
+                     double in_std, double out_std)
+    : w1_(params.add(prefix + ".w1.weight", {d_ff, d_model}, OptimGroup::Decay, {InitKind::Normal, in_std})),
+      w3_(params.add(prefix + ".w3.weight", {d_ff, d_model}, OptimGroup::Decay, {InitKind::Normal, in_std})),
+      w2_(params.add(prefix + ".w2.weight", {d_model, d_ff}, OptimGroup::Decay, {InitKind::Normal, out_std})) {}
+
+Tensor SwiGluMlp::forward(const Tensor& x) {
+  const int64_t n = x.rows(), d_ff = w1_.value.dim(0);
+  x_ = x;
+  gate_ = Tensor::empty({n, d_ff}, DType::F32, x.device());
+  up_ = Tensor::empty({n, d_ff}, DType::F32, x.device());
+  act_ = Tensor::empty({n, d_ff}, DType::F32, x.device());
+  kernels::gemm(x, false, w1_.value, true, gate_);
+  kernels::gemm(x, false, w3_.value, true, up_);
+  kernels::swiglu_forward(gate_, up_, act_);
+  Tensor y = Tensor::empty(x.shape(), DType::F32, x.device());
+  kernels::gemm(act_, false, w2_.value, true, y);
+  return y;
+}
+
+Tensor SwiGluMlp::backward(const Tensor& dy) {
+  const Shape& hidden = gate_.shape();
+  Tensor dact = Tensor::empty(hidden, DType::F32, dy.device());
+  kernels::gemm(dy, false, w2_.value, false, dact);
+  kernels::gemm(dy, true, act_, false, w2_.grad, 1.0f, 1.0f);
+
+  Tensor dgate = Tensor::empty(hidden, DType::F32, dy.device());
+  Tensor dup = Tensor::empty(hidden, DType::F32, dy.device());
+  kernels::swiglu_backward(dact, gate_, up_, dgate, dup);
+  kernels::gemm(dgate, true, x_, false, w1_.grad, 1.0f, 1.0f);
+  kernels::gemm(dup, true, x_, false, w3_.grad, 1.0f, 1.0f);
+
+  Tensor dx = Tensor::empty(x_.shape(), DType::F32, dy.device());
+  kernels::gemm(dgate, false, w1_.value, false, dx);
+  kernels::gemm(dup, false, w3_.value, false, dx, 1.0f, 1.0f);
+  return dx;
+}
+
+}  // namespace engram

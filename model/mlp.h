@@ -1,0 +1,27 @@
+#pragma once
+// SwiGLU MLP (MODEL.md §2): y = W_2 (silu(W_1 x) ⊙ W_3 x). Used for dense layers
+// ("layers.{l}.mlp") and shared experts ("layers.{l}.moe.shared").
+#include <string>
+
+#include "runtime/parameters.h"
+
+namespace engram {
+
+class SwiGluMlp {
+ public:
+  // Registers <prefix>.w1.weight [F,D], <prefix>.w3.weight [F,D] (init N(0, in_std)) and
+  // <prefix>.w2.weight [D,F] (init N(0, out_std)), all in the Decay group.
+  SwiGluMlp(ParameterRegistry& params, const std::string& prefix, int64_t d_model, int64_t d_ff, double in_std,
+            double out_std);
+
+  Tensor forward(const Tensor& x);    // x [N, D] -> [N, D]; saves activations
+  Tensor backward(const Tensor& dy);  // -> dx [N, D]; accumulates weight gradients
+
+ private:
+  Parameter& w1_;
+  Parameter& w3_;
+  Parameter& w2_;
+  Tensor x_, gate_, up_, act_;
+};
+
+}  // namespace engram

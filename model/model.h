@@ -1,0 +1,72 @@
+#pragma once
+// The whole language model (MODEL.md §2): token embeddings, L blocks, final RMSNorm, LM head and
+// the cross-entropy loss, with an explicit backward through all of it.
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "model/block.h"
+#include "model/engram.h"
+#include "model/loss_weights.h"
+#include "model/moe.h"
+#include "model/rmsnorm.h"
+#include "runtime/config/config.h"
+#include "runtime/parameters.h"
+
+namespace engram {
+
+// One micro-batch: raw token ids and next-token targets, both i32 [B, T].
+struct Batch {
+  Tensor inputs, targets;
+};
+
+struct ForwardStats {
+  double ce_sum = 0.0;  // Σ cross-entropy over the micro-batch's targets (not normalized)
+  int64_t n_targets = 0;
+  double aux_loss = 0.0;  // Σ over MoE layers of the weighted auxiliary loss (its share of the objective)
+  double z_loss = 0.0;    // Σ over MoE layers of the weighted router z-loss
+  std::vector<std::vector<int64_t>> expert_load;  // per MoE layer: (token, k) assignments per expert
+  std::vector<double> engram_gate_mean;           // per Engram layer: mean gate α
+};
+
+class Model {
+ public:
+  // `compress` maps raw ids [0, V) to compressed ids [0, V') (MODEL.md §4.1); empty = identity.
+  // Registers every parameter (MODEL.md §7 names) and initializes them from cfg.seed().
+  explicit Model(const ModelConfig& cfg, std::vector<int32_t> compress = {});
+  Model(const Model&) = delete;  // modules hold references into the model
+  Model& operator=(const Model&) = delete;
+
+  // Forward and backward of one micro-batch: accumulates parameter gradients of
+  // per_token · Σ CE + (weighted MoE aux and z-loss terms), the micro-batch's share of the objective.
+  ForwardStats forward_backward(const Batch& batch, const LossWeights& w);
+  // Evaluation: the loss terms of one micro-batch (aux and z-loss weighted as a batch of its own),
+  // no gradients and no backward possible (modules still hold their last activations until the next
+  // forward: they have no inference mode yet).
+  ForwardStats forward(const Batch& batch);
+
+  ParameterRegistry& params() { return params_; }
+  const ParameterRegistry& params() const { return params_; }
+  const ModelConfig& config() const { return cfg_; }
+  const std::vector<EngramLayerHash>& engram_hashing() const { return hashing_; }
+  int64_t vocab_compressed() const { return vocab_compressed_; }
+  std::vector<MoELayer*> moe_layers();
+
+ private:
+  struct Activations;  // what the head's backward needs from one forward
+  Activations forward_to_logits(const Batch& batch, const LossWeights& w);
+  ForwardStats collect_stats(const Tensor& losses);  // losses [B·T], of the last forward
+  std::vector<std::unique_ptr<Block>> make_blocks();
+
+  ModelConfig cfg_;
+  Tensor compress_;  // i32 [V]
+  int64_t vocab_compressed_;
+  std::vector<EngramLayerHash> hashing_;
+  ParameterRegistry params_;
+  Parameter& tok_embeddings_;
+  std::vector<std::unique_ptr<Block>> blocks_;
+  RMSNormModule final_norm_;
+  Parameter& output_;  // output.weight, or tok_embeddings.weight when tied
+};
+
+}  // namespace engram

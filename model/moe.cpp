@@ -1,0 +1,165 @@
+#include "model/moe.h"
+
+#include <cmath>
+
+#include "kernels/elementwise.h"
+#include "kernels/embedding.h"
+#include "kernels/gemm.h"
+#include "kernels/permute.h"
+#include "kernels/router.h"
+#include "kernels/swiglu.h"
+
+namespace engram {
+
+namespace {
+
+std::string moe_name(int layer, const std::string& leaf) {
+  return "layers." + std::to_string(layer) + ".moe." + leaf;
+}
+
+kernels::ScoreFunc score_func(const config::MoeConfig& moe) {
+  return moe.score_func() == config::SOFTMAX ? kernels::ScoreFunc::Softmax : kernels::ScoreFunc::Sigmoid;
+}
+
+// Output projections are scaled down with depth (MODEL.md §5).
+double output_std(const ModelConfig& cfg) { return cfg.init_std() / std::sqrt(2.0 * cfg.n_layers()); }
+
+}  // namespace
+
+struct MoELayer::Saved {
+  Tensor x;                    // [N, D]
+  Tensor logits, scores;       // [N, E]
+  Tensor topk_idx, topk_w;     // [N, K]
+  kernels::ExpertSort sort;
+  Tensor x_sorted;             // [N·K, D]: x of each assignment, grouped by expert
+  Tensor gate, up, act;        // [N·K, F_e]
+  Tensor expert_out;           // [N·K, D]
+  Tensor aux_dscores;          // [N, E] weighted aux-loss gradient (undefined when α = 0)
+  Tensor z_dlogits;            // [N, E] weighted z-loss gradient (undefined when β = 0)
+};
+
+MoELayer::MoELayer(const ModelConfig& cfg, int layer, ParameterRegistry& params)
+    : cfg_(cfg),
+      router_(params.add(moe_name(layer, "router.weight"), {cfg.moe().n_routed_experts(), cfg.d_model()},
+                         OptimGroup::Decay, {InitKind::Normal, cfg.init_std()})),
+      bias_(params.add(moe_name(layer, "router.bias"), {cfg.moe().n_routed_experts()}, OptimGroup::NotTrained,
+                       {InitKind::Zeros})),
+      w1_(params.add(moe_name(layer, "experts.w1"),
+                     {cfg.moe().n_routed_experts(), cfg.moe().expert_d_ff(), cfg.d_model()}, OptimGroup::Decay,
+                     {InitKind::Normal, cfg.init_std()})),
+      w3_(params.add(moe_name(layer, "experts.w3"),
+                     {cfg.moe().n_routed_experts(), cfg.moe().expert_d_ff(), cfg.d_model()}, OptimGroup::Decay,
+                     {InitKind::Normal, cfg.init_std()})),
+      w2_(params.add(moe_name(layer, "experts.w2"),
+                     {cfg.moe().n_routed_experts(), cfg.d_model(), cfg.moe().expert_d_ff()}, OptimGroup::Decay,
+                     {InitKind::Normal, output_std(cfg)})) {
+  const int shared = cfg.moe().n_shared_experts();
+  if (shared > 0)
+    shared_ = std::make_unique<SwiGluMlp>(params, moe_name(layer, "shared"), cfg.d_model(),
+                                          int64_t{shared} * cfg.moe().expert_d_ff(), cfg.init_std(),
+                                          output_std(cfg));
+}
+
+Tensor MoELayer::forward(const Tensor& x_in, const LossWeights& weights) {
+  const auto& moe = cfg_.moe();
+  const int64_t n = x_in.rows(), d = cfg_.d_model(), n_experts = moe.n_routed_experts(), k = moe.top_k();
+  const int64_t d_ff = moe.expert_d_ff();
+  const Device dev = x_in.device();
+  EG_ASSERT(x_in.cols() == d, "MoE forward: x ", x_in.describe(), " must have d_model = ", d, " columns");
+  auto s = std::make_shared<Saved>();
+  s->x = x_in.view({n, d});
+
+  // Routing.
+  s->logits = Tensor::empty({n, n_experts}, DType::F32, dev);
+  s->scores = Tensor::empty({n, n_experts}, DType::F32, dev);
+  s->topk_idx = Tensor::empty({n, k}, DType::I32, dev);
+  s->topk_w = Tensor::empty({n, k}, DType::F32, dev);
+  kernels::gemm(s->x, false, router_.value, true, s->logits);
+  kernels::router_scores(s->logits, score_func(moe), s->scores);
+  kernels::topk_select(s->scores, bias_.value, static_cast<int>(k), moe.normalize_topk(), moe.routed_scale(),
+                       s->topk_idx, s->topk_w);
+  s->sort = kernels::sort_by_expert(s->topk_idx, static_cast<int>(n_experts));
+  load_.assign(n_experts, 0);
+  for (int64_t e = 0; e < n_experts; ++e) load_[e] = s->sort.offsets[e + 1] - s->sort.offsets[e];
+
+  // Routed experts on the assignments grouped by expert (empty groups are skipped by the kernels).
+  s->x_sorted = Tensor::empty({n * k, d}, DType::F32, dev);
+  kernels::embedding_gather(s->x, s->sort.sorted_token, s->x_sorted);
+  s->gate = Tensor::empty({n * k, d_ff}, DType::F32, dev);
+  s->up = Tensor::empty({n * k, d_ff}, DType::F32, dev);
+  s->act = Tensor::empty({n * k, d_ff}, DType::F32, dev);
+  s->expert_out = Tensor::empty({n * k, d}, DType::F32, dev);
+  kernels::grouped_gemm(s->x_sorted, w1_.value, true, s->gate, s->sort.offsets);
+  kernels::grouped_gemm(s->x_sorted, w3_.value, true, s->up, s->sort.offsets);
+  kernels::swiglu_forward(s->gate, s->up, s->act);
+  kernels::grouped_gemm(s->act, w2_.value, true, s->expert_out, s->sort.offsets);
+
+  Tensor y = Tensor::empty(x_in.shape(), DType::F32, dev);
+  Tensor y_flat = y.view({n, d});
+  kernels::combine_expert_outputs(s->expert_out, s->sort.position, s->topk_w, y_flat);
+  if (shared_) kernels::add_(y_flat, shared_->forward(s->x));
+
+  // Auxiliary terms: their gradients do not depend on dy, so they are computed here and added in backward.
+  aux_loss_ = 0.0;
+  if (moe.aux_loss_coeff() > 0) {
+    const float scale = moe.aux_loss_coeff() * static_cast<float>(n_experts) * weights.per_micro_batch;
+    s->aux_dscores = Tensor::zeros({n, n_experts}, DType::F32, dev);
+    aux_loss_ = scale * kernels::moe_aux_loss(s->scores, s->topk_idx, scale, s->aux_dscores);
+  }
+  z_loss_ = 0.0;
+  if (moe.z_loss_coeff() > 0) {
+    const float scale = moe.z_loss_coeff() * weights.per_token;
+    s->z_dlogits = Tensor::zeros({n, n_experts}, DType::F32, dev);
+    z_loss_ = scale * kernels::router_z_loss(s->logits, scale, s->z_dlogits);
+  }
+  saved_ = std::move(s);
+  return y;
+}
+
+Tensor MoELayer::backward(const Tensor& dy_in) {
+  EG_ASSERT(saved_ != nullptr, "MoELayer::backward without forward");
+  const Saved& s = *saved_;
+  const auto& moe = cfg_.moe();
+  const int64_t n = s.x.rows(), d = s.x.cols(), n_experts = moe.n_routed_experts();
+  const Device dev = dy_in.device();
+  const Tensor dy = dy_in.view({n, d});
+
+  // Combine: gradients of the expert outputs and of the routing weights.
+  Tensor d_expert_out = Tensor::empty(s.expert_out.shape(), DType::F32, dev);
+  Tensor d_topk_w = Tensor::empty(s.topk_w.shape(), DType::F32, dev);
+  kernels::combine_expert_outputs_backward(dy, s.expert_out, s.sort.position, s.topk_w, d_expert_out, d_topk_w);
+
+  // Routed experts, in reverse.
+  Tensor dact = Tensor::empty(s.act.shape(), DType::F32, dev);
+  kernels::grouped_gemm(d_expert_out, w2_.value, false, dact, s.sort.offsets);
+  kernels::grouped_gemm_wgrad(d_expert_out, s.act, w2_.grad, s.sort.offsets);
+  Tensor dgate = Tensor::empty(s.gate.shape(), DType::F32, dev);
+  Tensor dup = Tensor::empty(s.up.shape(), DType::F32, dev);
+  kernels::swiglu_backward(dact, s.gate, s.up, dgate, dup);
+  kernels::grouped_gemm_wgrad(dgate, s.x_sorted, w1_.grad, s.sort.offsets);
+  kernels::grouped_gemm_wgrad(dup, s.x_sorted, w3_.grad, s.sort.offsets);
+  Tensor dx_sorted = Tensor::empty(s.x_sorted.shape(), DType::F32, dev);
+  Tensor dx_sorted_up = Tensor::empty(s.x_sorted.shape(), DType::F32, dev);
+  kernels::grouped_gemm(dgate, w1_.value, false, dx_sorted, s.sort.offsets);
+  kernels::grouped_gemm(dup, w3_.value, false, dx_sorted_up, s.sort.offsets);
+  kernels::add_(dx_sorted, dx_sorted_up);
+
+  Tensor dx = Tensor::zeros(dy_in.shape(), DType::F32, dev);
+  Tensor dx_flat = dx.view({n, d});
+  kernels::embedding_scatter_add(dx_sorted, s.sort.sorted_token, dx_flat);
+  if (shared_) kernels::add_(dx_flat, shared_->backward(dy));
+
+  // Router: through the selected weights (the selection itself has no gradient), plus the aux terms.
+  Tensor dscores = s.aux_dscores.defined() ? s.aux_dscores.clone()
+                                           : Tensor::zeros({n, n_experts}, DType::F32, dev);
+  kernels::topk_weights_backward(d_topk_w, s.scores, s.topk_idx, moe.normalize_topk(), moe.routed_scale(),
+                                 dscores);
+  Tensor dlogits = Tensor::empty({n, n_experts}, DType::F32, dev);
+  kernels::router_scores_backward(dscores, s.scores, score_func(moe), dlogits);
+  if (s.z_dlogits.defined()) kernels::add_(dlogits, s.z_dlogits);
+  kernels::gemm(dlogits, true, s.x, false, router_.grad, 1.0f, 1.0f);
+  kernels::gemm(dlogits, false, router_.value, false, dx_flat, 1.0f, 1.0f);
+  return dx;
+}
+
+}  // namespace engram

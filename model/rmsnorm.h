@@ -1,0 +1,25 @@
+#pragma once
+// RMSNorm module: a gain vector registered as `<name>` (NoDecay, init 1) around the rmsnorm kernels.
+#include <string>
+
+#include "kernels/rmsnorm.h"
+#include "runtime/parameters.h"
+
+namespace engram {
+
+class RMSNormModule {
+ public:
+  RMSNormModule(ParameterRegistry& params, const std::string& name, int64_t dim, float eps);
+
+  // x [..., D] -> y (same shape), saving x and rstd for backward.
+  Tensor forward(const Tensor& x);
+  // Returns dx; accumulates the gain gradient.
+  Tensor backward(const Tensor& dy);
+
+ private:
+  Parameter& gain_;
+  float eps_;
+  Tensor x_, rstd_;
+};
+
+}  // namespace engram
