@@ -50,6 +50,8 @@ class Model {
   const ModelConfig& config() const { return cfg_; }
   const std::vector<EngramLayerHash>& engram_hashing() const { return hashing_; }
   int64_t vocab_compressed() const { return vocab_compressed_; }
+  // i32 [V]: raw id -> compressed id (MODEL.md §4.1), as checkpoints record it.
+  const Tensor& compress_table() const { return compress_; }
   std::vector<MoELayer*> moe_layers();
 
  private:

@@ -5,6 +5,7 @@ ENGRAM_DEBIAN_PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config
   libprotobuf-dev protobuf-compiler          # config schema
   libopenblas-dev                            # CPU GEMM
+  zlib1g-dev                                 # CRC-32 of files we write
   libgtest-dev libbenchmark-dev              # tests, micro-benchmarks
   nlohmann-json3-dev libcli11-dev            # checkpoints/metrics, command lines
   libsentencepiece-dev sentencepiece         # tokenizer
@@ -17,6 +18,21 @@ engram_install_deps() {
   for p in "${ENGRAM_DEBIAN_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
+  engram_apt_install "${missing[@]}"
+}
+
+# The data script needs commands rather than particular packages (npm may come from another
+# Node.js distribution): install the Debian package only for a command that is missing.
+engram_require_commands() {
+  local missing=() pair
+  for pair in "$@"; do  # command:package
+    command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+  done
+  engram_apt_install "${missing[@]}"
+}
+
+engram_apt_install() {
+  local missing=("$@")
   [ ${#missing[@]} -eq 0 ] && return 0
   if [ "$(id -u)" -eq 0 ]; then
     echo "engram: installing Debian packages: ${missing[*]}"

@@ -34,6 +34,8 @@ class Trainer {
 
   AdamW& adamw() { return adamw_; }
   SparseAdam& sparse_adam() { return sparse_adam_; }
+  const AdamW& adamw() const { return adamw_; }
+  const SparseAdam& sparse_adam() const { return sparse_adam_; }
   int64_t steps_done() const { return steps_done_; }
   void set_steps_done(int64_t steps) { steps_done_ = steps; }  // resuming from a checkpoint
 

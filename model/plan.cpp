@@ -1,0 +1,271 @@
+#include "model/plan.h"
+
+#include <algorithm>
+#include <string>
+
+#include "kernels/ngram_hash.h"
+
+namespace engram {
+
+namespace {
+
+constexpr int64_t kF32 = 4;  // bytes per float32 value
+constexpr int64_t kI64 = 8;  // bytes per table row id
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+int64_t n_moe_layers(const ModelConfig& m) { return has_moe(m) ? m.n_layers() - m.n_dense_layers() : 0; }
+int64_t n_engram_layers(const ModelConfig& m) { return has_engram(m) ? m.engram().layers_size() : 0; }
+// Heads of one Engram layer, (max_ngram − 1)·heads_per_ngram, and its memory width d_mem.
+int64_t engram_heads(const ModelConfig& m) {
+  return int64_t{m.engram().max_ngram() - 1} * m.engram().heads_per_ngram();
+}
+int64_t engram_memory_dim(const ModelConfig& m) { return engram_heads(m) * m.engram().head_dim(); }
+
+// One SwiGLU MLP of width f: w1, w3 [f, D] and w2 [D, f].
+int64_t swiglu_params(int64_t d, int64_t f) { return 3 * d * f; }
+
+// Engram module without its table: wk, wv [D, d_mem] + biases [D], q/k/conv norms [D], conv [w, D].
+int64_t engram_projection_params(const ModelConfig& m) {
+  const int64_t d = m.d_model();
+  return 2 * d * engram_memory_dim(m) + 2 * d + 3 * d + int64_t{m.engram().conv_kernel()} * d;
+}
+
+// Saved activations per token (float32 values) of each part, read off what the modules keep for
+// backward (model/*.cpp). Index tensors count by their width in floats.
+struct ActivationsPerToken {
+  int64_t embedding = 0, block_common = 0, dense_layer_ffn = 0, moe_layer_ffn = 0, engram = 0, head = 0;
+};
+
+ActivationsPerToken activations_per_token(const ModelConfig& m) {
+  const int64_t d = m.d_model();
+  ActivationsPerToken a;
+  a.embedding = d;  // h = E[x], the first block's input
+  // attn_norm output + rstd, q, k, v, o, the softmax log-sum-exp per head, the residual h_mid;
+  // then ffn_norm output + rstd and the block's output residual.
+  a.block_common = d + 1 + 4 * d + m.n_heads() + d + d + 1 + d;
+  a.dense_layer_ffn = 3 * int64_t{m.d_ff()};  // gate, up, silu(gate)·up
+  if (has_moe(m)) {
+    const auto& e = m.moe();
+    const int64_t k = e.top_k(), fe = e.expert_d_ff(), experts = e.n_routed_experts();
+    a.moe_layer_ffn = 2 * experts   // router logits, scores
+                      + 4 * k       // top-k ids and weights, sort order, positions
+                      + 2 * k * d   // gathered inputs, expert outputs
+                      + 3 * k * fe  // expert gate, up, act
+                      + 3 * int64_t{e.n_shared_experts()} * fe  // shared expert gate, up, act
+                      + (e.aux_loss_coeff() > 0 ? experts : 0) + (e.z_loss_coeff() > 0 ? experts : 0);
+  }
+  if (has_engram(m)) {
+    // residual h_in, k, v, q/k norm outputs, u, conv norm output r, conv output c (8·D); the gathered
+    // memory e (d_mem); row ids (i64: two floats per head); three rstd, score and gate.
+    a.engram = 8 * d + engram_memory_dim(m) + 2 * engram_heads(m) + 5;
+  }
+  // Final norm output + rstd, logits [V], per-token loss, and the gradient of the normed output.
+  a.head = d + 1 + m.vocab_size() + 1 + d;
+  return a;
+}
+
+// Activation bytes of one micro-batch of `tokens` tokens: everything saved across the forward,
+// plus the largest single layer once more for the gradient buffers its backward allocates.
+int64_t activation_bytes(const ModelConfig& m, int64_t tokens) {
+  const ActivationsPerToken a = activations_per_token(m);
+  const std::vector<int32_t> engram_at(m.engram().layers().begin(), m.engram().layers().end());
+  int64_t saved = a.embedding + a.head, largest_layer = 0;
+  for (int l = 0; l < m.n_layers(); ++l) {
+    const bool engram = has_engram(m) && std::find(engram_at.begin(), engram_at.end(), l) != engram_at.end();
+    const int64_t layer = a.block_common + (l < m.n_dense_layers() ? a.dense_layer_ffn : a.moe_layer_ffn) +
+                          (engram ? a.engram : 0);
+    saved += layer;
+    largest_layer = std::max(largest_layer, layer);
+  }
+  return kF32 * tokens * (saved + largest_layer);
+}
+
+MemoryEstimate estimate_memory(const ExperimentConfig& cfg, const ParallelLayout& layout,
+                               const ParameterCounts& p, const std::vector<int64_t>& table_rows) {
+  const ModelConfig& m = cfg.model();
+  const auto& t = cfg.train();
+  const int64_t world = layout.world_size, ep = layout.expert_parallel;
+  EG_CHECK(t.global_batch_size() % world == 0, "train.global_batch_size = ", t.global_batch_size(),
+           " must be divisible by the world size (", world, ") so that every rank gets whole sequences");
+  const int64_t rank_batch = t.global_batch_size() / world;
+  MemoryEstimate mem;
+  mem.micro_batch = t.micro_batch_size() > 0 ? t.micro_batch_size() : rank_batch;
+  EG_CHECK(rank_batch % mem.micro_batch == 0, "train.micro_batch_size = ", mem.micro_batch,
+           " must divide the per-rank batch (train.global_batch_size / world size = ", rank_batch, ")");
+  mem.micro_steps = rank_batch / mem.micro_batch;
+
+  const int64_t routed = p.routed_experts_active + p.routed_experts_inactive;
+  int64_t local_table_values = 0;
+  for (int64_t rows : table_rows) local_table_values += ceil_div(rows, world) * m.engram().head_dim();
+  const int64_t local_routed = routed / ep;  // n_routed_experts % ep == 0 is checked by make_plan
+  const int64_t local_dense_trained = p.total() - p.engram_tables - routed + local_routed;
+  mem.local_parameters = local_dense_trained + local_table_values + p.balancing_biases;
+  mem.parameters = kF32 * mem.local_parameters;
+  mem.gradients = kF32 * local_dense_trained;
+  mem.adam_moments = 2 * kF32 * (local_dense_trained + local_table_values);
+
+  // Row gradients: each micro-step appends, per Engram layer, one summed gradient per distinct row
+  // touched (at most every head lookup of every rank's micro-batch landing in this rank's rows, at
+  // most the rows held); the step then merges them into one more list of at most the rows held.
+  if (has_engram(m)) {
+    const int64_t lookups_reaching = world * mem.micro_batch * t.seq_len() * engram_heads(m);
+    for (int64_t rows : table_rows) {
+      const int64_t local_rows = ceil_div(rows, world);
+      const int64_t per_micro = std::min(local_rows, lookups_reaching);
+      const int64_t held = mem.micro_steps * per_micro + std::min(local_rows, mem.micro_steps * per_micro);
+      mem.table_row_grads += held * (kF32 * m.engram().head_dim() + kI64);
+    }
+  }
+  mem.activations = activation_bytes(m, mem.micro_batch * t.seq_len());
+  return mem;
+}
+
+FlopEstimate estimate_flops(const ExperimentConfig& cfg) {
+  const ModelConfig& m = cfg.model();
+  const int64_t d = m.d_model();
+  FlopEstimate f;
+  f.seq_len = cfg.train().seq_len();
+  f.tokens_per_step = int64_t{cfg.train().global_batch_size()} * f.seq_len;
+  int64_t matmul = int64_t{m.n_layers()} * 4 * d * d                           // wq, wk, wv, wo
+                   + int64_t{m.n_dense_layers()} * swiglu_params(d, m.d_ff())  // dense MLPs
+                   + int64_t{m.vocab_size()} * d;                              // LM head (tied or not)
+  if (has_moe(m)) {
+    const auto& e = m.moe();
+    matmul +=
+        n_moe_layers(m) * (int64_t{e.n_routed_experts()} * d  // router
+                           + swiglu_params(d, int64_t{e.top_k() + e.n_shared_experts()} * e.expert_d_ff()));
+  }
+  matmul += n_engram_layers(m) * 2 * d * (has_engram(m) ? engram_memory_dim(m) : 0);  // W_K, W_V
+  f.matmul_params_per_token = matmul;
+  f.attention_per_token = 6 * int64_t{m.n_layers()} * f.seq_len * d;
+  f.per_token = 6 * matmul + f.attention_per_token;
+  f.per_step = static_cast<double>(f.per_token) * static_cast<double>(f.tokens_per_step);
+  return f;
+}
+
+}  // namespace
+
+int64_t ParameterCounts::total() const {
+  return tok_embeddings + output + final_norm + attention + dense_mlp + moe_norms + router +
+         routed_experts_active + routed_experts_inactive + shared_experts + engram_tables +
+         engram_projections;
+}
+
+int64_t ParameterCounts::activated_per_token() const {
+  return total() - routed_experts_inactive - engram_tables + engram_table_values_per_token;
+}
+
+std::vector<int64_t> engram_table_rows(const ModelConfig& m) {
+  if (!has_engram(m)) return {};
+  const auto& g = m.engram();
+  const std::vector<std::vector<int64_t>> primes = kernels::engram_primes(
+      g.layers_size(), g.max_ngram(), g.heads_per_ngram(), {g.table_size().begin(), g.table_size().end()});
+  std::vector<int64_t> rows;
+  for (const auto& layer : primes) {
+    int64_t sum = 0;
+    for (int64_t p : layer) sum += p;
+    rows.push_back(sum);
+  }
+  return rows;
+}
+
+ParameterCounts count_parameters(const ModelConfig& m) {
+  validate_model_config(m);
+  const int64_t v = m.vocab_size(), d = m.d_model();
+  ParameterCounts c;
+  c.tok_embeddings = v * d;
+  c.output = m.tie_embeddings() ? 0 : v * d;
+  c.final_norm = d;
+  c.attention = int64_t{m.n_layers()} * (d + 4 * d * d);
+  c.dense_mlp = int64_t{m.n_dense_layers()} * (d + swiglu_params(d, m.d_ff()));
+  if (has_moe(m)) {
+    const auto& e = m.moe();
+    const int64_t layers = n_moe_layers(m), expert = swiglu_params(d, e.expert_d_ff());
+    c.moe_norms = layers * d;
+    c.router = layers * e.n_routed_experts() * d;
+    c.routed_experts_active = layers * e.top_k() * expert;
+    c.routed_experts_inactive = layers * (e.n_routed_experts() - e.top_k()) * expert;
+    c.shared_experts = layers * swiglu_params(d, int64_t{e.n_shared_experts()} * e.expert_d_ff());
+    c.balancing_biases = layers * e.n_routed_experts();
+  }
+  if (has_engram(m)) {
+    for (int64_t rows : engram_table_rows(m)) c.engram_tables += rows * m.engram().head_dim();
+    c.engram_projections = n_engram_layers(m) * engram_projection_params(m);
+    c.engram_table_values_per_token = n_engram_layers(m) * engram_memory_dim(m);
+  }
+  return c;
+}
+
+Plan make_plan(const ExperimentConfig& cfg, const ParallelLayout& layout) {
+  validate_config(cfg);
+  const ModelConfig& m = cfg.model();
+  EG_CHECK(layout.world_size >= 1, "world size = ", layout.world_size, " must be >= 1");
+  EG_CHECK(layout.expert_parallel >= 1, "expert-parallel size = ", layout.expert_parallel, " must be >= 1");
+  EG_CHECK(layout.world_size % layout.expert_parallel == 0, "expert-parallel size = ", layout.expert_parallel,
+           " must divide the world size (", layout.world_size, ")");
+  if (has_moe(m))
+    EG_CHECK(m.moe().n_routed_experts() % layout.expert_parallel == 0,
+             "expert-parallel size = ", layout.expert_parallel, " must divide model.moe.n_routed_experts (",
+             m.moe().n_routed_experts(), ")");
+  Plan plan;
+  plan.layout = layout;
+  plan.params = count_parameters(m);
+  if (has_engram(m)) plan.engram_layers.assign(m.engram().layers().begin(), m.engram().layers().end());
+  plan.engram_table_rows = engram_table_rows(m);
+  plan.flops = estimate_flops(cfg);
+  plan.memory = estimate_memory(cfg, layout, plan.params, plan.engram_table_rows);
+  return plan;
+}
+
+nlohmann::json plan_to_json(const Plan& plan) {
+  const ParameterCounts& p = plan.params;
+  const FlopEstimate& f = plan.flops;
+  const MemoryEstimate& mem = plan.memory;
+  nlohmann::json j;
+  j["layout"] = {{"world_size", plan.layout.world_size}, {"expert_parallel", plan.layout.expert_parallel}};
+  j["parameters"] = {
+      {"total", p.total()},
+      {"activated_per_token", p.activated_per_token()},
+      {"engram_table_values_per_token", p.engram_table_values_per_token},
+      {"tied_embeddings", p.output == 0},
+      {"groups",
+       {{"tok_embeddings", p.tok_embeddings},
+        {"output", p.output},
+        {"final_norm", p.final_norm},
+        {"attention", p.attention},
+        {"dense_mlp", p.dense_mlp},
+        {"moe_norms", p.moe_norms},
+        {"router", p.router},
+        {"routed_experts_active", p.routed_experts_active},
+        {"routed_experts_inactive", p.routed_experts_inactive},
+        {"shared_experts", p.shared_experts},
+        {"engram_tables", p.engram_tables},
+        {"engram_projections", p.engram_projections}}},
+      {"buffers", {{"balancing_biases", p.balancing_biases}}},
+  };
+  nlohmann::json engram = nlohmann::json::array();
+  for (size_t i = 0; i < plan.engram_layers.size(); ++i)
+    engram.push_back({{"layer", plan.engram_layers[i]}, {"table_rows", plan.engram_table_rows[i]}});
+  j["engram_tables"] = engram;
+  j["flops"] = {{"formula", "per_token = 6 * matmul_params_per_token + 6 * n_layers * seq_len * d_model"},
+                {"seq_len", f.seq_len},
+                {"tokens_per_step", f.tokens_per_step},
+                {"matmul_params_per_token", f.matmul_params_per_token},
+                {"attention_per_token", f.attention_per_token},
+                {"per_token", f.per_token},
+                {"per_step", f.per_step}};
+  j["memory_per_rank"] = {{"estimate", "CPU float32 backend; activations are an estimate (docs/TOOLS.md)"},
+                          {"micro_batch", mem.micro_batch},
+                          {"micro_steps", mem.micro_steps},
+                          {"local_parameters", mem.local_parameters},
+                          {"parameters_bytes", mem.parameters},
+                          {"gradients_bytes", mem.gradients},
+                          {"adam_moments_bytes", mem.adam_moments},
+                          {"table_row_grads_bytes", mem.table_row_grads},
+                          {"activations_bytes", mem.activations},
+                          {"total_bytes", mem.total()}};
+  return j;
+}
+
+}  // namespace engram

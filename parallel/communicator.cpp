@@ -1,0 +1,215 @@
+#include "parallel/communicator.h"
+
+#include <cstdio>
+#include <cstdlib>
+#include <numeric>
+
+namespace engram {
+
+#ifdef ENGRAM_HAVE_MPI
+std::unique_ptr<Communicator> make_mpi_world_communicator(int* argc, char*** argv);  // mpi_communicator.cpp
+#endif
+
+size_t comm_type_size(CommType type) {
+  switch (type) {
+    case CommType::Byte:
+      return 1;
+    case CommType::I32:
+      return 4;
+    case CommType::I64:
+      return 8;
+    case CommType::F32:
+      return 4;
+    case CommType::F64:
+      return 8;
+  }
+  return 0;
+}
+
+const char* comm_type_name(CommType type) {
+  switch (type) {
+    case CommType::Byte:
+      return "byte";
+    case CommType::I32:
+      return "i32";
+    case CommType::I64:
+      return "i64";
+    case CommType::F32:
+      return "f32";
+    case CommType::F64:
+      return "f64";
+  }
+  return "?";
+}
+
+CommType comm_type_of(DType dtype) {
+  switch (dtype) {
+    case DType::F32:
+      return CommType::F32;
+    case DType::I32:
+      return CommType::I32;
+    case DType::I64:
+      return CommType::I64;
+    case DType::BF16:
+      return CommType::Byte;
+  }
+  return CommType::Byte;
+}
+
+namespace {
+
+// Elements of `type` a tensor holds (bf16 travels as bytes).
+int64_t comm_count(const Tensor& tensor) {
+  return static_cast<int64_t>(tensor.nbytes() / comm_type_size(comm_type_of(tensor.dtype())));
+}
+
+// Elements per dim-0 row: the product of the other dimensions (1 for a 1-d tensor).
+int64_t row_elements(const Tensor& tensor) {
+  int64_t n = 1;
+  for (int i = 1; i < tensor.ndim(); ++i) n *= tensor.dim(i);
+  return n * static_cast<int64_t>(dtype_size(tensor.dtype()) / comm_type_size(comm_type_of(tensor.dtype())));
+}
+
+Shape with_rows(const Tensor& tensor, int64_t rows) {
+  Shape shape = tensor.shape();
+  shape[0] = rows;
+  return shape;
+}
+
+std::vector<int64_t> scaled(const std::vector<int64_t>& counts, int64_t factor) {
+  std::vector<int64_t> out(counts.size());
+  for (size_t i = 0; i < counts.size(); ++i) out[i] = counts[i] * factor;
+  return out;
+}
+
+}  // namespace
+
+int64_t Communicator::total(const std::vector<int64_t>& counts) {
+  return std::accumulate(counts.begin(), counts.end(), int64_t{0});
+}
+
+void Communicator::check_root(int root, const char* what) const {
+  EG_CHECK(root >= 0 && root < size(), what, ": root rank ", root, " is outside the group's ", size(),
+           " ranks");
+}
+
+void Communicator::check_summable(CommType type, const char* what) const {
+  EG_CHECK(type != CommType::Byte, what, ": cannot sum ", comm_type_name(type),
+           " elements (f32, f64, i32 or i64 only)");
+}
+
+void Communicator::check_counts(const std::vector<int64_t>& send_counts,
+                                const std::vector<int64_t>& recv_counts) const {
+  EG_ASSERT(static_cast<int>(send_counts.size()) == size() && static_cast<int>(recv_counts.size()) == size(),
+            "all_to_all_v needs one send and one receive count per rank of the group (", size(), "), got ",
+            send_counts.size(), " and ", recv_counts.size());
+  for (int r = 0; r < size(); ++r)
+    EG_ASSERT(send_counts[r] >= 0 && recv_counts[r] >= 0, "all_to_all_v: negative count for rank ", r);
+}
+
+void Communicator::check_tensor(const Tensor& tensor, const char* what) const {
+  EG_ASSERT(tensor.defined(), what, ": undefined tensor");
+  EG_CHECK(tensor.device() == device(), what, ": tensor ", tensor.describe(), " is not on ",
+           device_name(device()), ", where the ", backend(), " communicator works");
+}
+
+std::unique_ptr<Communicator> Communicator::split(int color, int key) {
+  EG_CHECK(color >= 0, "split: color ", color, " must be >= 0");
+  return do_split(color, key);
+}
+
+void Communicator::broadcast(Tensor& tensor, int root) {
+  check_tensor(tensor, "broadcast");
+  check_root(root, "broadcast");
+  if (size() > 1) do_broadcast(tensor.raw(), comm_count(tensor), comm_type_of(tensor.dtype()), root);
+}
+
+void Communicator::all_reduce_sum(Tensor& tensor) {
+  check_tensor(tensor, "all_reduce_sum");
+  const CommType type = comm_type_of(tensor.dtype());
+  check_summable(type, "all_reduce_sum");
+  if (size() > 1) do_all_reduce_sum(tensor.raw(), comm_count(tensor), type);
+}
+
+Tensor Communicator::reduce_scatter_sum(const Tensor& tensor) {
+  check_tensor(tensor, "reduce_scatter_sum");
+  const CommType type = comm_type_of(tensor.dtype());
+  check_summable(type, "reduce_scatter_sum");
+  EG_CHECK(tensor.ndim() >= 1 && tensor.dim(0) % size() == 0, "reduce_scatter_sum: tensor ",
+           tensor.describe(), " needs a first dimension divisible by the group size ", size());
+  Tensor out = Tensor::empty(with_rows(tensor, tensor.dim(0) / size()), tensor.dtype(), tensor.device());
+  do_reduce_scatter_sum(tensor.raw(), out.raw(), comm_count(out), type);
+  return out;
+}
+
+Tensor Communicator::all_gather(const Tensor& tensor) {
+  check_tensor(tensor, "all_gather");
+  EG_CHECK(tensor.ndim() >= 1, "all_gather: tensor ", tensor.describe(), " needs a first dimension");
+  Tensor out = Tensor::empty(with_rows(tensor, tensor.dim(0) * size()), tensor.dtype(), tensor.device());
+  do_all_gather(tensor.raw(), out.raw(), comm_count(tensor), comm_type_of(tensor.dtype()));
+  return out;
+}
+
+Tensor Communicator::all_to_all_v_rows(const Tensor& send, const std::vector<int64_t>& send_rows,
+                                       const std::vector<int64_t>& recv_rows) {
+  check_tensor(send, "all_to_all_v_rows");
+  check_counts(send_rows, recv_rows);
+  EG_ASSERT(send.ndim() >= 1 && send.dim(0) == total(send_rows), "all_to_all_v_rows: send ", send.describe(),
+            " must have the ", total(send_rows), " rows its counts name");
+  Tensor out = Tensor::empty(with_rows(send, total(recv_rows)), send.dtype(), send.device());
+  const int64_t width = row_elements(send);
+  do_all_to_all_v(send.raw(), scaled(send_rows, width), out.raw(), scaled(recv_rows, width),
+                  comm_type_of(send.dtype()));
+  return out;
+}
+
+std::vector<int64_t> Communicator::exchange_counts(const std::vector<int64_t>& send_counts) {
+  EG_ASSERT(static_cast<int>(send_counts.size()) == size(), "exchange_counts needs one count per rank (",
+            size(), "), got ", send_counts.size());
+  return do_exchange_counts(send_counts);
+}
+
+std::vector<int64_t> Communicator::do_exchange_counts(const std::vector<int64_t>& send_counts) {
+  std::vector<int64_t> recv_counts(size());
+  const std::vector<int64_t> one_each(size(), 1);
+  do_all_to_all_v(send_counts.data(), one_each, recv_counts.data(), one_each, CommType::I64);
+  return recv_counts;
+}
+
+void Communicator::abort_all(const std::string& message) {
+  do_abort_all(message);
+  std::_Exit(1);  // not reached: do_abort_all ends the process
+}
+
+void Communicator::print_abort_message(int world_rank, int world_size, const std::string& message) {
+  std::fflush(stdout);
+  std::fprintf(stderr, "engram: rank %d of %d failed: %s\n", world_rank, world_size, message.c_str());
+  std::fflush(stderr);
+}
+
+bool built_with_mpi() {
+#ifdef ENGRAM_HAVE_MPI
+  return true;
+#else
+  return false;
+#endif
+}
+
+std::unique_ptr<Communicator> make_world_communicator(int* argc, char*** argv) {
+#ifdef ENGRAM_HAVE_MPI
+  // Open MPI, MPICH/Hydra and PMIx launchers (srun --mpi=pmix) each set one of these.
+  for (const char* var : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"})
+    if (std::getenv(var) != nullptr) return make_mpi_world_communicator(argc, argv);
+#endif
+  return make_local_communicator();
+}
+
+int run_or_abort_all(Communicator& world, const std::function<int()>& body) {
+  try {
+    return body();
+  } catch (const std::exception& e) {
+    world.abort_all(e.what());
+  }
+}
+
+}  // namespace engram

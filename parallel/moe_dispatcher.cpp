@@ -1,0 +1,193 @@
+#include "parallel/moe_dispatcher.h"
+
+#include "kernels/embedding.h"
+#include "kernels/permute.h"
+
+namespace engram {
+
+namespace {
+
+constexpr int64_t kFloatBytes = sizeof(float), kRoutingBytes = sizeof(int32_t), kCountBytes = sizeof(int64_t);
+
+// Exclusive prefix sums: where each rank's block starts.
+std::vector<int64_t> starts(const std::vector<int64_t>& counts) {
+  std::vector<int64_t> out(counts.size(), 0);
+  for (size_t r = 1; r < counts.size(); ++r) out[r] = out[r - 1] + counts[r - 1];
+  return out;
+}
+
+Tensor i32_tensor(const std::vector<int32_t>& values) {
+  return Tensor::from_vector(values, {static_cast<int64_t>(values.size())});
+}
+
+}  // namespace
+
+ExpertDispatcher::ExpertDispatcher(Communicator& ep_group, int64_t n_experts)
+    : group_(ep_group),
+      n_experts_(n_experts),
+      local_experts_(expert_range(n_experts, ep_group.size(), ep_group.rank())) {
+  EG_CHECK(n_experts >= 1, "ExpertDispatcher: n_experts = ", n_experts, " must be >= 1");
+}
+
+Tensor ExpertDispatcher::forward(const Tensor& x_in, const Tensor& topk_idx, const Tensor& topk_w,
+                                 const ExpertForwardFn& experts) {
+  check_dtype(x_in, DType::F32, "dispatcher x");
+  check_dtype(topk_idx, DType::I32, "dispatcher topk_idx");
+  check_dtype(topk_w, DType::F32, "dispatcher topk_w");
+  check_shape(topk_w, topk_idx.shape(), "dispatcher topk_w");
+  const int64_t n = topk_idx.rows(), k = topk_idx.cols(), d = x_in.cols();
+  EG_ASSERT(x_in.rows() == n, "dispatcher x ", x_in.describe(), " needs one row per token of topk_idx ",
+            topk_idx.describe());
+  const int p = group_.size();
+  const int64_t per_rank = local_experts_.size();
+  const Tensor x = x_in.view({n, d});
+  const int32_t* expert = topk_idx.data<int32_t>();
+
+  Saved s;
+  // 1. Permute by destination: token t gets one row per destination rank among its slots; the row's
+  //    routing entry for slot k names the local expert there (or −1: that slot lives elsewhere).
+  std::vector<int32_t> dest(n * k);
+  s.send_rows.assign(p, 0);
+  s.home_out_rows.assign(p, 0);
+  for (int64_t a = 0; a < n * k; ++a) {
+    EG_CHECK(expert[a] >= 0 && expert[a] < n_experts_, "dispatcher: token ", a / k, " slot ", a % k,
+             " names expert ", expert[a], ", outside [0, ", n_experts_, ")");
+    dest[a] = static_cast<int32_t>(expert[a] / per_rank);
+    ++s.home_out_rows[dest[a]];
+  }
+  // The earlier slot of the same token with the same destination, or −1 (that slot opens the row).
+  auto first_slot_with_dest = [&](int64_t t, int64_t slot) {
+    for (int64_t j = 0; j < slot; ++j)
+      if (dest[t * k + j] == dest[t * k + slot]) return j;
+    return int64_t{-1};
+  };
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t slot = 0; slot < k; ++slot)
+      if (first_slot_with_dest(t, slot) < 0) ++s.send_rows[dest[t * k + slot]];
+  const int64_t n_sent = Communicator::total(s.send_rows);
+  std::vector<int64_t> next_row = starts(s.send_rows);
+  std::vector<int32_t> send_token(n_sent);
+  std::vector<int32_t> routing(n_sent * k, -1);
+  std::vector<int64_t> row_of_slot(k);
+  for (int64_t t = 0; t < n; ++t) {
+    for (int64_t slot = 0; slot < k; ++slot) {
+      const int64_t a = t * k + slot, first = first_slot_with_dest(t, slot);
+      row_of_slot[slot] = first < 0 ? next_row[dest[a]]++ : row_of_slot[first];
+      send_token[row_of_slot[slot]] = static_cast<int32_t>(t);
+      routing[row_of_slot[slot] * k + slot] = static_cast<int32_t>(expert[a] % per_rank);
+    }
+  }
+  // Outputs come back by destination, each destination's rows in sent order, slots ascending.
+  std::vector<int32_t> home_position(n * k);
+  int32_t next_output = 0;
+  for (int64_t row = 0; row < n_sent; ++row)
+    for (int64_t slot = 0; slot < k; ++slot)
+      if (routing[row * k + slot] >= 0) home_position[send_token[row] * k + slot] = next_output++;
+  s.send_token = i32_tensor(send_token);
+  s.home_position = i32_tensor(home_position);
+
+  // 2. Exchange counts, then token rows and routing rows, received by (source rank, token).
+  s.recv_rows = group_.exchange_counts(s.send_rows);
+  Tensor x_send = Tensor::empty({n_sent, d});
+  kernels::embedding_gather(x, s.send_token, x_send);
+  const Tensor x_recv = group_.all_to_all_v_rows(x_send, s.send_rows, s.recv_rows);
+  Tensor routing_recv =
+      group_.all_to_all_v_rows(Tensor::from_vector(routing, {n_sent, k}), s.send_rows, s.recv_rows);
+  const int64_t n_recv = x_recv.rows();
+
+  // 3. Assignments by local expert in (source, token, slot) order; slots that live elsewhere go to
+  //    an extra last block, which is never computed.
+  int32_t* local = routing_recv.data<int32_t>();
+  for (int64_t a = 0; a < n_recv * k; ++a)
+    if (local[a] < 0) local[a] = static_cast<int32_t>(per_rank);
+  const kernels::ExpertSort sort = kernels::sort_by_expert(routing_recv, static_cast<int>(per_rank + 1));
+  expert_offsets_.assign(sort.offsets.begin(), sort.offsets.end() - 1);
+  const int64_t n_assigned = expert_offsets_.back();
+  s.sorted_row = sort.sorted_token.slice(0, n_assigned);
+  Tensor expert_in = Tensor::empty({n_assigned, d});
+  kernels::embedding_gather(x_recv, s.sorted_row, expert_in);
+  const Tensor expert_out = experts(expert_in, expert_offsets_);
+  check_shape(expert_out, {n_assigned, d}, "expert function output");
+
+  // 4. Outputs back home, in (source, token, slot) order.
+  const int32_t* position = sort.position.data<int32_t>();
+  const std::vector<int64_t> recv_start = starts(s.recv_rows);
+  std::vector<int32_t> return_order, expert_order(n_assigned);
+  return_order.reserve(n_assigned);
+  s.return_rows.assign(p, 0);
+  for (int src = 0; src < p; ++src) {
+    for (int64_t row = recv_start[src]; row < recv_start[src] + s.recv_rows[src]; ++row) {
+      for (int64_t slot = 0; slot < k; ++slot) {
+        if (local[row * k + slot] == per_rank) continue;
+        expert_order[position[row * k + slot]] = static_cast<int32_t>(return_order.size());
+        return_order.push_back(position[row * k + slot]);
+        ++s.return_rows[src];
+      }
+    }
+  }
+  s.expert_order = i32_tensor(expert_order);
+  Tensor out_send = Tensor::empty({n_assigned, d});
+  kernels::embedding_gather(expert_out, i32_tensor(return_order), out_send);
+  s.out_home = group_.all_to_all_v_rows(out_send, s.return_rows, s.home_out_rows);
+
+  // 5. Weighted combine in slot order.
+  Tensor y = Tensor::empty(x_in.shape());
+  Tensor y_flat = y.view({n, d});
+  kernels::combine_expert_outputs(s.out_home, s.home_position, topk_w, y_flat);
+  s.topk_w = topk_w;
+
+  const int64_t row_bytes = d * kFloatBytes, counts_bytes = (p - 1) * kCountBytes;
+  forward_stats_.rows_sent = group_.to_others(s.send_rows) + group_.to_others(s.return_rows);
+  forward_stats_.rows_received = group_.to_others(s.recv_rows) + group_.to_others(s.home_out_rows);
+  forward_stats_.bytes_sent = counts_bytes + group_.to_others(s.send_rows) * (row_bytes + k * kRoutingBytes) +
+                              group_.to_others(s.return_rows) * row_bytes;
+  forward_stats_.bytes_received = counts_bytes +
+                                  group_.to_others(s.recv_rows) * (row_bytes + k * kRoutingBytes) +
+                                  group_.to_others(s.home_out_rows) * row_bytes;
+  s.valid = true;
+  saved_ = std::move(s);
+  return y;
+}
+
+ExpertDispatcher::Grads ExpertDispatcher::backward(const Tensor& dy_in,
+                                                   const ExpertBackwardFn& experts_backward) {
+  EG_ASSERT(saved_.valid, "ExpertDispatcher::backward without a forward");
+  const Saved s = std::move(saved_);
+  saved_ = Saved{};
+  const int64_t n = s.topk_w.rows(), k = s.topk_w.cols(), d = s.out_home.cols();
+  EG_ASSERT(dy_in.rows() == n && dy_in.cols() == d, "dispatcher backward: dy ", dy_in.describe(), " is not [",
+            n, ", ", d, "]");
+  const Tensor dy = dy_in.view({n, d});
+
+  // 5'. Gradients of each assignment's output and of the routing weights, on the home rank.
+  Grads grads{Tensor::zeros(dy_in.shape()), Tensor::empty({n, k})};
+  Tensor d_out_home = Tensor::empty(s.out_home.shape());
+  kernels::combine_expert_outputs_backward(dy, s.out_home, s.home_position, s.topk_w, d_out_home,
+                                           grads.d_topk_w);
+
+  // 4'. To the expert ranks, back in expert order.
+  const Tensor d_returned = group_.all_to_all_v_rows(d_out_home, s.home_out_rows, s.return_rows);
+  const int64_t n_assigned = d_returned.rows();
+  Tensor d_expert_out = Tensor::empty({n_assigned, d});
+  kernels::embedding_gather(d_returned, s.expert_order, d_expert_out);
+
+  // 3'. Expert backward; each received row sums its assignments in local-expert order.
+  const Tensor d_expert_in = experts_backward(d_expert_out, expert_offsets_);
+  check_shape(d_expert_in, {n_assigned, d}, "expert backward output");
+  Tensor dx_recv = Tensor::zeros({Communicator::total(s.recv_rows), d});
+  kernels::embedding_scatter_add(d_expert_in, s.sorted_row, dx_recv);
+
+  // 2'. and 1'. Home, summed over destination ranks in ascending order.
+  const Tensor dx_sent = group_.all_to_all_v_rows(dx_recv, s.recv_rows, s.send_rows);
+  Tensor dx_flat = grads.dx.view({n, d});
+  kernels::embedding_scatter_add(dx_sent, s.send_token, dx_flat);
+
+  const int64_t row_bytes = d * kFloatBytes;
+  backward_stats_.rows_sent = group_.to_others(s.home_out_rows) + group_.to_others(s.recv_rows);
+  backward_stats_.rows_received = group_.to_others(s.return_rows) + group_.to_others(s.send_rows);
+  backward_stats_.bytes_sent = backward_stats_.rows_sent * row_bytes;
+  backward_stats_.bytes_received = backward_stats_.rows_received * row_bytes;
+  return grads;
+}
+
+}  // namespace engram

@@ -1,0 +1,105 @@
+#include "parallel/sharded_table.h"
+
+#include <algorithm>
+
+#include "kernels/embedding.h"
+
+namespace engram {
+
+namespace {
+
+constexpr int64_t kIdBytes = sizeof(int64_t), kFloatBytes = sizeof(float), kCountBytes = sizeof(int64_t);
+
+}  // namespace
+
+ShardedTable::ShardedTable(Communicator& group, int64_t global_rows, int64_t width)
+    : group_(group),
+      global_rows_(global_rows),
+      width_(width),
+      owned_(even_range(global_rows, group.size(), group.rank())) {
+  EG_CHECK(global_rows >= 1 && width >= 1, "sharded table: ", global_rows, " × ", width,
+           " must have at least one row and one column");
+}
+
+TableRouting ShardedTable::lookup(const Tensor& shard, const Tensor& rows, Tensor& out) {
+  check_dtype(rows, DType::I64, "sharded table lookup rows");
+  check_dtype(shard, DType::F32, "sharded table shard");
+  check_shape(shard, {owned_.size(), width_}, "sharded table shard");
+  check_dtype(out, DType::F32, "sharded table lookup out");
+  const int64_t m = rows.numel();
+  EG_ASSERT(out.numel() == m * width_, "sharded table lookup out ", out.describe(), " needs ", m, "·", width_,
+            " elements");
+  const int64_t* id = rows.data<int64_t>();
+  for (int64_t i = 0; i < m; ++i)
+    EG_CHECK(id[i] >= 0 && id[i] < global_rows_, "table row ", id[i], " at position ", i,
+             " is outside the table's ", global_rows_, " rows [0, ", global_rows_, ")");
+
+  // 1. Dedup: sorted distinct rows, and each request's index among them.
+  TableRouting routing;
+  routing.requested = m;
+  std::vector<int64_t> unique(id, id + m);
+  std::sort(unique.begin(), unique.end());
+  unique.erase(std::unique(unique.begin(), unique.end()), unique.end());
+  const int64_t n_unique = static_cast<int64_t>(unique.size());
+  routing.inverse = Tensor::empty({m}, DType::I64);
+  int64_t* inverse = routing.inverse.data<int64_t>();
+  for (int64_t i = 0; i < m; ++i)
+    inverse[i] = std::lower_bound(unique.begin(), unique.end(), id[i]) - unique.begin();
+
+  // 2. Ids to their owners: ascending ids are grouped by owner, owners ascending.
+  routing.ids_to_owner.assign(group_.size(), 0);
+  for (int64_t row : unique) ++routing.ids_to_owner[owner_of(row)];
+  routing.ids_from_rank = group_.exchange_counts(routing.ids_to_owner);
+  std::vector<int64_t> served = group_.all_to_all_v(unique, routing.ids_to_owner, routing.ids_from_rank);
+  for (int64_t& row : served) {
+    EG_ASSERT(owned_.contains(row), "sharded table: asked for row ", row, " owned by another rank");
+    row -= owned_.begin;
+  }
+  routing.served_rows = Tensor::from_vector(served, {static_cast<int64_t>(served.size())});
+  routing.unique_rows = Tensor::from_vector(unique, {n_unique});
+
+  // 3. Owners gather; 4. vectors back, expanded to every request.
+  Tensor served_vectors = Tensor::empty({routing.served_rows.numel(), width_});
+  kernels::embedding_gather(shard, routing.served_rows, served_vectors);
+  const Tensor unique_vectors =
+      group_.all_to_all_v_rows(served_vectors, routing.ids_from_rank, routing.ids_to_owner);
+  kernels::embedding_gather(unique_vectors, routing.inverse, out);
+
+  lookup_stats_ = TableStats{};
+  lookup_stats_.requested = m;
+  lookup_stats_.unique = n_unique;
+  lookup_stats_.ids_sent = group_.to_others(routing.ids_to_owner);
+  lookup_stats_.ids_received = group_.to_others(routing.ids_from_rank);
+  lookup_stats_.vectors_sent = lookup_stats_.ids_received;
+  lookup_stats_.vectors_received = lookup_stats_.ids_sent;
+  const int64_t counts_bytes = (group_.size() - 1) * kCountBytes, vector_bytes = width_ * kFloatBytes;
+  lookup_stats_.bytes_sent =
+      counts_bytes + lookup_stats_.ids_sent * kIdBytes + lookup_stats_.vectors_sent * vector_bytes;
+  lookup_stats_.bytes_received =
+      counts_bytes + lookup_stats_.ids_received * kIdBytes + lookup_stats_.vectors_received * vector_bytes;
+  return routing;
+}
+
+RowGrads ShardedTable::backward(const TableRouting& routing, const Tensor& drows) {
+  check_dtype(drows, DType::F32, "sharded table backward drows");
+  EG_ASSERT(drows.numel() == routing.requested * width_, "sharded table backward drows ", drows.describe(),
+            " needs ", routing.requested, "·", width_, " elements");
+  // 1'. One summed gradient per distinct row (every distinct row was requested at least once).
+  const RowGrads local = kernels::reduce_rows(drows.view({routing.requested, width_}), routing.inverse);
+  EG_ASSERT(local.rows.numel() == routing.unique_rows.numel(),
+            "sharded table backward: routing does not match");
+  // 2'. To the owners, in the order of the ids; 3'. owners sum by source rank.
+  const Tensor received = group_.all_to_all_v_rows(local.values, routing.ids_to_owner, routing.ids_from_rank);
+  RowGrads owned = kernels::reduce_rows(received, routing.served_rows);
+
+  backward_stats_ = TableStats{};
+  backward_stats_.requested = routing.requested;
+  backward_stats_.unique = routing.unique_rows.numel();
+  backward_stats_.vectors_sent = group_.to_others(routing.ids_to_owner);
+  backward_stats_.vectors_received = group_.to_others(routing.ids_from_rank);
+  backward_stats_.bytes_sent = backward_stats_.vectors_sent * width_ * kFloatBytes;
+  backward_stats_.bytes_received = backward_stats_.vectors_received * width_ * kFloatBytes;
+  return owned;
+}
+
+}  // namespace engram

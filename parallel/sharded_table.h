@@ -1,0 +1,78 @@
+#pragma once
+// Row-sharded embedding table (DESIGN.md decision 3, TorchRec's input_dist / lookup / output_dist).
+//
+// A table of R rows × C columns is split over the table group in contiguous row ranges
+// (even_range: the first R % W ranks own one row more); each row is owned by exactly one rank,
+// which alone holds its values and optimizer moments. No stage ever all-reduces the table.
+//
+// lookup(shard, rows [M] global ids):
+//   1. dedup: the sorted distinct rows this rank needs (U of them) and each request's index among them;
+//   2. exchange counts, all_to_all_v the distinct ids to their owners (sorted ids are already grouped
+//      by owner, owners ascending);
+//   3. owners gather the requested rows from their shard;
+//   4. all_to_all_v the vectors back, expand the U vectors to the M requests.
+// backward(routing, drows [M, C]):
+//   1'. sum the gradients per distinct row locally (kernels::reduce_rows: requests in ascending order);
+//   2'. send each distinct row's sum to its owner, in the order the ids went in stage 2 (the owner
+//       kept them, so ids are not sent again);
+//   3'. owners sum the contributions per row over the received concatenation, which is ordered by
+//       source rank (kernels::reduce_rows again) -> RowGrads in the owner's LOCAL row ids, ready for
+//       the row-sparse Adam.
+// Stages 1–2 depend only on the ids (hashes of token ids), so a later prefetch can run them early.
+#include <cstdint>
+#include <vector>
+
+#include "parallel/communicator.h"
+#include "parallel/process_groups.h"
+#include "runtime/row_grads.h"
+
+namespace engram {
+
+// The exchange plan of one lookup; its backward needs it (several lookups may be in flight).
+struct TableRouting {
+  int64_t requested = 0;               // M
+  Tensor unique_rows;                  // i64 [U]: distinct global rows this rank needs, ascending
+  Tensor inverse;                      // i64 [M]: index in unique_rows of each request
+  std::vector<int64_t> ids_to_owner;   // distinct ids sent to each owner (= vectors received from it)
+  std::vector<int64_t> ids_from_rank;  // ids each rank asked this owner for (= vectors sent to it)
+  Tensor served_rows;                  // i64 [Σ ids_from_rank]: LOCAL shard rows asked for, by source rank
+};
+
+// Traffic to and from OTHER ranks of the last lookup / backward, and the dedup it achieved.
+struct TableStats {
+  int64_t requested = 0;  // row requests (M)
+  int64_t unique = 0;     // distinct rows among them (U)
+  int64_t ids_sent = 0, ids_received = 0;
+  int64_t vectors_sent = 0, vectors_received = 0;  // rows of C floats (values or gradients)
+  int64_t bytes_sent = 0, bytes_received = 0;      // ids, vectors and the counts exchange
+  double dedup_ratio() const { return unique > 0 ? static_cast<double>(requested) / unique : 1.0; }
+};
+
+class ShardedTable {
+ public:
+  // group: the table group; the whole table is global_rows × width.
+  ShardedTable(Communicator& group, int64_t global_rows, int64_t width);
+
+  // This rank's rows: shards are [owned().size(), width] tensors holding global rows owned().
+  IndexRange owned() const { return owned_; }
+  int owner_of(int64_t row) const { return even_range_owner(row, global_rows_, group_.size()); }
+
+  // out[i, :] = table[rows[i], :] for the M global ids in rows (i64, any shape); out has M·width f32
+  // elements (e.g. [.., width]) and is written. Collective over the group (M may be 0 on a rank).
+  TableRouting lookup(const Tensor& shard, const Tensor& rows, Tensor& out);
+
+  // drows (M·width f32, the gradient of lookup's out) -> this rank's owned rows' summed gradients
+  // from every rank, in local row ids. Collective over the group.
+  RowGrads backward(const TableRouting& routing, const Tensor& drows);
+
+  const TableStats& last_lookup_stats() const { return lookup_stats_; }
+  const TableStats& last_backward_stats() const { return backward_stats_; }
+
+ private:
+  Communicator& group_;
+  int64_t global_rows_, width_;
+  IndexRange owned_;
+  TableStats lookup_stats_, backward_stats_;
+};
+
+}  // namespace engram
