@@ -13,7 +13,18 @@ namespace {
 
 constexpr size_t kAlignment = 64;
 
-size_t rounded(size_t bytes) { return std::max(kAlignment, (bytes + kAlignment - 1) / kAlignment * kAlignment); }
+// Size classes: multiples of 64 bytes up to 4 KiB, then four classes per power of two (2^k,
+// 1.25·2^k, 1.5·2^k, 1.75·2^k). Buffers whose size changes a little from step to step (e.g. the
+// unique table rows of a batch) then share a class and reuse each other's blocks; at most 25% of a
+// block is unused.
+size_t size_class(size_t bytes) {
+  const size_t aligned = std::max(kAlignment, (bytes + kAlignment - 1) / kAlignment * kAlignment);
+  if (aligned <= 4096) return aligned;
+  size_t power = 4096;
+  while (power * 2 < aligned) power *= 2;  // power < aligned <= 2·power
+  const size_t quarter = power / 4;
+  return (aligned + quarter - 1) / quarter * quarter;
+}
 
 struct HostCache {
   std::mutex mutex;
@@ -29,7 +40,7 @@ HostCache& cache() {
 }  // namespace
 
 void* host_allocate(size_t bytes) {
-  const size_t size = rounded(bytes);
+  const size_t size = size_class(bytes);
   HostCache& c = cache();
   std::lock_guard<std::mutex> lock(c.mutex);
   void* ptr = nullptr;
@@ -50,11 +61,17 @@ void* host_allocate(size_t bytes) {
 
 void host_release(void* ptr, size_t bytes) {
   if (ptr == nullptr) return;
-  const size_t size = rounded(bytes);
+  const size_t size = size_class(bytes);
   HostCache& c = cache();
   std::lock_guard<std::mutex> lock(c.mutex);
-  c.free_blocks[size].push_back(ptr);
   c.stats.in_use -= size;
+  // The cache never holds more than the peak in use: a one-off size is returned to the system
+  // instead of being kept forever.
+  if (c.stats.cached + size > c.stats.peak_in_use) {
+    std::free(ptr);
+    return;
+  }
+  c.free_blocks[size].push_back(ptr);
   c.stats.cached += size;
 }
 

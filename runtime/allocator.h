@@ -1,5 +1,5 @@
 #pragma once
-// Host memory for tensors: 64-byte aligned blocks, cached by size when freed. A training step
+// Host memory for tensors: 64-byte aligned blocks, cached by size class when freed. A training step
 // allocates the same sizes every step; reusing blocks avoids mapping fresh pages (and taking
 // their page faults) each time, which otherwise costs more than the arithmetic on a CPU.
 #include <cstddef>

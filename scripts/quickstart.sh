@@ -15,8 +15,7 @@ source scripts/deps.sh
 engram_install_deps
 
 stamp "building the tools in $build_dir/"
-cmake -S . -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=Release -DENGRAM_BUILD_TESTS=OFF \
-  -DENGRAM_BUILD_BENCHMARKS=OFF >/dev/null
+cmake -S . -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null  # as scripts/test.sh
 cmake --build "$build_dir" -j "$(nproc)" --target engram-data engram-train engram-eval engram-plan
 bin=$build_dir/launch
 
@@ -38,12 +37,15 @@ else
   "$bin/engram-train" --config "$config"
 fi
 
+# Held-out text: the first 250k tokens of each evaluation shard engram-data wrote beside the
+# training shard (the Brown Corpus; WikiText-2 when present), against the unigram baseline.
 stamp "evaluating on held-out text"
-for eval_shard in data/shards/eval_*.bin; do
+train_shard=$(sed -n 's/^ *train_shards: *"\(.*\)".*/\1/p' "$config")
+for eval_shard in "$(dirname "$train_shard")"/eval_*.bin; do
   [ -f "$eval_shard" ] || continue
   name=$(basename "$eval_shard" .bin)
-  "$bin/engram-eval" --checkpoint "$run_dir" --shards "$eval_shard" \
-    --unigram-baseline data/shards/train.bin > "$run_dir/$name.json"
+  "$bin/engram-eval" --checkpoint "$run_dir" --shards "$eval_shard" --max-tokens 250000 \
+    --unigram-baseline "$train_shard" > "$run_dir/$name.json"
   python3 - "$name" "$run_dir/$name.json" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[2]))

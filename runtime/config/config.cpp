@@ -39,6 +39,18 @@ void require_set(bool present, const std::string& field) {
   if (!present) EG_FAIL(field, " is required but not set");
 }
 
+// A string value from the command line in text-format quotes; one already quoted (or a [list])
+// is taken as written.
+std::string quoted(const std::string& value) {
+  if (!value.empty() && (value.front() == '"' || value.front() == '\'' || value.front() == '[')) return value;
+  std::string out = "\"";
+  for (char c : value) {
+    if (c == '"' || c == '\\') out += '\\';
+    out += c;
+  }
+  return out + "\"";
+}
+
 }  // namespace
 
 ExperimentConfig parse_config_text(const std::string& text, const std::string& source) {
@@ -71,7 +83,7 @@ void apply_overrides(ExperimentConfig& cfg, const std::vector<std::string>& over
                name, "'");
       if (dot == std::string::npos) {
         if (field->is_repeated()) msg->GetReflection()->ClearField(msg, field);
-        text_open += name + ": " + value;
+        text_open += name + ": " + (field->cpp_type() == pb::FieldDescriptor::CPPTYPE_STRING ? quoted(value) : value);
         break;
       }
       EG_CHECK(field->cpp_type() == pb::FieldDescriptor::CPPTYPE_MESSAGE && !field->is_repeated(),

@@ -129,7 +129,10 @@ TEST(Config, OutOfRangeOptimAndTrainValues) {
 
 TEST(Config, OverridesScalarsNestedAndRepeated) {
   auto cfg = valid();
-  apply_overrides(cfg, {"model.d_model=64", "model.moe.top_k=3", "model.engram.layers=[0, 2]", "optim.lr=0.01"});
+  apply_overrides(cfg, {"model.d_model=64", "model.moe.top_k=3", "model.engram.layers=[0, 2]", "optim.lr=0.01",
+                        "train.run_dir=/tmp/a \"b\"", "data.tokenizer=\"quoted.model\""});
+  EXPECT_EQ(cfg.train().run_dir(), "/tmp/a \"b\"");  // strings need no quotes on the command line
+  EXPECT_EQ(cfg.data().tokenizer(), "quoted.model");
   EXPECT_EQ(cfg.model().d_model(), 64);
   EXPECT_EQ(cfg.model().moe().top_k(), 3);
   ASSERT_EQ(cfg.model().engram().layers_size(), 2);  // replaced, not appended
