@@ -37,14 +37,14 @@ else
   "$bin/engram-train" --config "$config"
 fi
 
-# Held-out text: the first 250k tokens of each evaluation shard engram-data wrote beside the
+# Held-out text: the first 100k tokens of each evaluation shard engram-data wrote beside the
 # training shard (the Brown Corpus; WikiText-2 when present), against the unigram baseline.
 stamp "evaluating on held-out text"
 train_shard=$(sed -n 's/^ *train_shards: *"\(.*\)".*/\1/p' "$config")
 for eval_shard in "$(dirname "$train_shard")"/eval_*.bin; do
   [ -f "$eval_shard" ] || continue
   name=$(basename "$eval_shard" .bin)
-  "$bin/engram-eval" --checkpoint "$run_dir" --shards "$eval_shard" --max-tokens 250000 \
+  "$bin/engram-eval" --checkpoint "$run_dir" --shards "$eval_shard" --max-tokens 100000 \
     --unigram-baseline "$train_shard" > "$run_dir/$name.json"
   python3 - "$name" "$run_dir/$name.json" <<'PY'
 import json, sys

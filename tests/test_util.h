@@ -1,12 +1,17 @@
 #pragma once
-// Helpers shared by the unit tests: seeded random inputs, poisoned outputs (so that elements a kernel
+// Helpers shared by the tests: seeded random inputs, poisoned outputs (so that elements a kernel
 // fails to write are caught), double-precision copies for naive references, closeness checks and
-// central differences.
+// central differences; for tests of files and tools: scratch directories, little-endian fields,
+// expected errors, a tiny trained tokenizer and shell commands with their output.
 #include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <functional>
 #include <iomanip>
 #include <limits>
@@ -16,7 +21,10 @@
 #include <string>
 #include <vector>
 
+#include "runtime/atomic_file.h"
+#include "runtime/error.h"
 #include "runtime/tensor.h"
+#include "text/tokenizer.h"
 
 namespace engram::testing_util {
 
@@ -50,6 +58,21 @@ Tensor random_ids(const Shape& shape, int64_t high, std::mt19937& gen) {
   std::vector<T> ids(shape_numel(shape));
   for (T& id : ids) id = static_cast<T>(dist(gen));
   return Tensor::from_vector(ids, shape);
+}
+
+// A batch of `rows` rows of T + 1 random tokens: inputs row[0..T-1], targets row[1..T] (MODEL.md §1).
+// BatchT is engram::Batch; a template parameter so that this header need not include the model.
+template <class BatchT>
+BatchT random_batch(int64_t rows, int64_t seq_len, int32_t vocab, std::mt19937& rng) {
+  std::uniform_int_distribution<int32_t> token(0, vocab - 1);
+  std::vector<int32_t> inputs, targets;
+  for (int64_t r = 0; r < rows; ++r) {
+    std::vector<int32_t> row(seq_len + 1);
+    for (auto& t : row) t = token(rng);
+    inputs.insert(inputs.end(), row.begin(), row.end() - 1);
+    targets.insert(targets.end(), row.begin() + 1, row.end());
+  }
+  return {Tensor::from_vector(inputs, {rows, seq_len}), Tensor::from_vector(targets, {rows, seq_len})};
 }
 
 // Float tensor of NaN: poisons an output so that any element the kernel does not write shows up.
@@ -140,6 +163,105 @@ inline bool naive_is_prime(int64_t n) {
   for (int64_t d = 2; d * d <= n; ++d)
     if (n % d == 0) return false;
   return true;
+}
+
+// ---- files and tools ----
+
+// A new empty directory under the test temp directory, removed with its contents when this object
+// goes (unless keep() was called). Its name holds the process id and a per-process count: ctest runs
+// each test case as a process of its own, in parallel under -j, and they must not share or delete
+// each other's files.
+class ScopedTempDir {
+ public:
+  explicit ScopedTempDir(const std::string& name)
+      : path_(std::filesystem::path(::testing::TempDir()) /
+              ("engram_" + name + "_" + std::to_string(::getpid()) + "_" + std::to_string(next_serial()))) {
+    std::filesystem::remove_all(path_);  // left by an earlier process of the same id
+    std::filesystem::create_directories(path_);
+  }
+  ~ScopedTempDir() {
+    std::error_code ignored;  // nothing to do about a directory that cannot be removed
+    if (!keep_) std::filesystem::remove_all(path_, ignored);
+  }
+  ScopedTempDir(const ScopedTempDir&) = delete;
+  ScopedTempDir& operator=(const ScopedTempDir&) = delete;
+
+  const std::filesystem::path& path() const { return path_; }
+  std::filesystem::path operator/(const std::string& name) const { return path_ / name; }
+  void keep() { keep_ = true; }  // e.g. after a failure, to look at what the test left
+
+ private:
+  static int next_serial() {
+    static int serial = 0;
+    return serial++;
+  }
+  std::filesystem::path path_;
+  bool keep_ = false;
+};
+
+// One scratch directory for the whole process, made on first use and removed at exit.
+inline const std::filesystem::path& process_temp_dir() {
+  static const ScopedTempDir dir("test");
+  return dir.path();
+}
+
+// The `width`-byte little-endian unsigned integer at bytes[at]: a binary layout read by hand.
+inline uint64_t read_le(const std::string& bytes, size_t at, size_t width) {
+  uint64_t v = 0;
+  for (size_t i = 0; i < width; ++i) v |= uint64_t{static_cast<uint8_t>(bytes[at + i])} << (8 * i);
+  return v;
+}
+
+// Overwrites bytes[at, at + width) with the low `width` bytes of v, little-endian.
+inline void write_le(std::string& bytes, size_t at, size_t width, uint64_t v) {
+  for (size_t i = 0; i < width; ++i) bytes[at + i] = static_cast<char>(v >> (8 * i));
+}
+
+// Expects `f` to throw engram::Error whose message contains every one of `parts`; reports failures at
+// the caller's line.
+inline void expect_error(const std::function<void()>& f, const std::vector<std::string>& parts,
+                         std::source_location where = std::source_location::current()) {
+  try {
+    f();
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    for (const std::string& part : parts)
+      if (msg.find(part) == std::string::npos)
+        ADD_FAILURE_AT(where.file_name(), where.line()) << "\"" << part << "\" not in: " << msg;
+    return;
+  }
+  std::string wanted;
+  for (const std::string& part : parts) wanted += " \"" + part + "\"";
+  ADD_FAILURE_AT(where.file_name(), where.line()) << "no error; expected one mentioning" << wanted;
+}
+
+// Trains a small SentencePiece tokenizer: `text` is written to <dir>/corpus.txt, the model to
+// <dir>/tok.model (and tok.vocab). Returns the model's path. About a second for a few hundred lines.
+inline std::string train_test_tokenizer(const std::filesystem::path& dir, const std::string& text,
+                                        int vocab_size, uint64_t seed = TokenizerTrainOptions{}.seed) {
+  write_file_atomic(dir / "corpus.txt", text);
+  TokenizerTrainOptions options;
+  options.input_files = {(dir / "corpus.txt").string()};
+  options.model_prefix = (dir / "tok").string();
+  options.vocab_size = vocab_size;
+  options.seed = seed;
+  train_tokenizer(options);
+  return (dir / "tok.model").string();
+}
+
+// How a shell command ended: its exit code (-1: ended by a signal) and what it wrote.
+struct CommandResult {
+  int exit_code = -1;
+  std::string out, err;
+};
+
+// Runs `command` with /bin/sh, capturing its stdout and stderr (all of it: the command runs in a
+// subshell, so a list such as "a; b" is redirected as a whole).
+inline CommandResult run_command(const std::string& command) {
+  const ScopedTempDir io("command_io");
+  const std::string out = (io / "stdout").string(), err = (io / "stderr").string();
+  const int status = std::system(("(" + command + ") >'" + out + "' 2>'" + err + "'").c_str());
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, read_file(out), read_file(err)};
 }
 
 }  // namespace engram::testing_util

@@ -3,6 +3,7 @@
 #include <google/protobuf/descriptor.h>
 #include <google/protobuf/text_format.h>
 
+#include <algorithm>
 #include <cctype>
 #include <cstdio>
 #include <filesystem>
@@ -196,6 +197,22 @@ void check_model_file(const SafetensorsFile& f, const ModelConfig& running, cons
 
 }  // namespace
 
+// Removes all but the newest `keep` step directories (0 keeps all). Runs after `latest` names the
+// newest, so a crash mid-way leaves only extra old checkpoints, never a missing newest one.
+void prune_checkpoints(const std::string& root, int keep) {
+  if (keep <= 0) return;
+  std::vector<std::string> steps;  // zero-padded names: lexicographic order is step order
+  for (const auto& entry : fs::directory_iterator(root))
+    if (entry.is_directory() && entry.path().filename().string().rfind("step_", 0) == 0)
+      steps.push_back(entry.path().string());
+  std::sort(steps.begin(), steps.end());
+  for (size_t i = 0; i + static_cast<size_t>(keep) < steps.size(); ++i) {
+    std::error_code ec;
+    fs::remove_all(steps[i], ec);
+    EG_CHECK(!ec, steps[i], ": cannot remove an old checkpoint (", ec.message(), ")");
+  }
+}
+
 std::string save_checkpoint(const std::string& run_dir, const ExperimentConfig& cfg, const Model& model,
                             const Trainer& trainer) {
   for (const Parameter* p : model.params().all())
@@ -218,6 +235,7 @@ std::string save_checkpoint(const std::string& run_dir, const ExperimentConfig& 
                     {{"format", kOptimizerFormat}, {"step", std::to_string(step)}});
   // Last, so that `latest` only ever names a complete checkpoint.
   write_file_atomic(join(root, "latest"), name + "\n");
+  prune_checkpoints(root, cfg.train().keep_checkpoints());
   return dir;
 }
 

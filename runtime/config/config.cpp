@@ -202,6 +202,7 @@ void validate_config(const ExperimentConfig& cfg) {
   require(t.log_every() >= 1, "train.log_every", t.log_every(), "must be >= 1");
   require(t.eval_every() >= 0, "train.eval_every", t.eval_every(), "must be >= 0 (0 disables)");
   require(t.eval_batches() >= 1, "train.eval_batches", t.eval_batches(), "must be >= 1");
+  require(t.keep_checkpoints() >= 0, "train.keep_checkpoints", t.keep_checkpoints(), "must be >= 0 (0 keeps all)");
   require(t.checkpoint_every() >= 0, "train.checkpoint_every", t.checkpoint_every(), "must be >= 0 (0: only at the end)");
 
   const auto& p = cfg.parallel();

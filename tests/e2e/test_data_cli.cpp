@@ -11,10 +11,7 @@
 // - a missing corpus directory ends with exit 1, one line "engram-data: error: ..." naming it, and no
 //   file written.
 #include <gtest/gtest.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
-#include <cstdlib>
 #include <filesystem>
 #include <map>
 #include <random>
@@ -25,6 +22,7 @@
 
 #include "runtime/atomic_file.h"
 #include "runtime/token_shards.h"
+#include "tests/test_util.h"
 #include "text/compression.h"
 #include "text/tokenizer.h"
 
@@ -32,6 +30,7 @@ namespace engram {
 namespace {
 
 namespace fs = std::filesystem;
+using testing_util::CommandResult;
 
 constexpr int kVocab = 400;
 constexpr int kEos = 2;
@@ -65,11 +64,6 @@ std::vector<std::string> make_documents(std::mt19937& rng, int count) {
   }
   return docs;
 }
-
-struct ToolResult {
-  int exit_code = -1;
-  std::string out, err;
-};
 
 // Every regular file under `dir`, relative path → (bytes, modification time).
 using Snapshot = std::map<std::string, std::pair<std::string, fs::file_time_type>>;
@@ -108,10 +102,7 @@ uint64_t total_bytes(const std::vector<std::string>& texts) {
 
 class DataCli : public testing::Test {
  protected:
-  // A directory of this process's own: ctest runs each test as a process, in parallel under -j.
   void SetUp() override {
-    dir_ = fs::path(testing::TempDir()) / ("engram_test_data_cli_" + std::to_string(getpid()));
-    fs::remove_all(dir_);
     fs::create_directories(dir_ / "corpus");
     fs::create_directories(dir_ / "eval");
     std::mt19937 rng(20240611);
@@ -137,25 +128,18 @@ class DataCli : public testing::Test {
     write_file_atomic((dir_ / "config.pbtxt").string(), c.str());
   }
   void TearDown() override {
-    if (!HasFailure()) fs::remove_all(dir_);
+    if (HasFailure()) dir_.keep();
   }
 
   // engram-data with the test's config, eval text, a WikiText directory that does not exist, and `args`.
-  ToolResult run_data(const std::string& args) const {
-    const fs::path out = dir_ / "stdout.txt", err = dir_ / "stderr.txt";
-    const std::string cmd = std::string(ENGRAM_BIN_DIR) + "/engram-data --config '" +
-                            (dir_ / "config.pbtxt").string() + "' --eval '" + (dir_ / "eval").string() +
-                            "' --wikitext '" + (dir_ / "no_wikitext").string() + "' " + args + " >'" +
-                            out.string() + "' 2>'" + err.string() + "'";
-    const int status = std::system(cmd.c_str());
-    ToolResult r{WIFEXITED(status) ? WEXITSTATUS(status) : -1, read_file(out.string()),
-                 read_file(err.string())};
-    fs::remove(out);
-    fs::remove(err);
-    return r;
+  CommandResult run_data(const std::string& args) const {
+    return testing_util::run_command(std::string(ENGRAM_BIN_DIR) + "/engram-data --config '" +
+                                     (dir_ / "config.pbtxt").string() + "' --eval '" +
+                                     (dir_ / "eval").string() + "' --wikitext '" +
+                                     (dir_ / "no_wikitext").string() + "' " + args);
   }
 
-  fs::path dir_;
+  testing_util::ScopedTempDir dir_{"test_data_cli"};
   std::map<std::string, std::vector<std::string>> corpus_;  // file stem → documents, in name order
   std::string eval_text_;
 };
@@ -166,7 +150,7 @@ TEST_F(DataCli, WritesValidOutputsThatDecodeToTheTextAndReusesThem) {
 #else
   const fs::path out = dir_ / "out";
   const std::string args = "--corpus '" + (dir_ / "corpus").string() + "' --out '" + out.string() + "'";
-  const ToolResult first = run_data(args);
+  const CommandResult first = run_data(args);
   ASSERT_EQ(first.exit_code, 0) << first.out << first.err;
 
   std::set<std::string> names;
@@ -213,7 +197,7 @@ TEST_F(DataCli, WritesValidOutputsThatDecodeToTheTextAndReusesThem) {
 
   // Second run: every output is checked and kept as it is.
   const Snapshot before = snapshot(out);
-  const ToolResult second = run_data(args);
+  const CommandResult second = run_data(args);
   ASSERT_EQ(second.exit_code, 0) << second.out << second.err;
   EXPECT_TRUE(snapshot(out) == before) << "a second run rewrote outputs:\n" << second.out;
   EXPECT_EQ(second.out.find("training the tokenizer"), std::string::npos) << second.out;
@@ -223,7 +207,7 @@ TEST_F(DataCli, WritesValidOutputsThatDecodeToTheTextAndReusesThem) {
 
 TEST_F(DataCli, MissingCorpusDirectoryFailsWithOneLineAndWritesNothing) {
   const fs::path out = dir_ / "out", missing = dir_ / "no_such_corpus";
-  const ToolResult r = run_data("--corpus '" + missing.string() + "' --out '" + out.string() + "'");
+  const CommandResult r = run_data("--corpus '" + missing.string() + "' --out '" + out.string() + "'");
   EXPECT_EQ(r.exit_code, 1);
   ASSERT_FALSE(r.err.empty());
   EXPECT_EQ(r.err.rfind("engram-data: error: ", 0), 0u) << r.err;

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "model/model.h"
+#include "tests/test_util.h"
 #include "train/trainer.h"
 
 namespace engram {
@@ -54,17 +55,8 @@ config::OptimConfig optim_config() {
   return o;
 }
 
-// Rows of T+1 random tokens: inputs row[0..T-1], targets row[1..T] (MODEL.md §1).
 Batch random_batch(int64_t rows, std::mt19937& rng) {
-  std::uniform_int_distribution<int32_t> token(0, kVocab - 1);
-  std::vector<int32_t> inputs, targets;
-  for (int64_t r = 0; r < rows; ++r) {
-    std::vector<int32_t> row(kSeq + 1);
-    for (auto& t : row) t = token(rng);
-    inputs.insert(inputs.end(), row.begin(), row.end() - 1);
-    targets.insert(targets.end(), row.begin() + 1, row.end());
-  }
-  return {Tensor::from_vector(inputs, {rows, kSeq}), Tensor::from_vector(targets, {rows, kSeq})};
+  return testing_util::random_batch<Batch>(rows, kSeq, kVocab, rng);
 }
 
 struct TrainingRun {

@@ -10,25 +10,22 @@
 // - bad inputs (empty text, corrupt checkpoint, shard of another tokenizer, missing checkpoint) exit 1
 //   with one line "engram-eval: error: ..." naming the problem.
 #include <gtest/gtest.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <cmath>
-#include <cstdio>
-#include <cstdlib>
 #include <filesystem>
-#include <fstream>
 #include <map>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <random>
-#include <sstream>
 #include <string>
 #include <vector>
 
 #include "model/model.h"
+#include "runtime/atomic_file.h"
 #include "runtime/checksum.h"
 #include "runtime/config/config.h"
 #include "runtime/token_shards.h"
+#include "tests/test_util.h"
 #include "text/tokenizer.h"
 #include "train/checkpoint.h"
 #include "train/trainer.h"
@@ -38,50 +35,20 @@ namespace {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
+using testing_util::CommandResult;
 
 constexpr int kVocab = 320;
 constexpr int kSeq = 7;
 
-std::string slurp(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-void spill(const fs::path& path, const std::string& bytes) { std::ofstream(path, std::ios::binary) << bytes; }
-
-// A directory of this process's own: ctest runs each test of this file as a process of its own, in
-// parallel under -j, and they must not share (or delete) each other's files.
-fs::path process_dir(const std::string& name) {
-  return fs::path(testing::TempDir()) / (name + "_" + std::to_string(getpid()));
-}
-
-struct ToolResult {
-  int exit_code = -1;
-  std::string out, err;
-};
-
 // Runs `bin/<tool> <args>` (arguments already quoted where needed), capturing stdout and stderr.
-ToolResult run_tool(const std::string& tool, const std::string& args) {
-  const fs::path dir = process_dir("engram_test_plan_eval_io");
-  fs::create_directories(dir);
-  const fs::path out = dir / "stdout", err = dir / "stderr";
-  const std::string cmd = std::string(ENGRAM_BIN_DIR) + "/" + tool + " " + args + " >'" + out.string() +
-                          "' 2>'" + err.string() + "'";
-  const int status = std::system(cmd.c_str());
-  ToolResult r;
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  r.out = slurp(out);
-  r.err = slurp(err);
-  fs::remove_all(dir);
-  return r;
+CommandResult run_tool(const std::string& tool, const std::string& args) {
+  return testing_util::run_command(std::string(ENGRAM_BIN_DIR) + "/" + tool + " " + args);
 }
 
 std::string q(const fs::path& p) { return "'" + p.string() + "'"; }
 
 // Exit 1, nothing on stdout, exactly one stderr line "<tool>: error: ..." containing `needle`.
-void expect_one_line_error(const ToolResult& r, const std::string& tool, const std::string& needle) {
+void expect_one_line_error(const CommandResult& r, const std::string& tool, const std::string& needle) {
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_EQ(r.out, "");
   EXPECT_EQ(r.err.rfind(tool + ": error: ", 0), 0u) << r.err;
@@ -94,7 +61,7 @@ void expect_one_line_error(const ToolResult& r, const std::string& tool, const s
 
 TEST(PlanCli, JsonCountsEqualTheBuiltModel) {
   const std::string config = std::string(ENGRAM_SOURCE_DIR) + "/configs/tiny.pbtxt";
-  const ToolResult r = run_tool("engram-plan", "--config '" + config + "' --json");
+  const CommandResult r = run_tool("engram-plan", "--config '" + config + "' --json");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const json plan = json::parse(r.out);
 
@@ -130,7 +97,7 @@ TEST(PlanCli, JsonCountsEqualTheBuiltModel) {
   EXPECT_EQ(plan["memory_per_rank"]["local_parameters"].get<int64_t>(), total);
 
   // The readable table prints the same exact total.
-  const ToolResult table = run_tool("engram-plan", "--config '" + config + "'");
+  const CommandResult table = run_tool("engram-plan", "--config '" + config + "'");
   ASSERT_EQ(table.exit_code, 0) << table.err;
   EXPECT_NE(table.out.find(std::to_string(total - biases)), std::string::npos) << table.out;
 }
@@ -139,10 +106,10 @@ TEST(PlanCli, BadConfigFailsWithOneLineNamingTheField) {
   const std::string config = std::string(ENGRAM_SOURCE_DIR) + "/configs/tiny.pbtxt";
   expect_one_line_error(run_tool("engram-plan", "--config '" + config + "' --set model.moe.top_k=9"),
                         "engram-plan", "model.moe.top_k");
-  const fs::path bad = process_dir("engram_test_plan_bad.pbtxt");
-  spill(bad, "model { vocab_size: 64 d_modle: 8 }\n");
+  const testing_util::ScopedTempDir dir("test_plan_cli");
+  const fs::path bad = dir / "bad.pbtxt";
+  write_file_atomic(bad, "model { vocab_size: 64 d_modle: 8 }\n");
   expect_one_line_error(run_tool("engram-plan", "--config " + q(bad)), "engram-plan", "d_modle");
-  fs::remove(bad);
   expect_one_line_error(run_tool("engram-plan", "--config '" + config + "' --world 3"), "engram-plan",
                         "train.global_batch_size");
 }
@@ -201,18 +168,11 @@ ExperimentConfig eval_config(const fs::path& tokenizer) {
 class EvalCli : public testing::Test {
  protected:
   static void SetUpTestSuite() {
-    dir_ = new fs::path(process_dir("engram_test_plan_eval"));
-    fs::remove_all(*dir_);
-    fs::create_directories(*dir_);
-    spill(*dir_ / "corpus.txt", generated_text(1, 300));
-    TokenizerTrainOptions options;
-    options.input_files = {(*dir_ / "corpus.txt").string()};
-    options.model_prefix = (*dir_ / "tok").string();
-    options.vocab_size = kVocab;
-    train_tokenizer(options);
-    tok_ = new Tokenizer((*dir_ / "tok.model").string());
+    dir_ = std::make_unique<testing_util::ScopedTempDir>("test_plan_eval");
+    tokenizer_path_ = testing_util::train_test_tokenizer(dir_->path(), generated_text(1, 300), kVocab);
+    tok_ = std::make_unique<Tokenizer>(tokenizer_path_.string());
 
-    const ExperimentConfig cfg = eval_config(*dir_ / "tok.model");
+    const ExperimentConfig cfg = eval_config(tokenizer_path_);
     Model model(cfg.model());
     Trainer trainer(model, cfg.optim(), cfg.train().max_steps());
     std::mt19937 rng(3);
@@ -226,16 +186,14 @@ class EvalCli : public testing::Test {
       }
       trainer.step({Batch{Tensor::from_vector(in, {2, kSeq}), Tensor::from_vector(out, {2, kSeq})}});
     }
-    checkpoint_dir_ = new fs::path(save_checkpoint((*dir_ / "run").string(), cfg, model, trainer));
+    checkpoint_dir_ = save_checkpoint((*dir_ / "run").string(), cfg, model, trainer);
   }
   static void TearDownTestSuite() {
-    delete tok_;
-    delete checkpoint_dir_;
-    fs::remove_all(*dir_);
-    delete dir_;
+    tok_.reset();
+    dir_.reset();
   }
 
-  static fs::path model_file() { return *checkpoint_dir_ / "model.safetensors"; }
+  static fs::path model_file() { return checkpoint_dir_ / "model.safetensors"; }
 
   // Σ CE and target count over non-overlapping rows of up to T + 1 tokens, each row through
   // Model::forward on its own (the last row may be shorter; a lone last token predicts nothing).
@@ -265,14 +223,10 @@ class EvalCli : public testing::Test {
     return t;
   }
 
-  static fs::path* dir_;
-  static fs::path* checkpoint_dir_;
-  static Tokenizer* tok_;
+  static inline std::unique_ptr<testing_util::ScopedTempDir> dir_;
+  static inline fs::path tokenizer_path_, checkpoint_dir_;
+  static inline std::unique_ptr<Tokenizer> tok_;
 };
-
-fs::path* EvalCli::dir_ = nullptr;
-fs::path* EvalCli::checkpoint_dir_ = nullptr;
-Tokenizer* EvalCli::tok_ = nullptr;
 
 TEST_F(EvalCli, ShardLossEqualsModelForward) {
   // 50 tokens, T = 7: six rows of 8 tokens (42 targets) and a last row of 2 tokens (1 target).
@@ -283,7 +237,7 @@ TEST_F(EvalCli, ShardLossEqualsModelForward) {
   ASSERT_EQ(targets, 43);
 
   // One row per forward pass: the same computation as the reference, so the same bits.
-  const ToolResult one =
+  const CommandResult one =
       run_tool("engram-eval", "--checkpoint " + q(model_file()) + " --shards " + q(shard) + " --batch 1");
   ASSERT_EQ(one.exit_code, 0) << one.err;
   const json j = json::parse(one.out);
@@ -300,8 +254,8 @@ TEST_F(EvalCli, ShardLossEqualsModelForward) {
 
   // Rows batched four at a time: the same loss up to float summation order; and the checkpoint given
   // as its directory or as the run directory (its latest checkpoint) is the same checkpoint.
-  for (const fs::path& ckpt : {*checkpoint_dir_, *dir_ / "run"}) {
-    const ToolResult r =
+  for (const fs::path& ckpt : {checkpoint_dir_, *dir_ / "run"}) {
+    const CommandResult r =
         run_tool("engram-eval", "--checkpoint " + q(ckpt) + " --shards " + q(shard) + " --batch 4");
     ASSERT_EQ(r.exit_code, 0) << r.err;
     const json b = json::parse(r.out);
@@ -311,7 +265,7 @@ TEST_F(EvalCli, ShardLossEqualsModelForward) {
   }
 
   // --seq-len changes the rows: T = 10 gives four rows of 11 and one of 6 (45 targets).
-  const ToolResult longer = run_tool(
+  const CommandResult longer = run_tool(
       "engram-eval", "--checkpoint " + q(model_file()) + " --shards " + q(shard) + " --seq-len 10 --batch 1");
   ASSERT_EQ(longer.exit_code, 0) << longer.err;
   const auto [ce10, targets10] = reference_loss(tokens, 10);
@@ -328,8 +282,9 @@ TEST_F(EvalCli, MaxTokensEvaluatesAPrefixAndCountsItsBytes) {
   write_token_shard(shard.string(), tokens, tok_->hash(), kVocab, 999);
   const std::vector<int32_t> prefix(tokens.begin(), tokens.begin() + 17);
   const auto [ce, targets] = reference_loss(prefix, kSeq);
-  const ToolResult r = run_tool("engram-eval", "--checkpoint " + q(model_file()) + " --shards " + q(shard) +
-                                                   " --tokenizer " + q(*dir_ / "tok.model") + " --max-tokens 17 --batch 1");
+  const CommandResult r =
+      run_tool("engram-eval", "--checkpoint " + q(model_file()) + " --shards " + q(shard) + " --tokenizer " +
+                                  q(tokenizer_path_) + " --max-tokens 17 --batch 1");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const json j = json::parse(r.out);
   EXPECT_EQ(j["tokens"].get<int64_t>(), targets);
@@ -341,19 +296,19 @@ TEST_F(EvalCli, MaxTokensEvaluatesAPrefixAndCountsItsBytes) {
 TEST_F(EvalCli, TextEqualsTheShardOfTheSameText) {
   const std::string text = generated_text(2, 12);
   const fs::path text_file = *dir_ / "heldout.txt";
-  spill(text_file, text);
+  write_file_atomic(text_file, text);
   std::vector<int32_t> tokens = tok_->encode(text);
   tokens.push_back(tok_->eos_id());
   const fs::path shard = *dir_ / "heldout.bin";
   write_token_shard(shard.string(), tokens, tok_->hash(), kVocab, text.size());
 
   // The tokenizer comes from the checkpoint's config (data.tokenizer) unless --tokenizer names one.
-  const ToolResult from_text =
+  const CommandResult from_text =
       run_tool("engram-eval", "--checkpoint " + q(model_file()) + " --text " + q(text_file) + " --batch 1");
-  const ToolResult explicit_tok =
+  const CommandResult explicit_tok =
       run_tool("engram-eval", "--checkpoint " + q(model_file()) + " --text " + q(text_file) +
-                                  " --tokenizer " + q(*dir_ / "tok.model") + " --batch 1");
-  const ToolResult from_shard =
+                                  " --tokenizer " + q(tokenizer_path_) + " --batch 1");
+  const CommandResult from_shard =
       run_tool("engram-eval", "--checkpoint " + q(model_file()) + " --shards " + q(shard) + " --batch 1");
   ASSERT_EQ(from_text.exit_code, 0) << from_text.err;
   ASSERT_EQ(explicit_tok.exit_code, 0) << explicit_tok.err;
@@ -380,8 +335,9 @@ TEST_F(EvalCli, UnigramBaselineIsTheAddOneUnigramCrossEntropy) {
   const fs::path shard = *dir_ / "eval_unigram.bin";
   write_token_shard(shard.string(), tokens, tok_->hash(), kVocab, 77);
 
-  const ToolResult r = run_tool("engram-eval", "--checkpoint " + q(model_file()) + " --shards " + q(shard) +
-                                                   " --unigram-baseline " + q(train_shard));
+  const CommandResult r =
+      run_tool("engram-eval", "--checkpoint " + q(model_file()) + " --shards " + q(shard) +
+                                  " --unigram-baseline " + q(train_shard));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const json j = json::parse(r.out);
 
@@ -402,7 +358,7 @@ TEST_F(EvalCli, UnigramBaselineIsTheAddOneUnigramCrossEntropy) {
 
 TEST_F(EvalCli, EmptyTextFails) {
   const fs::path empty = *dir_ / "empty.txt";
-  spill(empty, "");
+  write_file_atomic(empty, "");
   expect_one_line_error(run_tool("engram-eval", "--checkpoint " + q(model_file()) + " --text " + q(empty)),
                         "engram-eval", "empty");
 }
@@ -410,9 +366,9 @@ TEST_F(EvalCli, EmptyTextFails) {
 TEST_F(EvalCli, CorruptCheckpointFails) {
   const fs::path corrupt = *dir_ / "corrupt";
   fs::create_directories(corrupt);
-  std::string bytes = slurp(model_file());
+  std::string bytes = read_file(model_file());
   bytes[bytes.size() - 5] ^= 0x40;  // inside the last tensor's data: the CRC no longer matches
-  spill(corrupt / "model.safetensors", bytes);
+  write_file_atomic(corrupt / "model.safetensors", bytes);
   const fs::path shard = *dir_ / "small.bin";
   write_token_shard(shard.string(), random_tokens(20, 5), tok_->hash(), kVocab, 40);
   expect_one_line_error(

@@ -22,8 +22,8 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <map>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <sstream>
@@ -31,9 +31,11 @@
 #include <thread>
 #include <vector>
 
+#include "runtime/atomic_file.h"
 #include "runtime/checksum.h"
 #include "runtime/config/config.h"
 #include "runtime/token_shards.h"
+#include "tests/test_util.h"
 #include "text/compression.h"
 #include "train/metrics_log.h"
 
@@ -54,18 +56,6 @@ std::string step_name(int step) {
   return name;
 }
 
-std::string slurp(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-void spill(const fs::path& path, const std::string& bytes) {
-  std::ofstream out(path, std::ios::binary);
-  out << bytes;
-}
-
 std::vector<std::string> lines_of(const std::string& text) {
   std::vector<std::string> lines;
   std::istringstream in(text);
@@ -78,7 +68,7 @@ std::map<std::string, std::string> snapshot(const fs::path& dir) {
   std::map<std::string, std::string> files;
   if (!fs::exists(dir)) return files;
   for (const auto& entry : fs::recursive_directory_iterator(dir))
-    if (entry.is_regular_file()) files[fs::relative(entry.path(), dir).string()] = slurp(entry.path());
+    if (entry.is_regular_file()) files[fs::relative(entry.path(), dir).string()] = read_file(entry.path());
   return files;
 }
 
@@ -115,7 +105,7 @@ struct Outcome {
 Outcome wait_for(pid_t pid, const fs::path& log) {
   int status = 0;
   waitpid(pid, &status, 0);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, slurp(log)};
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, read_file(log)};
 }
 
 // The safetensors file as the public spec defines it: u64 LE header length, JSON header, raw data.
@@ -126,10 +116,9 @@ struct Safetensors {
 };
 
 Safetensors read_safetensors_naive(const fs::path& path) {
-  const std::string bytes = slurp(path);
+  const std::string bytes = read_file(path);
   EXPECT_GE(bytes.size(), 8u) << path;
-  uint64_t header_len = 0;
-  for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | static_cast<unsigned char>(bytes[i]);
+  const uint64_t header_len = testing_util::read_le(bytes, 0, 8);
   Safetensors f;
   f.tensors = json::parse(bytes.substr(8, header_len));
   f.metadata = f.tensors["__metadata__"];
@@ -142,14 +131,9 @@ Safetensors read_safetensors_naive(const fs::path& path) {
 class TrainCli : public ::testing::Test {
  protected:
   void SetUp() override {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    dir_ = fs::temp_directory_path() /
-           ("engram_test_train_cli_" + std::to_string(::getpid()) + "_" + info->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
     tokenizer_ = dir_ / "tokenizer.model";
-    spill(tokenizer_, "a stand-in tokenizer model: only its bytes' hash matters here");
-    tokenizer_hash_ = fnv1a64_bytes(slurp(tokenizer_));
+    write_file_atomic(tokenizer_, "a stand-in tokenizer model: only its bytes' hash matters here");
+    tokenizer_hash_ = fnv1a64_bytes(read_file(tokenizer_));
     train_shard_ = dir_ / "train.bin";
     val_shard_ = dir_ / "val.bin";
     table_ = dir_ / "compression.bin";
@@ -158,7 +142,7 @@ class TrainCli : public ::testing::Test {
     write_compression_table(table_, compression_table(), tokenizer_hash_);
   }
   void TearDown() override {
-    if (!HasFailure()) fs::remove_all(dir_);
+    if (HasFailure()) dir_.keep();
   }
 
   // A fixed sequence of kPeriod tokens repeated, 10% of positions replaced by a random token.
@@ -198,7 +182,7 @@ class TrainCli : public ::testing::Test {
       << " run_dir: \"" << run_dir.string() << "\" }\n"
       << extra;
     const fs::path path = dir_ / name;
-    spill(path, c.str());
+    write_file_atomic(path, c.str());
     return path;
   }
 
@@ -215,17 +199,18 @@ class TrainCli : public ::testing::Test {
     ASSERT_EQ(lines.size(), 1u) << out.output;
     EXPECT_EQ(lines[0].rfind("engram-train: error: ", 0), 0u) << lines[0];
     for (const std::string& piece : expected) EXPECT_NE(lines[0].find(piece), std::string::npos) << lines[0];
-    EXPECT_EQ(temp_files(dir_), std::vector<std::string>{});
+    EXPECT_EQ(temp_files(dir_.path()), std::vector<std::string>{});
   }
 
-  fs::path dir_, tokenizer_, train_shard_, val_shard_, table_;
+  testing_util::ScopedTempDir dir_{"test_train_cli"};
+  fs::path tokenizer_, train_shard_, val_shard_, table_;
   uint64_t tokenizer_hash_ = 0;
   int runs_ = 0;
 };
 
 std::vector<json> metrics_of(const fs::path& run_dir) {
   std::vector<json> lines;
-  for (const std::string& line : lines_of(slurp(run_dir / "metrics.jsonl")))
+  for (const std::string& line : lines_of(read_file(run_dir / "metrics.jsonl")))
     lines.push_back(json::parse(line));
   return lines;
 }
@@ -280,15 +265,15 @@ TEST_F(TrainCli, ShortRunLowersTheLossAndWritesTheRunDirectory) {
   }
 
   // The resolved config, the final checkpoint and where they are.
-  EXPECT_EQ(config_to_text(parse_config_text(slurp(run / "config.pbtxt"), "config.pbtxt")),
+  EXPECT_EQ(config_to_text(parse_config_text(read_file(run / "config.pbtxt"), "config.pbtxt")),
             config_to_text(load_config(config.string())));
-  EXPECT_EQ(slurp(run / "checkpoints" / "latest"), "step_00000060\n");
+  EXPECT_EQ(read_file(run / "checkpoints" / "latest"), "step_00000060\n");
   for (const char* ckpt : {"step_00000025", "step_00000050", "step_00000060"})
     for (const char* file : {"model.safetensors", "optimizer.safetensors"})
       EXPECT_TRUE(fs::is_regular_file(run / "checkpoints" / ckpt / file)) << ckpt << "/" << file;
   EXPECT_EQ(read_safetensors_naive(run / "checkpoints/step_00000060/model.safetensors").metadata["step"],
             "60");
-  EXPECT_EQ(temp_files(dir_), std::vector<std::string>{});
+  EXPECT_EQ(temp_files(dir_.path()), std::vector<std::string>{});
   EXPECT_NE(out.output.find("run directory: " + run.string()), std::string::npos) << out.output;
   EXPECT_NE(out.output.find("last checkpoint: " + (run / "checkpoints" / "step_00000060").string()),
             std::string::npos)
@@ -341,29 +326,28 @@ class TrainCliResume : public TrainCli {
     const fs::path log = dir_ / ("interrupted_" + std::to_string(sig) + ".txt");
     const pid_t pid = spawn_train({"--config", config.string()}, log);
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-    while (lines_of(slurp(run / "metrics.jsonl")).size() < lines &&
+    const fs::path metrics = run / "metrics.jsonl";  // appears once the run has started
+    while ((fs::exists(metrics) ? lines_of(read_file(metrics)).size() : 0) < lines &&
            std::chrono::steady_clock::now() < deadline)
       std::this_thread::sleep_for(std::chrono::milliseconds(1));
     kill(pid, sig);
     return wait_for(pid, log);
   }
 
-  static void SetUpTestSuite() { uninterrupted_.clear(); }
-  // The uninterrupted reference run, made once for the suite.
+  // The uninterrupted reference run directory, made once for the suite.
   fs::path uninterrupted() {
-    if (uninterrupted_.empty()) {
-      uninterrupted_ =
-          fs::temp_directory_path() / ("engram_test_train_cli_" + std::to_string(::getpid()) + "_ref");
-      fs::remove_all(uninterrupted_);
+    if (!reference_dir_) {
+      reference_dir_ = std::make_unique<testing_util::ScopedTempDir>("test_train_cli_reference");
       const Outcome out =
-          train({"--config", write_config("ref.pbtxt", uninterrupted_, kSteps, 150).string()});
+          train({"--config", write_config("ref.pbtxt", *reference_dir_ / "run", kSteps, 150).string()});
       EXPECT_EQ(out.exit_code, 0) << out.output;
     }
-    return uninterrupted_;
+    return *reference_dir_ / "run";
   }
-  static void TearDownTestSuite() { fs::remove_all(uninterrupted_); }
+  static void SetUpTestSuite() { reference_dir_.reset(); }
+  static void TearDownTestSuite() { reference_dir_.reset(); }
 
-  static inline fs::path uninterrupted_;
+  static inline std::unique_ptr<testing_util::ScopedTempDir> reference_dir_;
 };
 
 TEST_F(TrainCliResume, SigtermSavesAndResumeEqualsUninterrupted) {
@@ -372,7 +356,7 @@ TEST_F(TrainCliResume, SigtermSavesAndResumeEqualsUninterrupted) {
   const fs::path config = write_config("c.pbtxt", run, kSteps, 150);
   const Outcome stopped = interrupt_after(config, run, 40, SIGTERM);
   ASSERT_EQ(stopped.exit_code, 0) << stopped.output;
-  const std::string latest = slurp(run / "checkpoints" / "latest");
+  const std::string latest = read_file(run / "checkpoints" / "latest");
   const int step = std::stoi(latest.substr(5));
   ASSERT_EQ(latest, step_name(step) + "\n");
   ASSERT_LT(step, kSteps) << "the run ended before SIGTERM arrived";
@@ -385,7 +369,7 @@ TEST_F(TrainCliResume, SigtermSavesAndResumeEqualsUninterrupted) {
   const Outcome resumed = train({"--resume", run.string()});
   ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
   expect_same_run(reference, run);
-  EXPECT_EQ(temp_files(dir_), std::vector<std::string>{});
+  EXPECT_EQ(temp_files(dir_.path()), std::vector<std::string>{});
 }
 
 TEST_F(TrainCliResume, SigkillThenResumeFromAnOlderCheckpointEqualsUninterrupted) {
@@ -406,21 +390,22 @@ TEST_F(TrainCliResume, SigkillThenResumeFromAnOlderCheckpointEqualsUninterrupted
 // stay), a half-written last line goes, and appending continues after what is kept.
 TEST_F(TrainCli, MetricsLogResumeKeepsLinesThroughTheCheckpointStep) {
   const fs::path path = dir_ / "metrics.jsonl";
-  spill(path,
-        "{\"type\":\"train\",\"step\":1}\n{\"type\":\"train\",\"step\":2}\n{\"type\":\"eval\",\"step\":2}\n"
-        "{\"type\":\"train\",\"step\":3}\n{\"type\":\"train\",\"st");
+  write_file_atomic(
+      path,
+      "{\"type\":\"train\",\"step\":1}\n{\"type\":\"train\",\"step\":2}\n{\"type\":\"eval\",\"step\":2}\n"
+      "{\"type\":\"train\",\"step\":3}\n{\"type\":\"train\",\"st");
   {
     MetricsLog log(path.string(), 2);
     log.write({{"type", "train"}, {"step", 3}, {"loss", 0.5}});
     EXPECT_EQ(
-        slurp(path),
+        read_file(path),
         "{\"type\":\"train\",\"step\":1}\n{\"type\":\"train\",\"step\":2}\n{\"type\":\"eval\",\"step\":2}\n"
         "{\"type\":\"train\",\"step\":3,\"loss\":0.5}\n")
         << "not flushed per line, or not truncated";
   }
   { MetricsLog fresh(path.string(), 0); }
-  EXPECT_EQ(slurp(path), "");
-  EXPECT_EQ(temp_files(dir_), std::vector<std::string>{});
+  EXPECT_EQ(read_file(path), "");
+  EXPECT_EQ(temp_files(dir_.path()), std::vector<std::string>{});
 }
 
 // ---- bad inputs ----
@@ -453,8 +438,8 @@ TEST_F(TrainCli, MissingShardFails) {
 }
 
 TEST_F(TrainCli, TruncatedShardFails) {
-  const std::string bytes = slurp(val_shard_);
-  spill(val_shard_, bytes.substr(0, bytes.size() - 3));
+  const std::string bytes = read_file(val_shard_);
+  write_file_atomic(val_shard_, bytes.substr(0, bytes.size() - 3));
   const fs::path config = write_config("c.pbtxt", dir_ / "run", 5, 0);
   expect_clean_failure(train({"--config", config.string()}), {val_shard_.string(), "truncated"});
   EXPECT_FALSE(fs::exists(dir_ / "run"));
@@ -482,7 +467,7 @@ TEST_F(TrainCli, ShardTooSmallForOneRowFails) {
 }
 
 TEST_F(TrainCli, UnwritableRunDirectoryFails) {
-  spill(dir_ / "a_file", "not a directory");
+  write_file_atomic(dir_ / "a_file", "not a directory");
   const fs::path run = dir_ / "a_file" / "run";
   const fs::path config = write_config("c.pbtxt", run, 5, 0);
   expect_clean_failure(train({"--config", config.string()}), {run.string()});
@@ -510,9 +495,9 @@ TEST_F(TrainCli, BadResumesLeaveTheRunUntouched) {
 
   // A corrupt checkpoint: one flipped byte in the tensor data.
   const fs::path model_file = run / "checkpoints" / "step_00000005" / "model.safetensors";
-  std::string bytes = slurp(model_file);
+  std::string bytes = read_file(model_file);
   bytes[bytes.size() - 5] ^= 0x10;
-  spill(model_file, bytes);
+  write_file_atomic(model_file, bytes);
   before = snapshot(run);
   expect_clean_failure(train({"--resume", run.string()}), {model_file.string()});
   EXPECT_EQ(snapshot(run), before);

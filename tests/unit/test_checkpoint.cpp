@@ -11,16 +11,12 @@
 //   hand-written malformed files are refused; the Python script of docs/CHECKPOINT.md reproduces the
 //   model's tensors and Engram rows.
 #include <gtest/gtest.h>
-#include <unistd.h>
 #include <zlib.h>
 
 #include <algorithm>
-#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
-#include <functional>
-#include <memory>
 #include <random>
 #include <set>
 #include <string>
@@ -40,6 +36,8 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 using testing_util::bitwise_equal;
+using testing_util::expect_error;
+using testing_util::read_le;
 
 constexpr int kVocab = 29, kSeq = 7, kCompressedVocab = 19;
 
@@ -90,17 +88,8 @@ struct TrainingRun {
   Trainer trainer;
 };
 
-// Rows of T+1 random tokens: inputs row[0..T-1], targets row[1..T] (MODEL.md §1).
 Batch random_batch(int64_t rows, std::mt19937& rng) {
-  std::uniform_int_distribution<int32_t> token(0, kVocab - 1);
-  std::vector<int32_t> inputs, targets;
-  for (int64_t r = 0; r < rows; ++r) {
-    std::vector<int32_t> row(kSeq + 1);
-    for (auto& t : row) t = token(rng);
-    inputs.insert(inputs.end(), row.begin(), row.end() - 1);
-    targets.insert(targets.end(), row.begin() + 1, row.end());
-  }
-  return {Tensor::from_vector(inputs, {rows, kSeq}), Tensor::from_vector(targets, {rows, kSeq})};
+  return testing_util::random_batch<Batch>(rows, kSeq, kVocab, rng);
 }
 
 // The global batch of step s: a function of s alone, as the data loader's order is.
@@ -152,43 +141,11 @@ void expect_same_state(TrainingRun& a, TrainingRun& b) {
   for (const auto& [name, t] : sa) EXPECT_TRUE(bitwise_equal(t, sb.at(name))) << name;
 }
 
-// Runs `f`, which must throw engram::Error whose message contains every one of `parts`.
-void expect_error(const std::function<void()>& f, const std::vector<std::string>& parts) {
-  try {
-    f();
-    ADD_FAILURE() << "no error; expected one mentioning " << parts.front();
-  } catch (const Error& e) {
-    const std::string msg = e.what();
-    for (const std::string& part : parts)
-      EXPECT_NE(msg.find(part), std::string::npos) << "\"" << part << "\" not in: " << msg;
-  }
-}
-
-std::string read_bytes(const std::string& path) { return read_file(path); }
-
-void write_bytes(const std::string& path, const std::string& bytes) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-  ASSERT_TRUE(out.good()) << path;
-}
-
-uint64_t header_length(const std::string& bytes) {
-  uint64_t n = 0;
-  for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<unsigned char>(bytes[i]);  // little-endian
-  return n;
-}
+// A safetensors file's first 8 bytes: the length of the JSON header that follows.
+uint64_t header_length(const std::string& bytes) { return read_le(bytes, 0, 8); }
 
 class CheckpointTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    root_ = fs::temp_directory_path() /
-            ("engram_test_checkpoint_" + std::to_string(::getpid()) + "_" + info->name());
-    fs::remove_all(root_);
-    fs::create_directories(root_);
-  }
-  void TearDown() override { fs::remove_all(root_); }
-
   std::string run_dir() const { return (root_ / "run").string(); }
   std::string path(const std::string& name) const { return (root_ / name).string(); }
 
@@ -199,7 +156,7 @@ class CheckpointTest : public ::testing::Test {
     return save_checkpoint(run_dir(), cfg_, run.model, run.trainer);
   }
 
-  fs::path root_;
+  const testing_util::ScopedTempDir root_{"test_checkpoint"};
   const ExperimentConfig cfg_ = tiny_config();
 };
 
@@ -250,14 +207,14 @@ TEST_F(CheckpointTest, FlippedDataByteFailsWithChecksumErrorNamingTheFile) {
   const std::string dir = trained_checkpoint(1);
   for (const char* name : {"model.safetensors", "optimizer.safetensors"}) {
     const std::string file = (fs::path(dir) / name).string();
-    const std::string good = read_bytes(file);
+    const std::string good = read_file(file);
     std::string bad = good;
     const size_t data_begin = 8 + header_length(good);
     bad[data_begin + (bad.size() - data_begin) / 2] ^= 0x10;
-    write_bytes(file, bad);
+    write_file_atomic(file, bad);
     TrainingRun run(cfg_);
     expect_error([&] { load_checkpoint(dir, cfg_, run.model, run.trainer); }, {file, "checksum"});
-    write_bytes(file, good);
+    write_file_atomic(file, good);
     load_checkpoint(dir, cfg_, run.model, run.trainer);  // the flip, nothing else, was the problem
   }
 }
@@ -265,10 +222,10 @@ TEST_F(CheckpointTest, FlippedDataByteFailsWithChecksumErrorNamingTheFile) {
 TEST_F(CheckpointTest, TruncatedFileFailsClearly) {
   const std::string dir = trained_checkpoint(1);
   const std::string file = (fs::path(dir) / "model.safetensors").string();
-  const std::string good = read_bytes(file);
+  const std::string good = read_file(file);
   const size_t header_end = 8 + header_length(good);
   for (size_t size : {good.size() - 1, header_end + 3, header_end - 5, size_t{5}, size_t{0}}) {
-    write_bytes(file, good.substr(0, size));
+    write_file_atomic(file, good.substr(0, size));
     TrainingRun run(cfg_);
     expect_error([&] { load_checkpoint(dir, cfg_, run.model, run.trainer); }, {file, "truncated"});
   }
@@ -324,7 +281,7 @@ TEST_F(CheckpointTest, MissingOrMisshapenTensorIsNamedAndNothingIsOverwritten) {
     return file;
   };
   const std::string model_file = (fs::path(dir) / "model.safetensors").string();
-  const std::string model_bytes = read_bytes(model_file);
+  const std::string model_bytes = read_file(model_file);
 
   TrainingRun run(cfg_);
   const auto before = snapshot(run);
@@ -332,11 +289,11 @@ TEST_F(CheckpointTest, MissingOrMisshapenTensorIsNamedAndNothingIsOverwritten) {
   expect_error([&] { load_checkpoint(dir, cfg_, run.model, run.trainer); },
                {file, "layers.2.engram.table", "missing"});
 
-  write_bytes(model_file, model_bytes);
+  write_file_atomic(model_file, model_bytes);
   const Tensor wrong = Tensor::zeros({13});
   rewrite_without("model.safetensors", "norm.weight", &wrong);
   expect_error([&] { load_checkpoint(dir, cfg_, run.model, run.trainer); }, {"norm.weight", "[13]", "[12]"});
-  write_bytes(model_file, model_bytes);
+  write_file_atomic(model_file, model_bytes);
 
   // The model file is fine; the optimizer file fails after it was read: still nothing is overwritten.
   const std::string opt =
@@ -365,6 +322,28 @@ TEST_F(CheckpointTest, LatestNamesTheNewestCheckpoint) {
   EXPECT_EQ(loaded.trainer.steps_done(), 2);
 }
 
+TEST_F(CheckpointTest, OnlyTheNewestKeepCheckpointsRemain) {
+  for (int keep : {0, 2}) {
+    ExperimentConfig cfg = cfg_;
+    cfg.mutable_train()->set_keep_checkpoints(keep);
+    const std::string dir = path("keep_" + std::to_string(keep));
+    TrainingRun run(cfg);
+    std::vector<std::string> saved;
+    for (int i = 0; i < 4; ++i) {
+      train(run, 1);
+      saved.push_back(save_checkpoint(dir, cfg, run.model, run.trainer));
+    }
+    for (int i = 0; i < 4; ++i) {
+      const bool kept = keep == 0 || i >= 4 - keep;
+      EXPECT_EQ(fs::exists(saved[i]), kept) << "keep " << keep << ", checkpoint " << saved[i];
+    }
+    EXPECT_EQ(latest_checkpoint(dir), saved.back());
+    TrainingRun loaded(cfg);
+    load_checkpoint(latest_checkpoint(dir), cfg, loaded.model, loaded.trainer);
+    EXPECT_EQ(loaded.trainer.steps_done(), 4);
+  }
+}
+
 TEST_F(CheckpointTest, InterruptedWriteLeavesNoPartialFile) {
   const std::string file = path("model.safetensors");
   {
@@ -372,16 +351,16 @@ TEST_F(CheckpointTest, InterruptedWriteLeavesNoPartialFile) {
     f.write("partial header");
   }  // destroyed without commit, as by an exception or a signal handler unwinding
   EXPECT_FALSE(fs::exists(file));
-  EXPECT_TRUE(fs::is_empty(root_));
+  EXPECT_TRUE(fs::is_empty(root_.path()));
 
   write_safetensors(file, {{"x", Tensor::full({3}, 1.5f)}}, {});
-  const std::string committed = read_bytes(file);
+  const std::string committed = read_file(file);
   {
     AtomicFile f(file);
     f.write("an interrupted rewrite");
   }
-  EXPECT_EQ(read_bytes(file), committed);  // the previous complete file is untouched
-  EXPECT_EQ(std::distance(fs::directory_iterator(root_), fs::directory_iterator()), 1);
+  EXPECT_EQ(read_file(file), committed);  // the previous complete file is untouched
+  EXPECT_EQ(std::distance(fs::directory_iterator(root_.path()), fs::directory_iterator()), 1);
 }
 
 // The format is standard: parsed here by hand, without runtime/safetensors.
@@ -389,7 +368,7 @@ TEST_F(CheckpointTest, ModelFileIsStandardSafetensors) {
   TrainingRun run(cfg_);
   train(run, 2);
   const std::string dir = save_checkpoint(run_dir(), cfg_, run.model, run.trainer);
-  const std::string bytes = read_bytes((fs::path(dir) / "model.safetensors").string());
+  const std::string bytes = read_file((fs::path(dir) / "model.safetensors").string());
   const uint64_t n = header_length(bytes);
   ASSERT_LE(8 + n, bytes.size());
   EXPECT_EQ(n % 8, 0u);  // data section aligned
@@ -446,7 +425,7 @@ TEST_F(CheckpointTest, ModelFileIsStandardSafetensors) {
   }
 
   // The optimizer file: moments of AdamW's groups, of SparseAdam's tables, none for balancing biases.
-  const std::string opt = read_bytes((fs::path(dir) / "optimizer.safetensors").string());
+  const std::string opt = read_file((fs::path(dir) / "optimizer.safetensors").string());
   const json opt_header = json::parse(opt.substr(8, header_length(opt)));
   std::set<std::string> expected_moments, got_moments;
   for (const Parameter* p : run.model.params().all()) {
@@ -467,8 +446,7 @@ TEST_F(CheckpointTest, ModelFileIsStandardSafetensors) {
 // A file made by hand: header JSON text as given, then `data_bytes` zero bytes.
 std::string hand_made(const std::string& header, size_t data_bytes) {
   std::string bytes(8, '\0');
-  const uint64_t n = header.size();
-  for (int i = 0; i < 8; ++i) bytes[i] = static_cast<char>((n >> (8 * i)) & 0xFF);
+  testing_util::write_le(bytes, 0, 8, header.size());
   return bytes + header + std::string(data_bytes, '\0');
 }
 
@@ -496,7 +474,7 @@ TEST_F(CheckpointTest, SafetensorsRoundTripsEveryDtypeAndShape) {
 TEST_F(CheckpointTest, SafetensorsRefusesMalformedFiles) {
   const std::string file = path("bad.safetensors");
   const auto expect_refused = [&](const std::string& bytes, const std::vector<std::string>& parts) {
-    write_bytes(file, bytes);
+    write_file_atomic(file, bytes);
     std::vector<std::string> with_file = parts;
     with_file.push_back(file);
     expect_error([&] { read_safetensors(file); }, with_file);
@@ -545,17 +523,6 @@ std::string python_snippet() {
   return doc.substr(begin + open.size(), end - begin - open.size() + 1);
 }
 
-// Runs a command, returning its exit status and stdout.
-std::pair<int, std::string> run_command(const std::string& command) {
-  FILE* pipe = ::popen(command.c_str(), "r");
-  EG_ASSERT(pipe != nullptr, "popen ", command);
-  std::string out;
-  char buffer[4096];
-  size_t got;
-  while ((got = std::fread(buffer, 1, sizeof buffer, pipe)) > 0) out.append(buffer, got);
-  return {::pclose(pipe), out};
-}
-
 TEST_F(CheckpointTest, DocumentedPythonLoaderReproducesTensorsAndEngramRows) {
   if (std::system("python3 -c 'import json, zlib' > /dev/null 2>&1") != 0) GTEST_SKIP() << "no python3";
   TrainingRun run(cfg_);
@@ -569,9 +536,9 @@ TEST_F(CheckpointTest, DocumentedPythonLoaderReproducesTensorsAndEngramRows) {
   const std::vector<int32_t> tokens = {3, 22, 2, 28, 0, 3, 17, 22, 9, 11, 5};
   std::string command = "python3 " + script + " " + model_file;
   for (int32_t t : tokens) command += " " + std::to_string(t);
-  const auto [status, out] = run_command(command);
-  ASSERT_EQ(status, 0) << out;
-  const json result = json::parse(out);
+  const testing_util::CommandResult run_result = testing_util::run_command(command);
+  ASSERT_EQ(run_result.exit_code, 0) << run_result.out << run_result.err;
+  const json result = json::parse(run_result.out);
   EXPECT_EQ(result["step"], 1);
 
   ASSERT_EQ(result["tensors"].size(), run.model.params().all().size());
@@ -605,12 +572,13 @@ TEST_F(CheckpointTest, DocumentedPythonLoaderReproducesTensorsAndEngramRows) {
   }
 
   // The script verifies the checksum too.
-  std::string bytes = read_bytes(model_file);
+  std::string bytes = read_file(model_file);
   bytes.back() ^= 0x01;
-  write_bytes(model_file, bytes);
-  const auto [bad_status, bad_out] = run_command(command + " 2>&1");
-  EXPECT_NE(bad_status, 0);
-  EXPECT_NE(bad_out.find("checksum"), std::string::npos) << bad_out;
+  write_file_atomic(model_file, bytes);
+  const testing_util::CommandResult bad = testing_util::run_command(command);
+  EXPECT_NE(bad.exit_code, 0);
+  const std::string bad_output = bad.out + bad.err;
+  EXPECT_NE(bad_output.find("checksum"), std::string::npos) << bad_output;
 }
 
 }  // namespace

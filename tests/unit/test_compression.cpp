@@ -2,18 +2,18 @@
 // whitespace, byte pieces, pieces that normalize to nothing), dense first-appearance ids, the table
 // of a trained tokenizer, and the table file (layout, round trip, corruption).
 #include <gtest/gtest.h>
-#include <unistd.h>
 #include <zlib.h>
 
 #include <algorithm>
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "runtime/atomic_file.h"
 #include "runtime/error.h"
+#include "tests/test_util.h"
 #include "text/compression.h"
 #include "text/tokenizer.h"
 
@@ -21,52 +21,14 @@ namespace engram {
 namespace {
 
 namespace fs = std::filesystem;
-
-// This process's own directory (ctest runs test cases as parallel processes), removed at exit.
-const fs::path& temp_dir() {
-  static const struct Scratch {
-    fs::path path = fs::path(testing::TempDir()) / ("engram_test_compression_" + std::to_string(::getpid()));
-    Scratch() { fs::create_directories(path); }
-    ~Scratch() {
-      std::error_code ec;
-      fs::remove_all(path, ec);
-    }
-  } dir;
-  return dir.path;
-}
-
-std::string slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
-
-void spit(const std::string& path, const std::string& bytes) {
-  std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes;
-}
-
-uint64_t le(const std::string& bytes, size_t at, size_t width) {
-  uint64_t v = 0;
-  for (size_t i = 0; i < width; ++i) v |= uint64_t(uint8_t(bytes[at + i])) << (8 * i);
-  return v;
-}
-
-void set_le(std::string& bytes, size_t at, size_t width, uint64_t v) {
-  for (size_t i = 0; i < width; ++i) bytes[at + i] = char(v >> (8 * i));
-}
+using testing_util::expect_error;
+using testing_util::process_temp_dir;
+using testing_util::read_le;
+using testing_util::write_le;
 
 void reseal(std::string& bytes) {
-  set_le(bytes, bytes.size() - 4, 4,
-         ::crc32(0, reinterpret_cast<const Bytef*>(bytes.data()), bytes.size() - 4));
-}
-
-template <class Fn>
-void expect_error(Fn fn, std::initializer_list<std::string> fragments) {
-  try {
-    fn();
-    FAIL() << "no error; expected one mentioning " << *fragments.begin();
-  } catch (const Error& e) {
-    for (const auto& f : fragments) EXPECT_NE(std::string(e.what()).find(f), std::string::npos) << e.what();
-  }
+  write_le(bytes, bytes.size() - 4, 4,
+           ::crc32(0, reinterpret_cast<const Bytef*>(bytes.data()), bytes.size() - 4));
 }
 
 // A dense table over V ids with `distinct` canonical ids, each new id appearing in order.
@@ -166,19 +128,12 @@ TEST(CompressionTable, MatchesNaiveAssignmentOnManyPieces) {
 }
 
 TEST(CompressionTable, FromTrainedTokenizer) {
-  const fs::path dir = temp_dir();
   std::string text;
   for (int i = 0; i < 200; ++i) {
     text += "The cat and the dog. THE END of the story, said Éric to eric. Ａ fine day.\n";
     text += "the The the  indented\tline " + std::to_string(i) + "\n";
   }
-  spit((dir / "corpus.txt").string(), text);
-  TokenizerTrainOptions options;
-  options.input_files = {(dir / "corpus.txt").string()};
-  options.model_prefix = (dir / "tok").string();
-  options.vocab_size = 320;
-  train_tokenizer(options);
-  const Tokenizer tok((dir / "tok.model").string());
+  const Tokenizer tok(testing_util::train_test_tokenizer(process_temp_dir(), text, 320));
 
   // The decoding rule, written out: "▁" → " " except in byte pieces.
   std::vector<std::string> decoded;
@@ -218,22 +173,22 @@ TEST(CompressionKey, NeedsIcu) { GTEST_SKIP() << "built without ICU (install lib
 
 TEST(CompressionFile, RoundTripAndLayout) {
   for (size_t v : {1, 3, 7, 33, 1001}) {
-    const std::string path = (temp_dir() / ("table_" + std::to_string(v) + ".bin")).string();
+    const std::string path = (process_temp_dir() / ("table_" + std::to_string(v) + ".bin")).string();
     const std::vector<int32_t> table = random_dense_table(v, uint32_t(v));
     const int32_t compressed = *std::max_element(table.begin(), table.end()) + 1;
     const uint64_t hash = 0xFEDCBA9876543210ull ^ v;
     write_compression_table(path, table, hash);
 
-    const std::string bytes = slurp(path);
+    const std::string bytes = read_file(path);
     ASSERT_EQ(bytes.size(), 32 + 4 * v + 4);
     EXPECT_EQ(bytes.substr(0, 8), "ENGRAMCT");
-    EXPECT_EQ(le(bytes, 8, 4), 1u);
-    EXPECT_EQ(le(bytes, 12, 4), v);
-    EXPECT_EQ(le(bytes, 16, 4), uint64_t(compressed));
-    EXPECT_EQ(le(bytes, 20, 4), 0u);
-    EXPECT_EQ(le(bytes, 24, 8), hash);
-    for (size_t i = 0; i < v; ++i) ASSERT_EQ(le(bytes, 32 + 4 * i, 4), uint64_t(table[i])) << i;
-    EXPECT_EQ(le(bytes, bytes.size() - 4, 4),
+    EXPECT_EQ(read_le(bytes, 8, 4), 1u);
+    EXPECT_EQ(read_le(bytes, 12, 4), v);
+    EXPECT_EQ(read_le(bytes, 16, 4), uint64_t(compressed));
+    EXPECT_EQ(read_le(bytes, 20, 4), 0u);
+    EXPECT_EQ(read_le(bytes, 24, 8), hash);
+    for (size_t i = 0; i < v; ++i) ASSERT_EQ(read_le(bytes, 32 + 4 * i, 4), uint64_t(table[i])) << i;
+    EXPECT_EQ(read_le(bytes, bytes.size() - 4, 4),
               ::crc32(0, reinterpret_cast<const Bytef*>(bytes.data()), bytes.size() - 4));
 
     const CompressionTable read = read_compression_table(path);
@@ -243,40 +198,41 @@ TEST(CompressionFile, RoundTripAndLayout) {
 }
 
 TEST(CompressionFile, CorruptFilesAreRejected) {
-  const std::string path = (temp_dir() / "corrupt.bin").string();
+  const std::string path = (process_temp_dir() / "corrupt.bin").string();
   write_compression_table(path, random_dense_table(50, 1), 42);
-  const std::string good = slurp(path);
+  const std::string good = read_file(path);
 
   std::string bytes = good;
   bytes[32 + 4 * 10] ^= 1;
-  spit(path, bytes);
+  write_file_atomic(path, bytes);
   expect_error([&] { read_compression_table(path); }, {path, "corrupt compression table", "checksum"});
 
-  spit(path, good.substr(0, good.size() - 5));
+  write_file_atomic(path, good.substr(0, good.size() - 5));
   expect_error([&] { read_compression_table(path); }, {path, "V = 50", "236 bytes", "231"});
 
   bytes = good;
   bytes[3] = 'X';
-  spit(path, bytes);
+  write_file_atomic(path, bytes);
   expect_error([&] { read_compression_table(path); }, {path, "not a compression table", "ENGRAMCT"});
 
   bytes = good;
-  set_le(bytes, 16, 4, le(good, 16, 4) + 1);  // V' that the entries do not have
+  write_le(bytes, 16, 4, read_le(good, 16, 4) + 1);  // V' that the entries do not have
   reseal(bytes);
-  spit(path, bytes);
+  write_file_atomic(path, bytes);
   expect_error([&] { read_compression_table(path); }, {path, "V' = "});
 
   bytes = good;
-  set_le(bytes, 32, 4, 5);  // compress[0] = 5: not first-appearance order
+  write_le(bytes, 32, 4, 5);  // compress[0] = 5: not first-appearance order
   reseal(bytes);
-  spit(path, bytes);
+  write_file_atomic(path, bytes);
   expect_error([&] { read_compression_table(path); }, {path, "not dense", "compress[0] = 5"});
 
-  expect_error([&] { read_compression_table((temp_dir() / "missing.bin").string()); }, {"missing.bin"});
+  const std::string missing = (process_temp_dir() / "missing.bin").string();
+  expect_error([&] { read_compression_table(missing); }, {"missing.bin"});
 }
 
 TEST(CompressionFile, WriterRejectsNonDenseTablesAndLeavesNoFile) {
-  const std::string path = (temp_dir() / "rejected.bin").string();
+  const std::string path = (process_temp_dir() / "rejected.bin").string();
   fs::remove(path);
   expect_error([&] { write_compression_table(path, {0, 2, 1}, 1); }, {path, "not dense", "compress[1] = 2"});
   expect_error([&] { write_compression_table(path, {0, -1}, 1); }, {path, "compress[1] = -1"});

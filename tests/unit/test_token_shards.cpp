@@ -1,61 +1,31 @@
 // Token shards: round trips in both dtypes checked against a byte-level reading of the documented
 // layout, and every way a shard can be bad (each error names the file and what was wrong).
 #include <gtest/gtest.h>
-#include <unistd.h>
 #include <zlib.h>
 
-#include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "runtime/atomic_file.h"
 #include "runtime/error.h"
 #include "runtime/token_shards.h"
+#include "tests/test_util.h"
 
 namespace engram {
 namespace {
 
 namespace fs = std::filesystem;
+using testing_util::expect_error;
+using testing_util::read_le;
+using testing_util::write_le;
 
-// This process's own directory (ctest runs test cases as parallel processes), removed at exit.
-const fs::path& temp_dir() {
-  static const struct Scratch {
-    fs::path path = fs::path(testing::TempDir()) / ("engram_test_token_shards_" + std::to_string(::getpid()));
-    Scratch() { fs::create_directories(path); }
-    ~Scratch() {
-      std::error_code ec;
-      fs::remove_all(path, ec);
-    }
-  } dir;
-  return dir.path;
-}
-
-std::string temp_path(const std::string& name) { return (temp_dir() / name).string(); }
-
-std::string slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
-
-void spit(const std::string& path, const std::string& bytes) {
-  std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes;
-}
-
-uint64_t le(const std::string& bytes, size_t at, size_t width) {
-  uint64_t v = 0;
-  for (size_t i = 0; i < width; ++i) v |= uint64_t(uint8_t(bytes[at + i])) << (8 * i);
-  return v;
-}
-
-void set_le(std::string& bytes, size_t at, size_t width, uint64_t v) {
-  for (size_t i = 0; i < width; ++i) bytes[at + i] = char(v >> (8 * i));
-}
+std::string temp_path(const std::string& name) { return (testing_util::process_temp_dir() / name).string(); }
 
 // Re-seals a header edited by a test, so that the check after the checksum is the one that fires.
 void reseal_header(std::string& bytes) {
-  set_le(bytes, 56, 8, ::crc32(0, reinterpret_cast<const Bytef*>(bytes.data()), 56));
+  write_le(bytes, 56, 8, ::crc32(0, reinterpret_cast<const Bytef*>(bytes.data()), 56));
 }
 
 std::vector<int32_t> random_tokens(size_t n, uint32_t vocab, uint32_t seed) {
@@ -66,17 +36,6 @@ std::vector<int32_t> random_tokens(size_t n, uint32_t vocab, uint32_t seed) {
   return t;
 }
 
-// Expects `fn` to throw engram::Error whose message contains every fragment.
-template <class Fn>
-void expect_error(Fn fn, std::initializer_list<std::string> fragments) {
-  try {
-    fn();
-    FAIL() << "no error; expected one mentioning " << *fragments.begin();
-  } catch (const Error& e) {
-    for (const auto& f : fragments) EXPECT_NE(std::string(e.what()).find(f), std::string::npos) << e.what();
-  }
-}
-
 void check_round_trip(uint32_t vocab, size_t expected_dtype_bytes) {
   for (size_t n : {0, 1, 3, 7, 13, 33, 1001}) {
     const std::string path = temp_path("rt_" + std::to_string(vocab) + "_" + std::to_string(n) + ".bin");
@@ -85,20 +44,21 @@ void check_round_trip(uint32_t vocab, size_t expected_dtype_bytes) {
     write_token_shard(path, tokens, hash, vocab, source);
 
     // The bytes, read by the documented layout.
-    const std::string bytes = slurp(path);
+    const std::string bytes = read_file(path);
     ASSERT_EQ(bytes.size(), 64 + n * expected_dtype_bytes);
     EXPECT_EQ(bytes.substr(0, 8), "ENGRAMTK");
-    EXPECT_EQ(le(bytes, 8, 4), 1u);
-    EXPECT_EQ(le(bytes, 12, 4), expected_dtype_bytes == 2 ? 1u : 2u);
-    EXPECT_EQ(le(bytes, 16, 8), n);
-    EXPECT_EQ(le(bytes, 24, 8), hash);
-    EXPECT_EQ(le(bytes, 32, 4), vocab);
-    EXPECT_EQ(le(bytes, 36, 4), 0u);
-    EXPECT_EQ(le(bytes, 40, 8), source);
-    EXPECT_EQ(le(bytes, 48, 8), 0u);
-    EXPECT_EQ(le(bytes, 56, 8), ::crc32(0, reinterpret_cast<const Bytef*>(bytes.data()), 56));
+    EXPECT_EQ(read_le(bytes, 8, 4), 1u);
+    EXPECT_EQ(read_le(bytes, 12, 4), expected_dtype_bytes == 2 ? 1u : 2u);
+    EXPECT_EQ(read_le(bytes, 16, 8), n);
+    EXPECT_EQ(read_le(bytes, 24, 8), hash);
+    EXPECT_EQ(read_le(bytes, 32, 4), vocab);
+    EXPECT_EQ(read_le(bytes, 36, 4), 0u);
+    EXPECT_EQ(read_le(bytes, 40, 8), source);
+    EXPECT_EQ(read_le(bytes, 48, 8), 0u);
+    EXPECT_EQ(read_le(bytes, 56, 8), ::crc32(0, reinterpret_cast<const Bytef*>(bytes.data()), 56));
     for (size_t i = 0; i < n; ++i) {
-      ASSERT_EQ(le(bytes, 64 + i * expected_dtype_bytes, expected_dtype_bytes), uint64_t(tokens[i])) << i;
+      ASSERT_EQ(read_le(bytes, 64 + i * expected_dtype_bytes, expected_dtype_bytes), uint64_t(tokens[i]))
+          << i;
     }
 
     const TokenShard shard = read_token_shard(path);
@@ -127,7 +87,7 @@ TEST(TokenShards, RoundTripU32) {
 TEST(TokenShards, TruncatedShardNamesExpectedAndActualSize) {
   const std::string path = temp_path("truncated.bin");
   write_token_shard(path, random_tokens(1000, 500, 1), 7, 500, 4000);
-  spit(path, slurp(path).substr(0, 1500));
+  write_file_atomic(path, read_file(path).substr(0, 1500));
   expect_error([&] { read_token_shard(path); },
                {path, "truncated shard", "1000 tokens", "2064 bytes", "1500 bytes"});
 }
@@ -135,62 +95,62 @@ TEST(TokenShards, TruncatedShardNamesExpectedAndActualSize) {
 TEST(TokenShards, TrailingBytesAreRejected) {
   const std::string path = temp_path("trailing.bin");
   write_token_shard(path, random_tokens(10, 500, 2), 7, 500, 40);
-  spit(path, slurp(path) + "x");
+  write_file_atomic(path, read_file(path) + "x");
   expect_error([&] { read_token_shard(path); },
                {path, "trailing bytes", "10 tokens", "84 bytes", "85 bytes"});
 }
 
 TEST(TokenShards, FileShorterThanHeader) {
   const std::string path = temp_path("tiny.bin");
-  spit(path, "ENGRAMTK");
+  write_file_atomic(path, "ENGRAMTK");
   expect_error([&] { read_token_shard(path); }, {path, "8 bytes", "64-byte header"});
 }
 
 TEST(TokenShards, BadMagic) {
   const std::string path = temp_path("magic.bin");
   write_token_shard(path, random_tokens(5, 500, 3), 7, 500, 20);
-  std::string bytes = slurp(path);
+  std::string bytes = read_file(path);
   bytes[0] = 'X';
-  spit(path, bytes);
+  write_file_atomic(path, bytes);
   expect_error([&] { read_token_shard(path); }, {path, "not a token shard", "ENGRAMTK", "XNGRAMTK"});
   bytes[1] = '\x01';  // unprintable bytes are shown escaped
-  spit(path, bytes);
+  write_file_atomic(path, bytes);
   expect_error([&] { read_token_shard(path); }, {path, "X\\x01GRAMTK"});
 }
 
 TEST(TokenShards, BadHeaderChecksum) {
   const std::string path = temp_path("crc.bin");
   write_token_shard(path, random_tokens(5, 500, 4), 7, 500, 20);
-  std::string bytes = slurp(path);
+  std::string bytes = read_file(path);
   bytes[40] ^= 1;  // source_bytes: a field no other check would notice
-  spit(path, bytes);
+  write_file_atomic(path, bytes);
   expect_error([&] { read_token_shard(path); }, {path, "corrupt token shard header", "checksum"});
 }
 
 TEST(TokenShards, UnsupportedVersionAndDtype) {
   const std::string path = temp_path("version.bin");
   write_token_shard(path, random_tokens(5, 500, 5), 7, 500, 20);
-  const std::string good = slurp(path);
+  const std::string good = read_file(path);
 
   std::string bytes = good;
-  set_le(bytes, 8, 4, 2);
+  write_le(bytes, 8, 4, 2);
   reseal_header(bytes);
-  spit(path, bytes);
+  write_file_atomic(path, bytes);
   expect_error([&] { read_token_shard(path); }, {path, "version 2", "expected 1"});
 
   bytes = good;
-  set_le(bytes, 12, 4, 3);
+  write_le(bytes, 12, 4, 3);
   reseal_header(bytes);
-  spit(path, bytes);
+  write_file_atomic(path, bytes);
   expect_error([&] { read_token_shard(path); }, {path, "dtype 3"});
 }
 
 TEST(TokenShards, TokenOutsideVocabulary) {
   const std::string path = temp_path("oov.bin");
   write_token_shard(path, random_tokens(9, 300, 6), 7, 300, 36);
-  std::string bytes = slurp(path);
-  set_le(bytes, 64 + 2 * 4, 2, 300);  // the payload is not under the header checksum
-  spit(path, bytes);
+  std::string bytes = read_file(path);
+  write_le(bytes, 64 + 2 * 4, 2, 300);  // the payload is not under the header checksum
+  write_file_atomic(path, bytes);
   expect_error([&] { read_token_shard(path); }, {path, "token 300 at position 4", "vocab size 300"});
 }
 

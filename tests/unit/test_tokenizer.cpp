@@ -2,42 +2,26 @@
 // exact encode/decode round trips (non-ASCII, characters never seen in training, newlines and
 // whitespace), the line-by-line encoding rule, deterministic training, and errors that name files.
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <filesystem>
-#include <fstream>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "runtime/atomic_file.h"
 #include "runtime/error.h"
+#include "tests/test_util.h"
 #include "text/tokenizer.h"
 
 namespace engram {
 namespace {
 
 namespace fs = std::filesystem;
+using testing_util::process_temp_dir;
 
 constexpr int kVocab = 400;
-
-// This process's own directory (ctest runs test cases as parallel processes), removed at exit.
-const fs::path& temp_dir() {
-  static const struct Scratch {
-    fs::path path = fs::path(testing::TempDir()) / ("engram_test_tokenizer_" + std::to_string(::getpid()));
-    Scratch() { fs::create_directories(path); }
-    ~Scratch() {
-      std::error_code ec;
-      fs::remove_all(path, ec);
-    }
-  } dir;
-  return dir.path;
-}
-
-std::string slurp(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
 
 uint64_t naive_fnv1a64(const std::string& bytes) {
   uint64_t h = 14695981039346656037ull;
@@ -70,36 +54,20 @@ std::string generated_text() {
 class TokenizerTest : public testing::Test {
  protected:
   static void SetUpTestSuite() {
-    const fs::path dir = temp_dir();
-    corpus_ = new std::string(generated_text());
-    std::ofstream(dir / "corpus.txt", std::ios::binary) << *corpus_;
-    TokenizerTrainOptions options;
-    options.input_files = {(dir / "corpus.txt").string()};
-    options.model_prefix = (dir / "tok").string();
-    options.vocab_size = kVocab;
-    options.seed = 7;
-    train_tokenizer(options);
-    model_path_ = new std::string((dir / "tok.model").string());
-    tok_ = new Tokenizer(*model_path_);
+    corpus_ = generated_text();
+    model_path_ = testing_util::train_test_tokenizer(process_temp_dir(), corpus_, kVocab, /*seed=*/7);
+    tok_ = std::make_unique<Tokenizer>(model_path_);
   }
-  static void TearDownTestSuite() {
-    delete tok_;
-    delete model_path_;
-    delete corpus_;
-  }
+  static void TearDownTestSuite() { tok_.reset(); }
   static int id_of(const std::string& piece) {
     for (int id = 0; id < tok_->vocab_size(); ++id) {
       if (tok_->piece(id) == piece) return id;
     }
     return -1;
   }
-  static std::string* corpus_;
-  static std::string* model_path_;
-  static Tokenizer* tok_;
+  static inline std::string corpus_, model_path_;
+  static inline std::unique_ptr<Tokenizer> tok_;
 };
-std::string* TokenizerTest::corpus_ = nullptr;
-std::string* TokenizerTest::model_path_ = nullptr;
-Tokenizer* TokenizerTest::tok_ = nullptr;
 
 TEST_F(TokenizerTest, SpecialAndBytePieces) {
   EXPECT_EQ(tok_->vocab_size(), kVocab);
@@ -120,17 +88,17 @@ TEST_F(TokenizerTest, SpecialAndBytePieces) {
 }
 
 TEST_F(TokenizerTest, FilesAndHash) {
-  const fs::path dir = temp_dir();
+  const fs::path dir = process_temp_dir();
   EXPECT_TRUE(fs::exists(dir / "tok.vocab"));
-  EXPECT_EQ(tok_->hash(), naive_fnv1a64(slurp(*model_path_)));
+  EXPECT_EQ(tok_->hash(), naive_fnv1a64(read_file(model_path_)));
   for (const auto& entry : fs::directory_iterator(dir)) {
     EXPECT_EQ(entry.path().string().find(".tmp."), std::string::npos) << "leftover " << entry.path();
   }
 }
 
 TEST_F(TokenizerTest, LearnedMergesCompressTrainingText) {
-  const std::vector<int32_t> ids = tok_->encode(*corpus_);
-  EXPECT_LT(ids.size() * 2, corpus_->size()) << "fewer than 2 bytes per token: merges were not learned";
+  const std::vector<int32_t> ids = tok_->encode(corpus_);
+  EXPECT_LT(ids.size() * 2, corpus_.size()) << "fewer than 2 bytes per token: merges were not learned";
   for (int32_t id : ids) ASSERT_FALSE(tok_->is_byte(id) && tok_->piece(id) != "<0x0A>") << tok_->piece(id);
 }
 
@@ -148,7 +116,7 @@ TEST_F(TokenizerTest, RoundTripIsExact) {
       "The When It 1234.",
   };
   for (const std::string& text : texts) EXPECT_EQ(tok_->decode(tok_->encode(text)), text) << text;
-  EXPECT_EQ(tok_->decode(tok_->encode(*corpus_)), *corpus_);
+  EXPECT_EQ(tok_->decode(tok_->encode(corpus_)), corpus_);
 }
 
 TEST_F(TokenizerTest, UnseenCharactersUseBytePieces) {
@@ -188,7 +156,7 @@ TEST_F(TokenizerTest, DecodeRejectsIdsOutsideTheVocabulary) {
 TEST(Tokenizer, TrainingIsDeterministicAndSamplesLines) {
   // Lines of random letters, so which lines are sampled changes the merges: sampling half of them
   // must give another model than all of them, and twice the same model bytes.
-  const fs::path dir = temp_dir();
+  const fs::path dir = process_temp_dir();
   std::mt19937 rng(99);
   std::string text;
   for (int line = 0; line < 400; ++line) {
@@ -198,7 +166,7 @@ TEST(Tokenizer, TrainingIsDeterministicAndSamplesLines) {
     }
     text += '\n';
   }
-  std::ofstream(dir / "random_words.txt", std::ios::binary) << text;
+  write_file_atomic(dir / "random_words.txt", text);
   const auto train = [&](const std::string& name, int64_t max_sentences) {
     TokenizerTrainOptions options;
     options.input_files = {(dir / "random_words.txt").string()};
@@ -207,7 +175,7 @@ TEST(Tokenizer, TrainingIsDeterministicAndSamplesLines) {
     options.max_sentences = max_sentences;
     options.seed = 7;
     train_tokenizer(options);
-    return slurp(dir / (name + ".model"));
+    return read_file(dir / (name + ".model"));
   };
   const std::string a = train("half_a", 200), b = train("half_b", 200), all = train("all", 1000);
   EXPECT_TRUE(a == b) << "the same input gave two different models";
@@ -215,7 +183,7 @@ TEST(Tokenizer, TrainingIsDeterministicAndSamplesLines) {
 }
 
 TEST(Tokenizer, ErrorsNameTheFile) {
-  const fs::path dir = temp_dir();
+  const fs::path dir = process_temp_dir();
   const std::string missing = (dir / "missing.model").string();
   try {
     Tokenizer t(missing);
@@ -224,7 +192,7 @@ TEST(Tokenizer, ErrorsNameTheFile) {
     EXPECT_NE(std::string(e.what()).find(missing), std::string::npos) << e.what();
   }
   const std::string garbage = (dir / "garbage.model").string();
-  std::ofstream(garbage) << "not a model";
+  write_file_atomic(garbage, "not a model");
   try {
     Tokenizer t(garbage);
     FAIL() << "loaded a text file";
@@ -236,16 +204,16 @@ TEST(Tokenizer, ErrorsNameTheFile) {
 
 TEST(Tokenizer, TrainingErrors) {
   TokenizerTrainOptions options;
-  options.model_prefix = (temp_dir() / "none").string();
+  options.model_prefix = (process_temp_dir() / "none").string();
   EXPECT_THROW(train_tokenizer(options), Error);  // no input
-  options.input_files = {(temp_dir() / "no_such_corpus.txt").string()};
+  options.input_files = {(process_temp_dir() / "no_such_corpus.txt").string()};
   try {
     train_tokenizer(options);
     FAIL() << "trained on a missing file";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("no_such_corpus.txt"), std::string::npos) << e.what();
   }
-  EXPECT_FALSE(fs::exists(temp_dir() / "none.model"));
+  EXPECT_FALSE(fs::exists(process_temp_dir() / "none.model"));
 }
 
 }  // namespace
