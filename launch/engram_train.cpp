@@ -29,6 +29,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <memory>
+#include <numeric>
 #include <optional>
 #include <string>
 #include <vector>
@@ -164,13 +165,19 @@ EvalResult evaluate(Model& model, const std::vector<Batch>& batches) {
   return {ce_sum / static_cast<double>(tokens), tokens};
 }
 
-ordered_json train_line(const StepMetrics& m, double step_seconds, double elapsed_seconds) {
+// `distributed`: add the communication counters (summed over ranks, layers and micro-batches).
+ordered_json train_line(const StepMetrics& m, double step_seconds, double elapsed_seconds, bool distributed) {
   ordered_json load_min = ordered_json::array(), load_max = ordered_json::array();
+  ordered_json imbalance = ordered_json::array();  // max / mean load per MoE layer
   for (const std::vector<int64_t>& load : m.expert_load) {
+    const int64_t max = *std::max_element(load.begin(), load.end());
+    const int64_t total = std::accumulate(load.begin(), load.end(), int64_t{0});
     load_min.push_back(*std::min_element(load.begin(), load.end()));
-    load_max.push_back(*std::max_element(load.begin(), load.end()));
+    load_max.push_back(max);
+    const double mean = static_cast<double>(total) / static_cast<double>(load.size());
+    imbalance.push_back(total > 0 ? static_cast<double>(max) / mean : 1.0);
   }
-  return {{"type", "train"},
+  ordered_json line = {{"type", "train"},
           {"step", m.step},
           {"loss", m.loss},
           {"aux_loss", m.aux_loss},
@@ -182,7 +189,14 @@ ordered_json train_line(const StepMetrics& m, double step_seconds, double elapse
           {"elapsed_s", elapsed_seconds},
           {"expert_load_min", load_min},
           {"expert_load_max", load_max},
+          {"expert_load_imbalance", imbalance},
           {"engram_gate_mean", m.engram_gate_mean}};
+  if (distributed) {
+    line["dispatch_bytes_sent"] = m.dispatch_bytes_sent;
+    line["table_bytes_sent"] = m.table_bytes_sent;
+    line["table_dedup_ratio"] = m.table_dedup_ratio();
+  }
+  return line;
 }
 
 int run(const Options& options, Communicator& world) {
@@ -232,7 +246,7 @@ int run(const Options& options, Communicator& world) {
     const Clock::time_point step_start = Clock::now();
     const StepMetrics m = trainer.step(data.train->step_batches(trainer.steps_done()));
     const double step_seconds = seconds_since(step_start);
-    if (writer) metrics->write(train_line(m, step_seconds, seconds_since(start)));
+    if (writer) metrics->write(train_line(m, step_seconds, seconds_since(start), world.size() > 1));
 
     log_tokens += m.tokens;
     log_seconds += step_seconds;

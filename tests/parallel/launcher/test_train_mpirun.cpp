@@ -2,7 +2,9 @@
 // tokenizer, a compression table), a small MoE + Engram model:
 // - `mpirun -np 2 engram-train` with parallel.expert_parallel 1 and 2 writes one metrics.jsonl (rank 0)
 //   whose train losses, gradient norms, expert loads and validation losses match a 1-process run's
-//   (relative error <= 1e-5; loads exactly), and one consolidated checkpoint;
+//   (relative error <= 1e-5; loads and load imbalance exactly), traffic counters that only a
+//   distributed run writes (tokens sent only with EP 2, table rows sent, dedup >= 1), and one
+//   consolidated checkpoint;
 // - that checkpoint resumes at another world size: the 2-rank run's step-3 checkpoint continued by
 //   1 process (and the 1-process run's continued by 2 ranks) gives the uninterrupted run's losses;
 // - an impossible layout (expert_parallel not dividing the world) ends every rank with a non-zero code and
@@ -140,6 +142,7 @@ void expect_same_metrics(const std::vector<json>& actual, const std::vector<json
       EXPECT_EQ(a["tokens"], e["tokens"]);
       EXPECT_EQ(a["expert_load_min"], e["expert_load_min"]) << "line " << i;
       EXPECT_EQ(a["expert_load_max"], e["expert_load_max"]) << "line " << i;
+      EXPECT_EQ(a["expert_load_imbalance"], e["expert_load_imbalance"]) << "line " << i;
     }
   }
 }
@@ -164,7 +167,16 @@ TEST_F(TrainMpirun, TwoRanksMatchOneProcessAndCheckpointsResumeAtAnyWorldSize) {
     const Outcome two = train(2, "--config " + write_config("two.pbtxt", run).string() +
                                      " --set parallel.expert_parallel=" + std::to_string(ep));
     ASSERT_EQ(two.exit_code, 0) << two.output;
-    expect_same_metrics(metrics_of(run), reference);
+    const std::vector<json> metrics = metrics_of(run);
+    expect_same_metrics(metrics, reference);
+    for (const json& m : metrics) {
+      if (m["type"] != "train") continue;
+      // Tokens leave their rank only with EP 2; table rows always cross between the 2 ranks.
+      EXPECT_EQ(m["dispatch_bytes_sent"].get<int64_t>() > 0, ep == 2) << m;
+      EXPECT_GT(m["table_bytes_sent"].get<int64_t>(), 0) << m;
+      EXPECT_GE(m["table_dedup_ratio"].get<double>(), 1.0) << m;
+    }
+    for (const json& m : reference) EXPECT_FALSE(m.contains("dispatch_bytes_sent")) << m;
     EXPECT_TRUE(fs::is_regular_file(run / "checkpoints" / "step_00000006" / "model.safetensors"));
 
     // The 2-rank checkpoint of step 3, continued by one process.
