@@ -11,6 +11,13 @@
 // bitwise-identically to an uninterrupted run. SIGINT / SIGTERM finish the current step, save a
 // checkpoint and exit 0.
 //
+// Distributed: `mpirun -np N engram-train ...` (docs/DISTRIBUTED.md) runs data parallel × expert parallel
+// (parallel.expert_parallel) with row-sharded Engram tables. The global batch is the same for any N: rank r
+// reads its slice of every step's rows. Only rank 0 logs and writes config.pbtxt and metrics.jsonl;
+// checkpoints are gathered to rank 0 and written in the consolidated single-file format, so a run resumes
+// at any world size (sharded checkpoints are still to come). A failure on any rank ends every rank with
+// "engram: rank R of N failed: ..." and exit code 1.
+//
 // Threads: the matrix products run on OpenBLAS, which uses one thread per core unless
 // OPENBLAS_NUM_THREADS says otherwise; engram-train leaves that to the environment. Resume with the same
 // setting for a bitwise-identical continuation.
@@ -21,12 +28,16 @@
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
+#include <memory>
+#include <numeric>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "launch/cli.h"
 #include "model/model.h"
+#include "parallel/communicator.h"
+#include "parallel/process_groups.h"
 #include "runtime/atomic_file.h"
 #include "runtime/checksum.h"
 #include "runtime/config/config.h"
@@ -104,7 +115,7 @@ ShardRows read_rows(const std::string& path, const std::string& field, uint64_t 
   return ShardRows(std::move(shard), cfg.train().seq_len());
 }
 
-TrainingData load_training_data(const ExperimentConfig& cfg) {
+TrainingData load_training_data(const ExperimentConfig& cfg, const Communicator& world) {
   const config::DataConfig& d = cfg.data();
   const config::TrainConfig& t = cfg.train();
   EG_CHECK(!d.tokenizer().empty(),
@@ -128,7 +139,7 @@ TrainingData load_training_data(const ExperimentConfig& cfg) {
              "compressed token ids)");
   }
 
-  const BatchLayout layout{t.global_batch_size(), t.micro_batch_size()};
+  const BatchLayout layout{t.global_batch_size(), t.micro_batch_size(), world.rank(), world.size()};
   data.train.emplace(read_rows(d.train_shards(), "data.train_shards", tokenizer_hash, cfg), layout, d.seed());
   if (t.eval_every() > 0) {
     const ShardRows val = read_rows(d.val_shards(), "data.val_shards", tokenizer_hash, cfg);
@@ -154,13 +165,19 @@ EvalResult evaluate(Model& model, const std::vector<Batch>& batches) {
   return {ce_sum / static_cast<double>(tokens), tokens};
 }
 
-ordered_json train_line(const StepMetrics& m, double step_seconds, double elapsed_seconds) {
+// `distributed`: add the communication counters (summed over ranks, layers and micro-batches).
+ordered_json train_line(const StepMetrics& m, double step_seconds, double elapsed_seconds, bool distributed) {
   ordered_json load_min = ordered_json::array(), load_max = ordered_json::array();
+  ordered_json imbalance = ordered_json::array();  // max / mean load per MoE layer
   for (const std::vector<int64_t>& load : m.expert_load) {
+    const int64_t max = *std::max_element(load.begin(), load.end());
+    const int64_t total = std::accumulate(load.begin(), load.end(), int64_t{0});
     load_min.push_back(*std::min_element(load.begin(), load.end()));
-    load_max.push_back(*std::max_element(load.begin(), load.end()));
+    load_max.push_back(max);
+    const double mean = static_cast<double>(total) / static_cast<double>(load.size());
+    imbalance.push_back(total > 0 ? static_cast<double>(max) / mean : 1.0);
   }
-  return {{"type", "train"},
+  ordered_json line = {{"type", "train"},
           {"step", m.step},
           {"loss", m.loss},
           {"aux_loss", m.aux_loss},
@@ -172,18 +189,30 @@ ordered_json train_line(const StepMetrics& m, double step_seconds, double elapse
           {"elapsed_s", elapsed_seconds},
           {"expert_load_min", load_min},
           {"expert_load_max", load_max},
+          {"expert_load_imbalance", imbalance},
           {"engram_gate_mean", m.engram_gate_mean}};
+  if (distributed) {
+    line["dispatch_bytes_sent"] = m.dispatch_bytes_sent;
+    line["table_bytes_sent"] = m.table_bytes_sent;
+    line["table_dedup_ratio"] = m.table_dedup_ratio();
+  }
+  return line;
 }
 
-int run(const Options& options) {
+int run(const Options& options, Communicator& world) {
+  set_log_rank(world.rank());
+  const bool writer = world.rank() == 0;  // the one rank that writes the run directory's files
   const ExperimentConfig cfg = resolve_config(options);
   const config::TrainConfig& t = cfg.train();
   const std::string run_dir = t.run_dir();
   const bool resuming = !options.resume_dir.empty();
-  TrainingData data = load_training_data(cfg);
-  ensure_writable_dir(run_dir);
+  TrainingData data = load_training_data(cfg, world);
+  if (writer) ensure_writable_dir(run_dir);
 
-  Model model(cfg.model(), data.compress);
+  // One process keeps the plain single-process model; several shard experts and tables over the groups.
+  const int64_t n_experts = has_moe(cfg.model()) ? cfg.model().moe().n_routed_experts() : 0;
+  ProcessGroups groups(world, cfg.parallel().expert_parallel(), n_experts);
+  Model model(cfg.model(), data.compress, world.size() > 1 ? &groups : nullptr);
   Trainer trainer(model, cfg.optim(), t.max_steps());
   std::string last_checkpoint;
   if (resuming) {
@@ -192,8 +221,16 @@ int run(const Options& options) {
     EG_LOG_INFO("resumed from ", last_checkpoint, " at step ", trainer.steps_done());
   }
   // Nothing in the run directory changes before this point, so a failed start leaves it as it was.
-  write_file_atomic((fs::path(run_dir) / "config.pbtxt").string(), config_to_text(cfg));
-  MetricsLog metrics((fs::path(run_dir) / "metrics.jsonl").string(), trainer.steps_done());
+  std::optional<MetricsLog> metrics;
+  if (writer) {
+    write_file_atomic((fs::path(run_dir) / "config.pbtxt").string(), config_to_text(cfg));
+    metrics.emplace((fs::path(run_dir) / "metrics.jsonl").string(), trainer.steps_done());
+  }
+  // Every rank stops after the same step (a signal may reach the ranks at different times).
+  const auto stop_requested = [&] {
+    const int64_t stop = g_stop_requested ? 1 : 0;
+    return (world.size() > 1 ? world.all_reduce_sum(stop) : stop) > 0;
+  };
   int64_t saved_step = resuming ? trainer.steps_done() : -1;
   const auto save = [&] {
     last_checkpoint = save_checkpoint(run_dir, cfg, model, trainer);
@@ -205,11 +242,11 @@ int run(const Options& options) {
   const Clock::time_point start = Clock::now();
   int64_t log_tokens = 0;  // since the last human log line: training steps only, no eval or saving
   double log_seconds = 0.0;
-  while (trainer.steps_done() < max_steps && !g_stop_requested) {
+  while (trainer.steps_done() < max_steps && !stop_requested()) {
     const Clock::time_point step_start = Clock::now();
     const StepMetrics m = trainer.step(data.train->step_batches(trainer.steps_done()));
     const double step_seconds = seconds_since(step_start);
-    metrics.write(train_line(m, step_seconds, seconds_since(start)));
+    if (writer) metrics->write(train_line(m, step_seconds, seconds_since(start), world.size() > 1));
 
     log_tokens += m.tokens;
     log_seconds += step_seconds;
@@ -225,12 +262,13 @@ int run(const Options& options) {
       log_seconds = 0.0;
     }
     if (t.eval_every() > 0 && (m.step % t.eval_every() == 0 || m.step == max_steps)) {
-      const EvalResult eval = evaluate(model, data.validation);
-      metrics.write({{"type", "eval"},
-                     {"step", m.step},
-                     {"val_loss", eval.loss},
-                     {"val_ppl", std::exp(eval.loss)},
-                     {"val_tokens", eval.tokens}});
+      const EvalResult eval = evaluate(model, data.validation);  // collective: every rank, same batches
+      if (writer)
+        metrics->write({{"type", "eval"},
+                        {"step", m.step},
+                        {"val_loss", eval.loss},
+                        {"val_ppl", std::exp(eval.loss)},
+                        {"val_tokens", eval.tokens}});
       char line[160];
       std::snprintf(line, sizeof(line),
                     "eval at step %" PRId64 " | val_loss %.4f | val_ppl %.2f | %" PRId64 " tokens", m.step,
@@ -241,13 +279,14 @@ int run(const Options& options) {
   }
   if (saved_step != trainer.steps_done()) save();
 
+  if (!writer) return 0;
   if (trainer.steps_done() < max_steps) {
     std::printf("interrupted at step %" PRId64 "; checkpoint saved to %s; resume with --resume %s\n",
                 trainer.steps_done(), last_checkpoint.c_str(), run_dir.c_str());
     return 0;
   }
   std::printf("run directory: %s\nlast checkpoint: %s\nmetrics: %s\n", run_dir.c_str(),
-              last_checkpoint.c_str(), metrics.path().c_str());
+              last_checkpoint.c_str(), metrics->path().c_str());
   return 0;
 }
 
@@ -255,6 +294,8 @@ int run(const Options& options) {
 }  // namespace engram
 
 int main(int argc, char** argv) {
+  // MPI under an MPI launcher, a Local group of one otherwise; kept alive for the whole program.
+  const std::unique_ptr<engram::Communicator> world = engram::make_world_communicator(&argc, &argv);
   engram::Options options;
   CLI::App app{"engram-train: trains an Engram MoE language model from an experiment config"};
   app.add_option("--config", options.config_path, "experiment config (.pbtxt); see docs/CONFIG.md")
@@ -269,6 +310,8 @@ int main(int argc, char** argv) {
   return engram::cli::run_tool(app, "engram-train", argc, argv, [&] {
     if (options.config_path.empty() && options.resume_dir.empty())
       throw engram::Error("one of --config FILE or --resume RUN_DIR is required");
-    return engram::run(options);
+    // Several ranks: an error on one must end all of them (the others would wait in a collective).
+    if (world->size() == 1) return engram::run(options, *world);
+    return engram::run_or_abort_all(*world, [&] { return engram::run(options, *world); });
   });
 }

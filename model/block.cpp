@@ -22,8 +22,8 @@ std::string layer_prefix(int layer) { return "layers." + std::to_string(layer); 
 }  // namespace
 
 Block::Block(const ModelConfig& cfg, int layer, const EngramLayerHash* engram_hash, int64_t pad_compressed,
-             ParameterRegistry& params)
-    : engram_(engram_hash ? std::make_unique<EngramModule>(cfg, *engram_hash, pad_compressed, params)
+             ParameterRegistry& params, ProcessGroups* groups)
+    : engram_(engram_hash ? std::make_unique<EngramModule>(cfg, *engram_hash, pad_compressed, params, groups)
                           : nullptr),
       attn_norm_(params, layer_prefix(layer) + ".attn_norm.weight", cfg.d_model(), cfg.norm_eps()),
       attn_(cfg, layer, params),
@@ -32,7 +32,7 @@ Block::Block(const ModelConfig& cfg, int layer, const EngramLayerHash* engram_ha
     mlp_ = std::make_unique<SwiGluMlp>(params, layer_prefix(layer) + ".mlp", cfg.d_model(), cfg.d_ff(),
                                        cfg.init_std(), cfg.init_std() / std::sqrt(2.0 * cfg.n_layers()));
   } else {
-    moe_ = std::make_unique<MoELayer>(cfg, layer, params);
+    moe_ = std::make_unique<MoELayer>(cfg, layer, params, groups);
   }
 }
 

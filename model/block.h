@@ -16,9 +16,10 @@ namespace engram {
 
 class Block {
  public:
-  // `engram_hash` is the layer's hash plan, or null when the layer has no Engram module.
+  // `engram_hash` is the layer's hash plan, or null when the layer has no Engram module. `groups`
+  // (null: one process) shard the MoE experts and the Engram table (see MoELayer, EngramModule).
   Block(const ModelConfig& cfg, int layer, const EngramLayerHash* engram_hash, int64_t pad_compressed,
-        ParameterRegistry& params);
+        ParameterRegistry& params, ProcessGroups* groups = nullptr);
 
   // h [B, T, D], ids_c i32 [B, T] compressed token ids (unused without Engram) -> new h [B, T, D].
   // `w` weights the MoE auxiliary terms of this micro-batch.

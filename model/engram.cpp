@@ -6,6 +6,8 @@
 #include "kernels/engram_gate.h"
 #include "kernels/gemm.h"
 #include "kernels/ngram_hash.h"
+#include "parallel/process_groups.h"
+#include "parallel/sharded_table.h"
 
 namespace engram {
 
@@ -33,6 +35,14 @@ double mean_on_host(const Tensor& t) {
   return t.numel() > 0 ? sum / static_cast<double>(t.numel()) : 0.0;
 }
 
+// The layer's table: whole, or this rank's row range of the table group.
+Parameter& add_table(ParameterRegistry& params, const std::string& name, const Shape& shape,
+                     const InitSpec& init, const ProcessGroups* groups) {
+  if (!groups) return params.add(name, shape, OptimGroup::SparseTable, init, ShardKind::Rows);
+  const IndexRange owned = groups->layout().table_rows(shape[0]);
+  return params.add(name, shape, OptimGroup::SparseTable, init, ShardKind::Rows, owned.begin, owned.size());
+}
+
 }  // namespace
 
 std::vector<EngramLayerHash> make_engram_hashing(const ModelConfig& cfg, int64_t vocab_compressed) {
@@ -57,6 +67,7 @@ struct EngramModule::Saved {
   Shape h_shape;    // [B, T, D]
   Tensor rows;      // i64 [B, T, H_tot]: global table rows of every head
   Tensor e;         // [N, d_mem] gathered memory (N = B·T)
+  TableRouting routing;  // exchange plan of the sharded lookup
   Tensor qn, kn, v; // [N, D]
   Tensor score, alpha;  // [N]
   Tensor u;         // [N, D] gated value
@@ -64,16 +75,15 @@ struct EngramModule::Saved {
 };
 
 EngramModule::EngramModule(const ModelConfig& cfg, const EngramLayerHash& hash, int64_t pad_compressed,
-                           ParameterRegistry& params)
+                           ParameterRegistry& params, ProcessGroups* groups)
     : cfg_(cfg),
       hash_(hash),
       pad_c_(pad_compressed),
       multipliers_(i64_tensor(std::vector<int64_t>(hash.multipliers.begin(), hash.multipliers.end()))),
       primes_(i64_tensor(hash.primes)),
       offsets_(i64_tensor(hash.offsets)),
-      table_(params.add(engram_name(hash.layer, "table"), {hash.rows, cfg.engram().head_dim()},
-                        OptimGroup::SparseTable, {InitKind::Normal, cfg.engram().table_init_std()},
-                        ShardKind::Rows)),
+      table_(add_table(params, engram_name(hash.layer, "table"), {hash.rows, cfg.engram().head_dim()},
+                       {InitKind::Normal, cfg.engram().table_init_std()}, groups)),
       wk_(params.add(engram_name(hash.layer, "wk.weight"), {cfg.d_model(), memory_dim(cfg.engram())},
                      OptimGroup::Decay, {InitKind::Normal, cfg.init_std()})),
       wv_(params.add(engram_name(hash.layer, "wv.weight"), {cfg.d_model(), memory_dim(cfg.engram())},
@@ -90,17 +100,16 @@ EngramModule::EngramModule(const ModelConfig& cfg, const EngramLayerHash& hash, 
                 static_cast<int64_t>(hash.primes.size()) == heads_total(g) &&
                 hash.offsets.size() == hash.primes.size(),
             "Engram hash plan of layer ", hash.layer, " does not match the config");
+  if (groups) sharded_ = std::make_unique<ShardedTable>(groups->table(), hash.rows, g.head_dim());
 }
+
+EngramModule::~EngramModule() = default;
 
 Tensor EngramModule::forward(const Tensor& h, const Tensor& ids_c) {
   const auto& g = cfg_.engram();
   EG_ASSERT(h.ndim() == 3 && h.dim(2) == cfg_.d_model(), "Engram forward: h must be [B, T, D], got ",
             h.describe());
   check_shape(ids_c, {h.dim(0), h.dim(1)}, "Engram forward ids_c");
-  // This module looks rows up in a table it holds whole, so global row ids are local ids; a
-  // row-sharded table needs the distributed lookup instead.
-  EG_ASSERT(table_.shard_begin == 0 && table_.value.dim(0) == hash_.rows, "Engram layer ", hash_.layer,
-            ": the local lookup needs the whole table");
   const int64_t n = h.dim(0) * h.dim(1), d = cfg_.d_model(), heads = heads_total(g);
   const Device dev = h.device();
   auto s = std::make_shared<Saved>();
@@ -110,7 +119,11 @@ Tensor EngramModule::forward(const Tensor& h, const Tensor& ids_c) {
   s->rows = Tensor::empty({h.dim(0), h.dim(1), heads}, DType::I64, dev);
   kernels::ngram_hash(ids_c, pad_c_, multipliers_, primes_, offsets_, g.max_ngram(), g.heads_per_ngram(), s->rows);
   s->e = Tensor::empty({n, memory_dim(g)}, DType::F32, dev);
-  kernels::embedding_gather(table_.value, s->rows, s->e);
+  if (sharded_) {
+    s->routing = sharded_->lookup(table_.value, s->rows, s->e);
+  } else {
+    kernels::embedding_gather(table_.value, s->rows, s->e);  // whole table: global rows are local rows
+  }
 
   Tensor k = Tensor::empty({n, d}, DType::F32, dev);
   s->v = Tensor::empty({n, d}, DType::F32, dev);
@@ -171,8 +184,11 @@ Tensor EngramModule::backward(const Tensor& dy) {
   kernels::gemm(dk, false, wk_.value, false, de);
   kernels::gemm(dv, false, wv_.value, false, de, 1.0f, 1.0f);
 
-  // Table: one summed gradient per distinct row touched (rows are local: the table is held whole).
-  table_.row_grads.push_back(kernels::reduce_rows(de.view({s.rows.numel(), g.head_dim()}), s.rows));
+  // Table: one summed gradient per distinct row touched, in local rows of the rows this rank holds
+  // (sharded: the owners receive every rank's sums).
+  table_.row_grads.push_back(sharded_ ? sharded_->backward(s.routing, de)
+                                      : kernels::reduce_rows(de.view({s.rows.numel(), g.head_dim()}),
+                                                             s.rows));
   return dh;
 }
 

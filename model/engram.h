@@ -11,6 +11,9 @@
 
 namespace engram {
 
+class ProcessGroups;  // parallel/, declared only (see model/moe.h)
+class ShardedTable;
+
 // The hashing constants of one Engram layer (MODEL.md §4.2); stored in checkpoint metadata.
 struct EngramLayerHash {
   int layer = 0;
@@ -28,8 +31,12 @@ class EngramModule {
   // Registers layers.{l}.engram.table [rows, d_e] (SparseTable, N(0, table_init_std)),
   // engram.{wk,wv}.weight [D, d_mem] (Decay, N(0, init_std)), engram.{wk,wv}.bias [D] (NoDecay, 0),
   // engram.{q_norm,k_norm,conv_norm}.weight [D] (NoDecay, 1), engram.conv.weight [w, D] (NoDecay, 0).
+  // groups null: the table is held whole and looked up locally. Otherwise it is registered
+  // ShardKind::Rows holding this rank's row range of the table group (layout().table_rows) and
+  // forward / backward are collective over groups->table() (ShardedTable).
   EngramModule(const ModelConfig& cfg, const EngramLayerHash& hash, int64_t pad_compressed,
-               ParameterRegistry& params);
+               ParameterRegistry& params, ProcessGroups* groups = nullptr);
+  ~EngramModule();
 
   // h [B, T, D], ids_c i32 [B, T] compressed token ids -> y [B, T, D] (the branch output
   // u + SiLU(conv), without the residual). Saves what backward needs.
@@ -39,6 +46,8 @@ class EngramModule {
   Tensor backward(const Tensor& dy);
 
   double last_gate_mean() const { return gate_mean_; }  // mean α over the last forward's tokens
+  // Lookup traffic and dedup (null without process groups).
+  const ShardedTable* sharded_table() const { return sharded_.get(); }
 
  private:
   struct Saved;
@@ -54,6 +63,7 @@ class EngramModule {
   Parameter& bv_;
   RMSNormModule q_norm_, k_norm_, conv_norm_;
   Parameter& conv_;
+  std::unique_ptr<ShardedTable> sharded_;
   std::shared_ptr<Saved> saved_;
   double gate_mean_ = 0.0;
 };

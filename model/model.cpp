@@ -64,8 +64,9 @@ struct Model::Activations {
   Tensor targets;  // i32 [B·T]
 };
 
-Model::Model(const ModelConfig& cfg, std::vector<int32_t> compress)
+Model::Model(const ModelConfig& cfg, std::vector<int32_t> compress, ProcessGroups* groups)
     : cfg_(validated(cfg)),
+      groups_(groups),
       compress_(compression_table(cfg_, std::move(compress))),
       vocab_compressed_(compressed_vocab_size(compress_)),
       hashing_(has_engram(cfg_) ? make_engram_hashing(cfg_, vocab_compressed_)
@@ -87,7 +88,7 @@ std::vector<std::unique_ptr<Block>> Model::make_blocks() {
   for (int l = 0; l < cfg_.n_layers(); ++l) {
     const bool has_module = next_engram < hashing_.size() && hashing_[next_engram].layer == l;
     const EngramLayerHash* hash = has_module ? &hashing_[next_engram++] : nullptr;
-    blocks.push_back(std::make_unique<Block>(cfg_, l, hash, pad_c, params_));
+    blocks.push_back(std::make_unique<Block>(cfg_, l, hash, pad_c, params_, groups_));
   }
   EG_ASSERT(next_engram == hashing_.size(), "Engram hash plans not matched to layers");
   return blocks;
@@ -98,6 +99,13 @@ std::vector<MoELayer*> Model::moe_layers() {
   for (auto& block : blocks_)
     if (block->moe()) layers.push_back(block->moe());
   return layers;
+}
+
+std::vector<EngramModule*> Model::engram_modules() {
+  std::vector<EngramModule*> modules;
+  for (auto& block : blocks_)
+    if (block->engram()) modules.push_back(block->engram());
+  return modules;
 }
 
 Model::Activations Model::forward_to_logits(const Batch& batch, const LossWeights& w) {

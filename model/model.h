@@ -33,7 +33,10 @@ class Model {
  public:
   // `compress` maps raw ids [0, V) to compressed ids [0, V') (MODEL.md §4.1); empty = identity.
   // Registers every parameter (MODEL.md §7 names) and initializes them from cfg.seed().
-  explicit Model(const ModelConfig& cfg, std::vector<int32_t> compress = {});
+  // `groups` (null: one process holding everything) make this rank hold its block of every MoE
+  // layer's experts and its row range of every Engram table; forward / backward are then collective
+  // over the groups (every rank calls them for each micro-batch). Init is sharding-invariant.
+  explicit Model(const ModelConfig& cfg, std::vector<int32_t> compress = {}, ProcessGroups* groups = nullptr);
   Model(const Model&) = delete;  // modules hold references into the model
   Model& operator=(const Model&) = delete;
 
@@ -53,6 +56,8 @@ class Model {
   // i32 [V]: raw id -> compressed id (MODEL.md §4.1), as checkpoints record it.
   const Tensor& compress_table() const { return compress_; }
   std::vector<MoELayer*> moe_layers();
+  std::vector<EngramModule*> engram_modules();
+  ProcessGroups* groups() const { return groups_; }  // null: single process
 
  private:
   struct Activations;  // what the head's backward needs from one forward
@@ -61,6 +66,7 @@ class Model {
   std::vector<std::unique_ptr<Block>> make_blocks();
 
   ModelConfig cfg_;
+  ProcessGroups* groups_;
   Tensor compress_;  // i32 [V]
   int64_t vocab_compressed_;
   std::vector<EngramLayerHash> hashing_;

@@ -8,6 +8,8 @@
 #include "kernels/permute.h"
 #include "kernels/router.h"
 #include "kernels/swiglu.h"
+#include "parallel/moe_dispatcher.h"
+#include "parallel/process_groups.h"
 
 namespace engram {
 
@@ -24,46 +26,100 @@ kernels::ScoreFunc score_func(const config::MoeConfig& moe) {
 // Output projections are scaled down with depth (MODEL.md §5).
 double output_std(const ModelConfig& cfg) { return cfg.init_std() / std::sqrt(2.0 * cfg.n_layers()); }
 
+// One stacked expert tensor [E, ...]: whole, or this rank's expert block when groups are given
+// (init is sharding-invariant, so every layout starts from the same weights).
+Parameter& add_experts(ParameterRegistry& params, const std::string& name, const Shape& shape, double std,
+                       const ProcessGroups* groups) {
+  const InitSpec init{InitKind::Normal, std};
+  if (!groups) return params.add(name, shape, OptimGroup::Decay, init);
+  EG_ASSERT(groups->layout().n_experts == shape[0], "process groups built for ", groups->layout().n_experts,
+            " experts, ", name, " has ", shape[0]);
+  const IndexRange local = groups->layout().local_experts();
+  return params.add(name, shape, OptimGroup::Decay, init, ShardKind::Experts, local.begin, local.size());
+}
+
 }  // namespace
+
+struct MoELayer::ExpertActivations {
+  Tensor rows;            // [A, D]: input row of each assignment, grouped by (held) expert
+  Tensor gate, up, act;   // [A, F_e]
+};
 
 struct MoELayer::Saved {
   Tensor x;                    // [N, D]
   Tensor logits, scores;       // [N, E]
   Tensor topk_idx, topk_w;     // [N, K]
-  kernels::ExpertSort sort;
-  Tensor x_sorted;             // [N·K, D]: x of each assignment, grouped by expert
-  Tensor gate, up, act;        // [N·K, F_e]
-  Tensor expert_out;           // [N·K, D]
+  kernels::ExpertSort sort;    // single process only (the dispatcher keeps its own plan)
+  ExpertActivations experts;
+  Tensor expert_out;           // [N·K, D], single process only
   Tensor aux_dscores;          // [N, E] weighted aux-loss gradient (undefined when α = 0)
   Tensor z_dlogits;            // [N, E] weighted z-loss gradient (undefined when β = 0)
 };
 
-MoELayer::MoELayer(const ModelConfig& cfg, int layer, ParameterRegistry& params)
+MoELayer::MoELayer(const ModelConfig& cfg, int layer, ParameterRegistry& params, ProcessGroups* groups)
     : cfg_(cfg),
       router_(params.add(moe_name(layer, "router.weight"), {cfg.moe().n_routed_experts(), cfg.d_model()},
                          OptimGroup::Decay, {InitKind::Normal, cfg.init_std()})),
       bias_(params.add(moe_name(layer, "router.bias"), {cfg.moe().n_routed_experts()}, OptimGroup::NotTrained,
                        {InitKind::Zeros})),
-      w1_(params.add(moe_name(layer, "experts.w1"),
-                     {cfg.moe().n_routed_experts(), cfg.moe().expert_d_ff(), cfg.d_model()}, OptimGroup::Decay,
-                     {InitKind::Normal, cfg.init_std()})),
-      w3_(params.add(moe_name(layer, "experts.w3"),
-                     {cfg.moe().n_routed_experts(), cfg.moe().expert_d_ff(), cfg.d_model()}, OptimGroup::Decay,
-                     {InitKind::Normal, cfg.init_std()})),
-      w2_(params.add(moe_name(layer, "experts.w2"),
-                     {cfg.moe().n_routed_experts(), cfg.d_model(), cfg.moe().expert_d_ff()}, OptimGroup::Decay,
-                     {InitKind::Normal, output_std(cfg)})) {
+      w1_(add_experts(params, moe_name(layer, "experts.w1"),
+                      {cfg.moe().n_routed_experts(), cfg.moe().expert_d_ff(), cfg.d_model()}, cfg.init_std(),
+                      groups)),
+      w3_(add_experts(params, moe_name(layer, "experts.w3"),
+                      {cfg.moe().n_routed_experts(), cfg.moe().expert_d_ff(), cfg.d_model()}, cfg.init_std(),
+                      groups)),
+      w2_(add_experts(params, moe_name(layer, "experts.w2"),
+                      {cfg.moe().n_routed_experts(), cfg.d_model(), cfg.moe().expert_d_ff()},
+                      output_std(cfg), groups)) {
   const int shared = cfg.moe().n_shared_experts();
   if (shared > 0)
     shared_ = std::make_unique<SwiGluMlp>(params, moe_name(layer, "shared"), cfg.d_model(),
                                           int64_t{shared} * cfg.moe().expert_d_ff(), cfg.init_std(),
                                           output_std(cfg));
+  if (groups)
+    dispatcher_ = std::make_unique<ExpertDispatcher>(groups->expert_parallel(), cfg.moe().n_routed_experts());
+}
+
+MoELayer::~MoELayer() = default;
+
+Tensor MoELayer::experts_forward(const Tensor& rows, const std::vector<int64_t>& offsets,
+                                 ExpertActivations& a) {
+  const int64_t n_rows = rows.rows(), d = cfg_.d_model(), d_ff = cfg_.moe().expert_d_ff();
+  const Device dev = rows.device();
+  a.rows = rows;
+  a.gate = Tensor::empty({n_rows, d_ff}, DType::F32, dev);
+  a.up = Tensor::empty({n_rows, d_ff}, DType::F32, dev);
+  a.act = Tensor::empty({n_rows, d_ff}, DType::F32, dev);
+  Tensor out = Tensor::empty({n_rows, d}, DType::F32, dev);
+  kernels::grouped_gemm(rows, w1_.value, true, a.gate, offsets);
+  kernels::grouped_gemm(rows, w3_.value, true, a.up, offsets);
+  kernels::swiglu_forward(a.gate, a.up, a.act);
+  kernels::grouped_gemm(a.act, w2_.value, true, out, offsets);
+  return out;
+}
+
+Tensor MoELayer::experts_backward(const Tensor& d_out, const std::vector<int64_t>& offsets,
+                                  const ExpertActivations& a) {
+  const Device dev = d_out.device();
+  Tensor dact = Tensor::empty(a.act.shape(), DType::F32, dev);
+  kernels::grouped_gemm(d_out, w2_.value, false, dact, offsets);
+  kernels::grouped_gemm_wgrad(d_out, a.act, w2_.grad, offsets);
+  Tensor dgate = Tensor::empty(a.gate.shape(), DType::F32, dev);
+  Tensor dup = Tensor::empty(a.up.shape(), DType::F32, dev);
+  kernels::swiglu_backward(dact, a.gate, a.up, dgate, dup);
+  kernels::grouped_gemm_wgrad(dgate, a.rows, w1_.grad, offsets);
+  kernels::grouped_gemm_wgrad(dup, a.rows, w3_.grad, offsets);
+  Tensor d_rows = Tensor::empty(a.rows.shape(), DType::F32, dev);
+  Tensor d_rows_up = Tensor::empty(a.rows.shape(), DType::F32, dev);
+  kernels::grouped_gemm(dgate, w1_.value, false, d_rows, offsets);
+  kernels::grouped_gemm(dup, w3_.value, false, d_rows_up, offsets);
+  kernels::add_(d_rows, d_rows_up);
+  return d_rows;
 }
 
 Tensor MoELayer::forward(const Tensor& x_in, const LossWeights& weights) {
   const auto& moe = cfg_.moe();
   const int64_t n = x_in.rows(), d = cfg_.d_model(), n_experts = moe.n_routed_experts(), k = moe.top_k();
-  const int64_t d_ff = moe.expert_d_ff();
   const Device dev = x_in.device();
   EG_ASSERT(x_in.cols() == d, "MoE forward: x ", x_in.describe(), " must have d_model = ", d, " columns");
   auto s = std::make_shared<Saved>();
@@ -78,25 +134,26 @@ Tensor MoELayer::forward(const Tensor& x_in, const LossWeights& weights) {
   kernels::router_scores(s->logits, score_func(moe), s->scores);
   kernels::topk_select(s->scores, bias_.value, static_cast<int>(k), moe.normalize_topk(), moe.routed_scale(),
                        s->topk_idx, s->topk_w);
-  s->sort = kernels::sort_by_expert(s->topk_idx, static_cast<int>(n_experts));
+  // Loads: this rank's assignments per global expert (the trainer sums them over ranks).
   load_.assign(n_experts, 0);
-  for (int64_t e = 0; e < n_experts; ++e) load_[e] = s->sort.offsets[e + 1] - s->sort.offsets[e];
-
-  // Routed experts on the assignments grouped by expert (empty groups are skipped by the kernels).
-  s->x_sorted = Tensor::empty({n * k, d}, DType::F32, dev);
-  kernels::embedding_gather(s->x, s->sort.sorted_token, s->x_sorted);
-  s->gate = Tensor::empty({n * k, d_ff}, DType::F32, dev);
-  s->up = Tensor::empty({n * k, d_ff}, DType::F32, dev);
-  s->act = Tensor::empty({n * k, d_ff}, DType::F32, dev);
-  s->expert_out = Tensor::empty({n * k, d}, DType::F32, dev);
-  kernels::grouped_gemm(s->x_sorted, w1_.value, true, s->gate, s->sort.offsets);
-  kernels::grouped_gemm(s->x_sorted, w3_.value, true, s->up, s->sort.offsets);
-  kernels::swiglu_forward(s->gate, s->up, s->act);
-  kernels::grouped_gemm(s->act, w2_.value, true, s->expert_out, s->sort.offsets);
-
   Tensor y = Tensor::empty(x_in.shape(), DType::F32, dev);
   Tensor y_flat = y.view({n, d});
-  kernels::combine_expert_outputs(s->expert_out, s->sort.position, s->topk_w, y_flat);
+  if (dispatcher_) {
+    for (int32_t e : s->topk_idx.to_vector<int32_t>()) ++load_[e];  // host buffers (MPI)
+    // Tokens travel to the ranks holding their experts; the held experts run on what arrives.
+    y_flat.copy_from(dispatcher_->forward(s->x, s->topk_idx, s->topk_w,
+                                          [&](const Tensor& rows, const std::vector<int64_t>& offsets) {
+                                            return experts_forward(rows, offsets, s->experts);
+                                          }));
+  } else {
+    // Routed experts on the assignments grouped by expert (empty groups are skipped by the kernels).
+    s->sort = kernels::sort_by_expert(s->topk_idx, static_cast<int>(n_experts));
+    for (int64_t e = 0; e < n_experts; ++e) load_[e] = s->sort.offsets[e + 1] - s->sort.offsets[e];
+    Tensor x_sorted = Tensor::empty({n * k, d}, DType::F32, dev);
+    kernels::embedding_gather(s->x, s->sort.sorted_token, x_sorted);
+    s->expert_out = experts_forward(x_sorted, s->sort.offsets, s->experts);
+    kernels::combine_expert_outputs(s->expert_out, s->sort.position, s->topk_w, y_flat);
+  }
   if (shared_) kernels::add_(y_flat, shared_->forward(s->x));
 
   // Auxiliary terms: their gradients do not depend on dy, so they are computed here and added in backward.
@@ -124,29 +181,25 @@ Tensor MoELayer::backward(const Tensor& dy_in) {
   const Device dev = dy_in.device();
   const Tensor dy = dy_in.view({n, d});
 
-  // Combine: gradients of the expert outputs and of the routing weights.
-  Tensor d_expert_out = Tensor::empty(s.expert_out.shape(), DType::F32, dev);
-  Tensor d_topk_w = Tensor::empty(s.topk_w.shape(), DType::F32, dev);
-  kernels::combine_expert_outputs_backward(dy, s.expert_out, s.sort.position, s.topk_w, d_expert_out, d_topk_w);
-
-  // Routed experts, in reverse.
-  Tensor dact = Tensor::empty(s.act.shape(), DType::F32, dev);
-  kernels::grouped_gemm(d_expert_out, w2_.value, false, dact, s.sort.offsets);
-  kernels::grouped_gemm_wgrad(d_expert_out, s.act, w2_.grad, s.sort.offsets);
-  Tensor dgate = Tensor::empty(s.gate.shape(), DType::F32, dev);
-  Tensor dup = Tensor::empty(s.up.shape(), DType::F32, dev);
-  kernels::swiglu_backward(dact, s.gate, s.up, dgate, dup);
-  kernels::grouped_gemm_wgrad(dgate, s.x_sorted, w1_.grad, s.sort.offsets);
-  kernels::grouped_gemm_wgrad(dup, s.x_sorted, w3_.grad, s.sort.offsets);
-  Tensor dx_sorted = Tensor::empty(s.x_sorted.shape(), DType::F32, dev);
-  Tensor dx_sorted_up = Tensor::empty(s.x_sorted.shape(), DType::F32, dev);
-  kernels::grouped_gemm(dgate, w1_.value, false, dx_sorted, s.sort.offsets);
-  kernels::grouped_gemm(dup, w3_.value, false, dx_sorted_up, s.sort.offsets);
-  kernels::add_(dx_sorted, dx_sorted_up);
-
-  Tensor dx = Tensor::zeros(dy_in.shape(), DType::F32, dev);
+  Tensor dx = Tensor::empty(dy_in.shape(), DType::F32, dev);
   Tensor dx_flat = dx.view({n, d});
-  kernels::embedding_scatter_add(dx_sorted, s.sort.sorted_token, dx_flat);
+  Tensor d_topk_w;
+  const auto experts_bwd = [&](const Tensor& d_out, const std::vector<int64_t>& offsets) {
+    return experts_backward(d_out, offsets, s.experts);
+  };
+  if (dispatcher_) {
+    ExpertDispatcher::Grads grads = dispatcher_->backward(dy, experts_bwd);
+    dx_flat.copy_from(grads.dx);
+    d_topk_w = std::move(grads.d_topk_w);
+  } else {
+    // Combine: gradients of the expert outputs and of the routing weights; experts in reverse.
+    Tensor d_expert_out = Tensor::empty(s.expert_out.shape(), DType::F32, dev);
+    d_topk_w = Tensor::empty(s.topk_w.shape(), DType::F32, dev);
+    kernels::combine_expert_outputs_backward(dy, s.expert_out, s.sort.position, s.topk_w, d_expert_out,
+                                             d_topk_w);
+    dx.zero_();
+    kernels::embedding_scatter_add(experts_bwd(d_expert_out, s.sort.offsets), s.sort.sorted_token, dx_flat);
+  }
   if (shared_) kernels::add_(dx_flat, shared_->backward(dy));
 
   // Router: through the selected weights (the selection itself has no gradient), plus the aux terms.

@@ -1,7 +1,7 @@
 #pragma once
 // MoE feed-forward layer (MODEL.md §3): router, biased top-k, routed experts (stacked SwiGLU),
-// shared experts, optional aux loss and z-loss. Expert-parallel dispatch plugs in later behind
-// the same forward/backward.
+// shared experts, optional aux loss and z-loss. Given process groups, the layer holds only its
+// expert-parallel rank's block of experts and sends tokens to them through an ExpertDispatcher.
 #include <memory>
 #include <vector>
 
@@ -12,12 +12,21 @@
 
 namespace engram {
 
+// parallel/ types, declared only: model headers stay free of parallel/ (model/plan.h has its own
+// ParallelLayout).
+class ExpertDispatcher;
+class ProcessGroups;
+
 class MoELayer {
  public:
   // Registers layers.{layer}.moe.router.weight [E,D] (Decay, N(0,init_std)),
   // layers.{layer}.moe.router.bias [E] (NotTrained, 0), moe.experts.{w1,w3} [E,F_e,D] (Decay, N(0,init_std)),
   // moe.experts.w2 [E,D,F_e] (Decay, N(0, init_std/sqrt(2L))) and, if S > 0, the shared SwiGluMlp.
-  MoELayer(const ModelConfig& cfg, int layer, ParameterRegistry& params);
+  // groups null: one process holds every expert. Otherwise the experts are registered
+  // ShardKind::Experts holding this rank's block (layout().local_experts()) and forward / backward
+  // are collective over groups->expert_parallel().
+  MoELayer(const ModelConfig& cfg, int layer, ParameterRegistry& params, ProcessGroups* groups = nullptr);
+  ~MoELayer();
 
   // x [N, D] (already normed) -> y [N, D]. Computes the aux / z-loss values of this micro-batch
   // (weighted by `w`) and keeps what backward needs.
@@ -26,16 +35,26 @@ class MoELayer {
   // with the weights given to forward.
   Tensor backward(const Tensor& dy);
 
-  // Of the last forward: (token, k) assignments per expert; weighted aux and z loss values (already
-  // multiplied by their coefficients and LossWeights, i.e. their contribution to the objective).
+  // Of the last forward: this rank's (token, k) assignments per (global) expert; weighted aux and z
+  // loss values (already multiplied by their coefficients and LossWeights, i.e. their contribution to
+  // the objective).
   const std::vector<int64_t>& last_load() const { return load_; }
   double last_aux_loss() const { return aux_loss_; }
   double last_z_loss() const { return z_loss_; }
 
   Parameter& balancing_bias() { return bias_; }
+  // Token traffic of the last forward / backward (null without process groups).
+  const ExpertDispatcher* dispatcher() const { return dispatcher_.get(); }
 
  private:
   struct Saved;  // activations of the last forward
+  struct ExpertActivations;
+  // The held experts on rows grouped by local expert (offsets: held experts + 1); saves activations.
+  Tensor experts_forward(const Tensor& rows, const std::vector<int64_t>& offsets, ExpertActivations& a);
+  // d_outputs -> d_rows; accumulates the held experts' gradients.
+  Tensor experts_backward(const Tensor& d_out, const std::vector<int64_t>& offsets,
+                          const ExpertActivations& a);
+
   const ModelConfig& cfg_;
   Parameter& router_;
   Parameter& bias_;
@@ -43,6 +62,7 @@ class MoELayer {
   Parameter& w3_;
   Parameter& w2_;
   std::unique_ptr<SwiGluMlp> shared_;
+  std::unique_ptr<ExpertDispatcher> dispatcher_;
   std::shared_ptr<Saved> saved_;
   std::vector<int64_t> load_;
   double aux_loss_ = 0.0, z_loss_ = 0.0;

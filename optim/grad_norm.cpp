@@ -43,23 +43,24 @@ void merge_row_grads(ParameterRegistry& params) {
   }
 }
 
+double grad_sum_squares(const Parameter& p) {
+  switch (p.group) {
+    case OptimGroup::Decay:
+    case OptimGroup::NoDecay:
+      return kernels::sum_squares(p.grad);
+    case OptimGroup::SparseTable:
+      EG_ASSERT(p.row_grads.size() <= 1, p.name, " has ", p.row_grads.size(),
+                " row-grad entries; call merge_row_grads before global_grad_norm");
+      return p.row_grads.empty() ? 0.0 : kernels::sum_squares(p.row_grads.front().values);
+    case OptimGroup::NotTrained:
+      return 0.0;
+  }
+  return 0.0;
+}
+
 double global_grad_norm(const ParameterRegistry& params) {
   double sum = 0.0;
-  for (const Parameter* p : params.all()) {
-    switch (p->group) {
-      case OptimGroup::Decay:
-      case OptimGroup::NoDecay:
-        sum += kernels::sum_squares(p->grad);
-        break;
-      case OptimGroup::SparseTable:
-        EG_ASSERT(p->row_grads.size() <= 1, p->name, " has ", p->row_grads.size(),
-                  " row-grad entries; call merge_row_grads before global_grad_norm");
-        if (!p->row_grads.empty()) sum += kernels::sum_squares(p->row_grads.front().values);
-        break;
-      case OptimGroup::NotTrained:
-        break;
-    }
-  }
+  for (const Parameter* p : params.all()) sum += grad_sum_squares(*p);
   return std::sqrt(sum);
 }
 

@@ -10,6 +10,10 @@ namespace engram {
 // steps it. Entries are combined in list order; no-op for 0 or 1 entries.
 void merge_row_grads(ParameterRegistry& params);
 
+// Σ g² of one parameter's gradient as global_grad_norm counts it (0 for NotTrained), in double.
+// Needs merge_row_grads first.
+double grad_sum_squares(const Parameter& p);
+
 // sqrt of Σ g² over the dense grads of Decay/NoDecay parameters and the merged row grads of
 // SparseTable parameters (each table row once); NotTrained parameters are excluded.
 // Needs merge_row_grads first.

@@ -12,6 +12,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "parallel/process_groups.h"
 #include "runtime/atomic_file.h"
 #include "runtime/safetensors.h"
 
@@ -40,46 +41,89 @@ std::string step_dir_name(int64_t step) {
 
 // ---- tensors: the same lists name what is saved and where a load writes ----
 
+// A checkpoint tensor: this rank's slice of a parameter or of one of its Adam moments, which are
+// sharded like the parameter (dim-0 rows [param->shard_begin, + local rows) of param->global_shape).
+struct SlicedTensor {
+  std::string name;
+  const Parameter* param;
+  Tensor local;
+};
+using SlicedTensors = std::vector<SlicedTensor>;
+
 // Every registry parameter under its MODEL.md §7 name, in registration order.
-NamedTensors model_tensors(const Model& model) {
-  NamedTensors out;
-  for (const Parameter* p : model.params().all()) out.emplace_back(p->name, p->value);
+SlicedTensors model_tensors(const Model& model) {
+  SlicedTensors out;
+  for (const Parameter* p : model.params().all()) out.push_back({p->name, p, p->value});
   return out;
 }
 
 // "<optimizer>.m.<name>" and "<optimizer>.v.<name>" of every parameter of both optimizers.
-NamedTensors moment_tensors(const Trainer& trainer) {
+SlicedTensors moment_tensors(const Trainer& trainer) {
   const std::pair<const char*, const MomentOptimizer*> optimizers[] = {{"adamw", &trainer.adamw()},
                                                                        {"sparse_adam", &trainer.sparse_adam()}};
-  NamedTensors out;
+  SlicedTensors out;
   for (const auto& [prefix, optimizer] : optimizers)
     for (const Parameter* p : optimizer->parameters()) {
       const MomentState& s = optimizer->state().at(p->name);
-      out.emplace_back(std::string(prefix) + ".m." + p->name, s.m);
-      out.emplace_back(std::string(prefix) + ".v." + p->name, s.v);
+      out.push_back({std::string(prefix) + ".m." + p->name, p, s.m});
+      out.push_back({std::string(prefix) + ".v." + p->name, p, s.v});
     }
   return out;
 }
 
-// Every tensor of `targets` present in the file as f32 with its shape, and nothing else: a file that
-// does not describe exactly this model is refused before anything is overwritten.
-void check_tensors(const SafetensorsFile& f, const NamedTensors& targets) {
+// The rows of `local` of every rank of `group`, concatenated in rank order, on the group's rank 0
+// (empty elsewhere). Collective over the group.
+Tensor gather_rows_to_root(Communicator& group, const Tensor& local) {
+  std::vector<int64_t> send_rows(group.size(), 0);
+  send_rows[0] = local.dim(0);
+  return group.all_to_all_v_rows(local, send_rows, group.exchange_counts(send_rows));
+}
+
+// The whole tensors, in the consolidated single-file layout, on world rank 0 (a single process has
+// them already). Expert blocks are gathered over the expert-parallel group holding world rank 0, table
+// rows over the table group: both hold contiguous ranges in rank order. Collective over the world.
+NamedTensors consolidate(const SlicedTensors& tensors, ProcessGroups* groups) {
+  NamedTensors out;
+  for (const SlicedTensor& t : tensors) {
+    if (!groups || t.param->shard == ShardKind::Replicated) {
+      out.emplace_back(t.name, t.local);
+      continue;
+    }
+    Communicator& group =
+        t.param->shard == ShardKind::Experts ? groups->expert_parallel() : groups->table();
+    Tensor whole = gather_rows_to_root(group, t.local);
+    if (groups->world().rank() == 0) {
+      EG_ASSERT(whole.shape() == t.param->global_shape, "gathered ", t.name, " is ", shape_str(whole.shape()),
+                ", expected ", shape_str(t.param->global_shape));
+      out.emplace_back(t.name, whole);
+    }
+  }
+  return out;
+}
+
+// Every tensor of `targets` present in the file as f32 with its parameter's global shape, and nothing
+// else: a file that does not describe exactly this model is refused before anything is overwritten.
+void check_tensors(const SafetensorsFile& f, const SlicedTensors& targets) {
   std::set<std::string> expected;
-  for (const auto& [name, target] : targets) {
-    expected.insert(name);
-    auto it = f.tensors.find(name);
-    EG_CHECK(it != f.tensors.end(), f.path, ": tensor \"", name, "\" is missing");
+  for (const SlicedTensor& t : targets) {
+    expected.insert(t.name);
+    auto it = f.tensors.find(t.name);
+    EG_CHECK(it != f.tensors.end(), f.path, ": tensor \"", t.name, "\" is missing");
     const Tensor& found = it->second;
-    EG_CHECK(found.dtype() == DType::F32 && found.shape() == target.shape(), f.path, ": tensor \"", name,
-             "\" is ", dtype_name(found.dtype()), shape_str(found.shape()), " but the model needs ",
-             dtype_name(DType::F32), shape_str(target.shape()));
+    EG_CHECK(found.dtype() == DType::F32 && found.shape() == t.param->global_shape, f.path, ": tensor \"",
+             t.name, "\" is ", dtype_name(found.dtype()), shape_str(found.shape()), " but the model needs ",
+             dtype_name(DType::F32), shape_str(t.param->global_shape));
   }
   for (const auto& entry : f.tensors)
     EG_CHECK(expected.count(entry.first), f.path, ": tensor \"", entry.first, "\" is not part of this model");
 }
 
-void restore(const SafetensorsFile& f, NamedTensors& targets) {
-  for (auto& [name, target] : targets) target.copy_from(f.tensors.at(name));
+// Copies each target's rows out of the whole tensor in the file (any world size loads any checkpoint).
+void restore(const SafetensorsFile& f, SlicedTensors& targets) {
+  for (SlicedTensor& t : targets) {
+    const int64_t begin = t.param->shard_begin;
+    t.local.copy_from(f.tensors.at(t.name).slice(begin, begin + t.local.dim(0)));
+  }
 }
 
 // ---- metadata ----
@@ -199,7 +243,7 @@ void check_model_file(const SafetensorsFile& f, const ModelConfig& running, cons
 
 // Removes all but the newest `keep` step directories (0 keeps all). Runs after `latest` names the
 // newest, so a crash mid-way leaves only extra old checkpoints, never a missing newest one.
-void prune_checkpoints(const std::string& root, int keep) {
+static void prune_checkpoints(const std::string& root, int keep) {
   if (keep <= 0) return;
   std::vector<std::string> steps;  // zero-padded names: lexicographic order is step order
   for (const auto& entry : fs::directory_iterator(root))
@@ -215,15 +259,19 @@ void prune_checkpoints(const std::string& root, int keep) {
 
 std::string save_checkpoint(const std::string& run_dir, const ExperimentConfig& cfg, const Model& model,
                             const Trainer& trainer) {
-  for (const Parameter* p : model.params().all())
-    EG_CHECK(p->value.shape() == p->global_shape, "save_checkpoint: ", p->name, " holds a shard ",
-             shape_str(p->value.shape()), " of ", shape_str(p->global_shape),
-             "; consolidating sharded parameters is not supported yet");
+  // A sharded model is gathered to world rank 0, which alone writes (the consolidated format).
+  ProcessGroups* groups = model.groups();
+  const NamedTensors weights = consolidate(model_tensors(model), groups);
+  const NamedTensors moments = consolidate(moment_tensors(trainer), groups);
   const int64_t step = trainer.steps_done();
   const std::string root = checkpoints_root(run_dir), name = step_dir_name(step), dir = join(root, name);
+  if (groups && groups->world().rank() != 0) {
+    groups->world().barrier();  // returns once rank 0 has written the checkpoint
+    return dir;
+  }
   ensure_writable_dir(dir);
 
-  write_safetensors(join(dir, kModelFile), model_tensors(model),
+  write_safetensors(join(dir, kModelFile), weights,
                     {{"format", kModelFormat},
                      {"config", config_to_text(cfg)},
                      {"vocab_compressed", std::to_string(model.vocab_compressed())},
@@ -231,11 +279,12 @@ std::string save_checkpoint(const std::string& run_dir, const ExperimentConfig& 
                      {"compression_table", json(model.compress_table().to_vector<int32_t>()).dump()},
                      {"step", std::to_string(step)},
                      {"data_seed", std::to_string(cfg.data().seed())}});
-  write_safetensors(join(dir, kOptimizerFile), moment_tensors(trainer),
+  write_safetensors(join(dir, kOptimizerFile), moments,
                     {{"format", kOptimizerFormat}, {"step", std::to_string(step)}});
   // Last, so that `latest` only ever names a complete checkpoint.
   write_file_atomic(join(root, "latest"), name + "\n");
   prune_checkpoints(root, cfg.train().keep_checkpoints());
+  if (groups) groups->world().barrier();
   return dir;
 }
 
@@ -260,7 +309,7 @@ void load_checkpoint(const std::string& checkpoint_dir, const ExperimentConfig& 
   const int64_t step = stored_step(weights);
   EG_CHECK(stored_step(moments) == step, moments.path, ": step ", stored_step(moments), " but ", weights.path,
            " is at step ", step, " (files of different checkpoints)");
-  NamedTensors model_targets = model_tensors(model), moment_targets = moment_tensors(trainer);
+  SlicedTensors model_targets = model_tensors(model), moment_targets = moment_tensors(trainer);
   check_tensors(moments, moment_targets);
 
   // Everything is checked: only now are the model and the optimizers overwritten.
@@ -281,7 +330,7 @@ CheckpointInfo read_checkpoint_info(const std::string& model_file) {
 
 void load_model_weights(const SafetensorsFile& model_file, Model& model) {
   check_model_file(model_file, model.config(), model);
-  NamedTensors targets = model_tensors(model);
+  SlicedTensors targets = model_tensors(model);
   restore(model_file, targets);
 }
 

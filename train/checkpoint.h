@@ -16,7 +16,8 @@
 namespace engram {
 
 // Writes <run_dir>/checkpoints/step_<8 digits>/ and then updates <run_dir>/checkpoints/latest.
-// Returns the checkpoint directory.
+// Returns the checkpoint directory. A distributed model (model.groups()) is gathered to world rank 0,
+// which alone writes the same consolidated files; collective over the world then.
 std::string save_checkpoint(const std::string& run_dir, const ExperimentConfig& cfg, const Model& model,
                             const Trainer& trainer);
 
@@ -24,7 +25,8 @@ std::string save_checkpoint(const std::string& run_dir, const ExperimentConfig& 
 std::string latest_checkpoint(const std::string& run_dir);
 
 // Restores the model weights, both optimizers' moments, the balancing biases and the step into an
-// already built model/trainer. Errors (checksum, missing tensor, shape, config mismatch) name the file
+// already built model/trainer (a distributed rank copies its own rows of each sharded tensor, so any
+// world size loads any checkpoint). Errors (checksum, missing tensor, shape, config mismatch) name the file
 // and what differs.
 void load_checkpoint(const std::string& checkpoint_dir, const ExperimentConfig& cfg, Model& model,
                      Trainer& trainer);

@@ -1,8 +1,14 @@
 #include "train/trainer.h"
 
+#include <algorithm>
+#include <cmath>
+
 #include "optim/bias_update.h"
 #include "optim/grad_norm.h"
 #include "optim/schedule.h"
+#include "parallel/moe_dispatcher.h"
+#include "parallel/process_groups.h"
+#include "parallel/sharded_table.h"
 
 namespace engram {
 
@@ -19,6 +25,7 @@ void add_elementwise(std::vector<T>& sum, const std::vector<T>& x) {
 
 Trainer::Trainer(Model& model, const config::OptimConfig& cfg, int64_t max_steps)
     : model_(model),
+      groups_(model.groups()),
       cfg_(cfg),
       max_steps_(max_steps),
       adamw_(model.params(), cfg_),
@@ -29,7 +36,7 @@ Trainer::Trainer(Model& model, const config::OptimConfig& cfg, int64_t max_steps
 StepMetrics Trainer::step(const std::vector<Batch>& micro_batches) {
   StepMetrics metrics = accumulate_gradients(micro_batches);
   reduce_gradients();
-  metrics.grad_norm = global_grad_norm(model_.params());
+  metrics.grad_norm = grad_norm();
   const float grad_scale = clip_factor(metrics.grad_norm, cfg_.grad_clip());
   metrics.lr = learning_rate(cfg_, steps_done_, max_steps_);
   apply_updates(metrics.lr, grad_scale);
@@ -39,12 +46,25 @@ StepMetrics Trainer::step(const std::vector<Batch>& micro_batches) {
 }
 
 StepMetrics Trainer::accumulate_gradients(const std::vector<Batch>& micro_batches) {
-  EG_CHECK(!micro_batches.empty(), "a training step needs at least one micro-batch");
   int64_t targets = 0;
   for (const Batch& batch : micro_batches) targets += batch.targets.numel();
+  int64_t global_micro_batches = static_cast<int64_t>(micro_batches.size());
+  if (groups_) {
+    // Forward and backward are collective: every rank must run the same number of micro-batches.
+    // Checked after exchanging the counts, so every rank raises the same error instead of one
+    // rank leaving the others waiting.
+    Communicator& world = groups_->world();
+    const std::vector<int64_t> counts = world.all_gather(std::vector<int64_t>{global_micro_batches});
+    for (int r = 0; r < world.size(); ++r)
+      EG_CHECK(counts[r] == counts[0], "rank ", r, " has ", counts[r], " micro-batches but rank 0 has ",
+               counts[0], " (every rank needs the same number)");
+    global_micro_batches *= world.size();
+    targets = world.all_reduce_sum(targets);
+  }
+  EG_CHECK(global_micro_batches > 0, "a training step needs at least one micro-batch");
   EG_CHECK(targets > 0, "a training step needs at least one target token");
   const LossWeights weights{1.0f / static_cast<float>(targets),
-                            1.0f / static_cast<float>(micro_batches.size())};
+                            1.0f / static_cast<float>(global_micro_batches)};
 
   model_.params().zero_grads();
   StepMetrics metrics;
@@ -58,14 +78,79 @@ StepMetrics Trainer::accumulate_gradients(const std::vector<Batch>& micro_batche
     for (size_t layer = 0; layer < stats.expert_load.size(); ++layer)
       add_elementwise(metrics.expert_load[layer], stats.expert_load[layer]);
     add_elementwise(metrics.engram_gate_mean, stats.engram_gate_mean);
+    add_traffic(metrics);
   }
-  for (double& gate : metrics.engram_gate_mean) gate /= static_cast<double>(micro_batches.size());
+  reduce_metrics(metrics, ce_sum);
+  for (double& gate : metrics.engram_gate_mean) gate /= static_cast<double>(global_micro_batches);
   metrics.loss = ce_sum / static_cast<double>(targets);
   metrics.tokens = targets;
   return metrics;
 }
 
-void Trainer::reduce_gradients() { merge_row_grads(model_.params()); }
+void Trainer::add_traffic(StepMetrics& metrics) {
+  for (MoELayer* moe : model_.moe_layers())
+    if (const ExpertDispatcher* d = moe->dispatcher())
+      metrics.dispatch_bytes_sent += d->last_forward_stats().bytes_sent + d->last_backward_stats().bytes_sent;
+  for (EngramModule* engram : model_.engram_modules())
+    if (const ShardedTable* t = engram->sharded_table()) {
+      metrics.table_bytes_sent += t->last_lookup_stats().bytes_sent + t->last_backward_stats().bytes_sent;
+      metrics.table_requests += t->last_lookup_stats().requested;
+      metrics.table_unique_rows += t->last_lookup_stats().unique;
+    }
+}
+
+void Trainer::reduce_metrics(StepMetrics& metrics, double& ce_sum) const {
+  if (!groups_) return;
+  Communicator& world = groups_->world();
+  std::vector<double> sums{ce_sum, metrics.aux_loss, metrics.z_loss};
+  sums.insert(sums.end(), metrics.engram_gate_mean.begin(), metrics.engram_gate_mean.end());
+  world.all_reduce_sum(sums);
+  ce_sum = sums[0];
+  metrics.aux_loss = sums[1];
+  metrics.z_loss = sums[2];
+  std::copy(sums.begin() + 3, sums.end(), metrics.engram_gate_mean.begin());
+  for (std::vector<int64_t>& load : metrics.expert_load) world.all_reduce_sum(load);
+  std::vector<int64_t> traffic{metrics.dispatch_bytes_sent, metrics.table_bytes_sent, metrics.table_requests,
+                               metrics.table_unique_rows};
+  world.all_reduce_sum(traffic);
+  metrics.dispatch_bytes_sent = traffic[0];
+  metrics.table_bytes_sent = traffic[1];
+  metrics.table_requests = traffic[2];
+  metrics.table_unique_rows = traffic[3];
+}
+
+void Trainer::reduce_gradients() {
+  merge_row_grads(model_.params());
+  if (!groups_) return;
+  for (Parameter* p : model_.params().all()) {
+    if (!p->grad.defined()) continue;  // tables: owners already hold every rank's sums
+    switch (p->shard) {
+      case ShardKind::Replicated:
+        groups_->world().all_reduce_sum(p->grad);
+        break;
+      case ShardKind::Experts:
+        groups_->expert_data_parallel().all_reduce_sum(p->grad);
+        break;
+      case ShardKind::Rows:
+        EG_ASSERT(false, p->name, ": row-sharded parameters with dense gradients are not supported");
+    }
+  }
+}
+
+double Trainer::grad_norm() const {
+  if (!groups_) return global_grad_norm(model_.params());
+  // Each copy counted once: replicated ones on world rank 0, expert blocks on the first rank of their
+  // expert-data-parallel group, table rows on their owner.
+  const ParallelLayout& layout = groups_->layout();
+  double sum = 0.0;
+  for (const Parameter* p : model_.params().all()) {
+    const bool counted = p->shard == ShardKind::Rows ||
+                         (p->shard == ShardKind::Experts && layout.edp_rank == 0) ||
+                         (p->shard == ShardKind::Replicated && layout.rank == 0);
+    if (counted) sum += grad_sum_squares(*p);
+  }
+  return std::sqrt(groups_->world().all_reduce_sum(sum));
+}
 
 void Trainer::apply_updates(float lr, float grad_scale) {
   const int64_t step_1based = steps_done_ + 1;
