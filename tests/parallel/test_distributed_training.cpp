@@ -129,7 +129,9 @@ void train_and_compare(bool aux_terms, int expert_parallel) {
     EXPECT_LE(relative_error(m.grad_norm, expected.grad_norm), kTolerance) << "step " << s;
     EXPECT_LE(relative_error(m.aux_loss, expected.aux_loss), kTolerance) << "step " << s;
     EXPECT_LE(relative_error(m.z_loss, expected.z_loss), kTolerance) << "step " << s;
-    if (aux_terms) EXPECT_GT(m.aux_loss, 0.0);
+    if (aux_terms) {
+      EXPECT_GT(m.aux_loss, 0.0);
+    }
     EXPECT_EQ(m.expert_load, expected.expert_load) << "step " << s;
     EXPECT_EQ(m.tokens, expected.tokens);
     ASSERT_EQ(m.engram_gate_mean.size(), expected.engram_gate_mean.size());
@@ -164,10 +166,12 @@ void train_and_compare(bool aux_terms, int expert_parallel) {
     ASSERT_EQ(p->value.dim(0), expected_rows) << p->name;
     EXPECT_LE(shard_relative_error(*p, ref), kTolerance) << p->name << " on rank " << comm.rank();
     // The shards cover every row once: expert blocks over an EP group, table rows over the world.
-    if (p->shard == ShardKind::Rows)
+    if (p->shard == ShardKind::Rows) {
       EXPECT_EQ(comm.all_reduce_sum<int64_t>(p->value.dim(0)), p->global_shape[0]) << p->name;
-    if (p->shard == ShardKind::Experts)
+    }
+    if (p->shard == ShardKind::Experts) {
       EXPECT_EQ(groups.expert_parallel().all_reduce_sum<int64_t>(p->value.dim(0)), p->global_shape[0]);
+    }
   }
 }
 
