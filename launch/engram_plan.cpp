@@ -115,7 +115,7 @@ void print_table(const std::string& config_path, const Plan& plan) {
 
 int run(const Options& options) {
   const ExperimentConfig cfg = load_config(options.config_path, options.overrides);
-  ParallelLayout layout;
+  PlanLayout layout;
   layout.expert_parallel =
       options.expert_parallel > 0 ? options.expert_parallel : cfg.parallel().expert_parallel();
   layout.world_size = options.world > 0 ? options.world : layout.expert_parallel;

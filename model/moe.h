@@ -12,8 +12,7 @@
 
 namespace engram {
 
-// parallel/ types, declared only: model headers stay free of parallel/ (model/plan.h has its own
-// ParallelLayout).
+// parallel/ types, declared only: model headers stay free of parallel/ headers.
 class ExpertDispatcher;
 class ProcessGroups;
 

@@ -81,7 +81,7 @@ int64_t activation_bytes(const ModelConfig& m, int64_t tokens) {
   return kF32 * tokens * (saved + largest_layer);
 }
 
-MemoryEstimate estimate_memory(const ExperimentConfig& cfg, const ParallelLayout& layout,
+MemoryEstimate estimate_memory(const ExperimentConfig& cfg, const PlanLayout& layout,
                                const ParameterCounts& p, const std::vector<int64_t>& table_rows) {
   const ModelConfig& m = cfg.model();
   const auto& t = cfg.train();
@@ -197,7 +197,7 @@ ParameterCounts count_parameters(const ModelConfig& m) {
   return c;
 }
 
-Plan make_plan(const ExperimentConfig& cfg, const ParallelLayout& layout) {
+Plan make_plan(const ExperimentConfig& cfg, const PlanLayout& layout) {
   validate_config(cfg);
   const ModelConfig& m = cfg.model();
   EG_CHECK(layout.world_size >= 1, "world size = ", layout.world_size, " must be >= 1");

@@ -13,7 +13,7 @@ namespace engram {
 
 // Ranks of the run: the world, and the expert-parallel group size inside it (MODEL.md §3; DESIGN.md:
 // routed experts divide over the expert-parallel group, Engram table rows over all ranks).
-struct ParallelLayout {
+struct PlanLayout {
   int world_size = 1;
   int expert_parallel = 1;
 };
@@ -69,7 +69,7 @@ struct MemoryEstimate {
 };
 
 struct Plan {
-  ParallelLayout layout;
+  PlanLayout layout;
   ParameterCounts params;
   std::vector<int64_t> engram_layers;      // layer indices with an Engram module
   std::vector<int64_t> engram_table_rows;  // rows of each Engram layer's table (Σ of its primes)
@@ -84,7 +84,7 @@ std::vector<int64_t> engram_table_rows(const ModelConfig& model);
 
 // The whole plan. Errors (engram::Error) name the rule a layout breaks, e.g. an expert-parallel
 // size that does not divide the world size or the expert count.
-Plan make_plan(const ExperimentConfig& cfg, const ParallelLayout& layout = {});
+Plan make_plan(const ExperimentConfig& cfg, const PlanLayout& layout = {});
 
 // One JSON object (the engram-plan --json output; field names in docs/TOOLS.md).
 nlohmann::json plan_to_json(const Plan& plan);

@@ -270,7 +270,7 @@ TEST(Plan, RejectsImpossibleLayouts) {
   add_moe(*cfg.mutable_model(), 1, 4, 2, 5, 0);
   cfg.mutable_train()->set_global_batch_size(6);
   cfg.mutable_optim()->set_warmup_steps(0);
-  auto message = [&](ParallelLayout layout) {
+  auto message = [&](PlanLayout layout) {
     try {
       make_plan(cfg, layout);
     } catch (const Error& e) {
