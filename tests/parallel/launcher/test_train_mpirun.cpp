@@ -193,6 +193,46 @@ TEST_F(TrainMpirun, TwoRanksMatchOneProcessAndCheckpointsResumeAtAnyWorldSize) {
   expect_same_metrics(metrics_of(resumed), reference);
 }
 
+// The layout change: saved at 4 ranks with EP 4, resumed at 2 ranks with EP 2 and at 1 rank;
+// every resumed run continues as the uninterrupted 4-rank run does.
+TEST_F(TrainMpirun, FourRankCheckpointResumesAtTwoRanksAndOne) {
+  const fs::path run = dir_ / "run_4_ep4";
+  const Outcome four = train(4, "--config " + write_config("four.pbtxt", run).string() +
+                                    " --set parallel.expert_parallel=4");
+  ASSERT_EQ(four.exit_code, 0) << four.output;
+  const std::vector<json> uninterrupted = metrics_of(run);
+  ASSERT_EQ(uninterrupted.size(), static_cast<size_t>(kSteps + 2));
+
+  const fs::path on_two = rewound_to_step_3(run, dir_ / "resumed_2_ep2");
+  const Outcome two = train(2, "--resume " + on_two.string() + " --set parallel.expert_parallel=2");
+  ASSERT_EQ(two.exit_code, 0) << two.output;
+  expect_same_metrics(metrics_of(on_two), uninterrupted);
+
+  const fs::path on_one = rewound_to_step_3(run, dir_ / "resumed_1");
+  const Outcome one = train(0, "--resume " + on_one.string() + " --set parallel.expert_parallel=1");
+  ASSERT_EQ(one.exit_code, 0) << one.output;
+  expect_same_metrics(metrics_of(on_one), uninterrupted);
+}
+
+TEST_F(TrainMpirun, LaunchWrapperTrainsLikeOneProcess) {
+  const fs::path single = dir_ / "run_1";
+  ASSERT_EQ(train(0, "--config " + write_config("one.pbtxt", single).string()).exit_code, 0);
+  const fs::path run = dir_ / "run_wrapper";
+  const fs::path log = dir_ / "wrapper.txt";
+  const std::string wrapper = std::string(ENGRAM_SOURCE_DIR) + "/launch/mpirun.sh";
+  const std::string env = "ENGRAM_TRAIN=" + std::string(ENGRAM_BIN_DIR) + "/engram-train ";
+  const int status = std::system(("timeout 90 env " + env + wrapper + " 2 --config " +
+                                  write_config("two.pbtxt", run).string() +
+                                  " --set parallel.expert_parallel=2 > " + log.string() + " 2>&1")
+                                     .c_str());
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << slurp(log);
+  expect_same_metrics(metrics_of(run), metrics_of(single));
+
+  const int bad = std::system(("env " + env + wrapper + " zero --config x > " + log.string() + " 2>&1").c_str());
+  EXPECT_TRUE(WIFEXITED(bad) && WEXITSTATUS(bad) == 1);
+  EXPECT_NE(slurp(log).find("NRANKS must be a positive integer"), std::string::npos) << slurp(log);
+}
+
 TEST_F(TrainMpirun, ExpertParallelNotDividingTheWorldFailsOnEveryRank) {
   const fs::path run = dir_ / "run";
   const Outcome out = train(2, "--config " + write_config("c.pbtxt", run).string() +
