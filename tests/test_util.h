@@ -51,6 +51,19 @@ inline Tensor random_normal(const Shape& shape, std::mt19937& gen, double std = 
   return t;
 }
 
+// A learnable token stream for training tests: a fixed sequence of `period` tokens in [3, vocab)
+// repeated, with 10% of positions replaced by a random token (noise drawn from `seed`).
+inline std::vector<int32_t> noisy_pattern_tokens(size_t count, uint32_t seed, int32_t vocab, int period) {
+  std::mt19937 pattern_gen(7), noise_gen(seed);
+  std::uniform_int_distribution<int32_t> token(3, vocab - 1);
+  std::vector<int32_t> pattern(static_cast<size_t>(period));
+  for (int32_t& t : pattern) t = token(pattern_gen);
+  std::bernoulli_distribution noisy(0.1);
+  std::vector<int32_t> tokens(count);
+  for (size_t i = 0; i < count; ++i) tokens[i] = noisy(noise_gen) ? token(noise_gen) : pattern[i % period];
+  return tokens;
+}
+
 // Ids of type T (int32_t or int64_t) uniform in [0, high).
 template <class T>
 Tensor random_ids(const Shape& shape, int64_t high, std::mt19937& gen) {

@@ -145,16 +145,8 @@ class TrainCli : public ::testing::Test {
     if (HasFailure()) dir_.keep();
   }
 
-  // A fixed sequence of kPeriod tokens repeated, 10% of positions replaced by a random token.
   static std::vector<int32_t> pattern_tokens(size_t count, uint32_t seed) {
-    std::mt19937 pattern_gen(7), noise_gen(seed);
-    std::uniform_int_distribution<int32_t> token(3, kVocab - 1);
-    std::vector<int32_t> pattern(kPeriod);
-    for (int32_t& t : pattern) t = token(pattern_gen);
-    std::bernoulli_distribution noisy(0.1);
-    std::vector<int32_t> tokens(count);
-    for (size_t i = 0; i < count; ++i) tokens[i] = noisy(noise_gen) ? token(noise_gen) : pattern[i % kPeriod];
-    return tokens;
+    return testing_util::noisy_pattern_tokens(count, seed, kVocab, kPeriod);
   }
 
   // Ids >= 48 share the compressed ids of 0..15 (dense, in order of first appearance).

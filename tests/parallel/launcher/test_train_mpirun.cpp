@@ -23,8 +23,10 @@
 #include <string>
 #include <vector>
 
+#include "runtime/atomic_file.h"
 #include "runtime/checksum.h"
 #include "runtime/token_shards.h"
+#include "tests/test_util.h"
 #include "text/compression.h"
 
 namespace engram {
@@ -36,14 +38,8 @@ using nlohmann::json;
 constexpr int kVocab = 64, kPeriod = 13, kSteps = 6;
 constexpr double kTolerance = 1e-5;
 
-std::string slurp(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-void spill(const fs::path& path, const std::string& bytes) { std::ofstream(path, std::ios::binary) << bytes; }
+std::string slurp(const fs::path& path) { return read_file(path.string()); }
+void spill(const fs::path& path, const std::string& bytes) { write_file_atomic(path.string(), bytes); }
 
 struct Outcome {
   int exit_code = -1;
@@ -71,14 +67,7 @@ class TrainMpirun : public ::testing::Test {
   }
 
   static std::vector<int32_t> pattern_tokens(size_t count, uint32_t seed) {
-    std::mt19937 pattern_gen(7), noise_gen(seed);
-    std::uniform_int_distribution<int32_t> token(3, kVocab - 1);
-    std::vector<int32_t> pattern(kPeriod);
-    for (int32_t& t : pattern) t = token(pattern_gen);
-    std::bernoulli_distribution noisy(0.1);
-    std::vector<int32_t> tokens(count);
-    for (size_t i = 0; i < count; ++i) tokens[i] = noisy(noise_gen) ? token(noise_gen) : pattern[i % kPeriod];
-    return tokens;
+    return testing_util::noisy_pattern_tokens(count, seed, kVocab, kPeriod);
   }
 
   // Global batch 4 in micro-batches of 1 row: the same micro-batches on 1 and 2 ranks.
