@@ -24,11 +24,12 @@ struct Options {
   bool json = false;
 };
 
-// Three significant digits and a 1000-based suffix from `suffixes`: 1234567 → "1.23M".
-std::string scaled(double value, const char* const (&suffixes)[7]) {
+// Three significant digits and the suffix of the largest power of `base` not above the value:
+// scaled(1234567, 1000, {"", "K", "M", ...}) = "1.23M".
+std::string scaled(double value, double base, const char* const (&suffixes)[7]) {
   int i = 0;
-  while (value >= 999.5 && i < 6) {
-    value /= 1000.0;
+  while (value >= base - 0.5 && i < 6) {
+    value /= base;
     ++i;
   }
   char buf[48];
@@ -37,25 +38,16 @@ std::string scaled(double value, const char* const (&suffixes)[7]) {
 }
 std::string short_count(double value) {
   static const char* const kSuffix[7] = {"", "K", "M", "B", "T", "P", "E"};
-  return scaled(value, kSuffix);
+  return scaled(value, 1000.0, kSuffix);
 }
 std::string short_flops(double value) {
   static const char* const kSuffix[7] = {" FLOP", " kFLOP", " MFLOP", " GFLOP", " TFLOP", " PFLOP", " EFLOP"};
-  return scaled(value, kSuffix);
+  return scaled(value, 1000.0, kSuffix);
 }
-
 // Bytes in binary units: "12.3 MiB".
 std::string short_bytes(int64_t bytes) {
-  static const char* const kUnit[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
-  double value = static_cast<double>(bytes);
-  int i = 0;
-  while (value >= 1023.5 && i < 5) {
-    value /= 1024.0;
-    ++i;
-  }
-  char buf[48];
-  std::snprintf(buf, sizeof buf, i == 0 ? "%.0f %s" : "%.3g %s", value, kUnit[i]);
-  return buf;
+  static const char* const kUnit[7] = {" B", " KiB", " MiB", " GiB", " TiB", " PiB", " EiB"};
+  return scaled(static_cast<double>(bytes), 1024.0, kUnit);
 }
 
 void row(const char* label, const std::string& short_form, int64_t exact) {

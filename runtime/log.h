@@ -6,9 +6,8 @@
 
 namespace engram {
 
-enum class LogLevel { Debug = 0, Info = 1, Warn = 2, Error = 3 };
+enum class LogLevel { Info = 0, Warn = 1, Error = 2 };
 
-void set_log_level(LogLevel level);
 void set_log_rank(int rank);  // messages below Error are printed on rank 0 only
 void log_message(LogLevel level, const std::string& msg);
 
@@ -16,4 +15,3 @@ void log_message(LogLevel level, const std::string& msg);
 
 #define EG_LOG_INFO(...) ::engram::log_message(::engram::LogLevel::Info, ::engram::detail::concat(__VA_ARGS__))
 #define EG_LOG_WARN(...) ::engram::log_message(::engram::LogLevel::Warn, ::engram::detail::concat(__VA_ARGS__))
-#define EG_LOG_DEBUG(...) ::engram::log_message(::engram::LogLevel::Debug, ::engram::detail::concat(__VA_ARGS__))

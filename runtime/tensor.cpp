@@ -161,8 +161,4 @@ void check_dtype(const Tensor& t, DType expected, const char* what) {
             dtype_name(expected));
 }
 
-void check_same_device(const Tensor& a, const Tensor& b, const char* what) {
-  EG_ASSERT(a.device() == b.device(), what, ": tensors on different devices");
-}
-
 }  // namespace engram

@@ -108,6 +108,5 @@ class Tensor {
 // Shape checks used by kernels: one message names the argument and the expectation.
 void check_shape(const Tensor& t, const Shape& expected, const char* what);
 void check_dtype(const Tensor& t, DType expected, const char* what);
-void check_same_device(const Tensor& a, const Tensor& b, const char* what);
 
 }  // namespace engram
