@@ -4,7 +4,7 @@
 //   engram-eval --checkpoint PATH (--text FILE | --shards FILE) [--tokenizer FILE]
 //               [--seq-len T] [--batch B] [--unigram-baseline TRAIN_SHARD]
 //
-// PATH is a model.safetensors file, a checkpoint directory holding one, or a run directory (its
+// PATH is a model.safetensors file, a checkpoint directory (either layout), or a run directory (its
 // latest checkpoint). The model is built from the config and compression table stored in the
 // checkpoint. The tokens are cut into non-overlapping rows of T + 1 tokens (the last row may be
 // shorter); every token of a row but its first is a target, predicted from the tokens before it in
@@ -45,18 +45,6 @@ struct Options {
   int batch = 8;
   int64_t max_tokens = 0;  // 0: every token
 };
-
-// --checkpoint: a model file, a checkpoint directory, or a run directory.
-std::string resolve_model_file(const std::string& path) {
-  EG_CHECK(fs::exists(path), "--checkpoint ", path, ": no such file or directory");
-  if (!fs::is_directory(path)) return path;
-  const fs::path in_dir = fs::path(path) / "model.safetensors";
-  if (fs::exists(in_dir)) return in_dir.string();
-  EG_CHECK(fs::exists(fs::path(path) / "checkpoints"), "--checkpoint ", path,
-           ": a directory without model.safetensors or checkpoints/ (expected a model.safetensors file, a "
-           "checkpoint directory or a run directory)");
-  return (fs::path(latest_checkpoint(path)) / "model.safetensors").string();
-}
 
 // What is known of the tokenizer the model was trained with: its hash and where that came from.
 struct TokenizerIdentity {
@@ -198,7 +186,7 @@ int run(const Options& o) {
   EG_CHECK(o.text.empty() || fs::file_size(o.text) > 0, "--text ", o.text,
            ": the eval text is empty (nothing to evaluate)");
 
-  CheckpointInfo ckpt = read_checkpoint_info(resolve_model_file(o.checkpoint));
+  CheckpointInfo ckpt = read_checkpoint_info(resolve_checkpoint(o.checkpoint, "--checkpoint"));
   const ModelConfig& mc = ckpt.config.model();
   const int64_t seq_len = o.seq_len > 0 ? o.seq_len : ckpt.config.train().seq_len();
   const std::optional<TokenizerIdentity> known = known_tokenizer(ckpt.config, o.tokenizer);
@@ -250,7 +238,7 @@ int run(const Options& o) {
 int main(int argc, char** argv) {
   engram::Options o;
   CLI::App app{"engram-eval: loss, perplexity and bits per byte of a checkpoint on held-out text or a shard"};
-  app.add_option("--checkpoint", o.checkpoint, "model.safetensors, a checkpoint directory or a run directory")
+  app.add_option("--checkpoint", o.checkpoint, "model.safetensors, a checkpoint directory (sharded or consolidated) or a run directory")
       ->required();
   app.add_option("--text", o.text, "UTF-8 text file to evaluate on");
   app.add_option("--tokenizer", o.tokenizer,

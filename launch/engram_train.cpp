@@ -14,279 +14,35 @@
 // Distributed: `mpirun -np N engram-train ...` (docs/DISTRIBUTED.md) runs data parallel × expert parallel
 // (parallel.expert_parallel) with row-sharded Engram tables. The global batch is the same for any N: rank r
 // reads its slice of every step's rows. Only rank 0 logs and writes config.pbtxt and metrics.jsonl;
-// checkpoints are gathered to rank 0 and written in the consolidated single-file format, so a run resumes
-// at any world size (sharded checkpoints are still to come). A failure on any rank ends every rank with
-// "engram: rank R of N failed: ..." and exit code 1.
+// every rank writes its own shard of each checkpoint (docs/CHECKPOINT.md), which resumes at any world
+// size. A failure on any rank ends every rank with "engram: rank R of N failed: ..." and exit code 1.
 //
 // Threads: the matrix products run on OpenBLAS, which uses one thread per core unless
 // OPENBLAS_NUM_THREADS says otherwise; engram-train leaves that to the environment. Resume with the same
 // setting for a bitwise-identical continuation.
-#include <algorithm>
-#include <chrono>
+//
+// The training itself is run_training (launch/training_run.h), which engram-sweep also runs in-process.
 #include <cinttypes>
-#include <cmath>
-#include <csignal>
 #include <cstdio>
-#include <filesystem>
 #include <memory>
-#include <numeric>
-#include <optional>
-#include <string>
-#include <vector>
 
 #include "launch/cli.h"
-#include "model/model.h"
+#include "launch/training_run.h"
 #include "parallel/communicator.h"
-#include "parallel/process_groups.h"
-#include "runtime/atomic_file.h"
-#include "runtime/checksum.h"
-#include "runtime/config/config.h"
-#include "runtime/log.h"
-#include "runtime/token_shards.h"
-#include "text/compression.h"
-#include "train/checkpoint.h"
-#include "train/data_loader.h"
-#include "train/metrics_log.h"
-#include "train/trainer.h"
 
 namespace engram {
 namespace {
 
-namespace fs = std::filesystem;
-using Clock = std::chrono::steady_clock;
-using nlohmann::ordered_json;
-
-// Set by SIGINT / SIGTERM; the loop stops after the step in flight. Later signals change nothing, so
-// one that arrives while the checkpoint is being saved cannot cut the save short.
-volatile std::sig_atomic_t g_stop_requested = 0;
-extern "C" void request_stop(int) { g_stop_requested = 1; }
-
-void install_stop_handlers() {
-  struct sigaction action = {};
-  action.sa_handler = request_stop;
-  sigemptyset(&action.sa_mask);
-  action.sa_flags = SA_RESTART;
-  sigaction(SIGINT, &action, nullptr);
-  sigaction(SIGTERM, &action, nullptr);
-}
-
-struct Options {
-  std::string config_path;
-  std::string resume_dir;
-  std::vector<std::string> overrides;
-};
-
-double seconds_since(Clock::time_point start) {
-  return std::chrono::duration<double>(Clock::now() - start).count();
-}
-
-// The config of this run. Resuming reads the run's own config.pbtxt unless --config is given; either way
-// load_checkpoint later rejects a model section that differs from the checkpoint's.
-ExperimentConfig resolve_config(const Options& options) {
-  if (options.resume_dir.empty()) {
-    ExperimentConfig cfg = load_config(options.config_path, options.overrides);
-    const fs::path latest = fs::path(cfg.train().run_dir()) / "checkpoints" / "latest";
-    EG_CHECK(!fs::exists(latest), cfg.train().run_dir(), ": already holds a run (", latest.string(),
-             " exists); continue it with --resume ", cfg.train().run_dir(),
-             " or choose another train.run_dir");
-    return cfg;
-  }
-  const std::string stored = (fs::path(options.resume_dir) / "config.pbtxt").string();
-  EG_CHECK(fs::is_regular_file(stored), "--resume ", options.resume_dir, ": ", stored,
-           " not found (not a run directory?)");
-  ExperimentConfig cfg =
-      load_config(options.config_path.empty() ? stored : options.config_path, options.overrides);
-  cfg.mutable_train()->set_run_dir(options.resume_dir);
-  return cfg;
-}
-
-// Everything the run reads, checked against each other before any output is written.
-struct TrainingData {
-  std::vector<int32_t> compress;  // empty: identity (a model without Engram needs no table)
-  std::optional<TrainBatches> train;
-  std::vector<Batch> validation;  // empty when train.eval_every = 0
-};
-
-ShardRows read_rows(const std::string& path, const std::string& field, uint64_t tokenizer_hash,
-                    const ExperimentConfig& cfg) {
-  EG_CHECK(!path.empty(), field, " is required but not set");
-  TokenShard shard = read_token_shard(path);
-  check_shard_tokenizer(shard, tokenizer_hash, cfg.model().vocab_size());
-  return ShardRows(std::move(shard), cfg.train().seq_len());
-}
-
-TrainingData load_training_data(const ExperimentConfig& cfg, const Communicator& world) {
-  const config::DataConfig& d = cfg.data();
-  const config::TrainConfig& t = cfg.train();
-  EG_CHECK(!d.tokenizer().empty(),
-           "data.tokenizer is required but not set (shards are checked against the tokenizer they were made "
-           "with)");
-  // Tokenizer::hash() is by definition the FNV-1a 64 of the model file bytes; no need to load it.
-  const uint64_t tokenizer_hash = fnv1a64_bytes(read_file(d.tokenizer()));
-
-  TrainingData data;
-  if (!d.compression_table().empty()) {
-    CompressionTable table = read_compression_table(d.compression_table());
-    EG_CHECK(table.tokenizer_hash == tokenizer_hash, d.compression_table(), ": built for tokenizer hash ",
-             hex64(table.tokenizer_hash), ", but data.tokenizer ", d.tokenizer(), " has hash ",
-             hex64(tokenizer_hash));
-    EG_CHECK(static_cast<int64_t>(table.table.size()) == cfg.model().vocab_size(), d.compression_table(),
-             ": has ", table.table.size(), " entries but model.vocab_size = ", cfg.model().vocab_size());
-    data.compress = std::move(table.table);
-  } else {
-    EG_CHECK(!has_engram(cfg.model()),
-             "data.compression_table is required but not set (model.engram.layers is set: Engram hashes "
-             "compressed token ids)");
-  }
-
-  const BatchLayout layout{t.global_batch_size(), t.micro_batch_size(), world.rank(), world.size()};
-  data.train.emplace(read_rows(d.train_shards(), "data.train_shards", tokenizer_hash, cfg), layout, d.seed());
-  if (t.eval_every() > 0) {
-    const ShardRows val = read_rows(d.val_shards(), "data.val_shards", tokenizer_hash, cfg);
-    const int64_t batch_rows = t.micro_batch_size() > 0 ? t.micro_batch_size() : t.global_batch_size();
-    data.validation = validation_batches(val, int64_t{t.eval_batches()} * t.global_batch_size(), batch_rows);
-  }
-  return data;
-}
-
-struct EvalResult {
-  double loss = 0.0;  // mean cross-entropy per target token
-  int64_t tokens = 0;
-};
-
-EvalResult evaluate(Model& model, const std::vector<Batch>& batches) {
-  double ce_sum = 0.0;
-  int64_t tokens = 0;
-  for (const Batch& batch : batches) {
-    const ForwardStats stats = model.forward(batch);
-    ce_sum += stats.ce_sum;
-    tokens += stats.n_targets;
-  }
-  return {ce_sum / static_cast<double>(tokens), tokens};
-}
-
-// `distributed`: add the communication counters (summed over ranks, layers and micro-batches).
-ordered_json train_line(const StepMetrics& m, double step_seconds, double elapsed_seconds, bool distributed) {
-  ordered_json load_min = ordered_json::array(), load_max = ordered_json::array();
-  ordered_json imbalance = ordered_json::array();  // max / mean load per MoE layer
-  for (const std::vector<int64_t>& load : m.expert_load) {
-    const int64_t max = *std::max_element(load.begin(), load.end());
-    const int64_t total = std::accumulate(load.begin(), load.end(), int64_t{0});
-    load_min.push_back(*std::min_element(load.begin(), load.end()));
-    load_max.push_back(max);
-    const double mean = static_cast<double>(total) / static_cast<double>(load.size());
-    imbalance.push_back(total > 0 ? static_cast<double>(max) / mean : 1.0);
-  }
-  ordered_json line = {{"type", "train"},
-          {"step", m.step},
-          {"loss", m.loss},
-          {"aux_loss", m.aux_loss},
-          {"z_loss", m.z_loss},
-          {"lr", static_cast<double>(m.lr)},
-          {"grad_norm", m.grad_norm},
-          {"tokens", m.tokens},
-          {"tokens_per_s", static_cast<double>(m.tokens) / step_seconds},
-          {"elapsed_s", elapsed_seconds},
-          {"expert_load_min", load_min},
-          {"expert_load_max", load_max},
-          {"expert_load_imbalance", imbalance},
-          {"engram_gate_mean", m.engram_gate_mean}};
-  if (distributed) {
-    line["dispatch_bytes_sent"] = m.dispatch_bytes_sent;
-    line["table_bytes_sent"] = m.table_bytes_sent;
-    line["table_dedup_ratio"] = m.table_dedup_ratio();
-  }
-  return line;
-}
-
-int run(const Options& options, Communicator& world) {
-  set_log_rank(world.rank());
-  const bool writer = world.rank() == 0;  // the one rank that writes the run directory's files
-  const ExperimentConfig cfg = resolve_config(options);
-  const config::TrainConfig& t = cfg.train();
-  const std::string run_dir = t.run_dir();
-  const bool resuming = !options.resume_dir.empty();
-  TrainingData data = load_training_data(cfg, world);
-  if (writer) ensure_writable_dir(run_dir);
-
-  // One process keeps the plain single-process model; several shard experts and tables over the groups.
-  const int64_t n_experts = has_moe(cfg.model()) ? cfg.model().moe().n_routed_experts() : 0;
-  ProcessGroups groups(world, cfg.parallel().expert_parallel(), n_experts);
-  Model model(cfg.model(), data.compress, world.size() > 1 ? &groups : nullptr);
-  Trainer trainer(model, cfg.optim(), t.max_steps());
-  std::string last_checkpoint;
-  if (resuming) {
-    last_checkpoint = latest_checkpoint(run_dir);
-    load_checkpoint(last_checkpoint, cfg, model, trainer);
-    EG_LOG_INFO("resumed from ", last_checkpoint, " at step ", trainer.steps_done());
-  }
-  // Nothing in the run directory changes before this point, so a failed start leaves it as it was.
-  std::optional<MetricsLog> metrics;
-  if (writer) {
-    write_file_atomic((fs::path(run_dir) / "config.pbtxt").string(), config_to_text(cfg));
-    metrics.emplace((fs::path(run_dir) / "metrics.jsonl").string(), trainer.steps_done());
-  }
-  // Every rank stops after the same step (a signal may reach the ranks at different times).
-  const auto stop_requested = [&] {
-    const int64_t stop = g_stop_requested ? 1 : 0;
-    return (world.size() > 1 ? world.all_reduce_sum(stop) : stop) > 0;
-  };
-  int64_t saved_step = resuming ? trainer.steps_done() : -1;
-  const auto save = [&] {
-    last_checkpoint = save_checkpoint(run_dir, cfg, model, trainer);
-    saved_step = trainer.steps_done();
-  };
-
-  install_stop_handlers();
-  const int64_t max_steps = t.max_steps();
-  const Clock::time_point start = Clock::now();
-  int64_t log_tokens = 0;  // since the last human log line: training steps only, no eval or saving
-  double log_seconds = 0.0;
-  while (trainer.steps_done() < max_steps && !stop_requested()) {
-    const Clock::time_point step_start = Clock::now();
-    const StepMetrics m = trainer.step(data.train->step_batches(trainer.steps_done()));
-    const double step_seconds = seconds_since(step_start);
-    if (writer) metrics->write(train_line(m, step_seconds, seconds_since(start), world.size() > 1));
-
-    log_tokens += m.tokens;
-    log_seconds += step_seconds;
-    if (m.step % t.log_every() == 0 || m.step == max_steps) {
-      char line[256];
-      std::snprintf(line, sizeof(line),
-                    "step %" PRId64 "/%" PRId64
-                    " | loss %.4f | lr %.3e | grad_norm %.3f | %.0f tok/s | elapsed %.1f s",
-                    m.step, max_steps, m.loss, static_cast<double>(m.lr), m.grad_norm,
-                    static_cast<double>(log_tokens) / log_seconds, seconds_since(start));
-      EG_LOG_INFO(line);
-      log_tokens = 0;
-      log_seconds = 0.0;
-    }
-    if (t.eval_every() > 0 && (m.step % t.eval_every() == 0 || m.step == max_steps)) {
-      const EvalResult eval = evaluate(model, data.validation);  // collective: every rank, same batches
-      if (writer)
-        metrics->write({{"type", "eval"},
-                        {"step", m.step},
-                        {"val_loss", eval.loss},
-                        {"val_ppl", std::exp(eval.loss)},
-                        {"val_tokens", eval.tokens}});
-      char line[160];
-      std::snprintf(line, sizeof(line),
-                    "eval at step %" PRId64 " | val_loss %.4f | val_ppl %.2f | %" PRId64 " tokens", m.step,
-                    eval.loss, std::exp(eval.loss), eval.tokens);
-      EG_LOG_INFO(line);
-    }
-    if (t.checkpoint_every() > 0 && m.step % t.checkpoint_every() == 0) save();
-  }
-  if (saved_step != trainer.steps_done()) save();
-
-  if (!writer) return 0;
-  if (trainer.steps_done() < max_steps) {
+int run(const TrainingOptions& options, Communicator& world) {
+  const TrainingResult r = run_training(options, world);
+  if (world.rank() != 0) return 0;  // rank 0 alone reports
+  if (r.interrupted()) {
     std::printf("interrupted at step %" PRId64 "; checkpoint saved to %s; resume with --resume %s\n",
-                trainer.steps_done(), last_checkpoint.c_str(), run_dir.c_str());
+                r.steps_done, r.last_checkpoint.c_str(), r.run_dir.c_str());
     return 0;
   }
-  std::printf("run directory: %s\nlast checkpoint: %s\nmetrics: %s\n", run_dir.c_str(),
-              last_checkpoint.c_str(), metrics->path().c_str());
+  std::printf("run directory: %s\nlast checkpoint: %s\nmetrics: %s\n", r.run_dir.c_str(),
+              r.last_checkpoint.c_str(), r.metrics_path.c_str());
   return 0;
 }
 
@@ -296,7 +52,7 @@ int run(const Options& options, Communicator& world) {
 int main(int argc, char** argv) {
   // MPI under an MPI launcher, a Local group of one otherwise; kept alive for the whole program.
   const std::unique_ptr<engram::Communicator> world = engram::make_world_communicator(&argc, &argv);
-  engram::Options options;
+  engram::TrainingOptions options;
   CLI::App app{"engram-train: trains an Engram MoE language model from an experiment config"};
   app.add_option("--config", options.config_path, "experiment config (.pbtxt); see docs/CONFIG.md")
       ->type_name("FILE");

@@ -106,8 +106,8 @@ void check_tiling(const std::string& path, std::vector<Entry>& entries, uint64_t
 
 }  // namespace
 
-void write_safetensors(const std::string& path, const NamedTensors& tensors,
-                       std::map<std::string, std::string> metadata) {
+uint32_t write_safetensors(const std::string& path, const NamedTensors& tensors,
+                           std::map<std::string, std::string> metadata) {
   EG_ASSERT(!metadata.count(kCrcKey), "the safetensors writer adds \"crc32\" itself");
   json header = json::object();
   uint64_t offset = 0;
@@ -133,6 +133,7 @@ void write_safetensors(const std::string& path, const NamedTensors& tensors,
   file.write(text);
   for (const auto& entry : tensors) file.write(entry.second.raw(), entry.second.nbytes());
   file.commit();
+  return crc;
 }
 
 const std::string& SafetensorsFile::metadata_value(const std::string& key) const {

@@ -19,9 +19,9 @@ using NamedTensors = std::vector<std::pair<std::string, Tensor>>;
 
 // Writes `path` atomically (runtime/atomic_file.h). Tensor data is laid out in the given order
 // (callers pass registry order); the JSON keys come out sorted. Tensors must be CPU F32, I32 or I64
-// with distinct names; `metadata` must not hold "crc32", which the writer adds.
-void write_safetensors(const std::string& path, const NamedTensors& tensors,
-                       std::map<std::string, std::string> metadata);
+// with distinct names; `metadata` must not hold "crc32", which the writer adds. Returns that CRC.
+uint32_t write_safetensors(const std::string& path, const NamedTensors& tensors,
+                           std::map<std::string, std::string> metadata);
 
 struct SafetensorsFile {
   std::string path;                             // for error messages

@@ -15,6 +15,7 @@
 #include "parallel/process_groups.h"
 #include "runtime/atomic_file.h"
 #include "runtime/safetensors.h"
+#include "train/checkpoint_manifest.h"
 
 namespace engram {
 
@@ -29,6 +30,8 @@ constexpr const char* kModelFormat = "engram-checkpoint-v1";
 constexpr const char* kOptimizerFormat = "engram-optimizer-v1";
 constexpr const char* kModelFile = "model.safetensors";
 constexpr const char* kOptimizerFile = "optimizer.safetensors";
+constexpr const char* kShardFormat = "engram-checkpoint-shard-v1";
+constexpr const char* kManifestFile = "manifest.json";
 
 std::string join(const std::string& dir, const std::string& name) { return (fs::path(dir) / name).string(); }
 std::string checkpoints_root(const std::string& run_dir) { return join(run_dir, "checkpoints"); }
@@ -71,59 +74,237 @@ SlicedTensors moment_tensors(const Trainer& trainer) {
   return out;
 }
 
-// The rows of `local` of every rank of `group`, concatenated in rank order, on the group's rank 0
-// (empty elsewhere). Collective over the group.
-Tensor gather_rows_to_root(Communicator& group, const Tensor& local) {
-  std::vector<int64_t> send_rows(group.size(), 0);
-  send_rows[0] = local.dim(0);
-  return group.all_to_all_v_rows(local, send_rows, group.exchange_counts(send_rows));
+// ---- what a checkpoint directory stores, in either layout ----
+
+// A checkpoint as lists of tensors whose pieces live in files of `dir`. The consolidated layout is
+// the case of one piece per tensor, so one loader serves both layouts and any world size.
+struct StoredCheckpoint {
+  std::string dir;
+  SafetensorsFile description;  // path (manifest or model file) and the model metadata; no tensors
+  int64_t step = 0;
+  std::vector<ManifestTensor> model, optimizer;
+  std::string optimizer_listed_in;               // the file naming the optimizer tensors, for errors
+  std::map<std::string, uint32_t> shard_crc32;   // sharded: the CRC-32 the manifest records per file
+  std::map<std::string, SafetensorsFile> files;  // files read so far, by name inside `dir`
+};
+
+void check_format(const SafetensorsFile& f, const char* format) {
+  const std::string& found = f.metadata_value("format");
+  EG_CHECK(found == format, f.path, ": format \"", found, "\" is not \"", format, "\"");
 }
 
-// The whole tensors, in the consolidated single-file layout, on world rank 0 (a single process has
-// them already). Expert blocks are gathered over the expert-parallel group holding world rank 0, table
-// rows over the table group: both hold contiguous ranges in rank order. Collective over the world.
-NamedTensors consolidate(const SlicedTensors& tensors, ProcessGroups* groups) {
-  NamedTensors out;
-  for (const SlicedTensor& t : tensors) {
-    if (!groups || t.param->shard == ShardKind::Replicated) {
-      out.emplace_back(t.name, t.local);
-      continue;
-    }
-    Communicator& group =
-        t.param->shard == ShardKind::Experts ? groups->expert_parallel() : groups->table();
-    Tensor whole = gather_rows_to_root(group, t.local);
-    if (groups->world().rank() == 0) {
-      EG_ASSERT(whole.shape() == t.param->global_shape, "gathered ", t.name, " is ", shape_str(whole.shape()),
-                ", expected ", shape_str(t.param->global_shape));
-      out.emplace_back(t.name, whole);
-    }
+int64_t stored_step(const SafetensorsFile& f) {
+  const int64_t step = f.metadata_int("step");
+  EG_CHECK(step >= 0, f.path, ": metadata \"step\" = ", step, " is negative");
+  return step;
+}
+
+// One single-piece entry per tensor of a consolidated file, in the file's name order.
+std::vector<ManifestTensor> whole_tensors(const SafetensorsFile& f, const std::string& file_name) {
+  std::vector<ManifestTensor> out;
+  for (const auto& [name, t] : f.tensors) {
+    EG_CHECK(t.ndim() > 0 && t.dim(0) > 0, f.path, ": tensor \"", name, "\" has no rows");
+    out.push_back({name, t.shape(), {{file_name, 0, t.dim(0)}}});
   }
   return out;
 }
 
-// Every tensor of `targets` present in the file as f32 with its parameter's global shape, and nothing
-// else: a file that does not describe exactly this model is refused before anything is overwritten.
-void check_tensors(const SafetensorsFile& f, const SlicedTensors& targets) {
-  std::set<std::string> expected;
-  for (const SlicedTensor& t : targets) {
-    expected.insert(t.name);
-    auto it = f.tensors.find(t.name);
-    EG_CHECK(it != f.tensors.end(), f.path, ": tensor \"", t.name, "\" is missing");
-    const Tensor& found = it->second;
-    EG_CHECK(found.dtype() == DType::F32 && found.shape() == t.param->global_shape, f.path, ": tensor \"",
-             t.name, "\" is ", dtype_name(found.dtype()), shape_str(found.shape()), " but the model needs ",
-             dtype_name(DType::F32), shape_str(t.param->global_shape));
-  }
-  for (const auto& entry : f.tensors)
-    EG_CHECK(expected.count(entry.first), f.path, ": tensor \"", entry.first, "\" is not part of this model");
+StoredCheckpoint stored_from_model_file(SafetensorsFile model_file) {
+  check_format(model_file, kModelFormat);
+  const fs::path path(model_file.path);
+  StoredCheckpoint s;
+  s.dir = path.parent_path().string();
+  s.description = {model_file.path, model_file.metadata, {}};
+  s.step = stored_step(model_file);
+  s.model = whole_tensors(model_file, path.filename().string());
+  s.files.emplace(path.filename().string(), std::move(model_file));
+  return s;
 }
 
-// Copies each target's rows out of the whole tensor in the file (any world size loads any checkpoint).
-void restore(const SafetensorsFile& f, SlicedTensors& targets) {
-  for (SlicedTensor& t : targets) {
-    const int64_t begin = t.param->shard_begin;
-    t.local.copy_from(f.tensors.at(t.name).slice(begin, begin + t.local.dim(0)));
+// Adds the moments of a consolidated optimizer.safetensors beside the model file.
+void add_optimizer_file(StoredCheckpoint& s) {
+  SafetensorsFile f = read_safetensors(join(s.dir, kOptimizerFile));
+  check_format(f, kOptimizerFormat);
+  EG_CHECK(stored_step(f) == s.step, f.path, ": step ", stored_step(f), " but ", s.description.path,
+           " is at step ", s.step, " (files of different checkpoints)");
+  s.optimizer = whole_tensors(f, kOptimizerFile);
+  s.optimizer_listed_in = f.path;
+  s.files.emplace(kOptimizerFile, std::move(f));
+}
+
+StoredCheckpoint stored_from_manifest(const std::string& dir) {
+  const std::string path = join(dir, kManifestFile);
+  CheckpointManifest m = parse_manifest(read_file(path), path);
+  StoredCheckpoint s;
+  s.dir = dir;
+  s.description.path = path;
+  s.description.metadata = std::move(m.metadata);
+  s.step = m.step;
+  s.model = std::move(m.model);
+  s.optimizer = std::move(m.optimizer);
+  s.optimizer_listed_in = path;
+  s.shard_crc32 = std::move(m.file_crc32);
+  return s;
+}
+
+// A checkpoint directory of either layout; the consolidated optimizer file is read only when asked.
+StoredCheckpoint open_checkpoint(const std::string& dir, bool with_optimizer) {
+  if (fs::exists(join(dir, kManifestFile))) return stored_from_manifest(dir);
+  EG_CHECK(fs::exists(join(dir, kModelFile)), dir, ": not a checkpoint directory (it has neither ",
+           kManifestFile, " nor ", kModelFile, ")");
+  StoredCheckpoint s = stored_from_model_file(read_safetensors(join(dir, kModelFile)));
+  if (with_optimizer) add_optimizer_file(s);
+  return s;
+}
+
+// The rows of piece `p` of `t`, reading its file on first use. A shard file must carry the CRC-32 the
+// manifest records, which ties it to this checkpoint (not a same-named file of another one).
+const Tensor& stored_piece(StoredCheckpoint& s, const ManifestTensor& t, const ManifestPiece& p) {
+  auto file = s.files.find(p.file);
+  if (file == s.files.end()) {
+    SafetensorsFile f = read_safetensors(join(s.dir, p.file));
+    const int64_t recorded = s.shard_crc32.at(p.file);
+    EG_CHECK(f.metadata_int("crc32") == recorded, f.path, ": CRC-32 ", f.metadata_value("crc32"), " but ",
+             s.description.path, " records ", recorded, " (a shard file of another checkpoint?)");
+    check_format(f, kShardFormat);
+    EG_CHECK(stored_step(f) == s.step, f.path, ": step ", stored_step(f), " but ", s.description.path,
+             " is at step ", s.step);
+    file = s.files.emplace(p.file, std::move(f)).first;
   }
+  const SafetensorsFile& f = file->second;
+  auto found = f.tensors.find(t.name);
+  EG_CHECK(found != f.tensors.end(), f.path, ": tensor \"", t.name, "\" is missing");
+  Shape expected = t.shape;
+  expected[0] = p.rows;
+  EG_CHECK(found->second.dtype() == DType::F32 && found->second.shape() == expected, f.path, ": tensor \"",
+           t.name, "\" is ", dtype_name(found->second.dtype()), shape_str(found->second.shape()), " but ",
+           dtype_name(DType::F32), shape_str(expected), " was expected");
+  return found->second;
+}
+
+// Every tensor of `targets` is stored with its parameter's global shape, and nothing else is: a
+// checkpoint that does not describe exactly this model is refused before anything is overwritten.
+// `listed_in` names the file that lists `stored`.
+void check_tensors(const std::string& listed_in, const std::vector<ManifestTensor>& stored,
+                   const SlicedTensors& targets) {
+  std::map<std::string, const ManifestTensor*> by_name;
+  for (const ManifestTensor& t : stored) by_name[t.name] = &t;
+  for (const SlicedTensor& t : targets) {
+    auto it = by_name.find(t.name);
+    EG_CHECK(it != by_name.end(), listed_in, ": tensor \"", t.name, "\" is missing");
+    EG_CHECK(it->second->shape == t.param->global_shape, listed_in, ": tensor \"", t.name, "\" is ",
+             shape_str(it->second->shape), " but the model needs ", shape_str(t.param->global_shape));
+    by_name.erase(it);
+  }
+  if (!by_name.empty())
+    EG_FAIL(listed_in, ": tensor \"", by_name.begin()->first, "\" is not part of this model");
+}
+
+// Copies each target's rows [shard_begin, + local rows) out of the pieces overlapping them. All the
+// pieces are read and checked first; only then is anything overwritten.
+void restore(StoredCheckpoint& s, const std::vector<ManifestTensor>& stored, SlicedTensors& targets) {
+  struct RowCopy {
+    Tensor dst;
+    const Tensor* src;
+    int64_t src_row;
+  };
+  std::map<std::string, const ManifestTensor*> by_name;
+  for (const ManifestTensor& t : stored) by_name[t.name] = &t;
+  std::vector<RowCopy> copies;
+  for (SlicedTensor& t : targets) {
+    const ManifestTensor& st = *by_name.at(t.name);
+    const int64_t begin = t.param->shard_begin, end = begin + t.local.dim(0);
+    for (const ManifestPiece& p : st.pieces) {
+      const int64_t lo = std::max(begin, p.begin), hi = std::min(end, p.begin + p.rows);
+      if (lo < hi) copies.push_back({t.local.slice(lo - begin, hi - begin), &stored_piece(s, st, p), lo - p.begin});
+    }
+  }
+  for (RowCopy& c : copies) c.dst.copy_from(c.src->slice(c.src_row, c.src_row + c.dst.dim(0)));
+}
+
+// The whole tensors of `stored`, in its order, assembled from their pieces.
+NamedTensors assemble(StoredCheckpoint& s, const std::vector<ManifestTensor>& stored) {
+  NamedTensors out;
+  for (const ManifestTensor& t : stored) {
+    Tensor whole = Tensor::empty(t.shape);
+    for (const ManifestPiece& p : t.pieces) whole.slice(p.begin, p.begin + p.rows).copy_from(stored_piece(s, t, p));
+    out.emplace_back(t.name, whole);
+  }
+  return out;
+}
+
+// ---- writing the sharded layout ----
+
+std::string shard_file_name(const char* kind, int rank, int world) {
+  char name[64];
+  std::snprintf(name, sizeof name, "%s-%05d-of-%05d.safetensors", kind, rank, world);
+  return name;
+}
+
+// Whether this rank is the one that stores its rows of `p`, so every value is stored exactly once:
+// replicated tensors by world rank 0, expert blocks by the first rank of their expert-data-parallel
+// group, table rows by their owner (the table group is the world, whose ranks own disjoint rows).
+bool stores(const Parameter& p, ProcessGroups* groups) {
+  if (!groups) return true;
+  switch (p.shard) {
+    case ShardKind::Replicated: return groups->world().rank() == 0;
+    case ShardKind::Experts: return groups->layout().edp_rank == 0;
+    case ShardKind::Rows: return true;
+  }
+  return false;
+}
+
+// Writes this rank's shard file of `tensors` (none when it stores no rows of them) and returns its
+// record: the file's CRC-32 (−1: no file), then (begin, rows) of every tensor, rows 0 where not stored.
+std::vector<int64_t> write_shard(const std::string& path, const SlicedTensors& tensors, ProcessGroups* groups,
+                                 const std::map<std::string, std::string>& metadata) {
+  std::vector<int64_t> record = {-1};
+  NamedTensors mine;
+  for (const SlicedTensor& t : tensors) {
+    const bool stored = stores(*t.param, groups) && t.local.dim(0) > 0;
+    if (stored) mine.emplace_back(t.name, t.local);
+    record.push_back(stored ? t.param->shard_begin : 0);
+    record.push_back(stored ? t.local.dim(0) : 0);
+  }
+  if (!mine.empty()) record[0] = write_safetensors(path, mine, metadata);
+  return record;
+}
+
+// Every rank's record, one row per rank in rank order, on world rank 0 (empty elsewhere).
+std::vector<std::vector<int64_t>> gather_records(ProcessGroups* groups, const std::vector<int64_t>& record) {
+  if (!groups) return {record};
+  Communicator& world = groups->world();
+  const int64_t width = static_cast<int64_t>(record.size());
+  std::vector<int64_t> send_rows(world.size(), 0);
+  send_rows[0] = 1;
+  const Tensor all = world.all_to_all_v_rows(Tensor::from_vector(record, {1, width}), send_rows,
+                                             world.exchange_counts(send_rows));
+  std::vector<std::vector<int64_t>> out;
+  const std::vector<int64_t> flat = all.to_vector<int64_t>();
+  for (int64_t r = 0; r < all.dim(0); ++r) out.emplace_back(flat.begin() + r * width, flat.begin() + (r + 1) * width);
+  return out;
+}
+
+// The manifest entries of `tensors` from every rank's record; `offset` is where their (begin, rows)
+// pairs start in a record. Pieces are listed by first row.
+std::vector<ManifestTensor> manifest_tensors(const SlicedTensors& tensors, const char* kind, int world,
+                                             const std::vector<std::vector<int64_t>>& records, size_t offset,
+                                             std::map<std::string, uint32_t>& file_crc32) {
+  std::vector<ManifestTensor> out;
+  for (const SlicedTensor& t : tensors) out.push_back({t.name, t.param->global_shape, {}});
+  for (int r = 0; r < world; ++r) {
+    const std::vector<int64_t>& record = records[r];
+    if (record[offset] < 0) continue;  // this rank wrote no file of this kind
+    const std::string file = shard_file_name(kind, r, world);
+    file_crc32[file] = static_cast<uint32_t>(record[offset]);
+    for (size_t i = 0; i < out.size(); ++i)
+      if (const int64_t rows = record[offset + 2 + 2 * i]; rows > 0)
+        out[i].pieces.push_back({file, record[offset + 1 + 2 * i], rows});
+  }
+  for (ManifestTensor& t : out)
+    std::sort(t.pieces.begin(), t.pieces.end(),
+              [](const ManifestPiece& a, const ManifestPiece& b) { return a.begin < b.begin; });
+  return out;
 }
 
 // ---- metadata ----
@@ -140,11 +321,6 @@ std::string hashing_json(const std::vector<EngramLayerHash>& hashing) {
                       {"rows", h.rows}});
   }
   return layers.dump();
-}
-
-void check_format(const SafetensorsFile& f, const char* format) {
-  const std::string& found = f.metadata_value("format");
-  EG_CHECK(found == format, f.path, ": format \"", found, "\" is not \"", format, "\"");
 }
 
 ExperimentConfig stored_config(const SafetensorsFile& f) {
@@ -164,12 +340,6 @@ std::vector<int32_t> stored_compression_table(const SafetensorsFile& f, int64_t 
     table.push_back(id.get<int32_t>());
   }
   return table;
-}
-
-int64_t stored_step(const SafetensorsFile& f) {
-  const int64_t step = f.metadata_int("step");
-  EG_CHECK(step >= 0, f.path, ": metadata \"step\" = ", step, " is negative");
-  return step;
 }
 
 // ---- config comparison ----
@@ -214,12 +384,12 @@ std::optional<FieldDifference> first_difference(const Message& stored, const Mes
   return std::nullopt;
 }
 
-// ---- the model file ----
+// ---- checking a stored model against the running one ----
 
-// Checks a model.safetensors file against `model`, built from `running`: format, model config,
-// compression table, Engram hashing constants, and every parameter with its shape.
-void check_model_file(const SafetensorsFile& f, const ModelConfig& running, const Model& model) {
-  check_format(f, kModelFormat);
+// The stored model metadata (of a manifest or a model file) against `model`, built from `running`:
+// model config, compression table and Engram hashing constants.
+void check_model_metadata(const SafetensorsFile& description, const ModelConfig& running, const Model& model) {
+  const SafetensorsFile& f = description;
   if (auto d = first_difference(stored_config(f).model(), running, "model"))
     EG_FAIL(f.path, ": checkpoint of another config: ", d->path, " is ", d->stored, " in the checkpoint but ",
             d->running, " in the running config");
@@ -235,8 +405,21 @@ void check_model_file(const SafetensorsFile& f, const ModelConfig& running, cons
   EG_CHECK(f.metadata_value("engram_hashing") == hashing_json(model.engram_hashing()), f.path,
            ": the Engram hashing constants (multipliers, primes, offsets) differ from the ones this model "
            "computes from the same config");
+}
 
-  check_tensors(f, model_tensors(model));
+// The model file's metadata (docs/CHECKPOINT.md), step and format aside.
+std::map<std::string, std::string> model_metadata(const ExperimentConfig& cfg, const Model& model) {
+  return {{"config", config_to_text(cfg)},
+          {"vocab_compressed", std::to_string(model.vocab_compressed())},
+          {"engram_hashing", hashing_json(model.engram_hashing())},
+          {"compression_table", json(model.compress_table().to_vector<int32_t>()).dump()},
+          {"data_seed", std::to_string(cfg.data().seed())}};
+}
+
+// `metadata` without the entries a writer sets itself.
+std::map<std::string, std::string> without_file_entries(std::map<std::string, std::string> metadata) {
+  for (const char* key : {"format", "step", "crc32"}) metadata.erase(key);
+  return metadata;
 }
 
 }  // namespace
@@ -259,29 +442,39 @@ static void prune_checkpoints(const std::string& root, int keep) {
 
 std::string save_checkpoint(const std::string& run_dir, const ExperimentConfig& cfg, const Model& model,
                             const Trainer& trainer) {
-  // A sharded model is gathered to world rank 0, which alone writes (the consolidated format).
   ProcessGroups* groups = model.groups();
-  const NamedTensors weights = consolidate(model_tensors(model), groups);
-  const NamedTensors moments = consolidate(moment_tensors(trainer), groups);
+  const int rank = groups ? groups->world().rank() : 0, world = groups ? groups->world().size() : 1;
   const int64_t step = trainer.steps_done();
   const std::string root = checkpoints_root(run_dir), name = step_dir_name(step), dir = join(root, name);
-  if (groups && groups->world().rank() != 0) {
-    groups->world().barrier();  // returns once rank 0 has written the checkpoint
+  ensure_writable_dir(dir);  // every rank: a shared file system holds the run directory
+
+  const SlicedTensors weights = model_tensors(model), moments = moment_tensors(trainer);
+  const std::map<std::string, std::string> shard_metadata = {
+      {"format", kShardFormat}, {"step", std::to_string(step)}, {"rank", std::to_string(rank)},
+      {"world_size", std::to_string(world)}};
+  std::vector<int64_t> record =
+      write_shard(join(dir, shard_file_name("model", rank, world)), weights, groups, shard_metadata);
+  const std::vector<int64_t> moment_record =
+      write_shard(join(dir, shard_file_name("optimizer", rank, world)), moments, groups, shard_metadata);
+  record.insert(record.end(), moment_record.begin(), moment_record.end());
+  const std::vector<std::vector<int64_t>> records = gather_records(groups, record);  // rank 0 only
+  if (rank != 0) {
+    groups->world().barrier();  // returns once rank 0 has written the manifest
     return dir;
   }
-  ensure_writable_dir(dir);
 
-  write_safetensors(join(dir, kModelFile), weights,
-                    {{"format", kModelFormat},
-                     {"config", config_to_text(cfg)},
-                     {"vocab_compressed", std::to_string(model.vocab_compressed())},
-                     {"engram_hashing", hashing_json(model.engram_hashing())},
-                     {"compression_table", json(model.compress_table().to_vector<int32_t>()).dump()},
-                     {"step", std::to_string(step)},
-                     {"data_seed", std::to_string(cfg.data().seed())}});
-  write_safetensors(join(dir, kOptimizerFile), moments,
-                    {{"format", kOptimizerFormat}, {"step", std::to_string(step)}});
-  // Last, so that `latest` only ever names a complete checkpoint.
+  CheckpointManifest manifest;
+  manifest.step = step;
+  manifest.world_size = world;
+  manifest.expert_parallel = groups ? groups->layout().ep_size : 1;
+  manifest.metadata = model_metadata(cfg, model);
+  manifest.model = manifest_tensors(weights, "model", world, records, 0, manifest.file_crc32);
+  manifest.optimizer =
+      manifest_tensors(moments, "optimizer", world, records, 1 + 2 * weights.size(), manifest.file_crc32);
+  const std::string manifest_path = join(dir, kManifestFile), text = manifest_to_json(manifest);
+  parse_manifest(text, manifest_path);  // never write a manifest the loader would refuse
+  // The manifest after every shard, and `latest` last: it only ever names a complete checkpoint.
+  write_file_atomic(manifest_path, text);
   write_file_atomic(join(root, "latest"), name + "\n");
   prune_checkpoints(root, cfg.train().keep_checkpoints());
   if (groups) groups->world().barrier();
@@ -300,27 +493,45 @@ std::string latest_checkpoint(const std::string& run_dir) {
   return dir;
 }
 
-void load_checkpoint(const std::string& checkpoint_dir, const ExperimentConfig& cfg, Model& model,
-                     Trainer& trainer) {
-  const SafetensorsFile weights = read_safetensors(join(checkpoint_dir, kModelFile));
-  const SafetensorsFile moments = read_safetensors(join(checkpoint_dir, kOptimizerFile));
-  check_model_file(weights, cfg.model(), model);
-  check_format(moments, kOptimizerFormat);
-  const int64_t step = stored_step(weights);
-  EG_CHECK(stored_step(moments) == step, moments.path, ": step ", stored_step(moments), " but ", weights.path,
-           " is at step ", step, " (files of different checkpoints)");
-  SlicedTensors model_targets = model_tensors(model), moment_targets = moment_tensors(trainer);
-  check_tensors(moments, moment_targets);
-
-  // Everything is checked: only now are the model and the optimizers overwritten.
-  restore(weights, model_targets);
-  restore(moments, moment_targets);
-  trainer.set_steps_done(step);
+std::string resolve_checkpoint(const std::string& path, const std::string& option) {
+  EG_CHECK(fs::exists(path), option, " ", path, ": no such file or directory");
+  if (!fs::is_directory(path) || fs::exists(join(path, kManifestFile)) || fs::exists(join(path, kModelFile)))
+    return path;
+  EG_CHECK(fs::exists(checkpoints_root(path)), option, " ", path, ": a directory without ", kManifestFile, ", ",
+           kModelFile, " or checkpoints/ (expected a model.safetensors file, a checkpoint directory or a run "
+           "directory)");
+  return latest_checkpoint(path);
 }
 
-CheckpointInfo read_checkpoint_info(const std::string& model_file) {
+void load_checkpoint(const std::string& checkpoint_dir, const ExperimentConfig& cfg, Model& model,
+                     Trainer& trainer) {
+  StoredCheckpoint stored = open_checkpoint(checkpoint_dir, /*with_optimizer=*/true);
+  check_model_metadata(stored.description, cfg.model(), model);
+  SlicedTensors model_targets = model_tensors(model), moment_targets = moment_tensors(trainer);
+  check_tensors(stored.description.path, stored.model, model_targets);
+  check_tensors(stored.optimizer_listed_in, stored.optimizer, moment_targets);
+
+  // restore() reads and checks every piece before it copies any.
+  SlicedTensors targets = model_targets;
+  targets.insert(targets.end(), moment_targets.begin(), moment_targets.end());
+  std::vector<ManifestTensor> tensors = stored.model;
+  tensors.insert(tensors.end(), stored.optimizer.begin(), stored.optimizer.end());
+  restore(stored, tensors, targets);
+  trainer.set_steps_done(stored.step);
+}
+
+CheckpointInfo read_checkpoint_info(const std::string& path) {
   CheckpointInfo info;
-  info.file = read_safetensors(model_file);
+  if (fs::is_directory(path)) {
+    StoredCheckpoint stored = open_checkpoint(path, /*with_optimizer=*/false);
+    info.file.path = stored.description.path;
+    info.file.metadata = stored.description.metadata;
+    info.file.metadata["format"] = kModelFormat;
+    info.file.metadata["step"] = std::to_string(stored.step);
+    for (auto& [name, tensor] : assemble(stored, stored.model)) info.file.tensors.emplace(name, tensor);
+  } else {
+    info.file = read_safetensors(path);
+  }
   check_format(info.file, kModelFormat);
   info.config = stored_config(info.file);
   info.compression_table = stored_compression_table(info.file, info.config.model().vocab_size());
@@ -329,9 +540,25 @@ CheckpointInfo read_checkpoint_info(const std::string& model_file) {
 }
 
 void load_model_weights(const SafetensorsFile& model_file, Model& model) {
-  check_model_file(model_file, model.config(), model);
+  StoredCheckpoint stored = stored_from_model_file(model_file);
+  check_model_metadata(stored.description, model.config(), model);
   SlicedTensors targets = model_tensors(model);
-  restore(model_file, targets);
+  check_tensors(stored.description.path, stored.model, targets);
+  restore(stored, stored.model, targets);
+}
+
+void export_consolidated(const std::string& checkpoint_dir, const std::string& out_dir, bool with_optimizer) {
+  StoredCheckpoint stored = open_checkpoint(checkpoint_dir, with_optimizer);
+  const NamedTensors weights = assemble(stored, stored.model);
+  const NamedTensors moments = with_optimizer ? assemble(stored, stored.optimizer) : NamedTensors{};
+  ensure_writable_dir(out_dir);
+  std::map<std::string, std::string> metadata = without_file_entries(stored.description.metadata);
+  metadata["format"] = kModelFormat;
+  metadata["step"] = std::to_string(stored.step);
+  write_safetensors(join(out_dir, kModelFile), weights, metadata);
+  if (with_optimizer)
+    write_safetensors(join(out_dir, kOptimizerFile), moments,
+                      {{"format", kOptimizerFormat}, {"step", std::to_string(stored.step)}});
 }
 
 }  // namespace engram

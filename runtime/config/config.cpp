@@ -53,18 +53,22 @@ std::string quoted(const std::string& value) {
 
 }  // namespace
 
-ExperimentConfig parse_config_text(const std::string& text, const std::string& source) {
-  ExperimentConfig cfg;
+void parse_text_message(const std::string& text, const std::string& source, pb::Message& msg) {
   CollectErrors errors(source);
   pb::TextFormat::Parser parser;
   parser.RecordErrorsTo(&errors);
-  if (!parser.ParseFromString(text, &cfg)) {
+  if (!parser.ParseFromString(text, &msg)) {
     EG_FAIL(errors.first().empty() ? source + ": cannot parse config" : errors.first());
   }
+}
+
+ExperimentConfig parse_config_text(const std::string& text, const std::string& source) {
+  ExperimentConfig cfg;
+  parse_text_message(text, source, cfg);
   return cfg;
 }
 
-void apply_overrides(ExperimentConfig& cfg, const std::vector<std::string>& overrides) {
+void apply_overrides(pb::Message& cfg, const std::vector<std::string>& overrides) {
   for (const std::string& item : overrides) {
     const size_t eq = item.find('=');
     EG_CHECK(eq != std::string::npos && eq > 0, "--set ", item, ": expected field.path=value");

@@ -12,12 +12,14 @@ namespace engram {
 using config::ExperimentConfig;
 using config::ModelConfig;
 
-// Parses text format; `source` names the text in error messages. Does not validate.
+// Parses text format into `msg` (any message type: experiment and sweep configs share it); `source`
+// names the text in error messages ("<source>:<line>:<column>: ..."). Does not validate.
+void parse_text_message(const std::string& text, const std::string& source, google::protobuf::Message& msg);
 ExperimentConfig parse_config_text(const std::string& text, const std::string& source);
 
-// Applies `field.path=value` overrides (e.g. "model.d_model=128", "model.engram.layers=[1,3]").
-// A repeated field is replaced as a whole.
-void apply_overrides(ExperimentConfig& cfg, const std::vector<std::string>& overrides);
+// Applies `field.path=value` overrides (e.g. "model.d_model=128", "model.engram.layers=[1,3]") to
+// any message. A repeated field is replaced as a whole.
+void apply_overrides(google::protobuf::Message& cfg, const std::vector<std::string>& overrides);
 
 // Throws engram::Error naming the first field that breaks a rule, e.g.
 // "model.moe.top_k = 9 must be <= model.moe.n_routed_experts (8)".

@@ -187,13 +187,15 @@ class EvalCli : public testing::Test {
       trainer.step({Batch{Tensor::from_vector(in, {2, kSeq}), Tensor::from_vector(out, {2, kSeq})}});
     }
     checkpoint_dir_ = save_checkpoint((*dir_ / "run").string(), cfg, model, trainer);
+    export_consolidated(checkpoint_dir_.string(), (*dir_ / "exported").string(), /*with_optimizer=*/false);
   }
   static void TearDownTestSuite() {
     tok_.reset();
     dir_.reset();
   }
 
-  static fs::path model_file() { return checkpoint_dir_ / "model.safetensors"; }
+  // The consolidated file (engram-export) of the sharded checkpoint training wrote.
+  static fs::path model_file() { return *dir_ / "exported" / "model.safetensors"; }
 
   // Σ CE and target count over non-overlapping rows of up to T + 1 tokens, each row through
   // Model::forward on its own (the last row may be shorter; a lone last token predicts nothing).
@@ -252,8 +254,9 @@ TEST_F(EvalCli, ShardLossEqualsModelForward) {
   EXPECT_EQ(j["checkpoint"], model_file().string());
   EXPECT_EQ(j["seq_len"].get<int64_t>(), kSeq);
 
-  // Rows batched four at a time: the same loss up to float summation order; and the checkpoint given
-  // as its directory or as the run directory (its latest checkpoint) is the same checkpoint.
+  // Rows batched four at a time: the same loss up to float summation order; and the sharded checkpoint
+  // training wrote, given as its directory or as the run directory (its latest checkpoint), holds the
+  // same model as the exported file.
   for (const fs::path& ckpt : {checkpoint_dir_, *dir_ / "run"}) {
     const CommandResult r =
         run_tool("engram-eval", "--checkpoint " + q(ckpt) + " --shards " + q(shard) + " --batch 4");
@@ -261,7 +264,7 @@ TEST_F(EvalCli, ShardLossEqualsModelForward) {
     const json b = json::parse(r.out);
     EXPECT_EQ(b["tokens"].get<int64_t>(), 43);
     EXPECT_NEAR(b["loss"].get<double>(), ce / 43, 1e-6 * ce / 43);
-    EXPECT_EQ(b["checkpoint"], model_file().string());
+    EXPECT_EQ(b["checkpoint"], (checkpoint_dir_ / "manifest.json").string());
   }
 
   // --seq-len changes the rows: T = 10 gives four rows of 11 and one of 6 (45 targets).

@@ -49,6 +49,9 @@ using nlohmann::json;
 
 constexpr int kVocab = 64;
 constexpr int kPeriod = 13;  // the pattern the model can learn
+// A single-process run writes one shard of each kind beside its manifest.json.
+constexpr const char* kModelShard = "model-00000-of-00001.safetensors";
+constexpr const char* kOptimizerShard = "optimizer-00000-of-00001.safetensors";
 
 std::string step_name(int step) {
   char name[32];
@@ -261,10 +264,9 @@ TEST_F(TrainCli, ShortRunLowersTheLossAndWritesTheRunDirectory) {
             config_to_text(load_config(config.string())));
   EXPECT_EQ(read_file(run / "checkpoints" / "latest"), "step_00000060\n");
   for (const char* ckpt : {"step_00000025", "step_00000050", "step_00000060"})
-    for (const char* file : {"model.safetensors", "optimizer.safetensors"})
+    for (const char* file : {"manifest.json", kModelShard, kOptimizerShard})
       EXPECT_TRUE(fs::is_regular_file(run / "checkpoints" / ckpt / file)) << ckpt << "/" << file;
-  EXPECT_EQ(read_safetensors_naive(run / "checkpoints/step_00000060/model.safetensors").metadata["step"],
-            "60");
+  EXPECT_EQ(read_safetensors_naive(run / "checkpoints/step_00000060" / kModelShard).metadata["step"], "60");
   EXPECT_EQ(temp_files(dir_.path()), std::vector<std::string>{});
   EXPECT_NE(out.output.find("run directory: " + run.string()), std::string::npos) << out.output;
   EXPECT_NE(out.output.find("last checkpoint: " + (run / "checkpoints" / "step_00000060").string()),
@@ -278,12 +280,14 @@ class TrainCliResume : public TrainCli {
  protected:
   static constexpr int kSteps = 1000;  // long enough that the signals arrive mid-run
 
-  // metrics.jsonl without the timing fields, one dumped object per line.
+  // metrics.jsonl without the timing fields and the memory peak (a resumed process also held the
+  // checkpoint it loaded), one dumped object per line.
   static std::vector<std::string> untimed_metrics(const fs::path& run) {
     std::vector<std::string> lines;
     for (json m : metrics_of(run)) {
       m.erase("tokens_per_s");
       m.erase("elapsed_s");
+      m.erase("peak_host_bytes");
       lines.push_back(m.dump());
     }
     return lines;
@@ -309,7 +313,7 @@ class TrainCliResume : public TrainCli {
         break;
       }
     const std::string last = "checkpoints/" + step_name(kSteps);
-    for (const char* file : {"model.safetensors", "optimizer.safetensors"})
+    for (const char* file : {kModelShard, kOptimizerShard})
       expect_same_checkpoint_file(a / last / file, b / last / file);
   }
 
@@ -479,14 +483,14 @@ TEST_F(TrainCli, BadResumesLeaveTheRunUntouched) {
   // A checkpoint of another config (d_model 24 instead of 16).
   const fs::path other = write_config("other.pbtxt", run, 5, 0, "", 24);
   expect_clean_failure(train({"--resume", run.string(), "--config", other.string()}),
-                       {"model.safetensors", "model.d_model"});
+                       {"manifest.json", "model.d_model"});
   EXPECT_EQ(snapshot(run), before);
   expect_clean_failure(train({"--resume", run.string(), "--set", "model.d_model=24"}),
-                       {"model.safetensors", "model.d_model"});
+                       {"manifest.json", "model.d_model"});
   EXPECT_EQ(snapshot(run), before);
 
   // A corrupt checkpoint: one flipped byte in the tensor data.
-  const fs::path model_file = run / "checkpoints" / "step_00000005" / "model.safetensors";
+  const fs::path model_file = run / "checkpoints" / "step_00000005" / kModelShard;
   std::string bytes = read_file(model_file);
   bytes[bytes.size() - 5] ^= 0x10;
   write_file_atomic(model_file, bytes);

@@ -7,7 +7,10 @@
 //   another config (naming the field), another compression table, a missing or misshapen tensor all
 //   fail clearly and leave the model untouched; `latest` names the newest; an uncommitted write
 //   leaves no file;
-// - the file is standard safetensors: an independent parser here reads the header and the floats;
+// - the sharded layout: the manifest tiles every tensor and records each shard's CRC; a manifest that
+//   does not tile, or a shard of another checkpoint, is refused; the exported consolidated layout
+//   loads to the same state and evaluates to the same tensors;
+// - the exported file is standard safetensors: an independent parser here reads the header and the floats;
 //   hand-written malformed files are refused; the Python script of docs/CHECKPOINT.md reproduces the
 //   model's tensors and Engram rows.
 #include <gtest/gtest.h>
@@ -29,6 +32,7 @@
 #include "runtime/safetensors.h"
 #include "tests/test_util.h"
 #include "train/checkpoint.h"
+#include "train/checkpoint_manifest.h"
 
 namespace engram {
 namespace {
@@ -148,6 +152,16 @@ class CheckpointTest : public ::testing::Test {
  protected:
   std::string run_dir() const { return (root_ / "run").string(); }
   std::string path(const std::string& name) const { return (root_ / name).string(); }
+  // A single process writes one shard of each kind.
+  static std::string shard(const std::string& dir, const char* kind) {
+    return (fs::path(dir) / (std::string(kind) + "-00000-of-00001.safetensors")).string();
+  }
+  static std::string manifest(const std::string& dir) { return (fs::path(dir) / "manifest.json").string(); }
+  // The consolidated layout of `dir` (engram-export), in <root>/<name>.
+  std::string exported(const std::string& dir, const std::string& name) {
+    export_consolidated(dir, path(name), /*with_optimizer=*/true);
+    return path(name);
+  }
 
   // A run trained `steps` steps and saved; returns the checkpoint directory.
   std::string trained_checkpoint(int steps) {
@@ -205,8 +219,8 @@ TEST_F(CheckpointTest, ResumeEqualsUninterruptedRunBitwise) {
 
 TEST_F(CheckpointTest, FlippedDataByteFailsWithChecksumErrorNamingTheFile) {
   const std::string dir = trained_checkpoint(1);
-  for (const char* name : {"model.safetensors", "optimizer.safetensors"}) {
-    const std::string file = (fs::path(dir) / name).string();
+  for (const char* kind : {"model", "optimizer"}) {
+    const std::string file = shard(dir, kind);
     const std::string good = read_file(file);
     std::string bad = good;
     const size_t data_begin = 8 + header_length(good);
@@ -221,7 +235,7 @@ TEST_F(CheckpointTest, FlippedDataByteFailsWithChecksumErrorNamingTheFile) {
 
 TEST_F(CheckpointTest, TruncatedFileFailsClearly) {
   const std::string dir = trained_checkpoint(1);
-  const std::string file = (fs::path(dir) / "model.safetensors").string();
+  const std::string file = shard(dir, "model");
   const std::string good = read_file(file);
   const size_t header_end = 8 + header_length(good);
   for (size_t size : {good.size() - 1, header_end + 3, header_end - 5, size_t{5}, size_t{0}}) {
@@ -233,7 +247,7 @@ TEST_F(CheckpointTest, TruncatedFileFailsClearly) {
 
 TEST_F(CheckpointTest, CheckpointOfAnotherConfigNamesTheFirstDifferingField) {
   const std::string dir = trained_checkpoint(1);
-  const std::string file = (fs::path(dir) / "model.safetensors").string();
+  const std::string file = manifest(dir);
 
   ExperimentConfig wider = cfg_;
   wider.mutable_model()->set_d_model(16);
@@ -262,11 +276,12 @@ TEST_F(CheckpointTest, AnotherCompressionTableIsRefused) {
   std::swap(other[3], other[4]);
   TrainingRun run(cfg_, other);
   expect_error([&] { load_checkpoint(dir, cfg_, run.model, run.trainer); },
-               {"model.safetensors", "compression table", "raw id 3"});
+               {"manifest.json", "compression table", "raw id 3"});
 }
 
+// On the consolidated layout, where a tensor file can be edited without breaking a manifest's CRC.
 TEST_F(CheckpointTest, MissingOrMisshapenTensorIsNamedAndNothingIsOverwritten) {
-  const std::string dir = trained_checkpoint(2);
+  const std::string dir = exported(trained_checkpoint(2), "consolidated");
   // Rewrites checkpoint file `name` without tensor `dropped` (or with `replacement` in its place).
   const auto rewrite_without = [&](const std::string& name, const std::string& dropped,
                                    const Tensor* replacement) {
@@ -304,6 +319,103 @@ TEST_F(CheckpointTest, MissingOrMisshapenTensorIsNamedAndNothingIsOverwritten) {
   EXPECT_EQ(run.trainer.steps_done(), 0);
 }
 
+// ---- the sharded layout: manifest, shard files, export ----
+
+TEST_F(CheckpointTest, ManifestTilesEveryTensorWithItsShardFilesAndTheirChecksums) {
+  TrainingRun run(cfg_);
+  train(run, 1);
+  const std::string dir = save_checkpoint(run_dir(), cfg_, run.model, run.trainer);
+  const CheckpointManifest m = parse_manifest(read_file(manifest(dir)), manifest(dir));
+  EXPECT_EQ(m.step, 1);
+  EXPECT_EQ(m.world_size, 1);
+  ASSERT_EQ(m.model.size(), run.model.params().all().size());
+  for (size_t i = 0; i < m.model.size(); ++i) {
+    const Parameter* p = run.model.params().all()[i];  // registry order
+    EXPECT_EQ(m.model[i].name, p->name);
+    EXPECT_EQ(m.model[i].shape, p->global_shape);
+    ASSERT_EQ(m.model[i].pieces.size(), 1u) << p->name;  // one rank holds every row
+    EXPECT_EQ(m.model[i].pieces[0].file, "model-00000-of-00001.safetensors");
+  }
+  for (const auto& [file, crc] : m.file_crc32) {
+    const SafetensorsFile f = read_safetensors((fs::path(dir) / file).string());
+    EXPECT_EQ(f.metadata.at("crc32"), std::to_string(crc)) << file;
+  }
+  EXPECT_EQ(m.file_crc32.size(), 2u);
+}
+
+TEST_F(CheckpointTest, ManifestThatDoesNotTileATensorIsRefused) {
+  const std::string dir = trained_checkpoint(1);
+  const std::string good = read_file(manifest(dir));
+  // Edits the "rows" of the first piece of tensor `name` in the manifest's text.
+  const auto with_rows = [&](const std::string& name, int64_t rows) {
+    json m = json::parse(good);
+    for (json& t : m["model"])
+      if (t["name"] == name) t["pieces"][0]["rows"] = rows;
+    return m.dump();
+  };
+  TrainingRun run(cfg_);
+  for (int64_t rows : {11, 13, 0}) {
+    write_file_atomic(manifest(dir), with_rows("norm.weight", rows));
+    expect_error([&] { load_checkpoint(dir, cfg_, run.model, run.trainer); },
+                 {manifest(dir), "norm.weight", "rows"});
+  }
+  json m = json::parse(good);
+  m["files"].erase("optimizer-00000-of-00001.safetensors");
+  write_file_atomic(manifest(dir), m.dump());
+  expect_error([&] { load_checkpoint(dir, cfg_, run.model, run.trainer); },
+               {manifest(dir), "optimizer-00000-of-00001.safetensors", "not listed"});
+  write_file_atomic(manifest(dir), "{\"format\": \"something else\"}");
+  expect_error([&] { load_checkpoint(dir, cfg_, run.model, run.trainer); }, {manifest(dir), "format"});
+  write_file_atomic(manifest(dir), good);
+  load_checkpoint(dir, cfg_, run.model, run.trainer);
+}
+
+TEST_F(CheckpointTest, ShardFileOfAnotherCheckpointIsRefusedAndNothingIsOverwritten) {
+  TrainingRun a(cfg_);
+  train(a, 1);
+  const std::string first = save_checkpoint(run_dir(), cfg_, a.model, a.trainer);
+  train(a, 1);
+  const std::string second = save_checkpoint(run_dir(), cfg_, a.model, a.trainer);
+  // A valid safetensors file, but not the one the second manifest was written with.
+  fs::copy_file(shard(first, "optimizer"), shard(second, "optimizer"), fs::copy_options::overwrite_existing);
+  TrainingRun b(cfg_);
+  const auto before = snapshot(b);
+  expect_error([&] { load_checkpoint(second, cfg_, b.model, b.trainer); },
+               {shard(second, "optimizer"), "CRC-32", "another checkpoint"});
+  EXPECT_EQ(snapshot(b), before);
+}
+
+TEST_F(CheckpointTest, ExportedConsolidatedCheckpointLoadsToTheSameStateAndResumes) {
+  TrainingRun a(cfg_);
+  train(a, 2);
+  const std::string dir = save_checkpoint(run_dir(), cfg_, a.model, a.trainer);
+  const std::string consolidated = exported(dir, "consolidated");
+  EXPECT_TRUE(fs::exists(fs::path(consolidated) / "model.safetensors"));
+  EXPECT_TRUE(fs::exists(fs::path(consolidated) / "optimizer.safetensors"));
+
+  TrainingRun from_shards(cfg_), from_export(cfg_);
+  load_checkpoint(dir, cfg_, from_shards.model, from_shards.trainer);
+  load_checkpoint(consolidated, cfg_, from_export.model, from_export.trainer);
+  expect_same_state(from_shards, from_export);
+  expect_same_state(a, from_export);
+  EXPECT_EQ(from_export.trainer.steps_done(), 2);
+
+  // Evaluation reads either layout to the same tensors.
+  const CheckpointInfo sharded = read_checkpoint_info(dir);
+  const CheckpointInfo file = read_checkpoint_info((fs::path(consolidated) / "model.safetensors").string());
+  EXPECT_EQ(sharded.step, 2);
+  EXPECT_EQ(sharded.compression_table, file.compression_table);
+  EXPECT_EQ(config_to_text(sharded.config), config_to_text(file.config));
+  ASSERT_EQ(sharded.file.tensors.size(), file.file.tensors.size());
+  for (const auto& [name, t] : file.file.tensors) EXPECT_TRUE(bitwise_equal(t, sharded.file.tensors.at(name))) << name;
+
+  // Without --optimizer only the model is written.
+  export_consolidated(dir, path("model_only"), /*with_optimizer=*/false);
+  EXPECT_TRUE(fs::exists(path("model_only") + "/model.safetensors"));
+  EXPECT_FALSE(fs::exists(path("model_only") + "/optimizer.safetensors"));
+  expect_error([&] { export_consolidated(path("nothing_here"), path("x"), true); }, {"nothing_here"});
+}
+
 TEST_F(CheckpointTest, LatestNamesTheNewestCheckpoint) {
   expect_error([&] { latest_checkpoint(run_dir()); }, {run_dir(), "no checkpoint"});
   TrainingRun run(cfg_);
@@ -315,7 +427,7 @@ TEST_F(CheckpointTest, LatestNamesTheNewestCheckpoint) {
   EXPECT_NE(first, second);
   EXPECT_EQ(latest_checkpoint(run_dir()), second);
   EXPECT_EQ(read_file((fs::path(run_dir()) / "checkpoints" / "latest").string()), "step_00000002\n");
-  EXPECT_TRUE(fs::exists(fs::path(first) / "model.safetensors"));  // older checkpoints stay
+  EXPECT_TRUE(fs::exists(manifest(first)));  // older checkpoints stay
 
   TrainingRun loaded(cfg_);
   load_checkpoint(latest_checkpoint(run_dir()), cfg_, loaded.model, loaded.trainer);
@@ -363,11 +475,11 @@ TEST_F(CheckpointTest, InterruptedWriteLeavesNoPartialFile) {
   EXPECT_EQ(std::distance(fs::directory_iterator(root_.path()), fs::directory_iterator()), 1);
 }
 
-// The format is standard: parsed here by hand, without runtime/safetensors.
+// The exported format is standard: parsed here by hand, without runtime/safetensors.
 TEST_F(CheckpointTest, ModelFileIsStandardSafetensors) {
   TrainingRun run(cfg_);
   train(run, 2);
-  const std::string dir = save_checkpoint(run_dir(), cfg_, run.model, run.trainer);
+  const std::string dir = exported(save_checkpoint(run_dir(), cfg_, run.model, run.trainer), "consolidated");
   const std::string bytes = read_file((fs::path(dir) / "model.safetensors").string());
   const uint64_t n = header_length(bytes);
   ASSERT_LE(8 + n, bytes.size());
@@ -527,7 +639,7 @@ TEST_F(CheckpointTest, DocumentedPythonLoaderReproducesTensorsAndEngramRows) {
   if (std::system("python3 -c 'import json, zlib' > /dev/null 2>&1") != 0) GTEST_SKIP() << "no python3";
   TrainingRun run(cfg_);
   train(run, 1);
-  const std::string dir = save_checkpoint(run_dir(), cfg_, run.model, run.trainer);
+  const std::string dir = exported(save_checkpoint(run_dir(), cfg_, run.model, run.trainer), "consolidated");
   const std::string script = path("load_engram.py");
   const std::string model_file = (fs::path(dir) / "model.safetensors").string();
   write_file_atomic(script, python_snippet());

@@ -166,7 +166,8 @@ TEST_F(TrainMpirun, TwoRanksMatchOneProcessAndCheckpointsResumeAtAnyWorldSize) {
       EXPECT_GE(m["table_dedup_ratio"].get<double>(), 1.0) << m;
     }
     for (const json& m : reference) EXPECT_FALSE(m.contains("dispatch_bytes_sent")) << m;
-    EXPECT_TRUE(fs::is_regular_file(run / "checkpoints" / "step_00000006" / "model.safetensors"));
+    for (const char* file : {"manifest.json", "model-00000-of-00002.safetensors", "model-00001-of-00002.safetensors"})
+      EXPECT_TRUE(fs::is_regular_file(run / "checkpoints" / "step_00000006" / file)) << file;
 
     // The 2-rank checkpoint of step 3, continued by one process.
     const fs::path resumed = rewound_to_step_3(run, dir_ / ("resumed_1_from_ep" + std::to_string(ep)));
@@ -201,6 +202,32 @@ TEST_F(TrainMpirun, FourRankCheckpointResumesAtTwoRanksAndOne) {
   const Outcome one = train(0, "--resume " + on_one.string() + " --set parallel.expert_parallel=1");
   ASSERT_EQ(one.exit_code, 0) << one.output;
   expect_same_metrics(metrics_of(on_one), uninterrupted);
+
+  // Sharded: each rank wrote its own rows, each value once. Every rank owns rows of each table and
+  // (EP 4) its own experts; replicated tensors come from rank 0 alone.
+  const fs::path step_3 = run / "checkpoints" / "step_00000003";
+  const json manifest = json::parse(slurp(step_3 / "manifest.json"));
+  EXPECT_EQ(manifest["world_size"], 4);
+  EXPECT_EQ(manifest["expert_parallel"], 4);
+  for (const json& t : manifest["model"]) {
+    const std::string name = t["name"];
+    const bool sharded = name.find("engram.table") != std::string::npos || name.find("moe.experts") != std::string::npos;
+    EXPECT_EQ(t["pieces"].size(), sharded ? 4u : 1u) << name;
+  }
+  for (int r = 0; r < 4; ++r)
+    EXPECT_TRUE(fs::is_regular_file(step_3 / ("model-0000" + std::to_string(r) + "-of-00004.safetensors"))) << r;
+
+  // engram-export's consolidated checkpoint of the 4-rank run resumes at 1 rank like the shards do.
+  const fs::path on_export = rewound_to_step_3(run, dir_ / "resumed_1_from_export");
+  fs::remove_all(on_export / "checkpoints" / "step_00000003");
+  const std::string export_command = std::string(ENGRAM_BIN_DIR) + "/engram-export --optimizer --checkpoint " +
+                                     step_3.string() + " --out " +
+                                     (on_export / "checkpoints" / "step_00000003").string();
+  ASSERT_EQ(std::system(export_command.c_str()), 0) << export_command;
+  EXPECT_TRUE(fs::is_regular_file(on_export / "checkpoints" / "step_00000003" / "model.safetensors"));
+  const Outcome exported = train(0, "--resume " + on_export.string() + " --set parallel.expert_parallel=1");
+  ASSERT_EQ(exported.exit_code, 0) << exported.output;
+  expect_same_metrics(metrics_of(on_export), metrics_of(on_one));
 }
 
 TEST_F(TrainMpirun, LaunchWrapperTrainsLikeOneProcess) {
