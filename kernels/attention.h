@@ -11,6 +11,6 @@ void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, Tensor
 void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                         const Tensor& lse, Tensor& dq, Tensor& dk, Tensor& dv);
 }  // namespace cpu
-EG_KERNEL(attention_forward)
-EG_KERNEL(attention_backward)
+EG_KERNEL_CPU_ONLY(attention_forward)
+EG_KERNEL_CPU_ONLY(attention_backward)
 }  // namespace engram::kernels

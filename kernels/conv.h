@@ -9,6 +9,6 @@ void causal_conv_forward(const Tensor& x, const Tensor& w, int dilation, Tensor&
 // dx written, dw accumulated.
 void causal_conv_backward(const Tensor& dy, const Tensor& x, const Tensor& w, int dilation, Tensor& dx, Tensor& dw);
 }  // namespace cpu
-EG_KERNEL(causal_conv_forward)
-EG_KERNEL(causal_conv_backward)
+EG_KERNEL_CPU_ONLY(causal_conv_forward)
+EG_KERNEL_CPU_ONLY(causal_conv_backward)
 }  // namespace engram::kernels

@@ -10,6 +10,13 @@ void cross_entropy_forward(const Tensor& logits, const Tensor& targets, Tensor& 
 void cross_entropy_forward_backward(const Tensor& logits, const Tensor& targets, float grad_scale, Tensor& losses,
                                     Tensor& dlogits);
 }  // namespace cpu
+#ifdef ENGRAM_HAVE_CUDA
+namespace cuda {  // kernels/cuda/cross_entropy.cu, the contracts of cpu:: above
+void cross_entropy_forward(const Tensor& logits, const Tensor& targets, Tensor& losses);
+void cross_entropy_forward_backward(const Tensor& logits, const Tensor& targets, float grad_scale, Tensor& losses,
+                                    Tensor& dlogits);
+}  // namespace cuda
+#endif
 EG_KERNEL(cross_entropy_forward)
 EG_KERNEL(cross_entropy_forward_backward)
 }  // namespace engram::kernels

@@ -47,3 +47,21 @@ Device first_device(const A&... args) {
       return cpu::name(std::forward<A>(args)...);                                   \
     EG_KERNEL_CUDA_CALL(name, args);                                                \
   }
+
+// A kernel with no CUDA version yet (so no cuda::name to call): on a cuda tensor it fails, naming
+// itself. Replace with EG_KERNEL once kernels/cuda/<family>.cu defines it.
+#define EG_KERNEL_CPU_ONLY(name)                                                    \
+  template <class... A>                                                             \
+  inline decltype(auto) name(A&&... args) {                                         \
+    if (::engram::kernels::first_device(args...) != ::engram::Device::CPU)          \
+      EG_FAIL(#name ": tensor is on cuda but the kernel has no CUDA version yet");   \
+    return cpu::name(std::forward<A>(args)...);                                     \
+  }
+
+// Marks a small function both backends run (the per-element formula of a kernel), so the CPU
+// reference and the CUDA kernel share one definition.
+#ifdef __CUDACC__
+#define EG_HOST_DEVICE __host__ __device__
+#else
+#define EG_HOST_DEVICE
+#endif

@@ -12,6 +12,17 @@ void add_bias_rows(Tensor& y, const Tensor& bias);           // y[r, :] += bias,
 void bias_grad(const Tensor& dy, Tensor& dbias);             // dbias += Σ_r dy[r, :] (accumulated)
 double sum_squares(const Tensor& x);                          // Σ x², accumulated in double in index order
 }  // namespace cpu
+#ifdef ENGRAM_HAVE_CUDA
+namespace cuda {  // kernels/cuda/elementwise.cu, the contracts of cpu:: above
+void add_(Tensor& y, const Tensor& x, float alpha = 1.0f);
+void scale_(Tensor& y, float alpha);
+void silu_forward(const Tensor& x, Tensor& y);
+void silu_backward(const Tensor& dy, const Tensor& x, Tensor& dx);
+void add_bias_rows(Tensor& y, const Tensor& bias);
+void bias_grad(const Tensor& dy, Tensor& dbias);
+double sum_squares(const Tensor& x);  // waits for the device (the result is a host value)
+}  // namespace cuda
+#endif
 EG_KERNEL(add_)
 EG_KERNEL(scale_)
 EG_KERNEL(silu_forward)

@@ -16,6 +16,13 @@ void embedding_scatter_add(const Tensor& dout, const Tensor& ids, Tensor& dtable
 // Sums dout rows per distinct id (ascending i within a row) into a RowGrads (sort + segment sum).
 RowGrads reduce_rows(const Tensor& dout, const Tensor& ids);
 }  // namespace cpu
+#ifdef ENGRAM_HAVE_CUDA
+namespace cuda {  // kernels/cuda/embedding.cu, the contracts of cpu:: above
+void embedding_gather(const Tensor& table, const Tensor& ids, Tensor& out);
+void embedding_scatter_add(const Tensor& dout, const Tensor& ids, Tensor& dtable);
+RowGrads reduce_rows(const Tensor& dout, const Tensor& ids);  // rows and values on the device
+}  // namespace cuda
+#endif
 EG_KERNEL(embedding_gather)
 EG_KERNEL(embedding_scatter_add)
 EG_KERNEL(reduce_rows)

@@ -30,6 +30,13 @@ void compress_ids(const Tensor& ids, const Tensor& compress, Tensor& out);
 void ngram_hash(const Tensor& ids_c, int64_t pad_c, const Tensor& multipliers, const Tensor& primes,
                 const Tensor& offsets, int max_ngram, int heads, Tensor& rows);
 }  // namespace cpu
+#ifdef ENGRAM_HAVE_CUDA
+namespace cuda {  // kernels/cuda/ngram_hash.cu, the contracts of cpu:: above
+void compress_ids(const Tensor& ids, const Tensor& compress, Tensor& out);
+void ngram_hash(const Tensor& ids_c, int64_t pad_c, const Tensor& multipliers, const Tensor& primes,
+                const Tensor& offsets, int max_ngram, int heads, Tensor& rows);
+}  // namespace cuda
+#endif
 EG_KERNEL(compress_ids)
 EG_KERNEL(ngram_hash)
 }  // namespace engram::kernels

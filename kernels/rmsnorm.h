@@ -10,6 +10,13 @@ void rmsnorm_forward(const Tensor& x, const Tensor& g, float eps, Tensor& y, Ten
 void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& g, const Tensor& rstd, Tensor& dx,
                       Tensor& dg);
 }  // namespace cpu
+#ifdef ENGRAM_HAVE_CUDA
+namespace cuda {  // kernels/cuda/rmsnorm.cu, the contracts of cpu:: above
+void rmsnorm_forward(const Tensor& x, const Tensor& g, float eps, Tensor& y, Tensor& rstd);
+void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& g, const Tensor& rstd, Tensor& dx,
+                      Tensor& dg);
+}  // namespace cuda
+#endif
 EG_KERNEL(rmsnorm_forward)
 EG_KERNEL(rmsnorm_backward)
 }  // namespace engram::kernels

@@ -15,5 +15,10 @@ namespace cpu {
 // x: [B, T, H, d_h], rotated in place. inverse = rotate by −angle (the backward of the forward).
 void rope_apply(Tensor& x, const Tensor& cos, const Tensor& sin, bool inverse);
 }  // namespace cpu
+#ifdef ENGRAM_HAVE_CUDA
+namespace cuda {  // kernels/cuda/rope.cu, the contracts of cpu:: above
+void rope_apply(Tensor& x, const Tensor& cos, const Tensor& sin, bool inverse);
+}  // namespace cuda
+#endif
 EG_KERNEL(rope_apply)
 }  // namespace engram::kernels

@@ -28,10 +28,10 @@ double moe_aux_loss(const Tensor& scores, const Tensor& topk_idx, float grad_sca
 // Router z-loss: returns Σ_t logsumexp(logits_t)² and adds grad_scale·∂/∂logits into dlogits.
 double router_z_loss(const Tensor& logits, float grad_scale, Tensor& dlogits);
 }  // namespace cpu
-EG_KERNEL(router_scores)
-EG_KERNEL(router_scores_backward)
-EG_KERNEL(topk_select)
-EG_KERNEL(topk_weights_backward)
-EG_KERNEL(moe_aux_loss)
-EG_KERNEL(router_z_loss)
+EG_KERNEL_CPU_ONLY(router_scores)
+EG_KERNEL_CPU_ONLY(router_scores_backward)
+EG_KERNEL_CPU_ONLY(topk_select)
+EG_KERNEL_CPU_ONLY(topk_weights_backward)
+EG_KERNEL_CPU_ONLY(moe_aux_loss)
+EG_KERNEL_CPU_ONLY(router_z_loss)
 }  // namespace engram::kernels

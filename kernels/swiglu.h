@@ -7,6 +7,12 @@ namespace cpu {
 void swiglu_forward(const Tensor& gate, const Tensor& up, Tensor& out);  // all [N, F], out written
 void swiglu_backward(const Tensor& dout, const Tensor& gate, const Tensor& up, Tensor& dgate, Tensor& dup);
 }  // namespace cpu
+#ifdef ENGRAM_HAVE_CUDA
+namespace cuda {  // kernels/cuda/swiglu.cu, the contracts of cpu:: above
+void swiglu_forward(const Tensor& gate, const Tensor& up, Tensor& out);
+void swiglu_backward(const Tensor& dout, const Tensor& gate, const Tensor& up, Tensor& dgate, Tensor& dup);
+}  // namespace cuda
+#endif
 EG_KERNEL(swiglu_forward)
 EG_KERNEL(swiglu_backward)
 }  // namespace engram::kernels

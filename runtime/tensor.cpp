@@ -4,6 +4,9 @@
 #include <sstream>
 
 #include "runtime/allocator.h"
+#ifdef ENGRAM_HAVE_CUDA
+#include "runtime/cuda/device.h"
+#endif
 
 namespace engram {
 
@@ -47,11 +50,23 @@ int64_t shape_numel(const Shape& shape) {
 }
 
 Storage::Storage(size_t bytes, Device device) : bytes_(bytes), device_(device) {
+#ifdef ENGRAM_HAVE_CUDA
+  data_ = device == Device::CPU ? host_allocate(bytes) : device_allocate(bytes);
+#else
   EG_CHECK(device == Device::CPU, "this build has no CUDA backend; cannot allocate on cuda");
   data_ = host_allocate(bytes);
+#endif
 }
 
-Storage::~Storage() { host_release(data_, bytes_); }
+Storage::~Storage() {
+#ifdef ENGRAM_HAVE_CUDA
+  if (device_ == Device::CUDA) {
+    device_release(data_, bytes_);
+    return;
+  }
+#endif
+  host_release(data_, bytes_);
+}
 
 Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
   Tensor t;
@@ -128,8 +143,10 @@ Tensor Tensor::slice(int64_t begin, int64_t end) const {
   return t;
 }
 
-Tensor Tensor::clone() const {
-  Tensor t = empty(shape_, dtype_, device_);
+Tensor Tensor::clone() const { return copy_to(device_); }
+
+Tensor Tensor::copy_to(Device device) const {
+  Tensor t = empty(shape_, dtype_, device);
   t.copy_from(*this);
   return t;
 }
@@ -137,13 +154,29 @@ Tensor Tensor::clone() const {
 void Tensor::copy_from(const Tensor& src) {
   EG_ASSERT(src.shape_ == shape_ && src.dtype_ == dtype_, "copy_from ", src.describe(), " into ",
             describe());
-  EG_ASSERT(is_cpu() && src.is_cpu(), "copy_from across devices needs the CUDA backend");
-  if (numel_ > 0) std::memcpy(raw(), src.raw(), nbytes());
+  if (numel_ == 0) return;
+  if (is_cpu() && src.is_cpu()) {
+    std::memcpy(raw(), src.raw(), nbytes());
+    return;
+  }
+#ifdef ENGRAM_HAVE_CUDA
+  cuda_copy(raw(), device_, src.raw(), src.device_, nbytes());
+#else
+  EG_FAIL("copy_from ", src.describe(), " into ", describe(), ": this build has no CUDA backend");
+#endif
 }
 
 void Tensor::zero_() {
-  EG_ASSERT(is_cpu(), "zero_ on a device tensor needs the CUDA backend");
-  if (numel_ > 0) std::memset(raw(), 0, nbytes());
+  if (numel_ == 0) return;
+  if (is_cpu()) {
+    std::memset(raw(), 0, nbytes());
+    return;
+  }
+#ifdef ENGRAM_HAVE_CUDA
+  cuda_zero(raw(), nbytes());
+#else
+  EG_FAIL("zero_ on ", describe(), ": this build has no CUDA backend");
+#endif
 }
 
 std::string Tensor::describe() const {

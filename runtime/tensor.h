@@ -84,15 +84,16 @@ class Tensor {
   Tensor view(const Shape& shape) const;               // same numel; -1 infers one dimension
   Tensor slice(int64_t begin, int64_t end) const;      // [begin, end) along dimension 0
   Tensor clone() const;
+  Tensor copy_to(Device device) const;                 // a new tensor on `device` with the same contents
   void copy_from(const Tensor& src);                   // same shape and dtype, any devices
   void zero_();
   std::string describe() const;                        // "f32[2, 3] cpu"
 
-  // Host copies for tests and small metadata.
+  // Host copies for tests and small metadata (a device tensor is copied to the host first).
   template <class T>
   std::vector<T> to_vector() const {
+    if (!is_cpu()) return copy_to(Device::CPU).to_vector<T>();
     const T* p = data<T>();
-    EG_ASSERT(is_cpu(), "to_vector on a device tensor");
     return std::vector<T>(p, p + numel_);
   }
 

@@ -5,6 +5,8 @@
 #include <cmath>
 #include <vector>
 
+#include "kernels/checks.h"
+
 namespace engram::kernels::cpu {
 
 namespace {
@@ -27,17 +29,6 @@ RowExp row_exp(const float* row, int64_t vocab, float* exps) {
   return r;
 }
 
-// Checks shapes and returns the vocabulary size.
-int64_t check_cross_entropy_args(const Tensor& logits, const Tensor& targets, const Tensor& losses) {
-  check_dtype(targets, DType::I32, "cross_entropy targets");
-  EG_ASSERT(logits.ndim() == 2, "cross_entropy: logits must be [N, V], got ", shape_str(logits.shape()));
-  const int64_t rows = logits.dim(0), vocab = logits.dim(1);
-  EG_ASSERT(vocab > 0, "cross_entropy: empty vocabulary in logits ", shape_str(logits.shape()));
-  check_shape(targets, {rows}, "cross_entropy targets");
-  check_shape(losses, {rows}, "cross_entropy losses");
-  return vocab;
-}
-
 int32_t checked_target(const int32_t* targets, int64_t row, int64_t vocab) {
   const int32_t y = targets[row];
   EG_CHECK(y >= 0 && y < vocab, "cross_entropy: target ", y, " at row ", row,
@@ -48,7 +39,7 @@ int32_t checked_target(const int32_t* targets, int64_t row, int64_t vocab) {
 }  // namespace
 
 void cross_entropy_forward(const Tensor& logits, const Tensor& targets, Tensor& losses) {
-  const int64_t vocab = check_cross_entropy_args(logits, targets, losses);
+  const int64_t vocab = checks::cross_entropy(logits, targets, losses, nullptr);
   const float* lp = logits.data<float>();
   const int32_t* tp = targets.data<int32_t>();
   float* loss_p = losses.data<float>();
@@ -62,8 +53,7 @@ void cross_entropy_forward(const Tensor& logits, const Tensor& targets, Tensor& 
 
 void cross_entropy_forward_backward(const Tensor& logits, const Tensor& targets, float grad_scale,
                                     Tensor& losses, Tensor& dlogits) {
-  const int64_t vocab = check_cross_entropy_args(logits, targets, losses);
-  check_shape(dlogits, logits.shape(), "cross_entropy dlogits");
+  const int64_t vocab = checks::cross_entropy(logits, targets, losses, &dlogits);
   const float* lp = logits.data<float>();
   const int32_t* tp = targets.data<int32_t>();
   float* loss_p = losses.data<float>();

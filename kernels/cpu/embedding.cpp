@@ -4,43 +4,24 @@
 #include <numeric>
 #include <vector>
 
+#include "kernels/checks.h"
+
 namespace engram::kernels::cpu {
 
 namespace {
 
-// Calls f(ids_pointer) with the ids typed as they are stored (i32 or i64).
-template <class F>
-void visit_ids(const Tensor& ids, const char* what, F&& f) {
-  if (ids.dtype() == DType::I32) {
-    f(ids.data<int32_t>());
-  } else {
-    check_dtype(ids, DType::I64, what);
-    f(ids.data<int64_t>());
-  }
-}
-
-// Checks that `rows` holds one row of `width` floats per id.
-void check_rows(const Tensor& rows, const Tensor& ids, int64_t width, const char* what) {
-  check_dtype(rows, DType::F32, what);
-  EG_ASSERT(rows.numel() == ids.numel() * width, what, " ", rows.describe(), " needs ", ids.numel(), "·", width,
-            " elements");
-}
-
 void check_id(int64_t id, int64_t n_rows, int64_t i) {
-  EG_CHECK(id >= 0 && id < n_rows, "id ", id, " at position ", i, " is outside the table's ", n_rows,
-           " rows [0, ", n_rows, ")");
+  if (id < 0 || id >= n_rows) checks::id_outside_table(id, i, n_rows);
 }
 
 }  // namespace
 
 void embedding_gather(const Tensor& table, const Tensor& ids, Tensor& out) {
-  check_dtype(table, DType::F32, "embedding_gather table");
-  EG_ASSERT(table.ndim() == 2, "embedding_gather table must be [R, C], got ", table.describe());
+  checks::table_rows_per_id(table, ids, out, "embedding_gather");
   const int64_t n = ids.numel(), c = table.dim(1), n_rows = table.dim(0);
-  check_rows(out, ids, c, "embedding_gather out");
   const float* src = table.data<float>();
   float* dst = out.data<float>();
-  visit_ids(ids, "embedding_gather ids", [&](const auto* id) {
+  checks::visit_ids(ids, "embedding_gather ids", [&](const auto* id) {
     for (int64_t i = 0; i < n; ++i) {
       check_id(id[i], n_rows, i);
       std::copy_n(src + id[i] * c, c, dst + i * c);
@@ -49,14 +30,12 @@ void embedding_gather(const Tensor& table, const Tensor& ids, Tensor& out) {
 }
 
 void embedding_scatter_add(const Tensor& dout, const Tensor& ids, Tensor& dtable) {
-  check_dtype(dtable, DType::F32, "embedding_scatter_add dtable");
-  EG_ASSERT(dtable.ndim() == 2, "embedding_scatter_add dtable must be [R, C], got ", dtable.describe());
+  checks::table_rows_per_id(dtable, ids, dout, "embedding_scatter_add");
   const int64_t n = ids.numel(), c = dtable.dim(1), n_rows = dtable.dim(0);
-  check_rows(dout, ids, c, "embedding_scatter_add dout");
   const float* src = dout.data<float>();
   float* dst = dtable.data<float>();
   // Sequential over i: every row receives its contributions in ascending i.
-  visit_ids(ids, "embedding_scatter_add ids", [&](const auto* id) {
+  checks::visit_ids(ids, "embedding_scatter_add ids", [&](const auto* id) {
     for (int64_t i = 0; i < n; ++i) {
       check_id(id[i], n_rows, i);
       float* row = dst + id[i] * c;
@@ -68,9 +47,9 @@ void embedding_scatter_add(const Tensor& dout, const Tensor& ids, Tensor& dtable
 
 RowGrads reduce_rows(const Tensor& dout, const Tensor& ids) {
   const int64_t n = ids.numel(), c = dout.cols();
-  check_rows(dout, ids, c, "reduce_rows dout");
+  checks::rows_per_id(dout, ids, c, "reduce_rows dout");
   std::vector<int64_t> key(n);
-  visit_ids(ids, "reduce_rows ids", [&](const auto* id) {
+  checks::visit_ids(ids, "reduce_rows ids", [&](const auto* id) {
     for (int64_t i = 0; i < n; ++i) {
       EG_CHECK(id[i] >= 0, "row id ", id[i], " at position ", i, " is negative");
       key[i] = id[i];

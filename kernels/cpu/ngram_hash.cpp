@@ -4,6 +4,8 @@
 #include <limits>
 #include <unordered_set>
 
+#include "kernels/checks.h"
+
 #include "runtime/rng.h"
 
 namespace engram::kernels {
@@ -103,10 +105,7 @@ std::vector<int64_t> prefix_offsets(const std::vector<int64_t>& primes) {
 namespace cpu {
 
 void compress_ids(const Tensor& ids, const Tensor& compress, Tensor& out) {
-  check_dtype(ids, DType::I32, "compress_ids ids");
-  check_dtype(compress, DType::I32, "compress_ids compress");
-  check_dtype(out, DType::I32, "compress_ids out");
-  check_shape(out, ids.shape(), "compress_ids out");
+  checks::compress_ids(ids, compress, out);
   const int64_t vocab = compress.numel();
   const int32_t* in = ids.data<int32_t>();
   const int32_t* table = compress.data<int32_t>();
@@ -120,15 +119,8 @@ void compress_ids(const Tensor& ids, const Tensor& compress, Tensor& out) {
 
 void ngram_hash(const Tensor& ids_c, int64_t pad_c, const Tensor& multipliers, const Tensor& primes,
                 const Tensor& offsets, int max_ngram, int heads, Tensor& rows) {
-  check_dtype(ids_c, DType::I32, "ngram_hash ids_c");
-  EG_ASSERT(ids_c.ndim() == 2, "ngram_hash ids_c must be [B, T], got ", ids_c.describe());
-  EG_ASSERT(max_ngram >= 2 && heads >= 1, "ngram_hash: max_ngram ", max_ngram, ", heads ", heads);
+  checks::ngram_hash(ids_c, pad_c, multipliers, primes, offsets, max_ngram, heads, rows);
   const int64_t b_count = ids_c.dim(0), t_count = ids_c.dim(1), n_heads = (max_ngram - 1) * heads;
-  check_shape(multipliers, {max_ngram}, "ngram_hash multipliers");
-  check_shape(primes, {n_heads}, "ngram_hash primes");
-  check_shape(offsets, {n_heads}, "ngram_hash offsets");
-  check_shape(rows, {b_count, t_count, n_heads}, "ngram_hash rows");
-  EG_CHECK(pad_c >= 0, "ngram_hash: compressed pad id ", pad_c, " must be >= 0");
   const int32_t* ids = ids_c.data<int32_t>();
   const int64_t* m_bits = multipliers.data<int64_t>();
   const int64_t* p = primes.data<int64_t>();

@@ -7,13 +7,13 @@
 #include <cmath>
 #include <vector>
 
+#include "kernels/checks.h"
+
 namespace engram::kernels::cpu {
 
 void rmsnorm_forward(const Tensor& x, const Tensor& g, float eps, Tensor& y, Tensor& rstd) {
   const int64_t rows = x.rows(), dim = x.cols();
-  check_shape(g, {dim}, "rmsnorm_forward g");
-  check_shape(y, x.shape(), "rmsnorm_forward y");
-  EG_ASSERT(rstd.numel() == rows, "rmsnorm_forward: rstd ", shape_str(rstd.shape()), " for ", rows, " rows");
+  checks::rmsnorm_forward(x, g, y, rstd);
   const float* xp = x.data<float>();
   const float* gp = g.data<float>();
   float* yp = y.data<float>();
@@ -32,11 +32,7 @@ void rmsnorm_forward(const Tensor& x, const Tensor& g, float eps, Tensor& y, Ten
 void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& g, const Tensor& rstd, Tensor& dx,
                       Tensor& dg) {
   const int64_t rows = x.rows(), dim = x.cols();
-  check_shape(dy, x.shape(), "rmsnorm_backward dy");
-  check_shape(dx, x.shape(), "rmsnorm_backward dx");
-  check_shape(g, {dim}, "rmsnorm_backward g");
-  check_shape(dg, {dim}, "rmsnorm_backward dg");
-  EG_ASSERT(rstd.numel() == rows, "rmsnorm_backward: rstd ", shape_str(rstd.shape()), " for ", rows, " rows");
+  checks::rmsnorm_backward(dy, x, g, rstd, dx, dg);
   const float* dyp = dy.data<float>();
   const float* xp = x.data<float>();
   const float* gp = g.data<float>();

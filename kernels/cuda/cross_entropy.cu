@@ -1,0 +1,71 @@
+// Softmax cross-entropy on the GPU, the CUDA side of kernels/cross_entropy.h. One block per row:
+// the row max (float), Σ exp(logit − max) in double (fixed tree order), the loss in double as on
+// the CPU, then dlogits written in a last pass. A thread only overwrites the logits it read itself,
+// after the block has finished reading, so dlogits may alias logits.
+#include "kernels/checks.h"
+#include "kernels/cross_entropy.h"
+#include "kernels/cuda/common.cuh"
+
+namespace engram::kernels::cuda {
+
+namespace {
+
+constexpr int kRowThreads = 512;  // rows are vocabulary-long (tens of thousands of logits)
+
+__global__ void cross_entropy_kernel(const float* logits, const int32_t* targets, int64_t vocab, float grad_scale,
+                                     float* losses, float* dlogits, unsigned long long* bad_target) {
+  const int64_t r = blockIdx.x;
+  const float* row = logits + r * vocab;
+  const int32_t y = targets[r];
+  if (y < 0 || y >= vocab) {  // the whole block leaves together: y is the same for every thread
+    if (threadIdx.x == 0) report_bad_position(bad_target, r);
+    return;
+  }
+  float row_max = -INFINITY;
+  for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) row_max = fmaxf(row_max, row[j]);
+  row_max = block_reduce(row_max, Max{}, -INFINITY);
+  double sum = 0.0;
+  for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) sum += expf(row[j] - row_max);
+  sum = block_reduce(sum, Sum{}, 0.0);  // also the barrier after which row[y] may be overwritten
+  const float target_logit = row[y];
+  if (threadIdx.x == 0) losses[r] = static_cast<float>(row_max + log(sum) - target_logit);
+  __syncthreads();  // every thread has read row[y] before its owner overwrites it
+  if (dlogits == nullptr) return;
+  // dlogits = grad_scale · (softmax − onehot(y)), with softmax_j = exp(row[j] − max) / Σ.
+  const float scale = static_cast<float>(grad_scale / sum);
+  float* drow = dlogits + r * vocab;
+  for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) {
+    float d = expf(row[j] - row_max) * scale;
+    if (j == y) d -= grad_scale;
+    drow[j] = d;
+  }
+}
+
+void cross_entropy(const Tensor& logits, const Tensor& targets, float grad_scale, Tensor& losses, Tensor* dlogits) {
+  const int64_t vocab = checks::cross_entropy(logits, targets, losses, dlogits);
+  const int64_t rows = logits.dim(0);
+  if (rows == 0) return;
+  FirstBadPosition bad_target;
+  cross_entropy_kernel<<<static_cast<unsigned>(rows), kRowThreads, 0, compute_stream()>>>(
+      logits.data<float>(), targets.data<int32_t>(), vocab, grad_scale, losses.data<float>(),
+      dlogits != nullptr ? dlogits->data<float>() : nullptr, bad_target.slot());
+  EG_CUDA_CHECK_LAUNCH("cross_entropy_kernel");
+  const int64_t r = bad_target.position();
+  EG_CHECK(r < 0, "cross_entropy: target ", integer_at(targets, r), " at row ", r,
+           " is outside the vocabulary [0, ", vocab, ")");
+}
+
+}  // namespace
+
+void cross_entropy_forward(const Tensor& logits, const Tensor& targets, Tensor& losses) {
+  check_on_cuda("cross_entropy_forward", logits, targets, losses);
+  cross_entropy(logits, targets, 0.0f, losses, nullptr);
+}
+
+void cross_entropy_forward_backward(const Tensor& logits, const Tensor& targets, float grad_scale, Tensor& losses,
+                                    Tensor& dlogits) {
+  check_on_cuda("cross_entropy_forward_backward", logits, targets, losses, dlogits);
+  cross_entropy(logits, targets, grad_scale, losses, &dlogits);
+}
+
+}  // namespace engram::kernels::cuda

@@ -1,0 +1,137 @@
+// Small elementwise and reduction kernels on the GPU (F32), the CUDA side of kernels/elementwise.h.
+// Column sums (bias_grad) run one thread per column over the rows in order, in double, as the CPU
+// does; sum_squares reduces in a fixed tree, so it repeats bitwise but differs from the CPU's
+// index-order sum by rounding.
+#include "kernels/cuda/common.cuh"
+#include "kernels/elementwise.h"
+
+namespace engram::kernels::cuda {
+
+namespace {
+
+void check_same_numel(const Tensor& a, const Tensor& b, const char* what) {
+  EG_ASSERT(a.numel() == b.numel(), what, ": ", shape_str(a.shape()), " and ", shape_str(b.shape()),
+            " differ in size");
+}
+
+__global__ void add_kernel(float* y, const float* x, float alpha, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x)
+    y[i] += alpha * x[i];
+}
+
+__global__ void scale_kernel(float* y, float alpha, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x)
+    y[i] *= alpha;
+}
+
+__global__ void silu_forward_kernel(const float* x, float* y, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x)
+    y[i] = x[i] * sigmoid(x[i]);
+}
+
+__global__ void silu_backward_kernel(const float* dy, const float* x, float* dx, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x) {
+    const float s = sigmoid(x[i]);
+    dx[i] = dy[i] * s * (1.0f + x[i] * (1.0f - s));
+  }
+}
+
+__global__ void add_bias_rows_kernel(float* y, const float* bias, int64_t cols, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x)
+    y[i] += bias[i % cols];
+}
+
+__global__ void bias_grad_kernel(const float* dy, float* dbias, int64_t rows, int64_t cols) {
+  for (int64_t c = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; c < cols; c += int64_t{gridDim.x} * blockDim.x) {
+    double sum = 0.0;
+    for (int64_t r = 0; r < rows; ++r) sum += dy[r * cols + c];
+    dbias[c] += static_cast<float>(sum);
+  }
+}
+
+// Pass 1: one double partial per block (grid-stride); pass 2 (one block) sums the partials.
+__global__ void sum_squares_partials_kernel(const float* x, int64_t n, double* partials) {
+  double sum = 0.0;
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x)
+    sum += static_cast<double>(x[i]) * x[i];
+  sum = block_reduce(sum, Sum{}, 0.0);
+  if (threadIdx.x == 0) partials[blockIdx.x] = sum;
+}
+
+__global__ void sum_partials_kernel(const double* partials, int n, double* total) {
+  double sum = 0.0;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) sum += partials[i];
+  sum = block_reduce(sum, Sum{}, 0.0);
+  if (threadIdx.x == 0) *total = sum;
+}
+
+}  // namespace
+
+void add_(Tensor& y, const Tensor& x, float alpha) {
+  check_on_cuda("add_", y, x);
+  check_same_numel(y, x, "add_");
+  add_kernel<<<grid_for(y.numel()), kThreads, 0, compute_stream()>>>(y.data<float>(), x.data<float>(), alpha,
+                                                                      y.numel());
+  EG_CUDA_CHECK_LAUNCH("add_kernel");
+}
+
+void scale_(Tensor& y, float alpha) {
+  check_on_cuda("scale_", y);
+  scale_kernel<<<grid_for(y.numel()), kThreads, 0, compute_stream()>>>(y.data<float>(), alpha, y.numel());
+  EG_CUDA_CHECK_LAUNCH("scale_kernel");
+}
+
+void silu_forward(const Tensor& x, Tensor& y) {
+  check_on_cuda("silu_forward", x, y);
+  check_same_numel(x, y, "silu_forward");
+  silu_forward_kernel<<<grid_for(x.numel()), kThreads, 0, compute_stream()>>>(x.data<float>(), y.data<float>(),
+                                                                               x.numel());
+  EG_CUDA_CHECK_LAUNCH("silu_forward_kernel");
+}
+
+void silu_backward(const Tensor& dy, const Tensor& x, Tensor& dx) {
+  check_on_cuda("silu_backward", dy, x, dx);
+  check_same_numel(dy, x, "silu_backward");
+  check_same_numel(dx, x, "silu_backward");
+  silu_backward_kernel<<<grid_for(x.numel()), kThreads, 0, compute_stream()>>>(dy.data<float>(), x.data<float>(),
+                                                                                dx.data<float>(), x.numel());
+  EG_CUDA_CHECK_LAUNCH("silu_backward_kernel");
+}
+
+void add_bias_rows(Tensor& y, const Tensor& bias) {
+  check_on_cuda("add_bias_rows", y, bias);
+  const int64_t cols = y.cols();
+  EG_ASSERT(bias.numel() == cols, "add_bias_rows: bias ", shape_str(bias.shape()), " for rows of ",
+            shape_str(y.shape()));
+  if (y.numel() == 0) return;
+  add_bias_rows_kernel<<<grid_for(y.numel()), kThreads, 0, compute_stream()>>>(y.data<float>(), bias.data<float>(),
+                                                                                cols, y.numel());
+  EG_CUDA_CHECK_LAUNCH("add_bias_rows_kernel");
+}
+
+void bias_grad(const Tensor& dy, Tensor& dbias) {
+  check_on_cuda("bias_grad", dy, dbias);
+  const int64_t cols = dy.cols();
+  EG_ASSERT(dbias.numel() == cols, "bias_grad: dbias ", shape_str(dbias.shape()), " for rows of ",
+            shape_str(dy.shape()));
+  bias_grad_kernel<<<grid_for(cols), kThreads, 0, compute_stream()>>>(dy.data<float>(), dbias.data<float>(),
+                                                                       dy.rows(), cols);
+  EG_CUDA_CHECK_LAUNCH("bias_grad_kernel");
+}
+
+double sum_squares(const Tensor& x) {
+  check_on_cuda("sum_squares", x);
+  constexpr int kPartials = 1024;  // fixed, so the summation order does not depend on the device
+  Tensor partials = Tensor::empty({kPartials + 1}, DType::I64, Device::CUDA);  // 8-byte slots for doubles
+  double* p = static_cast<double*>(partials.raw());
+  sum_squares_partials_kernel<<<kPartials, kThreads, 0, compute_stream()>>>(x.data<float>(), x.numel(), p);
+  EG_CUDA_CHECK_LAUNCH("sum_squares_partials_kernel");
+  sum_partials_kernel<<<1, kThreads, 0, compute_stream()>>>(p, kPartials, p + kPartials);
+  EG_CUDA_CHECK_LAUNCH("sum_partials_kernel");
+  double total = 0.0;
+  EG_CUDA_CHECK(cudaMemcpyAsync(&total, p + kPartials, sizeof(total), cudaMemcpyDeviceToHost, compute_stream()));
+  EG_CUDA_CHECK(cudaStreamSynchronize(compute_stream()));
+  return total;
+}
+
+}  // namespace engram::kernels::cuda

@@ -1,0 +1,182 @@
+// Row gather and its deterministic gradient reductions on the GPU, the CUDA side of
+// kernels/embedding.h. The reductions never add floats atomically: positions are stably sorted by id
+// (CUB radix sort), each distinct id becomes a segment of ascending positions, and one thread per
+// (segment, column) adds the segment's rows in that order, exactly as the CPU does, so the results
+// equal the CPU's bit for bit.
+#include <cub/device/device_radix_sort.cuh>
+#include <cub/device/device_run_length_encode.cuh>
+#include <cub/device/device_scan.cuh>
+
+#include <climits>
+
+#include "kernels/checks.h"
+#include "kernels/cuda/common.cuh"
+#include "kernels/embedding.h"
+
+namespace engram::kernels::cuda {
+
+namespace {
+
+template <class Id>
+__global__ void gather_kernel(const float* table, const Id* ids, int64_t n_rows, int64_t c, float* out, int64_t n,
+                              unsigned long long* bad_id) {
+  for (int64_t e = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; e < n; e += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t i = e / c, id = ids[i];
+    if (id < 0 || id >= n_rows) {
+      report_bad_position(bad_id, i);
+      continue;
+    }
+    out[e] = table[id * c + e % c];
+  }
+}
+
+// keys[i] = ids[i], positions[i] = i; ids outside [0, limit) are reported.
+template <class Id>
+__global__ void keys_kernel(const Id* ids, int64_t limit, int64_t n, int64_t* keys, int32_t* positions,
+                            unsigned long long* bad_id) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t id = ids[i];
+    if (id < 0 || id >= limit) report_bad_position(bad_id, i);
+    keys[i] = id;
+    positions[i] = static_cast<int32_t>(i);
+  }
+}
+
+// Positions grouped by id: segment u holds positions sorted[starts[u] .. starts[u] + counts[u]), ascending.
+struct Segments {
+  Tensor sorted_positions;  // i32 [n]
+  Tensor ids;               // i64 [U], ascending
+  Tensor starts, counts;    // i32 [U]
+  int64_t count = 0;        // U
+  int64_t bad_position = -1;  // first position whose id was outside [0, limit), −1 if none
+};
+
+// Scratch bytes on the device (CUB's temporary storage).
+Tensor scratch(size_t bytes) {
+  return Tensor::empty({static_cast<int64_t>((bytes + 7) / 8)}, DType::I64, Device::CUDA);
+}
+
+Segments segments_by_id(const Tensor& ids, int64_t limit) {
+  const int64_t n = ids.numel();
+  EG_ASSERT(n < INT_MAX, "segments_by_id: ", n, " ids; at most 2^31 − 2 are supported");
+  const int items = static_cast<int>(n);
+  cudaStream_t stream = compute_stream();
+  Tensor keys = Tensor::empty({n}, DType::I64, Device::CUDA);
+  Tensor positions = Tensor::empty({n}, DType::I32, Device::CUDA);
+  FirstBadPosition bad_id;
+  checks::visit_ids(ids, "ids", [&](const auto* id) {
+    keys_kernel<<<grid_for(n), kThreads, 0, stream>>>(id, limit, n, keys.data<int64_t>(), positions.data<int32_t>(),
+                                                      bad_id.slot());
+  });
+  EG_CUDA_CHECK_LAUNCH("keys_kernel");
+  Segments s;
+  s.bad_position = bad_id.position();
+  if (s.bad_position >= 0) return s;
+
+  // Only the bits a valid id can use: fewer radix passes for small tables.
+  int end_bit = 1;
+  while (end_bit < 63 && (int64_t{1} << end_bit) < limit) ++end_bit;
+  Tensor sorted_keys = Tensor::empty({n}, DType::I64, Device::CUDA);
+  s.sorted_positions = Tensor::empty({n}, DType::I32, Device::CUDA);
+  size_t bytes = 0;
+  EG_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, bytes, keys.data<int64_t>(), sorted_keys.data<int64_t>(),
+                                                positions.data<int32_t>(), s.sorted_positions.data<int32_t>(), items,
+                                                0, end_bit, stream));
+  Tensor sort_scratch = scratch(bytes);
+  EG_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(sort_scratch.raw(), bytes, keys.data<int64_t>(),
+                                                sorted_keys.data<int64_t>(), positions.data<int32_t>(),
+                                                s.sorted_positions.data<int32_t>(), items, 0, end_bit, stream));
+
+  Tensor unique_ids = Tensor::empty({n}, DType::I64, Device::CUDA);
+  Tensor counts = Tensor::empty({n}, DType::I32, Device::CUDA);
+  Tensor run_count = Tensor::empty({1}, DType::I32, Device::CUDA);
+  bytes = 0;
+  EG_CUDA_CHECK(cub::DeviceRunLengthEncode::Encode(nullptr, bytes, sorted_keys.data<int64_t>(),
+                                                   unique_ids.data<int64_t>(), counts.data<int32_t>(),
+                                                   run_count.data<int32_t>(), items, stream));
+  Tensor encode_scratch = scratch(bytes);
+  EG_CUDA_CHECK(cub::DeviceRunLengthEncode::Encode(encode_scratch.raw(), bytes, sorted_keys.data<int64_t>(),
+                                                   unique_ids.data<int64_t>(), counts.data<int32_t>(),
+                                                   run_count.data<int32_t>(), items, stream));
+  s.count = run_count.to_vector<int32_t>()[0];  // waits: the output's size depends on the data
+  s.ids = unique_ids.slice(0, s.count);
+  s.counts = counts.slice(0, s.count);
+  s.starts = Tensor::empty({s.count}, DType::I32, Device::CUDA);
+  bytes = 0;
+  EG_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(nullptr, bytes, s.counts.data<int32_t>(), s.starts.data<int32_t>(),
+                                              static_cast<int>(s.count), stream));
+  Tensor scan_scratch = scratch(bytes);
+  EG_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(scan_scratch.raw(), bytes, s.counts.data<int32_t>(),
+                                              s.starts.data<int32_t>(), static_cast<int>(s.count), stream));
+  return s;
+}
+
+// For each segment u (grid-stride over blocks) and column j (threads):
+// out[row(u), j] = start + Σ_{s in segment u, ascending} src[sorted[s], j], where row(u) = ids[u] and
+// start = out[row(u), j] when accumulating into a table, else row(u) = u and start = 0.
+__global__ void segment_sum_kernel(const float* src, int64_t c, const int32_t* sorted, const int32_t* starts,
+                                   const int32_t* counts, const int64_t* ids, int64_t n_segments, bool into_table,
+                                   float* out) {
+  for (int64_t u = blockIdx.x; u < n_segments; u += gridDim.x) {
+    float* dst = out + (into_table ? ids[u] : u) * c;
+    const int32_t begin = starts[u], end = begin + counts[u];
+    for (int64_t j = threadIdx.x; j < c; j += blockDim.x) {
+      float acc = into_table ? dst[j] : 0.0f;
+      for (int32_t s = begin; s < end; ++s) acc += src[int64_t{sorted[s]} * c + j];
+      dst[j] = acc;
+    }
+  }
+}
+
+void segment_sum(const Tensor& src, int64_t c, const Segments& s, bool into_table, Tensor& out) {
+  if (s.count == 0 || c == 0) return;
+  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(s.count, 65536));
+  segment_sum_kernel<<<blocks, kThreads, 0, compute_stream()>>>(
+      src.data<float>(), c, s.sorted_positions.data<int32_t>(), s.starts.data<int32_t>(), s.counts.data<int32_t>(),
+      s.ids.data<int64_t>(), s.count, into_table, out.data<float>());
+  EG_CUDA_CHECK_LAUNCH("segment_sum_kernel");
+}
+
+}  // namespace
+
+void embedding_gather(const Tensor& table, const Tensor& ids, Tensor& out) {
+  check_on_cuda("embedding_gather", table, ids, out);
+  checks::table_rows_per_id(table, ids, out, "embedding_gather");
+  const int64_t n_rows = table.dim(0), c = table.dim(1);
+  if (out.numel() == 0) return;
+  FirstBadPosition bad_id;
+  checks::visit_ids(ids, "embedding_gather ids", [&](const auto* id) {
+    gather_kernel<<<grid_for(out.numel()), kThreads, 0, compute_stream()>>>(table.data<float>(), id, n_rows, c,
+                                                                            out.data<float>(), out.numel(),
+                                                                            bad_id.slot());
+  });
+  EG_CUDA_CHECK_LAUNCH("gather_kernel");
+  const int64_t i = bad_id.position();
+  if (i >= 0) checks::id_outside_table(integer_at(ids, i), i, n_rows);
+}
+
+void embedding_scatter_add(const Tensor& dout, const Tensor& ids, Tensor& dtable) {
+  check_on_cuda("embedding_scatter_add", dout, ids, dtable);
+  checks::table_rows_per_id(dtable, ids, dout, "embedding_scatter_add");
+  const int64_t n_rows = dtable.dim(0), c = dtable.dim(1);
+  if (ids.numel() == 0) return;
+  const Segments s = segments_by_id(ids, n_rows);
+  if (s.bad_position >= 0) checks::id_outside_table(integer_at(ids, s.bad_position), s.bad_position, n_rows);
+  segment_sum(dout, c, s, /*into_table=*/true, dtable);
+}
+
+RowGrads reduce_rows(const Tensor& dout, const Tensor& ids) {
+  check_on_cuda("reduce_rows", dout, ids);
+  const int64_t c = dout.cols();
+  checks::rows_per_id(dout, ids, c, "reduce_rows dout");
+  if (ids.numel() == 0)
+    return {Tensor::empty({0}, DType::I64, Device::CUDA), Tensor::empty({0, c}, DType::F32, Device::CUDA)};
+  const Segments s = segments_by_id(ids, INT64_MAX);
+  EG_CHECK(s.bad_position < 0, "row id ", integer_at(ids, s.bad_position), " at position ", s.bad_position,
+           " is negative");
+  RowGrads out{s.ids, Tensor::empty({s.count, c}, DType::F32, Device::CUDA)};
+  segment_sum(dout, c, s, /*into_table=*/false, out.values);
+  return out;
+}
+
+}  // namespace engram::kernels::cuda

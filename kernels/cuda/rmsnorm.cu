@@ -1,0 +1,75 @@
+// RMSNorm on the GPU, the CUDA side of kernels/rmsnorm.h. One block per row; the row's sum of squares
+// and the backward's dot product are reduced in double (fixed tree order), rstd is rounded to float
+// once and saved, and dg's column sums run one thread per column over the rows in order, in double.
+#include "kernels/checks.h"
+#include "kernels/cuda/common.cuh"
+#include "kernels/rmsnorm.h"
+
+namespace engram::kernels::cuda {
+
+namespace {
+
+__global__ void rmsnorm_forward_kernel(const float* x, const float* g, float eps, int64_t dim, float* y,
+                                       float* rstd) {
+  const int64_t row = blockIdx.x;
+  const float* xr = x + row * dim;
+  double sum_sq = 0.0;
+  for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) sum_sq += static_cast<double>(xr[j]) * xr[j];
+  sum_sq = block_reduce(sum_sq, Sum{}, 0.0);
+  const float rs = static_cast<float>(1.0 / sqrt(sum_sq / static_cast<double>(dim) + eps));
+  if (threadIdx.x == 0) rstd[row] = rs;
+  float* yr = y + row * dim;
+  for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) yr[j] = xr[j] * rs * g[j];
+}
+
+// dx_k = rs·g_k·dy_k − rs³·x_k/D · Σ_j dy_j·g_j·x_j (see kernels/cpu/rmsnorm.cpp).
+__global__ void rmsnorm_dx_kernel(const float* dy, const float* x, const float* g, const float* rstd, int64_t dim,
+                                  float* dx) {
+  const int64_t row = blockIdx.x;
+  const float* dyr = dy + row * dim;
+  const float* xr = x + row * dim;
+  double dot = 0.0;
+  for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) dot += static_cast<double>(dyr[j]) * g[j] * xr[j];
+  dot = block_reduce(dot, Sum{}, 0.0);
+  const double rs = rstd[row];
+  const double coef = rs * rs * rs * dot / static_cast<double>(dim);
+  float* dxr = dx + row * dim;
+  for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) dxr[j] = static_cast<float>(rs * g[j] * dyr[j] - coef * xr[j]);
+}
+
+__global__ void rmsnorm_dg_kernel(const float* dy, const float* x, const float* rstd, int64_t rows, int64_t dim,
+                                  float* dg) {
+  for (int64_t j = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; j < dim; j += int64_t{gridDim.x} * blockDim.x) {
+    double sum = 0.0;
+    for (int64_t r = 0; r < rows; ++r) sum += static_cast<double>(dy[r * dim + j]) * x[r * dim + j] * rstd[r];
+    dg[j] += static_cast<float>(sum);
+  }
+}
+
+}  // namespace
+
+void rmsnorm_forward(const Tensor& x, const Tensor& g, float eps, Tensor& y, Tensor& rstd) {
+  check_on_cuda("rmsnorm_forward", x, g, y, rstd);
+  const int64_t rows = x.rows(), dim = x.cols();
+  checks::rmsnorm_forward(x, g, y, rstd);
+  if (rows == 0) return;
+  rmsnorm_forward_kernel<<<static_cast<unsigned>(rows), kThreads, 0, compute_stream()>>>(
+      x.data<float>(), g.data<float>(), eps, dim, y.data<float>(), rstd.data<float>());
+  EG_CUDA_CHECK_LAUNCH("rmsnorm_forward_kernel");
+}
+
+void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& g, const Tensor& rstd, Tensor& dx,
+                      Tensor& dg) {
+  check_on_cuda("rmsnorm_backward", dy, x, g, rstd, dx, dg);
+  const int64_t rows = x.rows(), dim = x.cols();
+  checks::rmsnorm_backward(dy, x, g, rstd, dx, dg);
+  if (rows == 0) return;
+  rmsnorm_dx_kernel<<<static_cast<unsigned>(rows), kThreads, 0, compute_stream()>>>(
+      dy.data<float>(), x.data<float>(), g.data<float>(), rstd.data<float>(), dim, dx.data<float>());
+  EG_CUDA_CHECK_LAUNCH("rmsnorm_dx_kernel");
+  rmsnorm_dg_kernel<<<grid_for(dim), kThreads, 0, compute_stream()>>>(dy.data<float>(), x.data<float>(),
+                                                                       rstd.data<float>(), rows, dim, dg.data<float>());
+  EG_CUDA_CHECK_LAUNCH("rmsnorm_dg_kernel");
+}
+
+}  // namespace engram::kernels::cuda

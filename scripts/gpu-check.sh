@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# One command for the GPU machine: configure with the CUDA backend, build with every core, run the
+# gpu suite (CUDA kernels against the CPU reference), then the CPU suites (unit, gradcheck), and
+# print a table last. Full logs go to ${OUT:-/tmp/gpu-check}. Installs nothing (the GPU machine has
+# no package registry): it needs cmake, ninja, nvcc and the Debian/Ubuntu -dev packages already there.
+#   scripts/gpu-check.sh                      everything
+#   scripts/gpu-check.sh -R CudaGemm          extra ctest arguments apply to the gpu suite only
+# ENGRAM_BUILD_DIR (default build-gpu), ENGRAM_CUDA_ARCHITECTURES (default 90, the H100) and
+# ENGRAM_JOBS (default: all cores) adjust it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+out=${OUT:-/tmp/gpu-check}
+build_dir=${ENGRAM_BUILD_DIR:-build-gpu}
+archs=${ENGRAM_CUDA_ARCHITECTURES:-90}
+jobs=${ENGRAM_JOBS:-$(nproc)}
+mkdir -p "$out"
+
+# The device as the driver sees it, for the record.
+device="none found (no nvidia-smi)"
+if command -v nvidia-smi >/dev/null 2>&1; then
+  nvidia-smi > "$out/nvidia-smi.txt" 2>&1 || true
+  device=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -n 1 || true)
+fi
+
+step() {  # step NAME LOG COMMAND...: runs COMMAND with its output in LOG; on failure shows the tail
+  local name=$1 log=$2
+  shift 2
+  echo "gpu-check: $name (log: $log)"
+  local start=$SECONDS
+  if ! "$@" > "$log" 2>&1; then
+    tail -n 60 "$log"
+    echo "gpu-check: $name FAILED after $((SECONDS - start)) s; full log in $log"
+    return 1
+  fi
+  echo "gpu-check: $name done in $((SECONDS - start)) s"
+}
+
+step configure "$out/configure.log" \
+  cmake -S . -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DENGRAM_BUILD_BENCHMARKS=OFF \
+        -DENGRAM_CUDA_ARCHITECTURES="$archs"
+if ! grep -q "CUDA toolkit=ON" "$out/configure.log"; then
+  grep "engram features\|left out" "$out/configure.log" || true
+  echo "gpu-check: the CUDA backend was not configured (is nvcc on PATH, or CUDACXX set?)"
+  exit 1
+fi
+step build "$out/build.log" cmake --build "$build_dir" -j "$jobs"
+
+export OPENBLAS_NUM_THREADS=1
+status=0
+step "ctest -L gpu" "$out/ctest-gpu.log" \
+  ctest --test-dir "$build_dir" -L gpu -j 4 --output-on-failure --output-junit "$out/ctest-gpu.xml" "$@" || status=1
+step "ctest -L 'unit|gradcheck'" "$out/ctest-cpu.log" \
+  ctest --test-dir "$build_dir" -L 'unit|gradcheck' -j "$jobs" --output-on-failure || status=1
+
+# One row per log: ctest's per-test lines read "N/M Test #K: name ....   Passed   0.1 sec"
+# (or ***Failed, ***Skipped, ***Timeout, ***Exception, Not Run).
+echo
+printf '%-22s %6s %6s %6s %8s\n' suite tests passed failed skipped
+for pair in "gpu:$out/ctest-gpu.log" "unit|gradcheck:$out/ctest-cpu.log"; do
+  awk -v suite="${pair%%:*}" '
+    / Test +#[0-9]+: / {
+      total++
+      if ($0 ~ /\*\*\*Skipped/) skipped++
+      else if ($0 ~ / Passed /) passed++
+      else failed++
+    }
+    END { printf "%-22s %6d %6d %6d %8d\n", suite, total, passed, failed, skipped }' "${pair#*:}"
+done
+echo "device: $device; architectures: $archs; logs: $out"
+if [ "$status" -ne 0 ]; then
+  echo "gpu-check: FAILED (failing tests are listed at the end of the ctest logs)"
+fi
+exit "$status"

@@ -1,0 +1,75 @@
+#pragma once
+// Helpers of the GPU suite (tests/gpu): a fixture that skips without a CUDA device, host/device
+// copies of the same random input, NaN-poisoned device outputs, and comparisons of a device result
+// with the CPU reference's.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <random>
+
+#include "runtime/cuda/device.h"
+#include "tests/test_util.h"
+
+namespace engram::testing_util {
+
+// Every GPU test derives from this: on a machine without a device (CI, the CPU machine) each test
+// reports SKIPPED with the reason instead of failing. cuda_device_count asks CUDA once per process.
+class CudaTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (cuda_device_count() == 0)
+      GTEST_SKIP() << "no CUDA device (cudaGetDeviceCount found none); the gpu suite runs on a GPU machine";
+  }
+};
+
+// The same tensor on the host and on the device.
+struct HostDevice {
+  Tensor cpu, gpu;
+};
+inline HostDevice on_both(const Tensor& host) { return {host, host.copy_to(Device::CUDA)}; }
+inline HostDevice random_on_both(const Shape& shape, std::mt19937& gen, float lo = -1.0f, float hi = 1.0f) {
+  return on_both(random_uniform(shape, gen, lo, hi));
+}
+// NaN everywhere on both: an output element a kernel fails to write stays NaN and fails the comparison.
+inline HostDevice nan_on_both(const Shape& shape) { return on_both(nan_tensor(shape)); }
+
+// The device result against the CPU one: |gpu − cpu| <= atol + rtol·|cpu| everywhere (NaN never passes).
+inline void expect_close_to_cpu(const Tensor& gpu, const Tensor& cpu, double rtol, double atol, const std::string& what,
+                                std::source_location where = std::source_location::current()) {
+  expect_close(gpu.copy_to(Device::CPU), to_double(cpu), rtol, atol, what, where);
+}
+
+// The device result equals the CPU one byte for byte.
+inline void expect_bitwise_equal_to_cpu(const Tensor& gpu, const Tensor& cpu, const std::string& what) {
+  EXPECT_TRUE(bitwise_equal(gpu.copy_to(Device::CPU), cpu)) << what << ": device result differs from the CPU's";
+}
+
+// bfloat16 by round-to-nearest-even (inputs are finite), and back.
+inline uint16_t to_bf16(float f) {
+  uint32_t u = 0;
+  std::memcpy(&u, &f, sizeof(u));
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
+}
+inline float from_bf16(uint16_t h) {
+  const uint32_t u = static_cast<uint32_t>(h) << 16;
+  float f = 0.0f;
+  std::memcpy(&f, &u, sizeof(f));
+  return f;
+}
+
+// A host BF16 tensor of f's values rounded to bfloat16, and the f32 tensor of exactly those values.
+struct Bf16Values {
+  Tensor bf16, f32;
+};
+inline Bf16Values round_to_bf16(const Tensor& f) {
+  Bf16Values out{Tensor::empty(f.shape(), DType::BF16), Tensor::empty(f.shape())};
+  auto* bits = static_cast<uint16_t*>(out.bf16.raw());
+  for (int64_t i = 0; i < f.numel(); ++i) {
+    bits[i] = to_bf16(f.data<float>()[i]);
+    out.f32.data<float>()[i] = from_bf16(bits[i]);
+  }
+  return out;
+}
+
+}  // namespace engram::testing_util

@@ -1,0 +1,68 @@
+// CUDA elementwise kernels against the CPU ones on fresh random inputs of odd sizes, outputs
+// NaN-poisoned. Tolerances: the GPU fuses multiply-adds and its expf may differ from std::exp by an
+// ulp or two, so elementwise results match to a few float ulps (rtol 1e-6, or 1e-5 through
+// sigmoid); bias_grad sums each column in double in row order like the CPU (same floats); sum_squares
+// reduces in another order, so it matches to double rounding (rtol 1e-12).
+#include <gtest/gtest.h>
+
+#include <random>
+
+#include "kernels/elementwise.h"
+#include "tests/gpu/cuda_test_util.h"
+
+namespace engram {
+namespace {
+
+using namespace testing_util;
+
+using CudaElementwise = CudaTest;
+
+TEST_F(CudaElementwise, AddAndScaleMatchTheCpu) {
+  std::mt19937 gen(11);
+  HostDevice y = random_on_both({37, 129}, gen);
+  const HostDevice x = random_on_both({37, 129}, gen);
+  kernels::add_(y.cpu, x.cpu, -0.7f);
+  kernels::add_(y.gpu, x.gpu, -0.7f);
+  expect_close_to_cpu(y.gpu, y.cpu, 1e-6, 1e-7, "add_");
+  kernels::scale_(y.cpu, 1.3f);
+  kernels::scale_(y.gpu, 1.3f);
+  expect_close_to_cpu(y.gpu, y.cpu, 1e-6, 1e-7, "scale_");
+}
+
+TEST_F(CudaElementwise, SiluForwardAndBackwardMatchTheCpu) {
+  std::mt19937 gen(12);
+  const HostDevice x = random_on_both({1001}, gen, -8.0f, 8.0f);
+  const HostDevice dy = random_on_both({1001}, gen);
+  HostDevice y = nan_on_both({1001}), dx = nan_on_both({1001});
+  kernels::silu_forward(x.cpu, y.cpu);
+  kernels::silu_forward(x.gpu, y.gpu);
+  expect_close_to_cpu(y.gpu, y.cpu, 1e-5, 1e-7, "silu_forward");
+  kernels::silu_backward(dy.cpu, x.cpu, dx.cpu);
+  kernels::silu_backward(dy.gpu, x.gpu, dx.gpu);
+  expect_close_to_cpu(dx.gpu, dx.cpu, 1e-5, 1e-7, "silu_backward");
+}
+
+TEST_F(CudaElementwise, BiasRowsAndBiasGradMatchTheCpu) {
+  std::mt19937 gen(13);
+  HostDevice y = random_on_both({3, 41, 67}, gen);
+  const HostDevice bias = random_on_both({67}, gen);
+  kernels::add_bias_rows(y.cpu, bias.cpu);
+  kernels::add_bias_rows(y.gpu, bias.gpu);
+  expect_close_to_cpu(y.gpu, y.cpu, 1e-6, 1e-7, "add_bias_rows");
+  HostDevice dbias = random_on_both({67}, gen);  // accumulated into
+  kernels::bias_grad(y.cpu, dbias.cpu);
+  kernels::bias_grad(y.gpu, dbias.gpu);
+  expect_close_to_cpu(dbias.gpu, dbias.cpu, 1e-6, 1e-7, "bias_grad");
+}
+
+TEST_F(CudaElementwise, SumSquaresMatchesTheCpu) {
+  std::mt19937 gen(14);
+  for (int64_t n : {int64_t{1}, int64_t{255}, int64_t{300007}}) {
+    const HostDevice x = random_on_both({n}, gen, -3.0f, 3.0f);
+    const double cpu = kernels::sum_squares(x.cpu), gpu = kernels::sum_squares(x.gpu);
+    EXPECT_NEAR(gpu, cpu, 1e-12 * cpu) << n << " elements";
+  }
+}
+
+}  // namespace
+}  // namespace engram

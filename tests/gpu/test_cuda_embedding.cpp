@@ -1,0 +1,72 @@
+// CUDA gather and the deterministic row reductions against the CPU ones. Gathers copy, and the
+// reductions add each row's contributions in ascending position order like the CPU (sorted
+// segments, no atomics), so every result must equal the CPU's bit for bit, repeated ids included.
+#include <gtest/gtest.h>
+
+#include <random>
+
+#include "kernels/embedding.h"
+#include "tests/gpu/cuda_test_util.h"
+
+namespace engram {
+namespace {
+
+using namespace testing_util;
+
+using CudaEmbedding = CudaTest;
+
+template <class Id>
+void check_gather(std::mt19937& gen) {
+  const HostDevice table = random_on_both({53, 37}, gen);
+  const HostDevice ids = on_both(random_ids<Id>({7, 11}, 53, gen));
+  HostDevice out = nan_on_both({7, 11, 37});
+  kernels::embedding_gather(table.cpu, ids.cpu, out.cpu);
+  kernels::embedding_gather(table.gpu, ids.gpu, out.gpu);
+  expect_bitwise_equal_to_cpu(out.gpu, out.cpu, "gather");
+}
+
+TEST_F(CudaEmbedding, GatherMatchesTheCpuForBothIdTypes) {
+  std::mt19937 gen(61);
+  check_gather<int32_t>(gen);
+  check_gather<int64_t>(gen);
+}
+
+TEST_F(CudaEmbedding, AnIdOutsideTheTableIsTheCpuError) {
+  const Tensor table = Tensor::zeros({4, 3}, DType::F32, Device::CUDA);
+  const Tensor ids = Tensor::from_vector<int64_t>({0, 3, -1, 9}, {4}).copy_to(Device::CUDA);
+  Tensor out = Tensor::empty({4, 3}, DType::F32, Device::CUDA);
+  expect_error([&] { kernels::embedding_gather(table, ids, out); },
+               {"id -1 at position 2 is outside the table's 4 rows [0, 4)"});
+  Tensor dtable = Tensor::zeros({4, 3}, DType::F32, Device::CUDA);
+  expect_error([&] { kernels::embedding_scatter_add(out, ids, dtable); }, {"id -1 at position 2"});
+}
+
+TEST_F(CudaEmbedding, ScatterAddEqualsTheCpuBitForBit) {
+  std::mt19937 gen(62);
+  // Few rows, many ids: most rows receive many contributions, whose order matters in float.
+  const HostDevice ids = on_both(random_ids<int32_t>({3, 331}, 17, gen));
+  const HostDevice dout = random_on_both({3, 331, 29}, gen);
+  HostDevice dtable = random_on_both({17, 29}, gen);  // accumulated into
+  kernels::embedding_scatter_add(dout.cpu, ids.cpu, dtable.cpu);
+  kernels::embedding_scatter_add(dout.gpu, ids.gpu, dtable.gpu);
+  expect_bitwise_equal_to_cpu(dtable.gpu, dtable.cpu, "scatter_add");
+}
+
+TEST_F(CudaEmbedding, ReduceRowsEqualsTheCpuBitForBit) {
+  std::mt19937 gen(63);
+  for (int64_t high : {int64_t{5}, int64_t{1} << 40}) {  // repeated ids; ids beyond 32 bits
+    const HostDevice ids = on_both(random_ids<int64_t>({997}, high, gen));
+    const HostDevice dout = random_on_both({997, 19}, gen);
+    const RowGrads cpu = kernels::reduce_rows(dout.cpu, ids.cpu);
+    const RowGrads gpu = kernels::reduce_rows(dout.gpu, ids.gpu);
+    EXPECT_EQ(gpu.rows.device(), Device::CUDA);
+    expect_bitwise_equal_to_cpu(gpu.rows, cpu.rows, "reduce_rows rows");
+    expect_bitwise_equal_to_cpu(gpu.values, cpu.values, "reduce_rows values");
+  }
+  const Tensor negative = Tensor::from_vector<int32_t>({2, -3}, {2}).copy_to(Device::CUDA);
+  expect_error([&] { kernels::reduce_rows(Tensor::zeros({2, 4}, DType::F32, Device::CUDA), negative); },
+               {"row id -3 at position 1 is negative"});
+}
+
+}  // namespace
+}  // namespace engram
