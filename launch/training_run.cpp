@@ -49,9 +49,8 @@ double seconds_since(Clock::time_point start) {
 ExperimentConfig resolve_config(const TrainingOptions& options) {
   if (options.resume_dir.empty()) {
     ExperimentConfig cfg = load_config(options.config_path, options.overrides);
-    const fs::path latest = fs::path(cfg.train().run_dir()) / "checkpoints" / "latest";
-    EG_CHECK(!fs::exists(latest), cfg.train().run_dir(), ": already holds a run (", latest.string(),
-             " exists); continue it with --resume ", cfg.train().run_dir(),
+    EG_CHECK(!has_checkpoint(cfg.train().run_dir()), cfg.train().run_dir(),
+             ": already holds a run (with a checkpoint); continue it with --resume ", cfg.train().run_dir(),
              " or choose another train.run_dir");
     return cfg;
   }

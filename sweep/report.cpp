@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <filesystem>
 
+#include "train/checkpoint.h"
 
 namespace engram {
 
@@ -33,7 +34,7 @@ std::string budget_text(const SweepConfig& s) {
 
 std::string point_state(const SweepPoint& point) {
   if (fs::exists(result_marker_path(point.run_dir))) return "finished";
-  if (fs::exists(fs::path(point.run_dir) / "checkpoints" / "latest")) return "resume";
+  if (has_checkpoint(point.run_dir)) return "resume";
   return "new";
 }
 

@@ -23,6 +23,7 @@
 #include "sweep/child_process.h"
 #include "sweep/report.h"
 #include "sweep/results.h"
+#include "train/checkpoint.h"
 
 namespace engram {
 
@@ -119,7 +120,7 @@ void SweepRun::check_existing(size_t i) {
 std::vector<std::string> SweepRun::prepare(size_t i) {
   const SweepPoint& p = points_[i];
   started_[i] = Clock::now();
-  if (fs::exists(fs::path(p.run_dir) / "checkpoints" / "latest")) {
+  if (has_checkpoint(p.run_dir)) {
     say(i, "resuming from its checkpoint in " + p.run_dir);
     return {"--resume", p.run_dir};
   }

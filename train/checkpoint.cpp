@@ -481,6 +481,8 @@ std::string save_checkpoint(const std::string& run_dir, const ExperimentConfig& 
   return dir;
 }
 
+bool has_checkpoint(const std::string& run_dir) { return fs::exists(join(checkpoints_root(run_dir), "latest")); }
+
 std::string latest_checkpoint(const std::string& run_dir) {
   const std::string root = checkpoints_root(run_dir), pointer = join(root, "latest");
   EG_CHECK(fs::exists(pointer), run_dir, ": no checkpoint to resume from (", pointer, " does not exist)");
@@ -522,15 +524,15 @@ void load_checkpoint(const std::string& checkpoint_dir, const ExperimentConfig& 
 
 CheckpointInfo read_checkpoint_info(const std::string& path) {
   CheckpointInfo info;
-  if (fs::is_directory(path)) {
-    StoredCheckpoint stored = open_checkpoint(path, /*with_optimizer=*/false);
+  if (fs::is_directory(path) && fs::exists(join(path, kManifestFile))) {
+    StoredCheckpoint stored = stored_from_manifest(path);
     info.file.path = stored.description.path;
     info.file.metadata = stored.description.metadata;
     info.file.metadata["format"] = kModelFormat;
     info.file.metadata["step"] = std::to_string(stored.step);
     for (auto& [name, tensor] : assemble(stored, stored.model)) info.file.tensors.emplace(name, tensor);
-  } else {
-    info.file = read_safetensors(path);
+  } else {  // a consolidated model file, or the directory holding one
+    info.file = read_safetensors(fs::is_directory(path) ? join(path, kModelFile) : path);
   }
   check_format(info.file, kModelFormat);
   info.config = stored_config(info.file);

@@ -30,6 +30,8 @@ namespace engram {
 std::string save_checkpoint(const std::string& run_dir, const ExperimentConfig& cfg, const Model& model,
                             const Trainer& trainer);
 
+// Whether <run_dir>/checkpoints/latest exists: the run has a checkpoint to resume from.
+bool has_checkpoint(const std::string& run_dir);
 // The directory named by <run_dir>/checkpoints/latest; error if there is none.
 std::string latest_checkpoint(const std::string& run_dir);
 
