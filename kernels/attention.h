@@ -11,6 +11,15 @@ void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, Tensor
 void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                         const Tensor& lse, Tensor& dq, Tensor& dk, Tensor& dv);
 }  // namespace cpu
-EG_KERNEL_CPU_ONLY(attention_forward)
-EG_KERNEL_CPU_ONLY(attention_backward)
+#ifdef ENGRAM_HAVE_CUDA
+namespace cuda {
+// Fused (flash-attention style): the [T, T] scores never reach global memory. head_dim <= 256.
+void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, Tensor& lse);
+// Deterministic (no atomics): dK, dV per key tile and dQ per query tile are separate kernels.
+void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                        const Tensor& lse, Tensor& dq, Tensor& dk, Tensor& dv);
+}  // namespace cuda
+#endif
+EG_KERNEL(attention_forward)
+EG_KERNEL(attention_backward)
 }  // namespace engram::kernels

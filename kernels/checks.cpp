@@ -1,5 +1,8 @@
 #include "kernels/checks.h"
 
+#include <initializer_list>
+#include <string>
+
 namespace engram::kernels::checks {
 
 namespace {
@@ -7,6 +10,76 @@ namespace {
 void check_f32_like(const Tensor& t, const Tensor& like, const char* what) {
   check_dtype(t, DType::F32, what);
   check_shape(t, like.shape(), what);
+}
+
+ConvDims conv_dims(const Tensor& x, const Tensor& w, int dilation, const char* what) {
+  check_dtype(x, DType::F32, what);
+  check_dtype(w, DType::F32, what);
+  EG_ASSERT(x.ndim() == 3, what, ": x must be [B, T, D], got ", x.describe());
+  EG_ASSERT(w.ndim() == 2 && w.dim(1) == x.dim(2) && w.dim(0) >= 1, what, ": w ", w.describe(), " is not [W, ",
+            x.dim(2), "]");
+  EG_CHECK(dilation >= 1, what, ": dilation = ", dilation, " must be >= 1");
+  return {x.dim(0), x.dim(1), x.dim(2), w.dim(0)};
+}
+
+struct Named {
+  const Tensor& tensor;
+  const char* name;
+};
+
+// Each of `rows` is f32 [N, D] and each of `per_row` f32 with N elements (N, D those of qn); messages
+// name the argument as "<kernel> <name>".
+void gate_arguments(const char* kernel, const Tensor& qn, std::initializer_list<Named> rows,
+                    std::initializer_list<Named> per_row) {
+  const int64_t n = qn.rows(), d = qn.cols();
+  for (const Named& arg : rows) {
+    const std::string what = std::string(kernel) + " " + arg.name;
+    check_dtype(arg.tensor, DType::F32, what.c_str());
+    EG_ASSERT(arg.tensor.rows() == n && arg.tensor.cols() == d, what, " ", arg.tensor.describe(), " is not [", n,
+              ", ", d, "]");
+  }
+  for (const Named& arg : per_row) {
+    const std::string what = std::string(kernel) + " " + arg.name;
+    check_dtype(arg.tensor, DType::F32, what.c_str());
+    EG_ASSERT(arg.tensor.numel() == n, what, " ", arg.tensor.describe(), " needs ", n, " elements");
+  }
+}
+
+AttentionDims attention_tensors(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                                const Tensor& lse, const char* kernel) {
+  check_dtype(q, DType::F32, "attention q");
+  EG_ASSERT(q.ndim() == 4 && q.dim(3) >= 1, kernel, ": q must be [B, T, H, d_h] with d_h >= 1, got ",
+            shape_str(q.shape()));
+  check_f32_like(k, q, "attention k");
+  check_f32_like(v, q, "attention v");
+  check_f32_like(out, q, "attention out");
+  check_dtype(lse, DType::F32, "attention lse");
+  check_shape(lse, {q.dim(0), q.dim(2), q.dim(1)}, "attention lse");
+  return {q.dim(0), q.dim(1), q.dim(2), q.dim(3)};
+}
+
+void check_f32_matrix(const Tensor& t, int64_t rows, int64_t cols, const char* what) {
+  check_dtype(t, DType::F32, what);
+  EG_ASSERT(t.rows() == rows && t.cols() == cols, what, " ", t.describe(), " is not [", rows, ", ", cols, "]");
+}
+
+// topk_idx is i32 [n, k] with 1 <= k <= n_experts.
+void check_topk_shape(const Tensor& topk_idx, int64_t n, int64_t n_experts, const char* what) {
+  check_dtype(topk_idx, DType::I32, what);
+  EG_ASSERT(topk_idx.rows() == n && topk_idx.cols() >= 1 && topk_idx.cols() <= n_experts, what, " ",
+            topk_idx.describe(), " is not [", n, ", k <= ", n_experts, "]");
+}
+
+// The shapes combine and its backward share; returns (N, K, D).
+CombineDims combine_dims(const Tensor& expert_out, const Tensor& position, const Tensor& topk_w, const char* what) {
+  check_dtype(expert_out, DType::F32, what);
+  check_dtype(position, DType::I32, what);
+  check_dtype(topk_w, DType::F32, what);
+  const int64_t n = topk_w.rows(), k = topk_w.cols(), d = expert_out.cols();
+  EG_ASSERT(position.numel() == n * k && expert_out.rows() == n * k, what, ": position ", position.describe(),
+            " and expert_out ", expert_out.describe(), " need N·K = ", n * k, " rows for topk_w ",
+            topk_w.describe());
+  return {n, k, d};
 }
 
 }  // namespace
@@ -36,6 +109,38 @@ GemmDims gemm_dims(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b,
             trans_a ? "^T" : "", " · b ", shape_str(b.shape()), trans_b ? "^T" : "", " -> c ",
             shape_str(c.shape()));
   return {m, k, n};
+}
+
+ConvDims causal_conv_forward(const Tensor& x, const Tensor& w, int dilation, const Tensor& y) {
+  const ConvDims dims = conv_dims(x, w, dilation, "causal_conv_forward");
+  check_shape(y, x.shape(), "causal_conv_forward y");
+  check_dtype(y, DType::F32, "causal_conv_forward y");
+  return dims;
+}
+
+ConvDims causal_conv_backward(const Tensor& dy, const Tensor& x, const Tensor& w, int dilation, const Tensor& dx,
+                              const Tensor& dw) {
+  const ConvDims dims = conv_dims(x, w, dilation, "causal_conv_backward");
+  check_shape(dy, x.shape(), "causal_conv_backward dy");
+  check_shape(dx, x.shape(), "causal_conv_backward dx");
+  check_shape(dw, w.shape(), "causal_conv_backward dw");
+  check_dtype(dy, DType::F32, "causal_conv_backward dy");
+  check_dtype(dx, DType::F32, "causal_conv_backward dx");
+  check_dtype(dw, DType::F32, "causal_conv_backward dw");
+  return dims;
+}
+
+void engram_gate_forward(const Tensor& qn, const Tensor& kn, const Tensor& v, const Tensor& score,
+                         const Tensor& alpha, const Tensor& u) {
+  gate_arguments("engram_gate_forward", qn, {{qn, "qn"}, {kn, "kn"}, {v, "v"}, {u, "u"}},
+                 {{score, "score"}, {alpha, "alpha"}});
+}
+
+void engram_gate_backward(const Tensor& du, const Tensor& qn, const Tensor& kn, const Tensor& v, const Tensor& score,
+                          const Tensor& alpha, const Tensor& dqn, const Tensor& dkn, const Tensor& dv) {
+  gate_arguments("engram_gate_backward", qn,
+                 {{du, "du"}, {qn, "qn"}, {kn, "kn"}, {v, "v"}, {dqn, "dqn"}, {dkn, "dkn"}, {dv, "dv"}},
+                 {{score, "score"}, {alpha, "alpha"}});
 }
 
 void rmsnorm_forward(const Tensor& x, const Tensor& g, const Tensor& y, const Tensor& rstd) {
@@ -84,6 +189,118 @@ void ngram_hash(const Tensor& ids_c, int64_t pad_c, const Tensor& multipliers, c
   check_shape(offsets, {n_heads}, "ngram_hash offsets");
   check_shape(rows, {ids_c.dim(0), ids_c.dim(1), n_heads}, "ngram_hash rows");
   EG_CHECK(pad_c >= 0, "ngram_hash: compressed pad id ", pad_c, " must be >= 0");
+}
+
+AttentionDims attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                                const Tensor& lse) {
+  return attention_tensors(q, k, v, out, lse, "attention_forward");
+}
+
+AttentionDims attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
+                                 const Tensor& out, const Tensor& lse, const Tensor& dq, const Tensor& dk,
+                                 const Tensor& dv) {
+  const AttentionDims dims = attention_tensors(q, k, v, out, lse, "attention_backward");
+  check_f32_like(dout, q, "attention dout");
+  check_f32_like(dq, q, "attention dq");
+  check_f32_like(dk, q, "attention dk");
+  check_f32_like(dv, q, "attention dv");
+  return dims;
+}
+
+
+void router_scores(const Tensor& logits, const Tensor& scores) {
+  const int64_t n = logits.rows(), e = logits.cols();
+  check_f32_matrix(logits, n, e, "router_scores logits");
+  check_f32_matrix(scores, n, e, "router_scores scores");
+}
+
+void router_scores_backward(const Tensor& dscores, const Tensor& scores, const Tensor& dlogits) {
+  const int64_t n = scores.rows(), e = scores.cols();
+  check_f32_matrix(scores, n, e, "router_scores_backward scores");
+  check_f32_matrix(dscores, n, e, "router_scores_backward dscores");
+  check_f32_matrix(dlogits, n, e, "router_scores_backward dlogits");
+}
+
+void topk_select(const Tensor& scores, const Tensor& bias, int k, const Tensor& topk_idx, const Tensor& topk_w) {
+  const int64_t n = scores.rows(), e = scores.cols();
+  check_f32_matrix(scores, n, e, "topk_select scores");
+  check_shape(bias, {e}, "topk_select bias");
+  check_dtype(bias, DType::F32, "topk_select bias");
+  EG_CHECK(k >= 1 && k <= e, "topk_select: k = ", k, " must be in [1, n_experts = ", e, "]");
+  check_dtype(topk_idx, DType::I32, "topk_select topk_idx");
+  EG_ASSERT(topk_idx.rows() == n && topk_idx.cols() == k, "topk_select topk_idx ", topk_idx.describe(),
+            " is not [", n, ", ", k, "]");
+  check_f32_matrix(topk_w, n, k, "topk_select topk_w");
+}
+
+void topk_weights_backward(const Tensor& d_topk_w, const Tensor& scores, const Tensor& topk_idx,
+                           const Tensor& dscores) {
+  const int64_t n = scores.rows(), e = scores.cols();
+  check_f32_matrix(scores, n, e, "topk_weights_backward scores");
+  check_f32_matrix(dscores, n, e, "topk_weights_backward dscores");
+  check_topk_shape(topk_idx, n, e, "topk_weights_backward topk_idx");
+  check_f32_matrix(d_topk_w, n, topk_idx.cols(), "topk_weights_backward d_topk_w");
+}
+
+void moe_aux_loss(const Tensor& scores, const Tensor& topk_idx, const Tensor& dscores) {
+  const int64_t n = scores.rows(), e = scores.cols();
+  check_f32_matrix(scores, n, e, "moe_aux_loss scores");
+  check_f32_matrix(dscores, n, e, "moe_aux_loss dscores");
+  check_topk_shape(topk_idx, n, e, "moe_aux_loss topk_idx");
+}
+
+void router_z_loss(const Tensor& logits, const Tensor& dlogits) {
+  const int64_t n = logits.rows(), e = logits.cols();
+  check_f32_matrix(logits, n, e, "router_z_loss logits");
+  check_f32_matrix(dlogits, n, e, "router_z_loss dlogits");
+}
+
+void expert_outside(int64_t expert, int64_t n_experts, const char* kernel) {
+  // An internal error, as EG_ASSERT reports it: the ids come from topk_select.
+  detail::throw_error(__FILE__, __LINE__,
+                      detail::concat("internal error: ", kernel, " topk_idx holds expert ", expert, " outside [0, ",
+                                     n_experts, ")"),
+                      true);
+}
+
+void sort_by_expert(const Tensor& topk_idx, int n_experts) {
+  check_dtype(topk_idx, DType::I32, "sort_by_expert topk_idx");
+  EG_CHECK(n_experts >= 1, "sort_by_expert: n_experts = ", n_experts, " must be >= 1");
+}
+
+void assignment_outside_experts(int64_t assignment, int64_t expert, int n_experts) {
+  EG_FAIL("sort_by_expert: assignment ", assignment, " names expert ", expert, ", outside [0, ", n_experts, ")");
+}
+
+CombineDims combine_expert_outputs(const Tensor& expert_out, const Tensor& position, const Tensor& topk_w,
+                                   const Tensor& y) {
+  const CombineDims dims = combine_dims(expert_out, position, topk_w, "combine_expert_outputs");
+  check_dtype(y, DType::F32, "combine_expert_outputs y");
+  EG_ASSERT(y.rows() == dims.n && y.cols() == dims.d, "combine_expert_outputs y ", y.describe(), " is not [",
+            dims.n, ", ", dims.d, "]");
+  return dims;
+}
+
+CombineDims combine_expert_outputs_backward(const Tensor& dy, const Tensor& expert_out, const Tensor& position,
+                                            const Tensor& topk_w, const Tensor& d_expert_out,
+                                            const Tensor& d_topk_w) {
+  const CombineDims dims = combine_dims(expert_out, position, topk_w, "combine_expert_outputs_backward");
+  check_dtype(dy, DType::F32, "combine_expert_outputs_backward dy");
+  EG_ASSERT(dy.rows() == dims.n && dy.cols() == dims.d, "combine_expert_outputs_backward dy ", dy.describe(),
+            " is not [", dims.n, ", ", dims.d, "]");
+  check_shape(d_expert_out, expert_out.shape(), "combine_expert_outputs_backward d_expert_out");
+  check_dtype(d_expert_out, DType::F32, "combine_expert_outputs_backward d_expert_out");
+  check_shape(d_topk_w, topk_w.shape(), "combine_expert_outputs_backward d_topk_w");
+  check_dtype(d_topk_w, DType::F32, "combine_expert_outputs_backward d_topk_w");
+  return dims;
+}
+
+void position_outside(int64_t position, int64_t n_assignments, const char* kernel) {
+  // An internal error, as EG_ASSERT reports it: the positions come from sort_by_expert.
+  detail::throw_error(__FILE__, __LINE__,
+                      detail::concat("internal error: ", kernel, ": position ", position, " outside [0, ",
+                                     n_assignments, ")"),
+                      true);
 }
 
 void adamw(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v) {

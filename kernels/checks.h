@@ -29,6 +29,18 @@ struct GemmDims {
 };
 GemmDims gemm_dims(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const Tensor& c);
 
+struct ConvDims {
+  int64_t b, t, d, w;  // x [b, t, d], w [w, d]
+};
+ConvDims causal_conv_forward(const Tensor& x, const Tensor& w, int dilation, const Tensor& y);
+ConvDims causal_conv_backward(const Tensor& dy, const Tensor& x, const Tensor& w, int dilation, const Tensor& dx,
+                              const Tensor& dw);
+
+void engram_gate_forward(const Tensor& qn, const Tensor& kn, const Tensor& v, const Tensor& score,
+                         const Tensor& alpha, const Tensor& u);
+void engram_gate_backward(const Tensor& du, const Tensor& qn, const Tensor& kn, const Tensor& v, const Tensor& score,
+                          const Tensor& alpha, const Tensor& dqn, const Tensor& dkn, const Tensor& dv);
+
 void rmsnorm_forward(const Tensor& x, const Tensor& g, const Tensor& y, const Tensor& rstd);
 void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& g, const Tensor& rstd, const Tensor& dx,
                       const Tensor& dg);
@@ -39,6 +51,45 @@ int64_t cross_entropy(const Tensor& logits, const Tensor& targets, const Tensor&
 void compress_ids(const Tensor& ids, const Tensor& compress, const Tensor& out);
 void ngram_hash(const Tensor& ids_c, int64_t pad_c, const Tensor& multipliers, const Tensor& primes,
                 const Tensor& offsets, int max_ngram, int heads, const Tensor& rows);
+
+// Sizes of causal attention over q, k, v, out [B, T, H, d_h] (f32) and lse [B, H, T] (f32).
+struct AttentionDims {
+  int64_t batch, seq, heads, head_dim;
+  // Offset of (b, t, h, 0) in a [B, T, H, d_h] tensor.
+  int64_t at(int64_t b, int64_t t, int64_t h) const { return ((b * seq + t) * heads + h) * head_dim; }
+};
+AttentionDims attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                                const Tensor& lse);
+AttentionDims attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
+                                 const Tensor& out, const Tensor& lse, const Tensor& dq, const Tensor& dk,
+                                 const Tensor& dv);
+
+// Router (kernels/router.h): shapes and dtypes; the expert ids in topk_idx are checked by each backend.
+void router_scores(const Tensor& logits, const Tensor& scores);
+void router_scores_backward(const Tensor& dscores, const Tensor& scores, const Tensor& dlogits);
+void topk_select(const Tensor& scores, const Tensor& bias, int k, const Tensor& topk_idx, const Tensor& topk_w);
+void topk_weights_backward(const Tensor& d_topk_w, const Tensor& scores, const Tensor& topk_idx,
+                           const Tensor& dscores);
+void moe_aux_loss(const Tensor& scores, const Tensor& topk_idx, const Tensor& dscores);
+void router_z_loss(const Tensor& logits, const Tensor& dlogits);
+// The error for a topk_idx entry outside [0, n_experts) (kernel names the call).
+[[noreturn]] void expert_outside(int64_t expert, int64_t n_experts, const char* kernel);
+
+// Permutation (kernels/permute.h). The combine checks return (N, K, D); the positions' values are
+// checked by each backend.
+void sort_by_expert(const Tensor& topk_idx, int n_experts);
+// The error for assignment a naming an expert outside [0, n_experts).
+[[noreturn]] void assignment_outside_experts(int64_t assignment, int64_t expert, int n_experts);
+struct CombineDims {
+  int64_t n, k, d;
+};
+CombineDims combine_expert_outputs(const Tensor& expert_out, const Tensor& position, const Tensor& topk_w,
+                                   const Tensor& y);
+CombineDims combine_expert_outputs_backward(const Tensor& dy, const Tensor& expert_out, const Tensor& position,
+                                            const Tensor& topk_w, const Tensor& d_expert_out,
+                                            const Tensor& d_topk_w);
+// The error for a position outside [0, n_assignments) (kernel names the call).
+[[noreturn]] void position_outside(int64_t position, int64_t n_assignments, const char* kernel);
 
 void adamw(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v);
 void sparse_adam(const Tensor& table, const Tensor& rows, const Tensor& row_grads, const Tensor& m, const Tensor& v);

@@ -9,6 +9,12 @@ void causal_conv_forward(const Tensor& x, const Tensor& w, int dilation, Tensor&
 // dx written, dw accumulated.
 void causal_conv_backward(const Tensor& dy, const Tensor& x, const Tensor& w, int dilation, Tensor& dx, Tensor& dw);
 }  // namespace cpu
-EG_KERNEL_CPU_ONLY(causal_conv_forward)
-EG_KERNEL_CPU_ONLY(causal_conv_backward)
+#ifdef ENGRAM_HAVE_CUDA
+namespace cuda {  // kernels/cuda/conv.cu, the contracts of cpu:: above
+void causal_conv_forward(const Tensor& x, const Tensor& w, int dilation, Tensor& y);
+void causal_conv_backward(const Tensor& dy, const Tensor& x, const Tensor& w, int dilation, Tensor& dx, Tensor& dw);
+}  // namespace cuda
+#endif
+EG_KERNEL(causal_conv_forward)
+EG_KERNEL(causal_conv_backward)
 }  // namespace engram::kernels

@@ -12,6 +12,14 @@ void engram_gate_forward(const Tensor& qn, const Tensor& kn, const Tensor& v, Te
 void engram_gate_backward(const Tensor& du, const Tensor& qn, const Tensor& kn, const Tensor& v,
                           const Tensor& score, const Tensor& alpha, Tensor& dqn, Tensor& dkn, Tensor& dv);
 }  // namespace cpu
-EG_KERNEL_CPU_ONLY(engram_gate_forward)
-EG_KERNEL_CPU_ONLY(engram_gate_backward)
+#ifdef ENGRAM_HAVE_CUDA
+namespace cuda {  // kernels/cuda/engram_gate.cu, the contracts of cpu:: above
+void engram_gate_forward(const Tensor& qn, const Tensor& kn, const Tensor& v, Tensor& score, Tensor& alpha,
+                         Tensor& u);
+void engram_gate_backward(const Tensor& du, const Tensor& qn, const Tensor& kn, const Tensor& v,
+                          const Tensor& score, const Tensor& alpha, Tensor& dqn, Tensor& dkn, Tensor& dv);
+}  // namespace cuda
+#endif
+EG_KERNEL(engram_gate_forward)
+EG_KERNEL(engram_gate_backward)
 }  // namespace engram::kernels

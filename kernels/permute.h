@@ -22,7 +22,15 @@ void combine_expert_outputs(const Tensor& expert_out, const Tensor& position, co
 void combine_expert_outputs_backward(const Tensor& dy, const Tensor& expert_out, const Tensor& position,
                                      const Tensor& topk_w, Tensor& d_expert_out, Tensor& d_topk_w);
 }  // namespace cpu
-EG_KERNEL_CPU_ONLY(sort_by_expert)
-EG_KERNEL_CPU_ONLY(combine_expert_outputs)
-EG_KERNEL_CPU_ONLY(combine_expert_outputs_backward)
+#ifdef ENGRAM_HAVE_CUDA
+namespace cuda {  // kernels/cuda/permute.cu, the contracts of cpu:: above (offsets still on the host)
+ExpertSort sort_by_expert(const Tensor& topk_idx, int n_experts);
+void combine_expert_outputs(const Tensor& expert_out, const Tensor& position, const Tensor& topk_w, Tensor& y);
+void combine_expert_outputs_backward(const Tensor& dy, const Tensor& expert_out, const Tensor& position,
+                                     const Tensor& topk_w, Tensor& d_expert_out, Tensor& d_topk_w);
+}  // namespace cuda
+#endif
+EG_KERNEL(sort_by_expert)
+EG_KERNEL(combine_expert_outputs)
+EG_KERNEL(combine_expert_outputs_backward)
 }  // namespace engram::kernels

@@ -28,10 +28,22 @@ double moe_aux_loss(const Tensor& scores, const Tensor& topk_idx, float grad_sca
 // Router z-loss: returns Σ_t logsumexp(logits_t)² and adds grad_scale·∂/∂logits into dlogits.
 double router_z_loss(const Tensor& logits, float grad_scale, Tensor& dlogits);
 }  // namespace cpu
-EG_KERNEL_CPU_ONLY(router_scores)
-EG_KERNEL_CPU_ONLY(router_scores_backward)
-EG_KERNEL_CPU_ONLY(topk_select)
-EG_KERNEL_CPU_ONLY(topk_weights_backward)
-EG_KERNEL_CPU_ONLY(moe_aux_loss)
-EG_KERNEL_CPU_ONLY(router_z_loss)
+#ifdef ENGRAM_HAVE_CUDA
+namespace cuda {  // kernels/cuda/router.cu, the contracts of cpu:: above
+void router_scores(const Tensor& logits, ScoreFunc func, Tensor& scores);
+void router_scores_backward(const Tensor& dscores, const Tensor& scores, ScoreFunc func, Tensor& dlogits);
+void topk_select(const Tensor& scores, const Tensor& bias, int k, bool normalize, float routed_scale,
+                 Tensor& topk_idx, Tensor& topk_w);
+void topk_weights_backward(const Tensor& d_topk_w, const Tensor& scores, const Tensor& topk_idx, bool normalize,
+                           float routed_scale, Tensor& dscores);
+double moe_aux_loss(const Tensor& scores, const Tensor& topk_idx, float grad_scale, Tensor& dscores);
+double router_z_loss(const Tensor& logits, float grad_scale, Tensor& dlogits);
+}  // namespace cuda
+#endif
+EG_KERNEL(router_scores)
+EG_KERNEL(router_scores_backward)
+EG_KERNEL(topk_select)
+EG_KERNEL(topk_weights_backward)
+EG_KERNEL(moe_aux_loss)
+EG_KERNEL(router_z_loss)
 }  // namespace engram::kernels

@@ -2,7 +2,7 @@
 // (fields in docs/TOOLS.md).
 //
 //   engram-eval --checkpoint PATH (--text FILE | --shards FILE) [--tokenizer FILE]
-//               [--seq-len T] [--batch B] [--unigram-baseline TRAIN_SHARD]
+//               [--seq-len T] [--batch B] [--unigram-baseline TRAIN_SHARD] [--device cpu|cuda]
 //
 // PATH is a model.safetensors file, a checkpoint directory (either layout), or a run directory (its
 // latest checkpoint). The model is built from the config and compression table stored in the
@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "launch/cli.h"
+#include "launch/training_run.h"
 #include "model/model.h"
 #include "runtime/atomic_file.h"
 #include "runtime/checksum.h"
@@ -44,6 +45,7 @@ struct Options {
   int seq_len = 0;  // 0: the checkpoint config's train.seq_len
   int batch = 8;
   int64_t max_tokens = 0;  // 0: every token
+  std::string device = "cpu";  // cuda: bf16 matmuls, as training on the GPU
 };
 
 // What is known of the tokenizer the model was trained with: its hash and where that came from.
@@ -202,7 +204,9 @@ int run(const Options& o) {
     unigram = unigram_log_probs(train, mc.vocab_size());
   }
 
-  Model model(mc, ckpt.compression_table);
+  config::RuntimeConfig runtime;
+  runtime.set_device(o.device == "cuda" ? config::CUDA : config::CPU);
+  Model model(mc, ckpt.compression_table, nullptr, select_device(runtime));
   load_model_weights(ckpt.file, model);
   ckpt.file.tensors.clear();  // the weights now live in the model: do not hold them twice
   const EvalResult r = evaluate(model, eval.tokens, seq_len, o.batch, unigram ? &*unigram : nullptr);
@@ -253,5 +257,7 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber);
   app.add_option("--unigram-baseline", o.unigram_train,
                  "training shard: also report the add-one unigram cross-entropy of the eval tokens");
+  app.add_option("--device", o.device, "cpu (float32, the default) or cuda (this process's GPU, bf16 matmuls)")
+      ->check(CLI::IsMember({"cpu", "cuda"}));
   return engram::cli::run_tool(app, "engram-eval", argc, argv, [&] { return engram::run(o); });
 }

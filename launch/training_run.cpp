@@ -14,12 +14,16 @@
 #include <string>
 #include <vector>
 
+#include "kernels/matmul_precision.h"
 #include "model/model.h"
 #include "parallel/process_groups.h"
 #include "runtime/allocator.h"
 #include "runtime/atomic_file.h"
 #include "runtime/checksum.h"
 #include "runtime/config/config.h"
+#ifdef ENGRAM_HAVE_CUDA
+#include "runtime/cuda/device.h"
+#endif
 #include "runtime/log.h"
 #include "runtime/token_shards.h"
 #include "text/compression.h"
@@ -175,6 +179,29 @@ void install_stop_handlers() {
 
 bool stop_requested() { return g_stop_requested != 0; }
 
+Device select_device(const config::RuntimeConfig& r) {
+  if (r.device() == config::CPU) return Device::CPU;
+#ifdef ENGRAM_HAVE_CUDA
+  EG_CHECK(cuda_device_count() > 0, "runtime.device = CUDA but no CUDA device is visible to this process "
+                                    "(check nvidia-smi and CUDA_VISIBLE_DEVICES, or set runtime.device = CPU)");
+  kernels::set_matmul_precision(r.matmul_precision() == config::FLOAT32 ? kernels::MatmulPrecision::Float32
+                                                                        : kernels::MatmulPrecision::BF16);
+  device_reset_peak();
+  return Device::CUDA;
+#else
+  EG_FAIL("runtime.device = CUDA but this build left out the CUDA backend (configure where nvcc and cuBLASLt "
+          "are found, or set runtime.device = CPU)");
+#endif
+}
+
+size_t peak_device_bytes(Device device) {
+#ifdef ENGRAM_HAVE_CUDA
+  if (device == Device::CUDA) return device_memory_stats().peak_in_use;
+#endif
+  (void)device;
+  return 0;
+}
+
 TrainingResult run_training(const TrainingOptions& options, Communicator& world) {
   set_log_rank(world.rank());
   host_reset_peak();  // peak_host_bytes is this run's, also when a process runs several
@@ -189,7 +216,8 @@ TrainingResult run_training(const TrainingOptions& options, Communicator& world)
   // One process keeps the plain single-process model; several shard experts and tables over the groups.
   const int64_t n_experts = has_moe(cfg.model()) ? cfg.model().moe().n_routed_experts() : 0;
   ProcessGroups groups(world, cfg.parallel().expert_parallel(), n_experts);
-  Model model(cfg.model(), data.compress, world.size() > 1 ? &groups : nullptr);
+  const Device device = select_device(cfg.runtime());
+  Model model(cfg.model(), data.compress, world.size() > 1 ? &groups : nullptr, device);
   Trainer trainer(model, cfg.optim(), t.max_steps());
   std::string last_checkpoint;
   if (resuming) {
@@ -223,7 +251,11 @@ TrainingResult run_training(const TrainingOptions& options, Communicator& world)
     const Clock::time_point step_start = Clock::now();
     const StepMetrics m = trainer.step(data.train->step_batches(trainer.steps_done()));
     const double step_seconds = seconds_since(step_start);
-    if (writer) metrics->write(train_line(m, step_seconds, seconds_since(start), world.size() > 1));
+    if (writer) {
+      ordered_json line = train_line(m, step_seconds, seconds_since(start), world.size() > 1);
+      if (device == Device::CUDA) line["peak_device_bytes"] = peak_device_bytes(device);
+      metrics->write(line);
+    }
 
     log_tokens += m.tokens;
     log_seconds += step_seconds;
@@ -246,7 +278,8 @@ TrainingResult run_training(const TrainingOptions& options, Communicator& world)
                         {"val_loss", eval.loss},
                         {"val_ppl", std::exp(eval.loss)},
                         {"val_tokens", eval.tokens},
-                        {"peak_host_bytes", host_memory_stats().peak_in_use}});
+                        {"peak_host_bytes", host_memory_stats().peak_in_use},
+                        {"peak_device_bytes", peak_device_bytes(device)}});
       char line[160];
       std::snprintf(line, sizeof(line),
                     "eval at step %" PRId64 " | val_loss %.4f | val_ppl %.2f | %" PRId64 " tokens", m.step,

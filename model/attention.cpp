@@ -28,9 +28,11 @@ Attention::Attention(const ModelConfig& cfg, int layer, ParameterRegistry& param
       wo_(add_projection(params, layer, "wo", cfg.d_model(),
                          cfg.init_std() / std::sqrt(2.0 * cfg.n_layers()))) {}
 
-const kernels::RopeTables& Attention::rope_tables(int64_t seq_len) {
-  if (!rope_.cos.defined() || rope_.cos.dim(0) < seq_len)
-    rope_ = kernels::make_rope_tables(seq_len, head_dim_, rope_theta_);
+const kernels::RopeTables& Attention::rope_tables(int64_t seq_len, Device device) {
+  if (!rope_.cos.defined() || rope_.cos.dim(0) < seq_len || rope_.cos.device() != device) {
+    const kernels::RopeTables host = kernels::make_rope_tables(seq_len, head_dim_, rope_theta_);
+    rope_ = {host.cos.copy_to(device), host.sin.copy_to(device)};
+  }
   return rope_;
 }
 
@@ -38,7 +40,7 @@ Tensor Attention::forward(const Tensor& x) {
   EG_ASSERT(x.ndim() == 3, "attention input must be [B, T, D], got ", shape_str(x.shape()));
   const int64_t batch = x.dim(0), seq = x.dim(1);
   const Shape heads_shape{batch, seq, n_heads_, head_dim_};
-  const kernels::RopeTables& rope = rope_tables(seq);
+  const kernels::RopeTables& rope = rope_tables(seq, x.device());
   x_ = x;
   q_ = Tensor::empty(x.shape(), DType::F32, x.device());
   k_ = Tensor::empty(x.shape(), DType::F32, x.device());
@@ -74,7 +76,7 @@ Tensor Attention::backward(const Tensor& dy) {
   Tensor dv = Tensor::empty(v_.shape(), DType::F32, dy.device());
   kernels::attention_backward(d_o, q_, k_, v_, o_, lse_, dq, dk, dv);
   // RoPE is a rotation per position: its backward rotates the gradient back by the same angle.
-  const kernels::RopeTables& rope = rope_tables(model_shape[1]);
+  const kernels::RopeTables& rope = rope_tables(model_shape[1], dy.device());
   kernels::rope_apply(dq, rope.cos, rope.sin, true);
   kernels::rope_apply(dk, rope.cos, rope.sin, true);
 

@@ -21,7 +21,7 @@ class Attention {
 
  private:
   // RoPE tables covering at least `seq_len` positions (rebuilt only when a longer sequence comes).
-  const kernels::RopeTables& rope_tables(int64_t seq_len);
+  const kernels::RopeTables& rope_tables(int64_t seq_len, Device device);  // made on first need
 
   int64_t n_heads_, head_dim_;
   double rope_theta_;

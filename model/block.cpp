@@ -4,6 +4,7 @@
 #include <string>
 
 #include "kernels/elementwise.h"
+#include "runtime/trace_range.h"
 
 namespace engram {
 
@@ -23,7 +24,8 @@ std::string layer_prefix(int layer) { return "layers." + std::to_string(layer); 
 
 Block::Block(const ModelConfig& cfg, int layer, const EngramLayerHash* engram_hash, int64_t pad_compressed,
              ParameterRegistry& params, ProcessGroups* groups)
-    : engram_(engram_hash ? std::make_unique<EngramModule>(cfg, *engram_hash, pad_compressed, params, groups)
+    : prefix_(layer_prefix(layer)),
+      engram_(engram_hash ? std::make_unique<EngramModule>(cfg, *engram_hash, pad_compressed, params, groups)
                           : nullptr),
       attn_norm_(params, layer_prefix(layer) + ".attn_norm.weight", cfg.d_model(), cfg.norm_eps()),
       attn_(cfg, layer, params),
@@ -37,8 +39,17 @@ Block::Block(const ModelConfig& cfg, int layer, const EngramLayerHash* engram_ha
 }
 
 Tensor Block::forward(const Tensor& h, const Tensor& ids_c, const LossWeights& w) {
-  const Tensor h_in = engram_ ? residual_add(h, engram_->forward(h, ids_c)) : h;
-  const Tensor h_mid = residual_add(h_in, attn_.forward(attn_norm_.forward(h_in)));
+  Tensor h_in = h;
+  if (engram_) {
+    const TraceRange range(prefix_ + ".engram forward");
+    h_in = residual_add(h, engram_->forward(h, ids_c));
+  }
+  Tensor h_mid;
+  {
+    const TraceRange range(prefix_ + ".attn forward");
+    h_mid = residual_add(h_in, attn_.forward(attn_norm_.forward(h_in)));
+  }
+  const TraceRange range(prefix_ + (mlp_ ? ".mlp forward" : ".moe forward"));
   // The FFN works on token rows [B·T, D].
   const Tensor ffn_in = ffn_norm_.forward(h_mid).view({h.rows(), h.cols()});
   const Tensor ffn_out = mlp_ ? mlp_->forward(ffn_in) : moe_->forward(ffn_in, w);
@@ -47,15 +58,23 @@ Tensor Block::forward(const Tensor& h, const Tensor& ids_c, const LossWeights& w
 
 Tensor Block::backward(const Tensor& dh) {
   // Each residual gradient flows both through its branch and straight past it.
-  const Tensor d_rows = dh.view({dh.rows(), dh.cols()});
-  const Tensor d_ffn_in = mlp_ ? mlp_->backward(d_rows) : moe_->backward(d_rows);
-  Tensor dh_mid = ffn_norm_.backward(d_ffn_in.view(dh.shape()));
-  kernels::add_(dh_mid, dh);
-
-  Tensor dh_in = attn_norm_.backward(attn_.backward(dh_mid));
-  kernels::add_(dh_in, dh_mid);
+  Tensor dh_mid;
+  {
+    const TraceRange range(prefix_ + (mlp_ ? ".mlp backward" : ".moe backward"));
+    const Tensor d_rows = dh.view({dh.rows(), dh.cols()});
+    const Tensor d_ffn_in = mlp_ ? mlp_->backward(d_rows) : moe_->backward(d_rows);
+    dh_mid = ffn_norm_.backward(d_ffn_in.view(dh.shape()));
+    kernels::add_(dh_mid, dh);
+  }
+  Tensor dh_in;
+  {
+    const TraceRange range(prefix_ + ".attn backward");
+    dh_in = attn_norm_.backward(attn_.backward(dh_mid));
+    kernels::add_(dh_in, dh_mid);
+  }
   if (!engram_) return dh_in;
 
+  const TraceRange range(prefix_ + ".engram backward");
   Tensor dh_prev = engram_->backward(dh_in);
   kernels::add_(dh_prev, dh_in);
   return dh_prev;

@@ -4,6 +4,7 @@
 //   h = h + Attn_l(RMSNorm(h))
 //   h = h + FFN_l(RMSNorm(h))          (SwiGLU MLP for l < n_dense_layers, else MoE)
 #include <memory>
+#include <string>
 
 #include "model/attention.h"
 #include "model/engram.h"
@@ -31,6 +32,7 @@ class Block {
   MoELayer* moe() { return moe_.get(); }            // null for a dense layer
 
  private:
+  std::string prefix_;  // "layers.<l>": names the block's profiler ranges
   std::unique_ptr<EngramModule> engram_;
   RMSNormModule attn_norm_;
   Attention attn_;

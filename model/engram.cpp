@@ -117,6 +117,7 @@ Tensor EngramModule::forward(const Tensor& h, const Tensor& ids_c) {
 
   // Lookup: the gather order (n ascending, j ascending per token) is exactly the concat of e_t.
   s->rows = Tensor::empty({h.dim(0), h.dim(1), heads}, DType::I64, dev);
+  move_hash_constants(dev);
   kernels::ngram_hash(ids_c, pad_c_, multipliers_, primes_, offsets_, g.max_ngram(), g.heads_per_ngram(), s->rows);
   s->e = Tensor::empty({n, memory_dim(g)}, DType::F32, dev);
   if (sharded_) {
@@ -150,6 +151,18 @@ Tensor EngramModule::forward(const Tensor& h, const Tensor& ids_c) {
   kernels::add_(y, s->u);
   saved_ = std::move(s);
   return y;
+}
+
+void EngramModule::move_hash_constants(Device device) {
+  if (multipliers_.device() == device) return;
+  multipliers_ = multipliers_.copy_to(device);
+  primes_ = primes_.copy_to(device);
+  offsets_ = offsets_.copy_to(device);
+}
+
+const Tensor& EngramModule::last_scores() const {
+  EG_ASSERT(saved_ != nullptr, "EngramModule::last_scores before any forward");
+  return saved_->score;
 }
 
 Tensor EngramModule::backward(const Tensor& dy) {

@@ -46,6 +46,7 @@ class EngramModule {
   Tensor backward(const Tensor& dy);
 
   double last_gate_mean() const { return gate_mean_; }  // mean α over the last forward's tokens
+  const Tensor& last_scores() const;  // gate scores s [B·T] of the last forward, on the model's device
   // Lookup traffic and dedup (null without process groups).
   const ShardedTable* sharded_table() const { return sharded_.get(); }
 
@@ -55,6 +56,7 @@ class EngramModule {
   EngramLayerHash hash_;
   int64_t pad_c_;
   Tensor multipliers_, primes_, offsets_;  // hash_ as i64 tensors for kernels::ngram_hash
+  void move_hash_constants(Device device);  // to the activations' device, on first use there
   // Registration order = MODEL.md §7 order.
   Parameter& table_;
   Parameter& wk_;

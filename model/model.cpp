@@ -7,6 +7,7 @@
 #include "kernels/embedding.h"
 #include "kernels/gemm.h"
 #include "kernels/ngram_hash.h"
+#include "runtime/trace_range.h"
 
 namespace engram {
 
@@ -64,10 +65,12 @@ struct Model::Activations {
   Tensor targets;  // i32 [B·T]
 };
 
-Model::Model(const ModelConfig& cfg, std::vector<int32_t> compress, ProcessGroups* groups)
+Model::Model(const ModelConfig& cfg, std::vector<int32_t> compress, ProcessGroups* groups, Device device)
     : cfg_(validated(cfg)),
       groups_(groups),
+      device_(device),
       compress_(compression_table(cfg_, std::move(compress))),
+      compress_device_(compress_.copy_to(device)),
       vocab_compressed_(compressed_vocab_size(compress_)),
       hashing_(has_engram(cfg_) ? make_engram_hashing(cfg_, vocab_compressed_)
                                 : std::vector<EngramLayerHash>{}),
@@ -79,6 +82,7 @@ Model::Model(const ModelConfig& cfg, std::vector<int32_t> compress, ProcessGroup
                                     : params_.add("output.weight", {cfg_.vocab_size(), cfg_.d_model()},
                                                   OptimGroup::Decay, {InitKind::Normal, cfg_.init_std()})) {
   params_.initialize(cfg_.seed());
+  params_.move_to(device_);
 }
 
 std::vector<std::unique_ptr<Block>> Model::make_blocks() {
@@ -108,8 +112,13 @@ std::vector<EngramModule*> Model::engram_modules() {
   return modules;
 }
 
-Model::Activations Model::forward_to_logits(const Batch& batch, const LossWeights& w) {
+Batch Model::on_device(const Batch& batch) const {
   check_batch(batch);
+  if (batch.inputs.device() == device_ && batch.targets.device() == device_) return batch;
+  return {batch.inputs.copy_to(device_), batch.targets.copy_to(device_)};
+}
+
+Model::Activations Model::forward_to_logits(const Batch& batch, const LossWeights& w) {
   const Tensor& inputs = batch.inputs;
   Tensor h = Tensor::empty({inputs.dim(0), inputs.dim(1), cfg_.d_model()}, DType::F32, inputs.device());
   kernels::embedding_gather(tok_embeddings_.value, inputs, h);
@@ -117,10 +126,11 @@ Model::Activations Model::forward_to_logits(const Batch& batch, const LossWeight
   Tensor ids_c;
   if (!hashing_.empty()) {
     ids_c = Tensor::empty(inputs.shape(), DType::I32, inputs.device());
-    kernels::compress_ids(inputs, compress_, ids_c);
+    kernels::compress_ids(inputs, compress_device_, ids_c);
   }
   for (auto& block : blocks_) h = block->forward(h, ids_c, w);
 
+  const TraceRange range("head forward");
   Activations a;
   a.normed = final_norm_.forward(h);
   // All B·T rows of logits at once; chunking over tokens is a later memory optimization.
@@ -133,8 +143,7 @@ Model::Activations Model::forward_to_logits(const Batch& batch, const LossWeight
 ForwardStats Model::collect_stats(const Tensor& losses) {
   ForwardStats stats;
   // Summed in double, in token order, so the loss does not depend on anything but the inputs.
-  const float* lp = losses.data<float>();
-  for (int64_t i = 0; i < losses.numel(); ++i) stats.ce_sum += lp[i];
+  for (float loss : losses.to_vector<float>()) stats.ce_sum += loss;
   stats.n_targets = losses.numel();
   for (auto& block : blocks_) {
     if (EngramModule* engram = block->engram()) stats.engram_gate_mean.push_back(engram->last_gate_mean());
@@ -147,24 +156,29 @@ ForwardStats Model::collect_stats(const Tensor& losses) {
   return stats;
 }
 
-ForwardStats Model::forward_backward(const Batch& batch, const LossWeights& w) {
+ForwardStats Model::forward_backward(const Batch& host_or_device_batch, const LossWeights& w) {
+  const Batch batch = on_device(host_or_device_batch);
   Activations a = forward_to_logits(batch, w);
   Tensor losses = Tensor::empty({a.targets.numel()}, DType::F32, a.logits.device());
-  // The logits are not needed after the loss: their gradient overwrites them.
-  Tensor& dlogits = a.logits;
-  kernels::cross_entropy_forward_backward(a.logits, a.targets, w.per_token, losses, dlogits);
+  Tensor dh;
+  {
+    const TraceRange range("head backward");
+    // The logits are not needed after the loss: their gradient overwrites them.
+    Tensor& dlogits = a.logits;
+    kernels::cross_entropy_forward_backward(a.logits, a.targets, w.per_token, losses, dlogits);
 
-  kernels::gemm(dlogits, true, a.normed, false, output_.grad, 1.0f, 1.0f);
-  Tensor dnormed = Tensor::empty(a.normed.shape(), DType::F32, dlogits.device());
-  kernels::gemm(dlogits, false, output_.value, false, dnormed);
-  Tensor dh = final_norm_.backward(dnormed);
+    kernels::gemm(dlogits, true, a.normed, false, output_.grad, 1.0f, 1.0f);
+    Tensor dnormed = Tensor::empty(a.normed.shape(), DType::F32, dlogits.device());
+    kernels::gemm(dlogits, false, output_.value, false, dnormed);
+    dh = final_norm_.backward(dnormed);
+  }
   for (auto it = blocks_.rbegin(); it != blocks_.rend(); ++it) dh = (*it)->backward(dh);
   kernels::embedding_scatter_add(dh, batch.inputs, tok_embeddings_.grad);
   return collect_stats(losses);
 }
 
-ForwardStats Model::forward(const Batch& batch) {
-  check_batch(batch);
+ForwardStats Model::forward(const Batch& host_or_device_batch) {
+  const Batch batch = on_device(host_or_device_batch);
   // Weighted as a global batch of its own, so aux and z-loss come out as this batch's means.
   const LossWeights w{1.0f / static_cast<float>(batch.targets.numel()), 1.0f};
   Activations a = forward_to_logits(batch, w);

@@ -36,7 +36,10 @@ class Model {
   // `groups` (null: one process holding everything) make this rank hold its block of every MoE
   // layer's experts and its row range of every Engram table; forward / backward are then collective
   // over the groups (every rank calls them for each micro-batch). Init is sharding-invariant.
-  explicit Model(const ModelConfig& cfg, std::vector<int32_t> compress = {}, ProcessGroups* groups = nullptr);
+  // Parameters are initialized on the host (the same values on every device), then moved to
+  // `device`; batches may come from the host, forward copies them over.
+  explicit Model(const ModelConfig& cfg, std::vector<int32_t> compress = {}, ProcessGroups* groups = nullptr,
+                 Device device = Device::CPU);
   Model(const Model&) = delete;  // modules hold references into the model
   Model& operator=(const Model&) = delete;
 
@@ -58,16 +61,20 @@ class Model {
   std::vector<MoELayer*> moe_layers();
   std::vector<EngramModule*> engram_modules();
   ProcessGroups* groups() const { return groups_; }  // null: single process
+  Device device() const { return device_; }
 
  private:
   struct Activations;  // what the head's backward needs from one forward
-  Activations forward_to_logits(const Batch& batch, const LossWeights& w);
+  Batch on_device(const Batch& batch) const;  // checked, and copied to the model's device
+  Activations forward_to_logits(const Batch& batch, const LossWeights& w);  // batch on the device
   ForwardStats collect_stats(const Tensor& losses);  // losses [B·T], of the last forward
   std::vector<std::unique_ptr<Block>> make_blocks();
 
   ModelConfig cfg_;
   ProcessGroups* groups_;
-  Tensor compress_;  // i32 [V]
+  Device device_;
+  Tensor compress_;         // i32 [V], on the host (checkpoints, pad id)
+  Tensor compress_device_;  // the same on device_
   int64_t vocab_compressed_;
   std::vector<EngramLayerHash> hashing_;
   ParameterRegistry params_;

@@ -173,6 +173,11 @@ Tensor MoELayer::forward(const Tensor& x_in, const LossWeights& weights) {
   return y;
 }
 
+const Tensor& MoELayer::last_scores() const {
+  EG_ASSERT(saved_ != nullptr, "MoELayer::last_scores before any forward");
+  return saved_->scores;
+}
+
 Tensor MoELayer::backward(const Tensor& dy_in) {
   EG_ASSERT(saved_ != nullptr, "MoELayer::backward without forward");
   const Saved& s = *saved_;

@@ -40,6 +40,7 @@ class MoELayer {
   const std::vector<int64_t>& last_load() const { return load_; }
   double last_aux_loss() const { return aux_loss_; }
   double last_z_loss() const { return z_loss_; }
+  const Tensor& last_scores() const;  // router scores [N, E] (before the bias), on the model's device
 
   Parameter& balancing_bias() { return bias_; }
   // Token traffic of the last forward / backward (null without process groups).

@@ -56,6 +56,14 @@ void ParameterRegistry::initialize(uint64_t seed) {
   for (Parameter* p : params_ptrs_) init_parameter(p->value, seed, p->name, p->init, p->flat_offset());
 }
 
+void ParameterRegistry::move_to(Device device) {
+  for (Parameter* p : params_ptrs_) {
+    EG_ASSERT(p->row_grads.empty(), p->name, ": moved with pending row gradients");
+    if (p->value.device() != device) p->value = p->value.copy_to(device);
+    if (p->grad.defined() && p->grad.device() != device) p->grad = p->grad.copy_to(device);
+  }
+}
+
 void ParameterRegistry::zero_grads() {
   for (Parameter* p : params_ptrs_) {
     if (p->grad.defined()) p->grad.zero_();

@@ -61,6 +61,7 @@ class ParameterRegistry {
   const std::vector<Parameter*>& all() const { return params_ptrs_; }
 
   void initialize(uint64_t seed);  // MODEL.md §5, slice by slice
+  void move_to(Device device);     // values and dense gradients (row grads must be empty)
   void zero_grads();               // dense grads to 0, sparse row grads cleared
   int64_t local_numel() const;
 

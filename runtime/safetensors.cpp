@@ -106,14 +106,16 @@ void check_tiling(const std::string& path, std::vector<Entry>& entries, uint64_t
 
 }  // namespace
 
-uint32_t write_safetensors(const std::string& path, const NamedTensors& tensors,
+uint32_t write_safetensors(const std::string& path, const NamedTensors& given,
                            std::map<std::string, std::string> metadata) {
   EG_ASSERT(!metadata.count(kCrcKey), "the safetensors writer adds \"crc32\" itself");
+  NamedTensors tensors;  // device tensors are written from a host copy
+  for (const auto& [name, t] : given) tensors.emplace_back(name, t.is_cpu() ? t : t.copy_to(Device::CPU));
   json header = json::object();
   uint64_t offset = 0;
   uint32_t crc = 0;
   for (const auto& [name, t] : tensors) {
-    EG_ASSERT(t.is_cpu() && safetensors_dtype(t.dtype()) != nullptr, "cannot write ", name, " (", t.describe(),
+    EG_ASSERT(safetensors_dtype(t.dtype()) != nullptr, "cannot write ", name, " (", t.describe(),
               ") to safetensors");
     EG_ASSERT(name != kMetadataKey && !header.contains(name), "tensor name ", name, " is reserved or repeated");
     header[name] = {{"dtype", safetensors_dtype(t.dtype())},

@@ -18,8 +18,9 @@ namespace engram {
 using NamedTensors = std::vector<std::pair<std::string, Tensor>>;
 
 // Writes `path` atomically (runtime/atomic_file.h). Tensor data is laid out in the given order
-// (callers pass registry order); the JSON keys come out sorted. Tensors must be CPU F32, I32 or I64
-// with distinct names; `metadata` must not hold "crc32", which the writer adds. Returns that CRC.
+// (callers pass registry order); the JSON keys come out sorted. Tensors must be F32, I32 or I64 with
+// distinct names, on any device (device ones are written from a host copy); `metadata` must not hold
+// "crc32", which the writer adds. Returns that CRC.
 uint32_t write_safetensors(const std::string& path, const NamedTensors& tensors,
                            std::map<std::string, std::string> metadata);
 

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # One command for the GPU machine: configure with the CUDA backend, build with every core, run the
-# gpu suite (CUDA kernels against the CPU reference), then the CPU suites (unit, gradcheck), and
-# print a table last. Full logs go to ${OUT:-/tmp/gpu-check}. Installs nothing (the GPU machine has
+# gpu suite (CUDA kernels and the model against the CPU reference), the CPU suites (unit, gradcheck)
+# and the step benchmark (benchmarks/step_time on the configs in ENGRAM_BENCH_CONFIGS), and print a
+# table last. Full logs go to ${OUT:-/tmp/gpu-check}. Installs nothing (the GPU machine has
 # no package registry): it needs cmake, ninja, nvcc and the Debian/Ubuntu -dev packages already there.
 #   scripts/gpu-check.sh                      everything
 #   scripts/gpu-check.sh -R CudaGemm          extra ctest arguments apply to the gpu suite only
-# ENGRAM_BUILD_DIR (default build-gpu), ENGRAM_CUDA_ARCHITECTURES (default 90, the H100) and
-# ENGRAM_JOBS (default: all cores) adjust it.
+# ENGRAM_BUILD_DIR (default build-gpu), ENGRAM_CUDA_ARCHITECTURES (default 90, the H100),
+# ENGRAM_JOBS (default: all cores), ENGRAM_BENCH_CONFIGS (default configs/h100-bench.pbtxt and
+# configs/4090-1b.pbtxt; empty skips the benchmark) and ENGRAM_BENCH_PRECISIONS (default BF16; e.g.
+# "BF16 FLOAT32") adjust it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,7 +40,7 @@ step() {  # step NAME LOG COMMAND...: runs COMMAND with its output in LOG; on fa
 }
 
 step configure "$out/configure.log" \
-  cmake -S . -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DENGRAM_BUILD_BENCHMARKS=OFF \
+  cmake -S . -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DENGRAM_BUILD_BENCHMARKS=ON \
         -DENGRAM_CUDA_ARCHITECTURES="$archs"
 if ! grep -q "CUDA toolkit=ON" "$out/configure.log"; then
   grep "engram features\|left out" "$out/configure.log" || true
@@ -52,6 +55,15 @@ step "ctest -L gpu" "$out/ctest-gpu.log" \
   ctest --test-dir "$build_dir" -L gpu -j 4 --output-on-failure --output-junit "$out/ctest-gpu.xml" "$@" || status=1
 step "ctest -L 'unit|gradcheck'" "$out/ctest-cpu.log" \
   ctest --test-dir "$build_dir" -L 'unit|gradcheck' -j "$jobs" --output-on-failure || status=1
+bench_configs=${ENGRAM_BENCH_CONFIGS-configs/h100-bench.pbtxt configs/4090-1b.pbtxt}
+for config in $bench_configs; do
+  for precision in ${ENGRAM_BENCH_PRECISIONS:-BF16}; do
+    step "step_time $config $precision" "$out/step_time.log.tmp" \
+      "$build_dir/benchmarks/step_time" --config "$config" --set runtime.matmul_precision=$precision || status=1
+    cat "$out/step_time.log.tmp" >> "$out/step_time.jsonl"
+  done
+done
+rm -f "$out/step_time.log.tmp"
 
 # One row per log: ctest's per-test lines read "N/M Test #K: name ....   Passed   0.1 sec"
 # (or ***Failed, ***Skipped, ***Timeout, ***Exception, Not Run).
@@ -67,6 +79,20 @@ for pair in "gpu:$out/ctest-gpu.log" "unit|gradcheck:$out/ctest-cpu.log"; do
     }
     END { printf "%-22s %6d %6d %6d %8d\n", suite, total, passed, failed, skipped }' "${pair#*:}"
 done
+if [ -s "$out/step_time.jsonl" ]; then
+  echo
+  printf '%-34s %-8s %10s %12s %7s %10s\n' config matmul ms/step tokens/s MFU 'peak GiB'
+  python3 - "$out/step_time.jsonl" <<'PY' || true
+import json, sys
+for line in open(sys.argv[1]):
+    if not line.startswith('{'):
+        continue
+    r = json.loads(line)
+    print(f"{r['config']:<34} {r['matmul_precision']:<8} {r['median_step_ms']:10.1f} {r['tokens_per_s']:12,.0f} "
+          f"{100 * r['mfu']:6.1f}% {r['peak_device_bytes'] / 2**30:10.2f}")
+    print("  phases: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in sorted(r['phase_share'].items(), key=lambda kv: -kv[1])))
+PY
+fi
 echo "device: $device; architectures: $archs; logs: $out"
 if [ "$status" -ne 0 ]; then
   echo "gpu-check: FAILED (failing tests are listed at the end of the ctest logs)"

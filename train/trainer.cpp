@@ -9,6 +9,7 @@
 #include "parallel/moe_dispatcher.h"
 #include "parallel/process_groups.h"
 #include "parallel/sharded_table.h"
+#include "runtime/trace_range.h"
 
 namespace engram {
 
@@ -120,6 +121,7 @@ void Trainer::reduce_metrics(StepMetrics& metrics, double& ce_sum) const {
 }
 
 void Trainer::reduce_gradients() {
+  const TraceRange range("gradient reduction");
   merge_row_grads(model_.params());
   if (!groups_) return;
   for (Parameter* p : model_.params().all()) {
@@ -138,6 +140,7 @@ void Trainer::reduce_gradients() {
 }
 
 double Trainer::grad_norm() const {
+  const TraceRange range("gradient norm");
   if (!groups_) return global_grad_norm(model_.params());
   // Each copy counted once: replicated ones on world rank 0, expert blocks on the first rank of their
   // expert-data-parallel group, table rows on their owner.
@@ -153,6 +156,7 @@ double Trainer::grad_norm() const {
 }
 
 void Trainer::apply_updates(float lr, float grad_scale) {
+  const TraceRange range("optimizer");
   const int64_t step_1based = steps_done_ + 1;
   adamw_.step(lr, grad_scale, step_1based);
   sparse_adam_.step(lr, grad_scale, step_1based);  // applies table_lr_mult itself

@@ -6,30 +6,17 @@
 #include <cmath>
 #include <limits>
 
+#include "kernels/checks.h"
 #include "kernels/gemm.h"
 
 namespace engram::kernels::cpu {
 
 namespace {
 
-struct HeadLayout {
-  int64_t batch, seq, heads, head_dim;
-  // Offset of (b, t, h, 0) in a [B, T, H, d_h] tensor.
-  int64_t at(int64_t b, int64_t t, int64_t h) const { return ((b * seq + t) * heads + h) * head_dim; }
-};
-
-HeadLayout check_attention_args(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
-                                const Tensor& lse, const char* what) {
-  EG_ASSERT(q.ndim() == 4, what, ": q must be [B, T, H, d_h], got ", shape_str(q.shape()));
-  check_shape(k, q.shape(), "attention k");
-  check_shape(v, q.shape(), "attention v");
-  check_shape(out, q.shape(), "attention out");
-  check_shape(lse, {q.dim(0), q.dim(2), q.dim(1)}, "attention lse");
-  return {q.dim(0), q.dim(1), q.dim(2), q.dim(3)};
-}
+using checks::AttentionDims;
 
 // Copies head h of sequence b of x [B, T, H, d_h] into dst [T, d_h].
-void gather_head(const Tensor& x, const HeadLayout& l, int64_t b, int64_t h, Tensor& dst) {
+void gather_head(const Tensor& x, const AttentionDims& l, int64_t b, int64_t h, Tensor& dst) {
   const float* xp = x.data<float>();
   float* dp = dst.data<float>();
   for (int64_t t = 0; t < l.seq; ++t) {
@@ -39,7 +26,7 @@ void gather_head(const Tensor& x, const HeadLayout& l, int64_t b, int64_t h, Ten
 }
 
 // Writes src [T, d_h] into head h of sequence b of x [B, T, H, d_h].
-void scatter_head(const Tensor& src, const HeadLayout& l, int64_t b, int64_t h, Tensor& x) {
+void scatter_head(const Tensor& src, const AttentionDims& l, int64_t b, int64_t h, Tensor& x) {
   const float* sp = src.data<float>();
   float* xp = x.data<float>();
   for (int64_t t = 0; t < l.seq; ++t)
@@ -74,7 +61,7 @@ void masked_row_logsumexp(const Tensor& scores, float* lse) {
 }  // namespace
 
 void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, Tensor& lse) {
-  const HeadLayout l = check_attention_args(q, k, v, out, lse, "attention_forward");
+  const AttentionDims l = checks::attention_forward(q, k, v, out, lse);
   const float scale = 1.0f / std::sqrt(static_cast<float>(l.head_dim));
   Tensor q_h = Tensor::empty({l.seq, l.head_dim}), k_h = Tensor::empty({l.seq, l.head_dim});
   Tensor v_h = Tensor::empty({l.seq, l.head_dim}), o_h = Tensor::empty({l.seq, l.head_dim});
@@ -97,11 +84,7 @@ void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, Tensor
 
 void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
                         const Tensor& out, const Tensor& lse, Tensor& dq, Tensor& dk, Tensor& dv) {
-  const HeadLayout l = check_attention_args(q, k, v, out, lse, "attention_backward");
-  check_shape(dout, q.shape(), "attention dout");
-  check_shape(dq, q.shape(), "attention dq");
-  check_shape(dk, q.shape(), "attention dk");
-  check_shape(dv, q.shape(), "attention dv");
+  const AttentionDims l = checks::attention_backward(dout, q, k, v, out, lse, dq, dk, dv);
   const float scale = 1.0f / std::sqrt(static_cast<float>(l.head_dim));
   const Shape head_shape{l.seq, l.head_dim};
   Tensor q_h = Tensor::empty(head_shape), k_h = Tensor::empty(head_shape), v_h = Tensor::empty(head_shape);

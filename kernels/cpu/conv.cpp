@@ -1,31 +1,15 @@
+// The depthwise causal dilated convolution on the CPU, the reference for kernels/conv.h.
 #include "kernels/conv.h"
 
 #include <algorithm>
 #include <vector>
 
+#include "kernels/checks.h"
+
 namespace engram::kernels::cpu {
 
-namespace {
-
-struct ConvDims {
-  int64_t b, t, d, w;
-};
-ConvDims conv_dims(const Tensor& x, const Tensor& w, int dilation, const char* what) {
-  check_dtype(x, DType::F32, what);
-  check_dtype(w, DType::F32, what);
-  EG_ASSERT(x.ndim() == 3, what, ": x must be [B, T, D], got ", x.describe());
-  EG_ASSERT(w.ndim() == 2 && w.dim(1) == x.dim(2) && w.dim(0) >= 1, what, ": w ", w.describe(), " is not [W, ",
-            x.dim(2), "]");
-  EG_CHECK(dilation >= 1, what, ": dilation = ", dilation, " must be >= 1");
-  return {x.dim(0), x.dim(1), x.dim(2), w.dim(0)};
-}
-
-}  // namespace
-
 void causal_conv_forward(const Tensor& x, const Tensor& w, int dilation, Tensor& y) {
-  const auto [nb, nt, d, width] = conv_dims(x, w, dilation, "causal_conv_forward");
-  check_shape(y, x.shape(), "causal_conv_forward y");
-  check_dtype(y, DType::F32, "causal_conv_forward y");
+  const auto [nb, nt, d, width] = checks::causal_conv_forward(x, w, dilation, y);
   const float* xp = x.data<float>();
   const float* wp = w.data<float>();
   float* yp = y.data<float>();
@@ -46,13 +30,7 @@ void causal_conv_forward(const Tensor& x, const Tensor& w, int dilation, Tensor&
 }
 
 void causal_conv_backward(const Tensor& dy, const Tensor& x, const Tensor& w, int dilation, Tensor& dx, Tensor& dw) {
-  const auto [nb, nt, d, width] = conv_dims(x, w, dilation, "causal_conv_backward");
-  check_shape(dy, x.shape(), "causal_conv_backward dy");
-  check_shape(dx, x.shape(), "causal_conv_backward dx");
-  check_shape(dw, w.shape(), "causal_conv_backward dw");
-  check_dtype(dy, DType::F32, "causal_conv_backward dy");
-  check_dtype(dx, DType::F32, "causal_conv_backward dx");
-  check_dtype(dw, DType::F32, "causal_conv_backward dw");
+  const auto [nb, nt, d, width] = checks::causal_conv_backward(dy, x, w, dilation, dx, dw);
   const float* gp = dy.data<float>();
   const float* xp = x.data<float>();
   const float* wp = w.data<float>();

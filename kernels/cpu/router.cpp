@@ -4,22 +4,16 @@
 #include <cmath>
 #include <vector>
 
+#include "kernels/checks.h"
+
 namespace engram::kernels::cpu {
 
 namespace {
 
-void check_f32_matrix(const Tensor& t, int64_t rows, int64_t cols, const char* what) {
-  check_dtype(t, DType::F32, what);
-  EG_ASSERT(t.rows() == rows && t.cols() == cols, what, " ", t.describe(), " is not [", rows, ", ", cols, "]");
-}
-
-void check_topk(const Tensor& topk_idx, int64_t n, int64_t n_experts, const char* what) {
-  check_dtype(topk_idx, DType::I32, what);
-  EG_ASSERT(topk_idx.rows() == n && topk_idx.cols() >= 1 && topk_idx.cols() <= n_experts, what, " ",
-            topk_idx.describe(), " is not [", n, ", k <= ", n_experts, "]");
+void check_experts(const Tensor& topk_idx, int64_t n_experts, const char* kernel) {
   const int32_t* idx = topk_idx.data<int32_t>();
   for (int64_t i = 0; i < topk_idx.numel(); ++i)
-    EG_ASSERT(idx[i] >= 0 && idx[i] < n_experts, what, " holds expert ", idx[i], " outside [0, ", n_experts, ")");
+    if (idx[i] < 0 || idx[i] >= n_experts) checks::expert_outside(idx[i], n_experts, kernel);
 }
 
 // logsumexp of one row, in double.
@@ -34,8 +28,7 @@ double logsumexp(const float* x, int64_t n) {
 
 void router_scores(const Tensor& logits, ScoreFunc func, Tensor& scores) {
   const int64_t n = logits.rows(), e = logits.cols();
-  check_f32_matrix(logits, n, e, "router_scores logits");
-  check_f32_matrix(scores, n, e, "router_scores scores");
+  checks::router_scores(logits, scores);
   const float* x = logits.data<float>();
   float* s = scores.data<float>();
   for (int64_t t = 0; t < n; ++t) {
@@ -52,9 +45,7 @@ void router_scores(const Tensor& logits, ScoreFunc func, Tensor& scores) {
 
 void router_scores_backward(const Tensor& dscores, const Tensor& scores, ScoreFunc func, Tensor& dlogits) {
   const int64_t n = scores.rows(), e = scores.cols();
-  check_f32_matrix(scores, n, e, "router_scores_backward scores");
-  check_f32_matrix(dscores, n, e, "router_scores_backward dscores");
-  check_f32_matrix(dlogits, n, e, "router_scores_backward dlogits");
+  checks::router_scores_backward(dscores, scores, dlogits);
   const float* ds = dscores.data<float>();
   const float* s = scores.data<float>();
   float* dl = dlogits.data<float>();
@@ -77,14 +68,7 @@ void router_scores_backward(const Tensor& dscores, const Tensor& scores, ScoreFu
 void topk_select(const Tensor& scores, const Tensor& bias, int k, bool normalize, float routed_scale,
                  Tensor& topk_idx, Tensor& topk_w) {
   const int64_t n = scores.rows(), e = scores.cols();
-  check_f32_matrix(scores, n, e, "topk_select scores");
-  check_shape(bias, {e}, "topk_select bias");
-  check_dtype(bias, DType::F32, "topk_select bias");
-  EG_CHECK(k >= 1 && k <= e, "topk_select: k = ", k, " must be in [1, n_experts = ", e, "]");
-  check_dtype(topk_idx, DType::I32, "topk_select topk_idx");
-  EG_ASSERT(topk_idx.rows() == n && topk_idx.cols() == k, "topk_select topk_idx ", topk_idx.describe(),
-            " is not [", n, ", ", k, "]");
-  check_f32_matrix(topk_w, n, k, "topk_select topk_w");
+  checks::topk_select(scores, bias, k, topk_idx, topk_w);
   const float* s = scores.data<float>();
   const float* b = bias.data<float>();
   int32_t* idx = topk_idx.data<int32_t>();
@@ -116,11 +100,9 @@ void topk_select(const Tensor& scores, const Tensor& bias, int k, bool normalize
 void topk_weights_backward(const Tensor& d_topk_w, const Tensor& scores, const Tensor& topk_idx, bool normalize,
                            float routed_scale, Tensor& dscores) {
   const int64_t n = scores.rows(), e = scores.cols();
-  check_f32_matrix(scores, n, e, "topk_weights_backward scores");
-  check_f32_matrix(dscores, n, e, "topk_weights_backward dscores");
-  check_topk(topk_idx, n, e, "topk_weights_backward topk_idx");
+  checks::topk_weights_backward(d_topk_w, scores, topk_idx, dscores);
+  check_experts(topk_idx, e, "topk_weights_backward");
   const int64_t k = topk_idx.cols();
-  check_f32_matrix(d_topk_w, n, k, "topk_weights_backward d_topk_w");
   const float* s = scores.data<float>();
   const int32_t* idx = topk_idx.data<int32_t>();
   const float* dw = d_topk_w.data<float>();
@@ -148,9 +130,8 @@ void topk_weights_backward(const Tensor& d_topk_w, const Tensor& scores, const T
 
 double moe_aux_loss(const Tensor& scores, const Tensor& topk_idx, float grad_scale, Tensor& dscores) {
   const int64_t n = scores.rows(), e = scores.cols();
-  check_f32_matrix(scores, n, e, "moe_aux_loss scores");
-  check_f32_matrix(dscores, n, e, "moe_aux_loss dscores");
-  check_topk(topk_idx, n, e, "moe_aux_loss topk_idx");
+  checks::moe_aux_loss(scores, topk_idx, dscores);
+  check_experts(topk_idx, e, "moe_aux_loss");
   if (n == 0) return 0.0;
   const int64_t k = topk_idx.cols();
   const float* s = scores.data<float>();
@@ -185,8 +166,7 @@ double moe_aux_loss(const Tensor& scores, const Tensor& topk_idx, float grad_sca
 
 double router_z_loss(const Tensor& logits, float grad_scale, Tensor& dlogits) {
   const int64_t n = logits.rows(), e = logits.cols();
-  check_f32_matrix(logits, n, e, "router_z_loss logits");
-  check_f32_matrix(dlogits, n, e, "router_z_loss dlogits");
+  checks::router_z_loss(logits, dlogits);
   const float* x = logits.data<float>();
   float* dl = dlogits.data<float>();
   double loss = 0.0;

@@ -70,6 +70,49 @@ struct Max {
   __device__ float operator()(float a, float b) const { return fmaxf(a, b); }
 };
 
+// One warp per row, for kernels whose rows are short (a few hundred elements): kWarpsPerBlock rows
+// per block, grid-stride beyond 2^16 blocks. The row loop is the same for the 32 lanes of a warp, so
+// whole warps enter and leave it together, as the shuffles need.
+constexpr int kWarpSize = 32;
+constexpr int kWarpsPerBlock = kThreads / kWarpSize;
+inline unsigned grid_for_rows(int64_t n_rows) {
+  return static_cast<unsigned>(std::clamp<int64_t>((n_rows + kWarpsPerBlock - 1) / kWarpsPerBlock, 1, 65536));
+}
+__device__ inline int lane_id() { return static_cast<int>(threadIdx.x % kWarpSize); }
+__device__ inline int64_t first_warp_row() { return blockIdx.x * int64_t{kWarpsPerBlock} + threadIdx.x / kWarpSize; }
+__device__ inline int64_t warp_row_stride() { return int64_t{gridDim.x} * kWarpsPerBlock; }
+
+// op over the warp's values (warp_reduce's fixed tree), returned to every lane.
+template <class T, class Op>
+__device__ T warp_all_reduce(T v, Op op) {
+  return __shfl_sync(0xffffffffu, warp_reduce(v, op), 0);
+}
+
+// Device buffers of doubles live in 8-byte I64 tensors (there is no F64 dtype).
+inline Tensor device_doubles(int64_t n) { return Tensor::empty({n}, DType::I64, Device::CUDA); }
+inline double* doubles(const Tensor& t) { return static_cast<double*>(t.raw()); }
+
+// *total = Σ values[0, n) on one block: each thread's strided share in index order, then block_reduce.
+template <class T>
+__global__ void sum_in_fixed_order_kernel(const T* values, int64_t n, T* total) {
+  T sum = 0;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) sum += values[i];
+  sum = block_reduce(sum, Sum{}, T{0});
+  if (threadIdx.x == 0) *total = sum;
+}
+
+// Σ values[0, n) (device doubles) in a fixed order, so it repeats bitwise, copied to the host: waits
+// for the device.
+inline double sum_to_host(const double* values, int64_t n) {
+  const Tensor total = device_doubles(1);
+  sum_in_fixed_order_kernel<<<1, kThreads, 0, compute_stream()>>>(values, n, doubles(total));
+  EG_CUDA_CHECK_LAUNCH("sum_in_fixed_order_kernel");
+  double value = 0.0;
+  EG_CUDA_CHECK(cudaMemcpyAsync(&value, total.raw(), sizeof(value), cudaMemcpyDeviceToHost, compute_stream()));
+  EG_CUDA_CHECK(cudaStreamSynchronize(compute_stream()));
+  return value;
+}
+
 // The first position (smallest index) at which a kernel found an invalid value, for the host to
 // report as the CPU kernel would. Kernels call report_bad_position(slot, i); position() waits for
 // the device, so only kernels that validate user data (ids, targets) use it.

@@ -49,20 +49,13 @@ __global__ void bias_grad_kernel(const float* dy, float* dbias, int64_t rows, in
   }
 }
 
-// Pass 1: one double partial per block (grid-stride); pass 2 (one block) sums the partials.
+// Pass 1: one double partial per block (grid-stride); pass 2 (sum_to_host) sums the partials.
 __global__ void sum_squares_partials_kernel(const float* x, int64_t n, double* partials) {
   double sum = 0.0;
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x)
     sum += static_cast<double>(x[i]) * x[i];
   sum = block_reduce(sum, Sum{}, 0.0);
   if (threadIdx.x == 0) partials[blockIdx.x] = sum;
-}
-
-__global__ void sum_partials_kernel(const double* partials, int n, double* total) {
-  double sum = 0.0;
-  for (int i = threadIdx.x; i < n; i += blockDim.x) sum += partials[i];
-  sum = block_reduce(sum, Sum{}, 0.0);
-  if (threadIdx.x == 0) *total = sum;
 }
 
 }  // namespace
@@ -122,16 +115,11 @@ void bias_grad(const Tensor& dy, Tensor& dbias) {
 double sum_squares(const Tensor& x) {
   check_on_cuda("sum_squares", x);
   constexpr int kPartials = 1024;  // fixed, so the summation order does not depend on the device
-  Tensor partials = Tensor::empty({kPartials + 1}, DType::I64, Device::CUDA);  // 8-byte slots for doubles
-  double* p = static_cast<double*>(partials.raw());
-  sum_squares_partials_kernel<<<kPartials, kThreads, 0, compute_stream()>>>(x.data<float>(), x.numel(), p);
+  const Tensor partials = device_doubles(kPartials);
+  sum_squares_partials_kernel<<<kPartials, kThreads, 0, compute_stream()>>>(x.data<float>(), x.numel(),
+                                                                            doubles(partials));
   EG_CUDA_CHECK_LAUNCH("sum_squares_partials_kernel");
-  sum_partials_kernel<<<1, kThreads, 0, compute_stream()>>>(p, kPartials, p + kPartials);
-  EG_CUDA_CHECK_LAUNCH("sum_partials_kernel");
-  double total = 0.0;
-  EG_CUDA_CHECK(cudaMemcpyAsync(&total, p + kPartials, sizeof(total), cudaMemcpyDeviceToHost, compute_stream()));
-  EG_CUDA_CHECK(cudaStreamSynchronize(compute_stream()));
-  return total;
+  return sum_to_host(doubles(partials), kPartials);
 }
 
 }  // namespace engram::kernels::cuda

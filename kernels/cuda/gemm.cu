@@ -1,11 +1,15 @@
 // Matrix products on the GPU through cuBLASLt, the CUDA side of kernels/gemm.h. Inputs f32 (true
 // float32 products: CUBLAS_COMPUTE_32F, no TF32) or bf16, output f32 or bf16, always float32
-// accumulation and float32 alpha/beta (DESIGN.md decision 7).
+// accumulation and float32 alpha/beta (DESIGN.md decision 7). Under MatmulPrecision::BF16, f32
+// operands are rounded to bf16 copies first, so both modes share one product path.
+#include <cuda_bf16.h>
+
 #include "kernels/checks.h"
 #include "kernels/cuda/common.cuh"
 #include "kernels/elementwise.h"
 #include "kernels/gemm.h"
 #include "kernels/gemm_groups.h"
+#include "kernels/matmul_precision.h"
 
 namespace engram::kernels::cuda {
 
@@ -55,6 +59,21 @@ void set_preference(cublasLtMatmulPreference_t pref, cublasLtMatmulPreferenceAtt
   EG_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, attribute, &value, sizeof(value)));
 }
 
+__global__ void round_to_bf16_kernel(const float* x, __nv_bfloat16* y, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x)
+    y[i] = __float2bfloat16_rn(x[i]);
+}
+
+// A bf16 copy of an f32 operand, rounded to nearest even.
+Tensor rounded_to_bf16(const Tensor& x) {
+  Tensor y = Tensor::empty(x.shape(), DType::BF16, Device::CUDA);
+  if (x.numel() == 0) return y;
+  round_to_bf16_kernel<<<grid_for(x.numel()), kThreads, 0, compute_stream()>>>(
+      x.data<float>(), static_cast<__nv_bfloat16*>(y.raw()), x.numel());
+  EG_CUDA_CHECK_LAUNCH("round_to_bf16_kernel");
+  return y;
+}
+
 }  // namespace
 
 void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& c, float alpha, float beta) {
@@ -63,6 +82,8 @@ void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& 
             b.describe(), ", c ", c.describe(), ": a and b must be both f32 or both bf16, c f32 or bf16");
   const auto [m, k, n] = checks::gemm_dims(a, trans_a, b, trans_b, c);
   if (m == 0 || n == 0) return;
+  if (a.dtype() == DType::F32 && k > 0 && matmul_precision() == MatmulPrecision::BF16)
+    return gemm(rounded_to_bf16(a), trans_a, rounded_to_bf16(b), trans_b, c, alpha, beta);
   if (k == 0) {  // nothing to multiply: C = beta·C (0 overwrites NaN), as on the CPU
     EG_ASSERT(beta == 0.0f || c.dtype() == DType::F32, "gemm: k = 0 with beta ", beta, " on ", c.describe());
     if (beta == 0.0f) {

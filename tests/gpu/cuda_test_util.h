@@ -44,6 +44,11 @@ inline void expect_bitwise_equal_to_cpu(const Tensor& gpu, const Tensor& cpu, co
   EXPECT_TRUE(bitwise_equal(gpu.copy_to(Device::CPU), cpu)) << what << ": device result differs from the CPU's";
 }
 
+// Two device results (two runs of the same kernels) hold the same bytes.
+inline bool device_bitwise_equal(const Tensor& a, const Tensor& b) {
+  return bitwise_equal(a.copy_to(Device::CPU), b.copy_to(Device::CPU));
+}
+
 // bfloat16 by round-to-nearest-even (inputs are finite), and back.
 inline uint16_t to_bf16(float f) {
   uint32_t u = 0;

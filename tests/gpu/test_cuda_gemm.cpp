@@ -9,6 +9,7 @@
 #include <random>
 
 #include "kernels/gemm.h"
+#include "kernels/matmul_precision.h"
 #include "tests/gpu/cuda_test_util.h"
 
 namespace engram {
@@ -63,6 +64,44 @@ TEST_F(CudaGemm, Bf16InputsAccumulateInF32) {
   Tensor as_f32 = Tensor::empty({m, n});
   for (int64_t i = 0; i < m * n; ++i) as_f32.data<float>()[i] = from_bf16(static_cast<const uint16_t*>(bits.raw())[i]);
   expect_close(as_f32, to_double(expected), 1.0 / 256, 1e-4, "bf16 · bf16 -> bf16");
+}
+
+// Sets the process-wide matmul precision for one scope.
+struct ScopedMatmulPrecision {
+  explicit ScopedMatmulPrecision(kernels::MatmulPrecision p) { kernels::set_matmul_precision(p); }
+  ~ScopedMatmulPrecision() { kernels::set_matmul_precision(kernels::MatmulPrecision::Float32); }
+};
+
+// Under MatmulPrecision::BF16 an f32 product is the bf16 product of the operands rounded to nearest
+// even: bit for bit what the bf16 path gives on copies rounded on the host (for plain, transposed and
+// grouped products), and no longer the float32 product.
+TEST_F(CudaGemm, Bf16PrecisionRoundsF32Operands) {
+  std::mt19937 gen(94);
+  const int64_t m = 29, k = 67, n = 51;
+  const HostDevice a = random_on_both({k, m}, gen), b = random_on_both({n, k}, gen);
+  const Tensor a_bf16 = round_to_bf16(a.cpu).bf16.copy_to(Device::CUDA);
+  const Tensor b_bf16 = round_to_bf16(b.cpu).bf16.copy_to(Device::CUDA);
+  Tensor expected = nan_tensor({m, n}).copy_to(Device::CUDA), exact = expected.clone();
+  kernels::gemm(a_bf16, true, b_bf16, true, expected);
+  kernels::gemm(a.gpu, true, b.gpu, true, exact);
+  Tensor c = nan_tensor({m, n}).copy_to(Device::CUDA);
+  {
+    const ScopedMatmulPrecision bf16(kernels::MatmulPrecision::BF16);
+    kernels::gemm(a.gpu, true, b.gpu, true, c);
+  }
+  EXPECT_TRUE(bitwise_equal(c.copy_to(Device::CPU), expected.copy_to(Device::CPU)));
+  EXPECT_FALSE(bitwise_equal(c.copy_to(Device::CPU), exact.copy_to(Device::CPU)));
+
+  const std::vector<int64_t> offsets{0, 10, 10, k};  // group rows of a [k, m] against b3 [3, n, m]
+  const HostDevice b3 = random_on_both({3, n, m}, gen);
+  const Tensor b3_bf16 = round_to_bf16(b3.cpu).bf16.copy_to(Device::CUDA);
+  Tensor grouped_expected = nan_tensor({k, n}).copy_to(Device::CUDA), grouped = grouped_expected.clone();
+  kernels::grouped_gemm(a_bf16, b3_bf16, true, grouped_expected, offsets);
+  {
+    const ScopedMatmulPrecision bf16(kernels::MatmulPrecision::BF16);
+    kernels::grouped_gemm(a.gpu, b3.gpu, true, grouped, offsets);
+  }
+  EXPECT_TRUE(bitwise_equal(grouped.copy_to(Device::CPU), grouped_expected.copy_to(Device::CPU)));
 }
 
 TEST_F(CudaGemm, GroupedProductsMatchTheCpuWithAnEmptyGroup) {

@@ -1,0 +1,32 @@
+#pragma once
+// A named range on the profiler's timeline for one scope: NVTX in CUDA builds (Nsight Systems shows
+// the ranges of every module's forward and backward, the head, the optimizer and the gradient
+// reduction; see docs/PROFILING.md), nothing otherwise. Without a profiler attached NVTX calls
+// return at once.
+//
+// Phase timing (off by default; the step benchmark turns it on): each range also adds its wall time
+// to a total per phase, the name without its "layers.<l>." prefix ("attn forward", "optimizer", ...).
+// In CUDA builds a timed range waits for the device at both ends, so the times are the GPU's, at the
+// cost of those waits.
+#include <map>
+#include <string>
+
+namespace engram {
+
+class TraceRange {
+ public:
+  explicit TraceRange(std::string name);
+  ~TraceRange();
+  TraceRange(const TraceRange&) = delete;
+  TraceRange& operator=(const TraceRange&) = delete;
+
+ private:
+  std::string name_;
+  double start_seconds_ = 0.0;  // set when phase timing is on
+};
+
+void set_phase_timing(bool on);
+std::map<std::string, double> phase_seconds();  // totals since the last reset
+void reset_phase_seconds();
+
+}  // namespace engram
