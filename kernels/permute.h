@@ -23,7 +23,10 @@ void combine_expert_outputs_backward(const Tensor& dy, const Tensor& expert_out,
                                      const Tensor& topk_w, Tensor& d_expert_out, Tensor& d_topk_w);
 }  // namespace cpu
 #ifdef ENGRAM_HAVE_CUDA
-namespace cuda {  // kernels/cuda/permute.cu, the contracts of cpu:: above (offsets still on the host)
+// kernels/cuda/permute.cu, the contracts of cpu:: above (offsets still on the host), except that the
+// combines raise a position outside [0, N·K) at the host's next wait for the device
+// (kernels/cuda/deferred_errors.h); they write nothing then.
+namespace cuda {
 ExpertSort sort_by_expert(const Tensor& topk_idx, int n_experts);
 void combine_expert_outputs(const Tensor& expert_out, const Tensor& position, const Tensor& topk_w, Tensor& y);
 void combine_expert_outputs_backward(const Tensor& dy, const Tensor& expert_out, const Tensor& position,

@@ -29,7 +29,10 @@ double moe_aux_loss(const Tensor& scores, const Tensor& topk_idx, float grad_sca
 double router_z_loss(const Tensor& logits, float grad_scale, Tensor& dlogits);
 }  // namespace cpu
 #ifdef ENGRAM_HAVE_CUDA
-namespace cuda {  // kernels/cuda/router.cu, the contracts of cpu:: above
+// kernels/cuda/router.cu, the contracts of cpu:: above, except that an expert id outside [0, E) in
+// topk_weights_backward's topk_idx is raised at the host's next wait for the device (moe_aux_loss
+// waits, so it raises its own): kernels/cuda/deferred_errors.h. Nothing is written on a bad id.
+namespace cuda {
 void router_scores(const Tensor& logits, ScoreFunc func, Tensor& scores);
 void router_scores_backward(const Tensor& dscores, const Tensor& scores, ScoreFunc func, Tensor& dlogits);
 void topk_select(const Tensor& scores, const Tensor& bias, int k, bool normalize, float routed_scale,

@@ -94,14 +94,15 @@ void print_table(const std::string& config_path, const Plan& plan) {
               short_flops(f.per_step).c_str(), f.per_step);
 
   const MemoryEstimate& m = plan.memory;
-  std::printf("\nMemory per rank (CPU float32; activations estimated; micro-batch %" PRId64 " x %" PRId64
+  std::printf("\nMemory per rank (%s: float32 tensors; activations estimated; micro-batch %" PRId64 " x %" PRId64
               " micro-steps)\n",
-              m.micro_batch, m.micro_steps);
+              m.device_extra > 0 ? "peak on the GPU" : "CPU", m.micro_batch, m.micro_steps);
   bytes_row("parameters", m.parameters);
   bytes_row("gradients (dense)", m.gradients);
   bytes_row("Adam moments (dense + tables)", m.adam_moments);
   bytes_row("table row gradients (bound)", m.table_row_grads);
   bytes_row("activations (estimate)", m.activations);
+  if (m.device_extra > 0) bytes_row("cuBLASLt workspace + bf16 operand copies", m.device_extra);
   bytes_row("total", m.total());
 }
 

@@ -9,6 +9,7 @@
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
+#include <memory>
 #include <numeric>
 #include <optional>
 #include <string>
@@ -210,14 +211,17 @@ TrainingResult run_training(const TrainingOptions& options, Communicator& world)
   const config::TrainConfig& t = cfg.train();
   const std::string run_dir = t.run_dir();
   const bool resuming = !options.resume_dir.empty();
-  TrainingData data = load_training_data(cfg, world);
+  const Device device = select_device(cfg.runtime());
+  // The ranks as this device's collectives need them: NCCL when every rank has its own GPU, else
+  // the world moving device tensors through host copies (also on the CPU).
+  const std::unique_ptr<Communicator> ranks = make_device_communicator(world, device);
+  TrainingData data = load_training_data(cfg, *ranks);
   if (writer) ensure_writable_dir(run_dir);
 
   // One process keeps the plain single-process model; several shard experts and tables over the groups.
   const int64_t n_experts = has_moe(cfg.model()) ? cfg.model().moe().n_routed_experts() : 0;
-  ProcessGroups groups(world, cfg.parallel().expert_parallel(), n_experts);
-  const Device device = select_device(cfg.runtime());
-  Model model(cfg.model(), data.compress, world.size() > 1 ? &groups : nullptr, device);
+  ProcessGroups groups(*ranks, cfg.parallel().expert_parallel(), n_experts);
+  Model model(cfg.model(), data.compress, ranks->size() > 1 ? &groups : nullptr, device);
   Trainer trainer(model, cfg.optim(), t.max_steps());
   std::string last_checkpoint;
   if (resuming) {
@@ -234,7 +238,7 @@ TrainingResult run_training(const TrainingOptions& options, Communicator& world)
   // Every rank stops after the same step (a signal may reach the ranks at different times).
   const auto stop_agreed = [&] {
     const int64_t stop = g_stop_requested ? 1 : 0;
-    return (world.size() > 1 ? world.all_reduce_sum(stop) : stop) > 0;
+    return (ranks->size() > 1 ? ranks->all_reduce_sum(stop) : stop) > 0;
   };
   int64_t saved_step = resuming ? trainer.steps_done() : -1;
   const auto save = [&] {
@@ -252,7 +256,7 @@ TrainingResult run_training(const TrainingOptions& options, Communicator& world)
     const StepMetrics m = trainer.step(data.train->step_batches(trainer.steps_done()));
     const double step_seconds = seconds_since(step_start);
     if (writer) {
-      ordered_json line = train_line(m, step_seconds, seconds_since(start), world.size() > 1);
+      ordered_json line = train_line(m, step_seconds, seconds_since(start), ranks->size() > 1);
       if (device == Device::CUDA) line["peak_device_bytes"] = peak_device_bytes(device);
       metrics->write(line);
     }

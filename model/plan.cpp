@@ -4,6 +4,7 @@
 #include <string>
 
 #include "kernels/ngram_hash.h"
+#include "runtime/cuda/device.h"
 
 namespace engram {
 
@@ -11,6 +12,7 @@ namespace {
 
 constexpr int64_t kF32 = 4;  // bytes per float32 value
 constexpr int64_t kI64 = 8;  // bytes per table row id
+constexpr int64_t kBf16 = 2;  // bytes per bf16 operand copy value
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -118,6 +120,11 @@ MemoryEstimate estimate_memory(const ExperimentConfig& cfg, const PlanLayout& la
     }
   }
   mem.activations = activation_bytes(m, mem.micro_batch * t.seq_len());
+  if (cfg.runtime().device() == config::CUDA) {
+    mem.device_extra = static_cast<int64_t>(kCublasWorkspaceBytes);
+    if (cfg.runtime().matmul_precision() == config::BF16)
+      mem.device_extra += kBf16 * (mem.micro_batch * t.seq_len() + m.d_model()) * m.vocab_size();
+  }
   return mem;
 }
 
@@ -255,7 +262,7 @@ nlohmann::json plan_to_json(const Plan& plan) {
                 {"attention_per_token", f.attention_per_token},
                 {"per_token", f.per_token},
                 {"per_step", f.per_step}};
-  j["memory_per_rank"] = {{"estimate", "CPU float32 backend; activations are an estimate (docs/TOOLS.md)"},
+  j["memory_per_rank"] = {{"estimate", "float32 tensors on the run's device; activations are an estimate (docs/TOOLS.md)"},
                           {"micro_batch", mem.micro_batch},
                           {"micro_steps", mem.micro_steps},
                           {"local_parameters", mem.local_parameters},
@@ -264,6 +271,7 @@ nlohmann::json plan_to_json(const Plan& plan) {
                           {"adam_moments_bytes", mem.adam_moments},
                           {"table_row_grads_bytes", mem.table_row_grads},
                           {"activations_bytes", mem.activations},
+                          {"device_extra_bytes", mem.device_extra},
                           {"total_bytes", mem.total()}};
   return j;
 }

@@ -4,6 +4,10 @@
 #include <cstdlib>
 #include <numeric>
 
+#ifdef ENGRAM_HAVE_CUDA
+#include "runtime/cuda/device.h"
+#endif
+
 namespace engram {
 
 #ifdef ENGRAM_HAVE_MPI
@@ -82,6 +86,43 @@ std::vector<int64_t> scaled(const std::vector<int64_t>& counts, int64_t factor) 
   return out;
 }
 
+size_t bytes_of(int64_t count, CommType type) { return static_cast<size_t>(count) * comm_type_size(type); }
+
+// A buffer of a collective as the communicator's device sees it: the caller's memory when it lives
+// there, else a staging copy on that device, filled from the caller's memory when the collective
+// reads the buffer, and copied back by write_back when it writes it. Host <-> device copies run on
+// the compute stream and wait for it (runtime/cuda/device.h), so the staged data is the tensor's
+// finished contents and the copy back is complete when the collective call returns. (Pinned staging
+// buffers and copies overlapped with the collective would be faster; not needed yet.)
+class StagedBuffer {
+ public:
+  StagedBuffer(Device comm_device, Device where, const void* data, size_t bytes, bool read)
+      : data_(const_cast<void*>(data)), where_(where), bytes_(bytes) {
+    if (where == comm_device) return;
+    staged_ = Tensor::empty({static_cast<int64_t>((bytes + 7) / 8)}, DType::I64, comm_device);
+    if (read) copy_bytes(staged_.raw(), comm_device, data_, where_, bytes_);
+  }
+  void* get() const { return staged_.defined() ? staged_.raw() : data_; }
+  void write_back() {
+    if (staged_.defined()) copy_bytes(data_, where_, staged_.raw(), staged_.device(), bytes_);
+  }
+
+ private:
+  static void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes) {
+#ifdef ENGRAM_HAVE_CUDA
+    cuda_copy(dst, dst_device, src, src_device, bytes);
+#else
+    EG_FAIL("a collective between ", device_name(src_device), " and ", device_name(dst_device),
+            " memory: this build has no CUDA backend");
+#endif
+  }
+
+  void* data_;
+  Device where_;
+  size_t bytes_;
+  Tensor staged_;
+};
+
 }  // namespace
 
 int64_t Communicator::total(const std::vector<int64_t>& counts) {
@@ -109,8 +150,6 @@ void Communicator::check_counts(const std::vector<int64_t>& send_counts,
 
 void Communicator::check_tensor(const Tensor& tensor, const char* what) const {
   EG_ASSERT(tensor.defined(), what, ": undefined tensor");
-  EG_CHECK(tensor.device() == device(), what, ": tensor ", tensor.describe(), " is not on ",
-           device_name(device()), ", where the ", backend(), " communicator works");
 }
 
 std::unique_ptr<Communicator> Communicator::split(int color, int key) {
@@ -118,27 +157,63 @@ std::unique_ptr<Communicator> Communicator::split(int color, int key) {
   return do_split(color, key);
 }
 
+void Communicator::broadcast_on(Device where, void* data, int64_t count, CommType type, int root) {
+  check_root(root, "broadcast");
+  if (size() == 1) return;
+  StagedBuffer buffer(device(), where, data, bytes_of(count, type), true);
+  do_broadcast(buffer.get(), count, type, root);
+  buffer.write_back();
+}
+
+void Communicator::all_reduce_sum_on(Device where, void* data, int64_t count, CommType type) {
+  check_summable(type, "all_reduce_sum");
+  if (size() == 1) return;
+  StagedBuffer buffer(device(), where, data, bytes_of(count, type), true);
+  do_all_reduce_sum(buffer.get(), count, type);
+  buffer.write_back();
+}
+
+void Communicator::reduce_scatter_sum_on(Device where, const void* send, void* recv, int64_t recv_count,
+                                         CommType type) {
+  check_summable(type, "reduce_scatter_sum");
+  const StagedBuffer in(device(), where, send, bytes_of(recv_count * size(), type), true);
+  StagedBuffer out(device(), where, recv, bytes_of(recv_count, type), false);
+  do_reduce_scatter_sum(in.get(), out.get(), recv_count, type);
+  out.write_back();
+}
+
+void Communicator::all_gather_on(Device where, const void* send, void* recv, int64_t send_count, CommType type) {
+  const StagedBuffer in(device(), where, send, bytes_of(send_count, type), true);
+  StagedBuffer out(device(), where, recv, bytes_of(send_count * size(), type), false);
+  do_all_gather(in.get(), out.get(), send_count, type);
+  out.write_back();
+}
+
+void Communicator::all_to_all_v_on(Device where, const void* send, const std::vector<int64_t>& send_counts,
+                                   void* recv, const std::vector<int64_t>& recv_counts, CommType type) {
+  check_counts(send_counts, recv_counts);
+  const StagedBuffer in(device(), where, send, bytes_of(total(send_counts), type), true);
+  StagedBuffer out(device(), where, recv, bytes_of(total(recv_counts), type), false);
+  do_all_to_all_v(in.get(), send_counts, out.get(), recv_counts, type);
+  out.write_back();
+}
+
 void Communicator::broadcast(Tensor& tensor, int root) {
   check_tensor(tensor, "broadcast");
-  check_root(root, "broadcast");
-  if (size() > 1) do_broadcast(tensor.raw(), comm_count(tensor), comm_type_of(tensor.dtype()), root);
+  broadcast_on(tensor.device(), tensor.raw(), comm_count(tensor), comm_type_of(tensor.dtype()), root);
 }
 
 void Communicator::all_reduce_sum(Tensor& tensor) {
   check_tensor(tensor, "all_reduce_sum");
-  const CommType type = comm_type_of(tensor.dtype());
-  check_summable(type, "all_reduce_sum");
-  if (size() > 1) do_all_reduce_sum(tensor.raw(), comm_count(tensor), type);
+  all_reduce_sum_on(tensor.device(), tensor.raw(), comm_count(tensor), comm_type_of(tensor.dtype()));
 }
 
 Tensor Communicator::reduce_scatter_sum(const Tensor& tensor) {
   check_tensor(tensor, "reduce_scatter_sum");
-  const CommType type = comm_type_of(tensor.dtype());
-  check_summable(type, "reduce_scatter_sum");
   EG_CHECK(tensor.ndim() >= 1 && tensor.dim(0) % size() == 0, "reduce_scatter_sum: tensor ",
            tensor.describe(), " needs a first dimension divisible by the group size ", size());
   Tensor out = Tensor::empty(with_rows(tensor, tensor.dim(0) / size()), tensor.dtype(), tensor.device());
-  do_reduce_scatter_sum(tensor.raw(), out.raw(), comm_count(out), type);
+  reduce_scatter_sum_on(tensor.device(), tensor.raw(), out.raw(), comm_count(out), comm_type_of(tensor.dtype()));
   return out;
 }
 
@@ -146,7 +221,7 @@ Tensor Communicator::all_gather(const Tensor& tensor) {
   check_tensor(tensor, "all_gather");
   EG_CHECK(tensor.ndim() >= 1, "all_gather: tensor ", tensor.describe(), " needs a first dimension");
   Tensor out = Tensor::empty(with_rows(tensor, tensor.dim(0) * size()), tensor.dtype(), tensor.device());
-  do_all_gather(tensor.raw(), out.raw(), comm_count(tensor), comm_type_of(tensor.dtype()));
+  all_gather_on(tensor.device(), tensor.raw(), out.raw(), comm_count(tensor), comm_type_of(tensor.dtype()));
   return out;
 }
 
@@ -158,7 +233,7 @@ Tensor Communicator::all_to_all_v_rows(const Tensor& send, const std::vector<int
             " must have the ", total(send_rows), " rows its counts name");
   Tensor out = Tensor::empty(with_rows(send, total(recv_rows)), send.dtype(), send.device());
   const int64_t width = row_elements(send);
-  do_all_to_all_v(send.raw(), scaled(send_rows, width), out.raw(), scaled(recv_rows, width),
+  all_to_all_v_on(send.device(), send.raw(), scaled(send_rows, width), out.raw(), scaled(recv_rows, width),
                   comm_type_of(send.dtype()));
   return out;
 }
@@ -189,6 +264,14 @@ void Communicator::print_abort_message(int world_rank, int world_size, const std
 
 bool built_with_mpi() {
 #ifdef ENGRAM_HAVE_MPI
+  return true;
+#else
+  return false;
+#endif
+}
+
+bool built_with_nccl() {
+#ifdef ENGRAM_HAVE_NCCL
   return true;
 #else
   return false;

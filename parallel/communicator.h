@@ -2,10 +2,14 @@
 // Communicator: the collectives a rank group needs for data, expert and table parallelism.
 //
 // Backends implement a small set of raw collectives on buffers of the backend's device (host memory
-// for Local and MPI; device memory for the NCCL backend of the CUDA issue) with element counts and an
+// for Local and MPI; device memory for NCCL, parallel/nccl_communicator.h) with element counts and an
 // element type. The public API wraps them for typed pointers, vectors and Tensors and checks
-// arguments once for every backend. Pointers, vectors and scalars are passed as they are, so they must
-// live where device() says (host memory here); only exchange_counts always works on host counts.
+// arguments once for every backend. Typed pointers are passed as they are, so they must live where
+// device() says. Vectors and scalars are host memory and Tensors live on their own device: when that
+// is not device(), the collective runs on a staging copy on device() (copied in before, out after;
+// communicator.cpp). That is how several ranks sharing one GPU run (MPI on host copies of CUDA
+// tensors) and how host metadata (metrics, counts) crosses an NCCL group. exchange_counts always
+// works on host counts.
 //
 // Ordering contract (what makes results independent of timing, DESIGN.md decisions 4 and 5):
 // - all_gather and all_to_all_v receive buffers are ordered by source rank;
@@ -59,12 +63,15 @@ class Communicator {
   virtual int rank() const = 0;
   virtual int size() const = 0;
   virtual Device device() const = 0;        // where the buffers of the collectives live
-  virtual std::string backend() const = 0;  // "local", "mpi"
+  virtual std::string backend() const = 0;  // "local", "mpi", "nccl"
   virtual void barrier() = 0;
 
   // A new group per distinct color (>= 0), ranks ordered by (key, rank in this group). Collective over
   // this group: every rank calls it, in the same order relative to the other collectives.
   std::unique_ptr<Communicator> split(int color, int key);
+  // A new group of the ranks of this group on this machine (sharing its memory and GPUs), ordered as
+  // here; its rank is the local rank that picks a GPU. Collective over this group.
+  std::unique_ptr<Communicator> split_node() { return do_split_node(); }
 
   // Prints "engram: rank R of W failed: <message>" to stderr and ends every process of the job with
   // exit code 1 (MPI_Abort), so a failing rank never leaves the others waiting in a collective.
@@ -73,28 +80,26 @@ class Communicator {
   // ---- broadcast: root's buffer to every rank (counts must agree) ----
   template <class T>
   void broadcast(T* data, int64_t count, int root) {
-    check_root(root, "broadcast");
-    if (size() > 1) do_broadcast(data, count, comm_type_of<T>(), root);
+    broadcast_on(device(), data, count, comm_type_of<T>(), root);
   }
   template <class T>
   void broadcast(std::vector<T>& values, int root) {
-    broadcast(values.data(), ssize(values), root);
+    broadcast_on(Device::CPU, values.data(), ssize(values), comm_type_of<T>(), root);
   }
   void broadcast(Tensor& tensor, int root);
 
   // ---- all_reduce_sum, in place ----
   template <class T>
   void all_reduce_sum(T* data, int64_t count) {
-    check_summable(comm_type_of<T>(), "all_reduce_sum");
-    if (size() > 1) do_all_reduce_sum(data, count, comm_type_of<T>());
+    all_reduce_sum_on(device(), data, count, comm_type_of<T>());
   }
   template <class T>
   void all_reduce_sum(std::vector<T>& values) {
-    all_reduce_sum(values.data(), ssize(values));
+    all_reduce_sum_on(Device::CPU, values.data(), ssize(values), comm_type_of<T>());
   }
   template <class T, class = std::enable_if_t<std::is_arithmetic_v<T>>>
   T all_reduce_sum(T value) {
-    all_reduce_sum(&value, 1);
+    all_reduce_sum_on(Device::CPU, &value, 1, comm_type_of<T>());
     return value;
   }
   void all_reduce_sum(Tensor& tensor);
@@ -103,8 +108,7 @@ class Communicator {
   // ranks of block r ----
   template <class T>
   void reduce_scatter_sum(const T* send, T* recv, int64_t recv_count) {
-    check_summable(comm_type_of<T>(), "reduce_scatter_sum");
-    do_reduce_scatter_sum(send, recv, recv_count, comm_type_of<T>());
+    reduce_scatter_sum_on(device(), send, recv, recv_count, comm_type_of<T>());
   }
   // tensor [size()·k, ...] -> [k, ...]
   Tensor reduce_scatter_sum(const Tensor& tensor);
@@ -112,12 +116,12 @@ class Communicator {
   // ---- all_gather: every rank contributes send_count elements; recv holds them by source rank ----
   template <class T>
   void all_gather(const T* send, T* recv, int64_t send_count) {
-    do_all_gather(send, recv, send_count, comm_type_of<T>());
+    all_gather_on(device(), send, recv, send_count, comm_type_of<T>());
   }
   template <class T>
   std::vector<T> all_gather(const std::vector<T>& values) {
     std::vector<T> out(values.size() * size());
-    all_gather(values.data(), out.data(), ssize(values));
+    all_gather_on(Device::CPU, values.data(), out.data(), ssize(values), comm_type_of<T>());
     return out;
   }
   // tensor [k, ...] (same shape on every rank) -> [size()·k, ...]
@@ -129,8 +133,7 @@ class Communicator {
   template <class T>
   void all_to_all_v(const T* send, const std::vector<int64_t>& send_counts, T* recv,
                     const std::vector<int64_t>& recv_counts) {
-    check_counts(send_counts, recv_counts);
-    do_all_to_all_v(send, send_counts, recv, recv_counts, comm_type_of<T>());
+    all_to_all_v_on(device(), send, send_counts, recv, recv_counts, comm_type_of<T>());
   }
   template <class T>
   std::vector<T> all_to_all_v(const std::vector<T>& send, const std::vector<int64_t>& send_counts,
@@ -138,7 +141,7 @@ class Communicator {
     EG_ASSERT(ssize(send) == total(send_counts), "all_to_all_v: send holds ", send.size(),
               " elements, counts sum to ", total(send_counts));
     std::vector<T> out(total(recv_counts));
-    all_to_all_v(send.data(), send_counts, out.data(), recv_counts);
+    all_to_all_v_on(Device::CPU, send.data(), send_counts, out.data(), recv_counts, comm_type_of<T>());
     return out;
   }
   // Rows of a tensor [n, ...]: send_rows[d] consecutive rows go to rank d; returns [Σ recv_rows, ...].
@@ -155,6 +158,7 @@ class Communicator {
 
  protected:
   virtual std::unique_ptr<Communicator> do_split(int color, int key) = 0;
+  virtual std::unique_ptr<Communicator> do_split_node() = 0;
   // Raw collectives on buffers of device(). Called only with valid arguments; counts in elements.
   // all_reduce is in place; the others never alias send and recv.
   virtual void do_broadcast(void* data, int64_t count, CommType type, int root) = 0;
@@ -175,6 +179,15 @@ class Communicator {
   static int64_t ssize(const std::vector<T>& v) {
     return static_cast<int64_t>(v.size());
   }
+  // Every collective of the public API: checks, then the raw collective on buffers that live on
+  // `where`, staged through copies on device() when that differs.
+  void broadcast_on(Device where, void* data, int64_t count, CommType type, int root);
+  void all_reduce_sum_on(Device where, void* data, int64_t count, CommType type);
+  void reduce_scatter_sum_on(Device where, const void* send, void* recv, int64_t recv_count, CommType type);
+  void all_gather_on(Device where, const void* send, void* recv, int64_t send_count, CommType type);
+  void all_to_all_v_on(Device where, const void* send, const std::vector<int64_t>& send_counts, void* recv,
+                       const std::vector<int64_t>& recv_counts, CommType type);
+
   void check_root(int root, const char* what) const;
   void check_summable(CommType type, const char* what) const;
   void check_counts(const std::vector<int64_t>& send_counts, const std::vector<int64_t>& recv_counts) const;
@@ -186,12 +199,24 @@ std::unique_ptr<Communicator> make_local_communicator();
 
 // True when this build has the MPI backend.
 bool built_with_mpi();
+// True when this build has the NCCL backend (CUDA builds that found NCCL).
+bool built_with_nccl();
 
 // The world: MPI when this build has MPI and the process was started by an MPI launcher (mpirun,
 // mpiexec, srun: detected from their environment variables), else a Local group of one. MPI is
 // initialized on the first call and finalized when the last communicator made from it is destroyed,
 // so keep the world alive for the whole program.
 std::unique_ptr<Communicator> make_world_communicator(int* argc, char*** argv);
+
+// The communicator a run on `device` trains with, made from the world (parallel/device_communicator.cpp).
+// Collective over world, which stays the caller's (keep it alive: it owns MPI). On CUDA it first
+// gives this rank its GPU: local rank (world.split_node()) modulo the GPUs it sees, before the CUDA
+// context is made (an error if it already exists on another GPU). Then:
+// - NCCL over a copy of world, when this build has NCCL and every node has at most as many ranks
+//   as GPUs (the ranks agree on it, so all take the same path);
+// - else (CPU runs, ranks sharing a GPU, builds without NCCL) a copy of world, which moves CUDA
+//   tensors through host copies.
+std::unique_ptr<Communicator> make_device_communicator(Communicator& world, Device device);
 
 // Runs body(); an exception on any rank ends the whole job through world.abort_all with the
 // exception's message (instead of leaving the other ranks blocked in a collective). Returns body's

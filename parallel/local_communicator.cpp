@@ -21,6 +21,7 @@ class LocalCommunicator final : public Communicator {
   std::unique_ptr<Communicator> do_split(int color, int key) override {
     return std::make_unique<LocalCommunicator>();
   }
+  std::unique_ptr<Communicator> do_split_node() override { return std::make_unique<LocalCommunicator>(); }
   void do_abort_all(const std::string& message) override {
     print_abort_message(0, 1, message);
     std::_Exit(1);  // like MPI_Abort: no destructors run after a failure

@@ -16,8 +16,11 @@ std::vector<int64_t> starts(const std::vector<int64_t>& counts) {
   return out;
 }
 
-Tensor i32_tensor(const std::vector<int32_t>& values) {
-  return Tensor::from_vector(values, {static_cast<int64_t>(values.size())});
+// A host-made index tensor on `device`, where the kernels that read it run.
+Tensor on_device(const Tensor& host, Device device) { return device == Device::CPU ? host : host.copy_to(device); }
+
+Tensor i32_tensor(const std::vector<int32_t>& values, Device device) {
+  return on_device(Tensor::from_vector(values, {static_cast<int64_t>(values.size())}), device);
 }
 
 }  // namespace
@@ -38,10 +41,16 @@ Tensor ExpertDispatcher::forward(const Tensor& x_in, const Tensor& topk_idx, con
   const int64_t n = topk_idx.rows(), k = topk_idx.cols(), d = x_in.cols();
   EG_ASSERT(x_in.rows() == n, "dispatcher x ", x_in.describe(), " needs one row per token of topk_idx ",
             topk_idx.describe());
+  const Device device = x_in.device();
+  EG_CHECK(topk_w.device() == device, "dispatcher topk_w ", topk_w.describe(), " is not on ", device_name(device),
+           " with x");
   const int p = group_.size();
   const int64_t per_rank = local_experts_.size();
   const Tensor x = x_in.view({n, d});
-  const int32_t* expert = topk_idx.data<int32_t>();
+  // The exchange plan is index work on the host (a host copy of the routing); the row gathers and
+  // the combine run on the tensors' device. A device-side plan would save the copies and waits.
+  const std::vector<int32_t> topk_host = topk_idx.to_vector<int32_t>();
+  const int32_t* expert = topk_host.data();
 
   Saved s;
   // 1. Permute by destination: token t gets one row per destination rank among its slots; the row's
@@ -83,31 +92,34 @@ Tensor ExpertDispatcher::forward(const Tensor& x_in, const Tensor& topk_idx, con
   for (int64_t row = 0; row < n_sent; ++row)
     for (int64_t slot = 0; slot < k; ++slot)
       if (routing[row * k + slot] >= 0) home_position[send_token[row] * k + slot] = next_output++;
-  s.send_token = i32_tensor(send_token);
-  s.home_position = i32_tensor(home_position);
+  s.send_token = i32_tensor(send_token, device);
+  s.home_position = i32_tensor(home_position, device);
 
   // 2. Exchange counts, then token rows and routing rows, received by (source rank, token).
   s.recv_rows = group_.exchange_counts(s.send_rows);
-  Tensor x_send = Tensor::empty({n_sent, d});
+  Tensor x_send = Tensor::empty({n_sent, d}, DType::F32, device);
   kernels::embedding_gather(x, s.send_token, x_send);
   const Tensor x_recv = group_.all_to_all_v_rows(x_send, s.send_rows, s.recv_rows);
+  // Routing rows stay host metadata (staged by a device communicator).
   Tensor routing_recv =
       group_.all_to_all_v_rows(Tensor::from_vector(routing, {n_sent, k}), s.send_rows, s.recv_rows);
   const int64_t n_recv = x_recv.rows();
 
   // 3. Assignments by local expert in (source, token, slot) order; slots that live elsewhere go to
-  //    an extra last block, which is never computed.
+  //    an extra last block, which is never computed. The sort is index work too: on the host.
   int32_t* local = routing_recv.data<int32_t>();
   for (int64_t a = 0; a < n_recv * k; ++a)
     if (local[a] < 0) local[a] = static_cast<int32_t>(per_rank);
   const kernels::ExpertSort sort = kernels::sort_by_expert(routing_recv, static_cast<int>(per_rank + 1));
   expert_offsets_.assign(sort.offsets.begin(), sort.offsets.end() - 1);
   const int64_t n_assigned = expert_offsets_.back();
-  s.sorted_row = sort.sorted_token.slice(0, n_assigned);
-  Tensor expert_in = Tensor::empty({n_assigned, d});
+  s.sorted_row = on_device(sort.sorted_token.slice(0, n_assigned), device);
+  Tensor expert_in = Tensor::empty({n_assigned, d}, DType::F32, device);
   kernels::embedding_gather(x_recv, s.sorted_row, expert_in);
   const Tensor expert_out = experts(expert_in, expert_offsets_);
   check_shape(expert_out, {n_assigned, d}, "expert function output");
+  EG_CHECK(expert_out.device() == device, "expert function output ", expert_out.describe(), " is not on ",
+           device_name(device), " with its input");
 
   // 4. Outputs back home, in (source, token, slot) order.
   const int32_t* position = sort.position.data<int32_t>();
@@ -125,13 +137,13 @@ Tensor ExpertDispatcher::forward(const Tensor& x_in, const Tensor& topk_idx, con
       }
     }
   }
-  s.expert_order = i32_tensor(expert_order);
-  Tensor out_send = Tensor::empty({n_assigned, d});
-  kernels::embedding_gather(expert_out, i32_tensor(return_order), out_send);
+  s.expert_order = i32_tensor(expert_order, device);
+  Tensor out_send = Tensor::empty({n_assigned, d}, DType::F32, device);
+  kernels::embedding_gather(expert_out, i32_tensor(return_order, device), out_send);
   s.out_home = group_.all_to_all_v_rows(out_send, s.return_rows, s.home_out_rows);
 
   // 5. Weighted combine in slot order.
-  Tensor y = Tensor::empty(x_in.shape());
+  Tensor y = Tensor::empty(x_in.shape(), DType::F32, device);
   Tensor y_flat = y.view({n, d});
   kernels::combine_expert_outputs(s.out_home, s.home_position, topk_w, y_flat);
   s.topk_w = topk_w;
@@ -157,24 +169,27 @@ ExpertDispatcher::Grads ExpertDispatcher::backward(const Tensor& dy_in,
   const int64_t n = s.topk_w.rows(), k = s.topk_w.cols(), d = s.out_home.cols();
   EG_ASSERT(dy_in.rows() == n && dy_in.cols() == d, "dispatcher backward: dy ", dy_in.describe(), " is not [",
             n, ", ", d, "]");
+  const Device device = s.out_home.device();
+  EG_CHECK(dy_in.device() == device, "dispatcher backward: dy ", dy_in.describe(), " is not on ",
+           device_name(device), " with the forward's tensors");
   const Tensor dy = dy_in.view({n, d});
 
   // 5'. Gradients of each assignment's output and of the routing weights, on the home rank.
-  Grads grads{Tensor::zeros(dy_in.shape()), Tensor::empty({n, k})};
-  Tensor d_out_home = Tensor::empty(s.out_home.shape());
+  Grads grads{Tensor::zeros(dy_in.shape(), DType::F32, device), Tensor::empty({n, k}, DType::F32, device)};
+  Tensor d_out_home = Tensor::empty(s.out_home.shape(), DType::F32, device);
   kernels::combine_expert_outputs_backward(dy, s.out_home, s.home_position, s.topk_w, d_out_home,
                                            grads.d_topk_w);
 
   // 4'. To the expert ranks, back in expert order.
   const Tensor d_returned = group_.all_to_all_v_rows(d_out_home, s.home_out_rows, s.return_rows);
   const int64_t n_assigned = d_returned.rows();
-  Tensor d_expert_out = Tensor::empty({n_assigned, d});
+  Tensor d_expert_out = Tensor::empty({n_assigned, d}, DType::F32, device);
   kernels::embedding_gather(d_returned, s.expert_order, d_expert_out);
 
   // 3'. Expert backward; each received row sums its assignments in local-expert order.
   const Tensor d_expert_in = experts_backward(d_expert_out, expert_offsets_);
   check_shape(d_expert_in, {n_assigned, d}, "expert backward output");
-  Tensor dx_recv = Tensor::zeros({Communicator::total(s.recv_rows), d});
+  Tensor dx_recv = Tensor::zeros({Communicator::total(s.recv_rows), d}, DType::F32, device);
   kernels::embedding_scatter_add(d_expert_in, s.sorted_row, dx_recv);
 
   // 2'. and 1'. Home, summed over destination ranks in ascending order.

@@ -24,6 +24,11 @@
 //   1'. dx_t summed over destination ranks. Both sums run in ascending global expert order (local
 //   experts ascending within a rank, ranks ascending), exactly the order of the single-rank
 //   MoELayer's scatter-add.
+//
+// Devices: x, topk_w and dy may be CPU or CUDA tensors (the same device; topk_idx anywhere), and every
+// result is on that device, bitwise the result for CPU tensors. The exchange plan (destinations,
+// routing rows, the sort by expert) is index work on host copies; the row gathers, scatters and the
+// combine run as kernels on the tensors' device. The expert functions get and return tensors there.
 #include <cstdint>
 #include <functional>
 #include <vector>
@@ -46,6 +51,7 @@ using ExpertBackwardFn = std::function<Tensor(const Tensor& d_outputs, const std
 struct DispatchStats {
   int64_t rows_sent = 0, rows_received = 0;
   int64_t bytes_sent = 0, bytes_received = 0;
+  bool operator==(const DispatchStats&) const = default;
 };
 
 class ExpertDispatcher {

@@ -118,6 +118,11 @@ class MpiCommunicator final : public Communicator {
     MPI_Comm_split(comm_, color, key, &sub);
     return std::make_unique<MpiCommunicator>(sub, runtime_);
   }
+  std::unique_ptr<Communicator> do_split_node() override {
+    MPI_Comm sub = MPI_COMM_NULL;
+    MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &sub);
+    return std::make_unique<MpiCommunicator>(sub, runtime_);
+  }
 
   void do_abort_all(const std::string& message) override {
     int world_rank = 0, world_size = 1;

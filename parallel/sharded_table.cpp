@@ -10,6 +10,12 @@ namespace {
 
 constexpr int64_t kIdBytes = sizeof(int64_t), kFloatBytes = sizeof(float), kCountBytes = sizeof(int64_t);
 
+// Host-made ids as a tensor on `device`, where the kernels that read them run.
+Tensor i64_tensor(const std::vector<int64_t>& values, Device device) {
+  const Tensor host = Tensor::from_vector(values, {static_cast<int64_t>(values.size())});
+  return device == Device::CPU ? host : host.copy_to(device);
+}
+
 }  // namespace
 
 ShardedTable::ShardedTable(Communicator& group, int64_t global_rows, int64_t width)
@@ -29,7 +35,13 @@ TableRouting ShardedTable::lookup(const Tensor& shard, const Tensor& rows, Tenso
   const int64_t m = rows.numel();
   EG_ASSERT(out.numel() == m * width_, "sharded table lookup out ", out.describe(), " needs ", m, "·", width_,
             " elements");
-  const int64_t* id = rows.data<int64_t>();
+  const Device device = shard.device();
+  EG_CHECK(out.device() == device, "sharded table lookup out ", out.describe(), " is not on ", device_name(device),
+           " with the shard");
+  // The dedup and the exchange plan are index work on a host copy of the ids; the row gathers run on
+  // the shard's device. A device-side plan (sort and unique there) would save the copies and waits.
+  const std::vector<int64_t> ids = rows.to_vector<int64_t>();
+  const int64_t* id = ids.data();
   for (int64_t i = 0; i < m; ++i)
     EG_CHECK(id[i] >= 0 && id[i] < global_rows_, "table row ", id[i], " at position ", i,
              " is outside the table's ", global_rows_, " rows [0, ", global_rows_, ")");
@@ -41,10 +53,10 @@ TableRouting ShardedTable::lookup(const Tensor& shard, const Tensor& rows, Tenso
   std::sort(unique.begin(), unique.end());
   unique.erase(std::unique(unique.begin(), unique.end()), unique.end());
   const int64_t n_unique = static_cast<int64_t>(unique.size());
-  routing.inverse = Tensor::empty({m}, DType::I64);
-  int64_t* inverse = routing.inverse.data<int64_t>();
+  std::vector<int64_t> inverse(m);
   for (int64_t i = 0; i < m; ++i)
     inverse[i] = std::lower_bound(unique.begin(), unique.end(), id[i]) - unique.begin();
+  routing.inverse = i64_tensor(inverse, device);
 
   // 2. Ids to their owners: ascending ids are grouped by owner, owners ascending.
   routing.ids_to_owner.assign(group_.size(), 0);
@@ -55,11 +67,11 @@ TableRouting ShardedTable::lookup(const Tensor& shard, const Tensor& rows, Tenso
     EG_ASSERT(owned_.contains(row), "sharded table: asked for row ", row, " owned by another rank");
     row -= owned_.begin;
   }
-  routing.served_rows = Tensor::from_vector(served, {static_cast<int64_t>(served.size())});
-  routing.unique_rows = Tensor::from_vector(unique, {n_unique});
+  routing.served_rows = i64_tensor(served, device);
+  routing.unique_rows = i64_tensor(unique, device);
 
   // 3. Owners gather; 4. vectors back, expanded to every request.
-  Tensor served_vectors = Tensor::empty({routing.served_rows.numel(), width_});
+  Tensor served_vectors = Tensor::empty({routing.served_rows.numel(), width_}, DType::F32, device);
   kernels::embedding_gather(shard, routing.served_rows, served_vectors);
   const Tensor unique_vectors =
       group_.all_to_all_v_rows(served_vectors, routing.ids_from_rank, routing.ids_to_owner);
@@ -84,6 +96,8 @@ RowGrads ShardedTable::backward(const TableRouting& routing, const Tensor& drows
   check_dtype(drows, DType::F32, "sharded table backward drows");
   EG_ASSERT(drows.numel() == routing.requested * width_, "sharded table backward drows ", drows.describe(),
             " needs ", routing.requested, "·", width_, " elements");
+  EG_CHECK(drows.device() == routing.inverse.device(), "sharded table backward drows ", drows.describe(),
+           " is not on ", device_name(routing.inverse.device()), " with its lookup");
   // 1'. One summed gradient per distinct row (every distinct row was requested at least once).
   const RowGrads local = kernels::reduce_rows(drows.view({routing.requested, width_}), routing.inverse);
   EG_ASSERT(local.rows.numel() == routing.unique_rows.numel(),

@@ -19,6 +19,11 @@
 //       source rank (kernels::reduce_rows again) -> RowGrads in the owner's LOCAL row ids, ready for
 //       the row-sparse Adam.
 // Stages 1–2 depend only on the ids (hashes of token ids), so a later prefetch can run them early.
+//
+// Devices: the shard, out and drows may be CPU or CUDA tensors (one device; rows anywhere). Every
+// tensor of the routing and of the results lives on the shard's device and equals, bit for bit, what
+// CPU tensors give: the dedup and exchange plan are index work on a host copy of the ids, the row
+// gathers and sums (kernels::embedding_gather, kernels::reduce_rows) run on the shard's device.
 #include <cstdint>
 #include <vector>
 
@@ -29,6 +34,7 @@
 namespace engram {
 
 // The exchange plan of one lookup; its backward needs it (several lookups may be in flight).
+// Its tensors live on the device of the lookup's shard.
 struct TableRouting {
   int64_t requested = 0;               // M
   Tensor unique_rows;                  // i64 [U]: distinct global rows this rank needs, ascending
@@ -46,6 +52,7 @@ struct TableStats {
   int64_t vectors_sent = 0, vectors_received = 0;  // rows of C floats (values or gradients)
   int64_t bytes_sent = 0, bytes_received = 0;      // ids, vectors and the counts exchange
   double dedup_ratio() const { return unique > 0 ? static_cast<double>(requested) / unique : 1.0; }
+  bool operator==(const TableStats&) const = default;
 };
 
 class ShardedTable {

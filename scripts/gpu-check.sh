@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One command for the GPU machine: configure with the CUDA backend, build with every core, run the
-# gpu suite (CUDA kernels and the model against the CPU reference), the CPU suites (unit, gradcheck)
-# and the step benchmark (benchmarks/step_time on the configs in ENGRAM_BENCH_CONFIGS), and print a
+# gpu suite (CUDA kernels and the model against the CPU reference), the CPU suites (unit, gradcheck),
+# the parallel suite (mpirun; its GPU tests run here) and the step benchmark (benchmarks/step_time on the configs in ENGRAM_BENCH_CONFIGS), and print a
 # table last. Full logs go to ${OUT:-/tmp/gpu-check}. Installs nothing (the GPU machine has
 # no package registry): it needs cmake, ninja, nvcc and the Debian/Ubuntu -dev packages already there.
 #   scripts/gpu-check.sh                      everything
@@ -55,6 +55,9 @@ step "ctest -L gpu" "$out/ctest-gpu.log" \
   ctest --test-dir "$build_dir" -L gpu -j 4 --output-on-failure --output-junit "$out/ctest-gpu.xml" "$@" || status=1
 step "ctest -L 'unit|gradcheck'" "$out/ctest-cpu.log" \
   ctest --test-dir "$build_dir" -L 'unit|gradcheck' -j "$jobs" --output-on-failure || status=1
+# The parallel suite (mpirun): its CUDA-tensor and GPU-run tests skip elsewhere.
+step "ctest -L parallel" "$out/ctest-parallel.log" \
+  ctest --test-dir "$build_dir" -L parallel -j "$jobs" --output-on-failure || status=1
 bench_configs=${ENGRAM_BENCH_CONFIGS-configs/h100-bench.pbtxt configs/4090-1b.pbtxt}
 for config in $bench_configs; do
   for precision in ${ENGRAM_BENCH_PRECISIONS:-BF16}; do
@@ -69,7 +72,7 @@ rm -f "$out/step_time.log.tmp"
 # (or ***Failed, ***Skipped, ***Timeout, ***Exception, Not Run).
 echo
 printf '%-22s %6s %6s %6s %8s\n' suite tests passed failed skipped
-for pair in "gpu:$out/ctest-gpu.log" "unit|gradcheck:$out/ctest-cpu.log"; do
+for pair in "gpu:$out/ctest-gpu.log" "unit|gradcheck:$out/ctest-cpu.log" "parallel:$out/ctest-parallel.log"; do
   awk -v suite="${pair%%:*}" '
     / Test +#[0-9]+: / {
       total++

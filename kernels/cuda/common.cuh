@@ -1,11 +1,13 @@
 #pragma once
 // Shared pieces of the CUDA kernels (included by kernels/cuda/*.cu only): launch shapes, argument
-// checks, block reductions and the report of invalid indices found on the device.
+// checks, block reductions, fixed-order column sums and the report of invalid indices found on the
+// device (at once, or deferred to the next wait: kernels/cuda/deferred_errors.h).
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cstdint>
 
+#include "kernels/cuda/deferred_errors.h"
 #include "runtime/cuda/check.h"
 #include "runtime/cuda/context.h"
 #include "runtime/tensor.h"
@@ -102,20 +104,20 @@ __global__ void sum_in_fixed_order_kernel(const T* values, int64_t n, T* total) 
 }
 
 // Σ values[0, n) (device doubles) in a fixed order, so it repeats bitwise, copied to the host: waits
-// for the device.
+// for the device (and raises the errors deferred until then).
 inline double sum_to_host(const double* values, int64_t n) {
   const Tensor total = device_doubles(1);
   sum_in_fixed_order_kernel<<<1, kThreads, 0, compute_stream()>>>(values, n, doubles(total));
   EG_CUDA_CHECK_LAUNCH("sum_in_fixed_order_kernel");
   double value = 0.0;
-  EG_CUDA_CHECK(cudaMemcpyAsync(&value, total.raw(), sizeof(value), cudaMemcpyDeviceToHost, compute_stream()));
-  EG_CUDA_CHECK(cudaStreamSynchronize(compute_stream()));
+  copy_to_host_and_wait(&value, total.raw(), sizeof(value));
   return value;
 }
 
 // The first position (smallest index) at which a kernel found an invalid value, for the host to
 // report as the CPU kernel would. Kernels call report_bad_position(slot, i); position() waits for
-// the device, so only kernels that validate user data (ids, targets) use it.
+// the device (and raises the errors deferred until then), so only kernels that validate user data
+// (ids, targets) use it; indices made on the device are checked by defer_bad_value_check.
 class FirstBadPosition {
  public:
   FirstBadPosition() : slot_(Tensor::empty({1}, DType::I64, Device::CUDA)) {
@@ -124,8 +126,7 @@ class FirstBadPosition {
   unsigned long long* slot() const { return static_cast<unsigned long long*>(slot_.raw()); }
   int64_t position() const {  // −1 when every position was valid
     unsigned long long value = 0;
-    EG_CUDA_CHECK(cudaMemcpyAsync(&value, slot(), sizeof(value), cudaMemcpyDeviceToHost, compute_stream()));
-    EG_CUDA_CHECK(cudaStreamSynchronize(compute_stream()));
+    copy_to_host_and_wait(&value, slot(), sizeof(value));
     return value == ~0ull ? -1 : static_cast<int64_t>(value);
   }
 
@@ -137,10 +138,72 @@ __device__ inline void report_bad_position(unsigned long long* slot, int64_t i) 
   atomicMin(slot, static_cast<unsigned long long>(i));
 }
 
+// Records that an index argument holds `value` at `position` (< 2^32 − 1) into a slot from
+// defer_bad_value_check; the smallest position wins, whatever the order of the reports.
+__device__ inline void report_bad_value(unsigned long long* slot, int64_t position, int32_t value) {
+  atomicMin(slot, (static_cast<unsigned long long>(position) << 32) | static_cast<uint32_t>(value));
+}
+
+// Whether a kernel launched earlier on the stream reported into `slot`: the kernels that would read
+// the bad indices then write nothing, as the CPU kernel throws before writing anything.
+__device__ inline bool bad_value_reported(const unsigned long long* slot) { return *slot != kNoBadValue; }
+
 // Element `position` of an integer tensor (i32 or i64), read back for an error message.
 inline int64_t integer_at(const Tensor& t, int64_t position) {
   const Tensor one = t.view({-1}).slice(position, position + 1);
   return t.dtype() == DType::I32 ? one.to_vector<int32_t>()[0] : one.to_vector<int64_t>()[0];
 }
+
+// Column sums over many rows (bias and norm gradients, the conv's dw) in a fixed order, in double:
+// the rows are cut into chunks whose size depends on the row count only; one thread per (chunk,
+// column) sums its chunk's rows in ascending order into a scratch buffer, then one thread per column
+// adds the chunks in ascending order and adds the float-rounded total into out. No atomics, so the
+// result repeats bitwise, and a sum over 16k rows is spread over up to kMaxRowChunks·cols threads.
+constexpr int64_t kMinChunkRows = 64;   // enough work per thread
+constexpr int64_t kMaxRowChunks = 256;  // bounds the scratch at kMaxRowChunks·cols doubles
+
+// ChunkSum: `__device__ double operator()(int64_t col, int64_t first_row, int64_t end_row) const`,
+// the column's terms over rows [first_row, end_row) summed in ascending row order, in double.
+// Grid: x over columns, y over chunks.
+template <class ChunkSum>
+__global__ void column_chunk_sums_kernel(ChunkSum chunk_sum, int64_t rows, int64_t cols, int64_t chunk_rows,
+                                         double* partial) {
+  const int64_t col = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (col >= cols) return;
+  const int64_t first = blockIdx.y * chunk_rows;
+  partial[blockIdx.y * cols + col] = chunk_sum(col, first, min(rows, first + chunk_rows));
+}
+
+// out[col] += Σ_chunk partial[chunk, col], chunks in ascending order (kernels/cuda/column_sums.cu).
+__global__ void add_chunk_sums_kernel(const double* partial, int64_t chunks, int64_t cols, float* out);
+
+// out[col] += Σ over rows [0, rows) of the column's terms (out: cols floats on the device).
+template <class ChunkSum>
+void add_column_sums(ChunkSum chunk_sum, int64_t rows, int64_t cols, float* out) {
+  if (cols == 0) return;
+  const int64_t chunk_rows = std::max(kMinChunkRows, (rows + kMaxRowChunks - 1) / kMaxRowChunks);
+  const int64_t chunks = (rows + chunk_rows - 1) / chunk_rows;
+  cudaStream_t stream = compute_stream();
+  const Tensor partial = device_doubles(chunks * cols);
+  if (chunks > 0) {
+    const dim3 grid(static_cast<unsigned>((cols + kThreads - 1) / kThreads), static_cast<unsigned>(chunks));
+    column_chunk_sums_kernel<<<grid, kThreads, 0, stream>>>(chunk_sum, rows, cols, chunk_rows, doubles(partial));
+    EG_CUDA_CHECK_LAUNCH("column_chunk_sums_kernel");
+  }
+  add_chunk_sums_kernel<<<grid_for(cols), kThreads, 0, stream>>>(doubles(partial), chunks, cols, out);
+  EG_CUDA_CHECK_LAUNCH("add_chunk_sums_kernel");
+}
+
+// The ChunkSum of Term (`__device__ double operator()(int64_t row, int64_t col) const`): its terms
+// added in row order.
+template <class Term>
+struct SumOfRowTerms {
+  Term term;
+  __device__ double operator()(int64_t col, int64_t first_row, int64_t end_row) const {
+    double sum = 0.0;
+    for (int64_t row = first_row; row < end_row; ++row) sum += term(row, col);
+    return sum;
+  }
+};
 
 }  // namespace engram::kernels::cuda

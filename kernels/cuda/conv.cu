@@ -1,12 +1,9 @@
 // The depthwise causal dilated convolution on the GPU, the CUDA side of kernels/conv.h.
 // y and dx: one block per row (b, t), threads over its channels, each summing the taps in
 // ascending order as the CPU does.
-// dw[i, c] = Σ over all B·T rows: the rows are cut into chunks (their size depends on the shape
-// only), one thread per (chunk, channel) sums its chunk in double in row order into a scratch
-// buffer, then one thread per (tap, channel) adds the chunks in ascending order. No atomics, so
-// the result repeats bitwise, and the B·T-long sum is spread over many blocks.
-#include <algorithm>
-
+// dw[i, c] = Σ over all B·T rows, a column sum of [B·T, W·D] in a fixed order of row chunks
+// (add_column_sums: one thread per (chunk, tap, channel), then the chunks in order), in double and
+// without atomics, so the result repeats bitwise and the B·T-long sum is spread over many blocks.
 #include "kernels/checks.h"
 #include "kernels/conv.h"
 #include "kernels/cuda/common.cuh"
@@ -14,11 +11,6 @@
 namespace engram::kernels::cuda {
 
 namespace {
-
-// dw's row chunks: at least kMinChunkRows rows each (enough work per thread), and at most
-// kMaxChunks of them (bounds the scratch buffer at kMaxChunks·W·D doubles).
-constexpr int64_t kMinChunkRows = 64;
-constexpr int64_t kMaxChunks = 256;
 
 // out[b, t] = Σ_i w[i] ⊙ in[b, t + (W−1−i)·shift], terms outside [0, T) left out, taps in ascending
 // order. shift = −dilation is the forward (in = x, out = y); shift = +dilation is dx (in = dy): dx[t]
@@ -36,35 +28,22 @@ __global__ void conv_taps_kernel(const float* in, const float* w, int64_t steps,
   }
 }
 
-// partial[chunk, i, c] = Σ_{rows of the chunk, in order} dy[row, c]·x[row − (W−1−i)·dilation, c]
-// over the rows whose t reaches back that far. Grid: x over channels, y over chunks.
-__global__ void conv_dw_partial_kernel(const float* dy, const float* x, int64_t rows, int64_t steps, int64_t dim,
-                                       int64_t width, int64_t dilation, int64_t chunk_rows, double* partial) {
-  const int64_t c = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
-  if (c >= dim) return;
-  const int64_t chunk = blockIdx.y;
-  const int64_t first = chunk * chunk_rows, end = first + chunk_rows < rows ? first + chunk_rows : rows;
-  for (int64_t i = 0; i < width; ++i) {
-    const int64_t back = (width - 1 - i) * dilation;
+// dw's column j = i·D + c over rows [first, end), in order: dy[row, c]·x[row − (W−1−i)·dilation, c]
+// for the rows whose t reaches back that far.
+struct DwChunkSum {
+  const float *dy, *x;
+  int64_t steps, dim, width, dilation;
+  __device__ double operator()(int64_t j, int64_t first, int64_t end) const {
+    const int64_t i = j / dim, c = j % dim, back = (width - 1 - i) * dilation;
     double sum = 0.0;
     int64_t t = first % steps;
     for (int64_t row = first; row < end; ++row) {
       if (t >= back) sum += static_cast<double>(dy[row * dim + c]) * x[(row - back) * dim + c];
       if (++t == steps) t = 0;
     }
-    partial[(chunk * width + i) * dim + c] = sum;
+    return sum;
   }
-}
-
-// dw[j] += Σ_chunk partial[chunk, j] in ascending chunk order, j = i·D + c.
-__global__ void conv_dw_sum_kernel(const double* partial, int64_t chunks, int64_t taps_by_dim, float* dw) {
-  for (int64_t j = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; j < taps_by_dim;
-       j += int64_t{gridDim.x} * blockDim.x) {
-    double sum = 0.0;
-    for (int64_t chunk = 0; chunk < chunks; ++chunk) sum += partial[chunk * taps_by_dim + j];
-    dw[j] += static_cast<float>(sum);
-  }
-}
+};
 
 }  // namespace
 
@@ -88,18 +67,8 @@ void causal_conv_backward(const Tensor& dy, const Tensor& x, const Tensor& w, in
                                                                          width, dilation, dx.data<float>());
   EG_CUDA_CHECK_LAUNCH("conv_taps_kernel");
 
-  const int64_t chunk_rows = std::max(kMinChunkRows, (rows + kMaxChunks - 1) / kMaxChunks);
-  const int64_t chunks = (rows + chunk_rows - 1) / chunk_rows;
-  // Doubles in 8-byte elements (Tensor has no f64 dtype).
-  Tensor partial = Tensor::empty({chunks, width, d}, DType::I64, Device::CUDA);
-  const dim3 partial_grid(static_cast<unsigned>((d + kThreads - 1) / kThreads), static_cast<unsigned>(chunks));
-  conv_dw_partial_kernel<<<partial_grid, kThreads, 0, stream>>>(dy.data<float>(), x.data<float>(), rows, nt, d, width,
-                                                                dilation, chunk_rows,
-                                                                static_cast<double*>(partial.raw()));
-  EG_CUDA_CHECK_LAUNCH("conv_dw_partial_kernel");
-  conv_dw_sum_kernel<<<grid_for(width * d), kThreads, 0, stream>>>(static_cast<const double*>(partial.raw()), chunks,
-                                                                   width * d, dw.data<float>());
-  EG_CUDA_CHECK_LAUNCH("conv_dw_sum_kernel");
+  add_column_sums(DwChunkSum{dy.data<float>(), x.data<float>(), nt, d, width, dilation}, rows, width * d,
+                  dw.data<float>());
 }
 
 }  // namespace engram::kernels::cuda

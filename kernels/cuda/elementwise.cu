@@ -1,7 +1,7 @@
 // Small elementwise and reduction kernels on the GPU (F32), the CUDA side of kernels/elementwise.h.
-// Column sums (bias_grad) run one thread per column over the rows in order, in double, as the CPU
-// does; sum_squares reduces in a fixed tree, so it repeats bitwise but differs from the CPU's
-// index-order sum by rounding.
+// Column sums (bias_grad) add in double in a fixed order of row chunks (add_column_sums), and
+// sum_squares reduces in a fixed tree: both repeat bitwise but differ from the CPU's row- or
+// index-order sums by rounding.
 #include "kernels/cuda/common.cuh"
 #include "kernels/elementwise.h"
 
@@ -41,13 +41,12 @@ __global__ void add_bias_rows_kernel(float* y, const float* bias, int64_t cols, 
     y[i] += bias[i % cols];
 }
 
-__global__ void bias_grad_kernel(const float* dy, float* dbias, int64_t rows, int64_t cols) {
-  for (int64_t c = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; c < cols; c += int64_t{gridDim.x} * blockDim.x) {
-    double sum = 0.0;
-    for (int64_t r = 0; r < rows; ++r) sum += dy[r * cols + c];
-    dbias[c] += static_cast<float>(sum);
-  }
-}
+// bias_grad's term: dy[row, col].
+struct RowValue {
+  const float* dy;
+  int64_t cols;
+  __device__ double operator()(int64_t row, int64_t col) const { return dy[row * cols + col]; }
+};
 
 // Pass 1: one double partial per block (grid-stride); pass 2 (sum_to_host) sums the partials.
 __global__ void sum_squares_partials_kernel(const float* x, int64_t n, double* partials) {
@@ -107,9 +106,7 @@ void bias_grad(const Tensor& dy, Tensor& dbias) {
   const int64_t cols = dy.cols();
   EG_ASSERT(dbias.numel() == cols, "bias_grad: dbias ", shape_str(dbias.shape()), " for rows of ",
             shape_str(dy.shape()));
-  bias_grad_kernel<<<grid_for(cols), kThreads, 0, compute_stream()>>>(dy.data<float>(), dbias.data<float>(),
-                                                                       dy.rows(), cols);
-  EG_CUDA_CHECK_LAUNCH("bias_grad_kernel");
+  add_column_sums(SumOfRowTerms<RowValue>{{dy.data<float>(), cols}}, dy.rows(), cols, dbias.data<float>());
 }
 
 double sum_squares(const Tensor& x) {

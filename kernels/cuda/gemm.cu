@@ -2,7 +2,22 @@
 // float32 products: CUBLAS_COMPUTE_32F, no TF32) or bf16, output f32 or bf16, always float32
 // accumulation and float32 alpha/beta (DESIGN.md decision 7). Under MatmulPrecision::BF16, f32
 // operands are rounded to bf16 copies first, so both modes share one product path.
+//
+// Cheap per call, because the MoE layers issue thousands of small per-expert products a step:
+// - the cuBLASLt plan of a product (descriptors and the heuristic's algorithm) is made once per
+//   PlanKey and kept for the life of the process (PlanCache);
+// - grouped products round their whole operands to bf16 once per call, not once per group.
+// The groups still run one cublasLtMatmul each: cublasGemmGroupedBatchedEx (cuBLAS 13.1) runs all
+// groups in one call for f32, but answers CUBLAS_STATUS_NOT_SUPPORTED for bf16 A/B with f32 C
+// (measured on an H100), and bf16 is the mode that training runs; cuBLASLt has no grouped matmul
+// with per-group shapes.
 #include <cuda_bf16.h>
+
+#include <compare>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <utility>
 
 #include "kernels/checks.h"
 #include "kernels/cuda/common.cuh"
@@ -29,12 +44,13 @@ uint32_t alignment(const void* ptr) {
   return a;
 }
 
-// Owners of cuBLASLt descriptors, destroyed however the call ends.
+// Owners of cuBLASLt descriptors (host memory), destroyed however construction ends.
 struct MatmulDesc {
   cublasLtMatmulDesc_t handle = nullptr;
-  ~MatmulDesc() {
-    if (handle != nullptr) cublasLtMatmulDescDestroy(handle);
-  }
+  MatmulDesc() { EG_CUBLAS_CHECK(cublasLtMatmulDescCreate(&handle, CUBLAS_COMPUTE_32F, CUDA_R_32F)); }
+  MatmulDesc(const MatmulDesc&) = delete;
+  MatmulDesc& operator=(const MatmulDesc&) = delete;
+  ~MatmulDesc() { cublasLtMatmulDescDestroy(handle); }
 };
 struct MatrixLayout {
   cublasLtMatrixLayout_t handle = nullptr;
@@ -43,21 +59,96 @@ struct MatrixLayout {
     EG_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&handle, cuda_dtype(dtype), static_cast<uint64_t>(cols),
                                                static_cast<uint64_t>(rows), cols));
   }
-  ~MatrixLayout() {
-    if (handle != nullptr) cublasLtMatrixLayoutDestroy(handle);
-  }
+  MatrixLayout(const MatrixLayout&) = delete;
+  MatrixLayout& operator=(const MatrixLayout&) = delete;
+  ~MatrixLayout() { cublasLtMatrixLayoutDestroy(handle); }
 };
 struct Preference {
   cublasLtMatmulPreference_t handle = nullptr;
-  ~Preference() {
-    if (handle != nullptr) cublasLtMatmulPreferenceDestroy(handle);
-  }
+  Preference() { EG_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&handle)); }
+  Preference(const Preference&) = delete;
+  Preference& operator=(const Preference&) = delete;
+  ~Preference() { cublasLtMatmulPreferenceDestroy(handle); }
 };
 
 template <class T>
 void set_preference(cublasLtMatmulPreference_t pref, cublasLtMatmulPreferenceAttributes_t attribute, T value) {
   EG_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, attribute, &value, sizeof(value)));
 }
+
+template <class T>
+void set_attribute(cublasLtMatmulDesc_t desc, cublasLtMatmulDescAttributes_t attribute, T value) {
+  EG_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, attribute, &value, sizeof(value)));
+}
+
+// Everything a product's plan depends on. Operands are contiguous row-major matrices, so the layouts
+// follow from the dtypes, m, n, k and the flags; the heuristic's choice depends on the alignments
+// too. alpha and beta are not part of it: the heuristic never sees them, and the algorithm it picks
+// takes any alpha and beta. One process uses one device (cuda_context()), so neither is the device.
+struct PlanKey {
+  DType operands;  // a's and b's, which gemm requires to be equal
+  DType output;
+  int64_t m, n, k;
+  bool trans_a, trans_b;
+  uint32_t align_a, align_b, align_c;  // c is also cuBLASLt's D (C and D alignment)
+  auto operator<=>(const PlanKey&) const = default;
+};
+
+// What cublasLtMatmul needs for a key besides pointers and scalars. Row-major C[m, n] = op(A)·op(B)
+// is column-major C^T[n, m] = op(B)^T·op(A)^T: cuBLASLt's first operand is b's storage
+// (column-major [b.cols, b.rows]) and its second is a's, flags unchanged.
+struct Plan {
+  MatmulDesc op;
+  MatrixLayout first, second, out;
+  cublasLtMatmulAlgo_t algo{};
+
+  explicit Plan(const PlanKey& key)
+      : first(key.operands, key.trans_b ? key.n : key.k, key.trans_b ? key.k : key.n),
+        second(key.operands, key.trans_a ? key.k : key.m, key.trans_a ? key.m : key.k),
+        out(key.output, key.m, key.n) {
+    set_attribute(op.handle, CUBLASLT_MATMUL_DESC_TRANSA, key.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N);
+    set_attribute(op.handle, CUBLASLT_MATMUL_DESC_TRANSB, key.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N);
+    const CudaContext& ctx = cuda_context();
+    const Preference pref;
+    set_preference(pref.handle, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, static_cast<uint64_t>(ctx.workspace_bytes));
+    set_preference(pref.handle, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, key.align_b);
+    set_preference(pref.handle, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, key.align_a);
+    set_preference(pref.handle, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, key.align_c);
+    set_preference(pref.handle, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, key.align_c);
+    cublasLtMatmulHeuristicResult_t heuristic{};
+    int found = 0;
+    EG_CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(ctx.cublaslt, op.handle, first.handle, second.handle, out.handle,
+                                                   out.handle, pref.handle, 1, &heuristic, &found));
+    EG_ASSERT(found > 0, "gemm: cuBLASLt has no algorithm for ", dtype_name(key.operands), " a",
+              key.trans_a ? "^T" : "", " · b", key.trans_b ? "^T" : "", " -> ", dtype_name(key.output), " c with m ",
+              key.m, ", n ", key.n, ", k ", key.k, " (alignments ", key.align_a, ", ", key.align_b, ", ", key.align_c,
+              " bytes)");
+    algo = heuristic.algo;
+  }
+};
+
+// The plans made so far, one per key, never evicted: a run meets a few shapes per layer times the
+// per-expert row counts it sees, and a plan is under a kilobyte of host memory. A key keeps its first
+// algorithm for the life of the process, so a product repeats bitwise however calls interleave;
+// across runs the heuristic, a deterministic function of the key on a given device and cuBLASLt
+// version, picks the same algorithm again, as it did before plans were kept. Never destroyed, like
+// the CUDA context: the descriptors are host memory that the process gives back at exit, and a static
+// destructor could run after cuBLASLt's own teardown. The mutex guards the map (threads may share
+// the device); plans are only read after insertion, and map nodes never move.
+class PlanCache {
+ public:
+  static const Plan& plan(const PlanKey& key) {
+    static auto* cache = new PlanCache();
+    const std::lock_guard lock(cache->mutex_);
+    auto it = cache->plans_.find(key);
+    if (it == cache->plans_.end()) it = cache->plans_.emplace(key, std::make_unique<const Plan>(key)).first;
+    return *it->second;
+  }
+
+ private:
+  std::mutex mutex_;
+  std::map<PlanKey, std::unique_ptr<const Plan>> plans_;
+};
 
 __global__ void round_to_bf16_kernel(const float* x, __nv_bfloat16* y, int64_t n) {
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x)
@@ -74,6 +165,20 @@ Tensor rounded_to_bf16(const Tensor& x) {
   return y;
 }
 
+// Whether products under the current matmul precision take these operands rounded to bf16: a pair
+// of f32 operands under BF16 (gemm rejects any other mix of dtypes, so it is passed on unchanged).
+bool rounds_operands(const Tensor& a, const Tensor& b) {
+  return a.dtype() == DType::F32 && b.dtype() == DType::F32 && matmul_precision() == MatmulPrecision::BF16;
+}
+
+// The operands of a grouped product as its groups' products take them. Whole tensors are rounded
+// once per call; the groups then multiply slices of the copies, the same values that rounding each
+// group's rows would give, with one cast kernel per tensor instead of two per group.
+std::pair<Tensor, Tensor> product_operands(const Tensor& a, const Tensor& b) {
+  if (!rounds_operands(a, b)) return {a, b};
+  return {rounded_to_bf16(a), rounded_to_bf16(b)};
+}
+
 }  // namespace
 
 void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& c, float alpha, float beta) {
@@ -82,7 +187,7 @@ void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& 
             b.describe(), ", c ", c.describe(), ": a and b must be both f32 or both bf16, c f32 or bf16");
   const auto [m, k, n] = checks::gemm_dims(a, trans_a, b, trans_b, c);
   if (m == 0 || n == 0) return;
-  if (a.dtype() == DType::F32 && k > 0 && matmul_precision() == MatmulPrecision::BF16)
+  if (k > 0 && rounds_operands(a, b))
     return gemm(rounded_to_bf16(a), trans_a, rounded_to_bf16(b), trans_b, c, alpha, beta);
   if (k == 0) {  // nothing to multiply: C = beta·C (0 overwrites NaN), as on the CPU
     EG_ASSERT(beta == 0.0f || c.dtype() == DType::F32, "gemm: k = 0 with beta ", beta, " on ", c.describe());
@@ -93,46 +198,24 @@ void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& 
     }
     return;
   }
+  const Plan& plan = PlanCache::plan({a.dtype(), c.dtype(), m, n, k, trans_a, trans_b, alignment(a.raw()),
+                                      alignment(b.raw()), alignment(c.raw())});
   const CudaContext& ctx = cuda_context();
-  // Row-major C[m, n] = op(A)·op(B) is column-major C^T[n, m] = op(B)^T·op(A)^T: cuBLASLt's first
-  // operand is b's storage (column-major [b.cols, b.rows]) and its second is a's, flags unchanged.
-  MatmulDesc op;
-  EG_CUBLAS_CHECK(cublasLtMatmulDescCreate(&op.handle, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-  const cublasOperation_t op_first = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
-  const cublasOperation_t op_second = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
-  EG_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op.handle, CUBLASLT_MATMUL_DESC_TRANSA, &op_first, sizeof(op_first)));
-  EG_CUBLAS_CHECK(
-      cublasLtMatmulDescSetAttribute(op.handle, CUBLASLT_MATMUL_DESC_TRANSB, &op_second, sizeof(op_second)));
-  const MatrixLayout first(b.dtype(), b.rows(), b.cols());
-  const MatrixLayout second(a.dtype(), a.rows(), a.cols());
-  const MatrixLayout out(c.dtype(), m, n);
-
-  Preference pref;
-  EG_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref.handle));
-  set_preference(pref.handle, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, static_cast<uint64_t>(ctx.workspace_bytes));
-  set_preference(pref.handle, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, alignment(b.raw()));
-  set_preference(pref.handle, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, alignment(a.raw()));
-  set_preference(pref.handle, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, alignment(c.raw()));
-  set_preference(pref.handle, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, alignment(c.raw()));
-  cublasLtMatmulHeuristicResult_t heuristic{};
-  int found = 0;
-  EG_CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(ctx.cublaslt, op.handle, first.handle, second.handle, out.handle,
-                                                 out.handle, pref.handle, 1, &heuristic, &found));
-  EG_ASSERT(found > 0, "gemm: cuBLASLt has no algorithm for a ", a.describe(), trans_a ? "^T" : "", " · b ",
-            b.describe(), trans_b ? "^T" : "", " -> c ", c.describe());
-  EG_CUBLAS_CHECK(cublasLtMatmul(ctx.cublaslt, op.handle, &alpha, b.raw(), first.handle, a.raw(), second.handle, &beta,
-                                 c.raw(), out.handle, c.raw(), out.handle, &heuristic.algo, ctx.workspace,
-                                 ctx.workspace_bytes, ctx.compute));
+  EG_CUBLAS_CHECK(cublasLtMatmul(ctx.cublaslt, plan.op.handle, &alpha, b.raw(), plan.first.handle, a.raw(),
+                                 plan.second.handle, &beta, c.raw(), plan.out.handle, c.raw(), plan.out.handle,
+                                 &plan.algo, ctx.workspace, ctx.workspace_bytes, ctx.compute));
 }
 
 void grouped_gemm(const Tensor& a, const Tensor& b, bool trans_b, Tensor& c, const std::vector<int64_t>& offsets) {
   check_on_cuda("grouped_gemm", a, b, c);
-  gemm_groups::grouped_gemm(gemm, a, b, trans_b, c, offsets);
+  const auto [a_product, b_product] = product_operands(a, b);
+  gemm_groups::grouped_gemm(gemm, a_product, b_product, trans_b, c, offsets);
 }
 
 void grouped_gemm_wgrad(const Tensor& dc, const Tensor& a, Tensor& db, const std::vector<int64_t>& offsets) {
   check_on_cuda("grouped_gemm_wgrad", dc, a, db);
-  gemm_groups::grouped_gemm_wgrad(gemm, dc, a, db, offsets);
+  const auto [dc_product, a_product] = product_operands(dc, a);
+  gemm_groups::grouped_gemm_wgrad(gemm, dc_product, a_product, db, offsets);
 }
 
 }  // namespace engram::kernels::cuda

@@ -4,7 +4,10 @@
 // experts, copied to the host (the grouped GEMMs size their groups from them). The combine runs one
 // thread per (token, column) over the slots in order, and its backward one warp per assignment, so
 // y and d_expert_out equal the CPU's bit for bit (__fmul_rn keeps nvcc from fusing the products)
-// and d_topk_w's double dot product differs from the CPU's only in summation order.
+// and d_topk_w's double dot product differs from the CPU's only in summation order. Indices are
+// checked without a wait of their own (kernels/cuda/deferred_errors.h): sort_by_expert raises a bad
+// expert at its offsets copy, which waits anyway; the combine's positions (made by sort_by_expert)
+// are reported at the host's next wait, and the combine kernels write nothing when one is bad.
 #include <cub/device/device_radix_sort.cuh>
 
 #include <climits>
@@ -21,7 +24,7 @@ namespace {
 __global__ void assignments_kernel(const int32_t* expert, int64_t total, int n_experts, int32_t* assignment,
                                    unsigned long long* bad_expert) {
   for (int64_t a = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; a < total; a += int64_t{gridDim.x} * blockDim.x) {
-    if (expert[a] < 0 || expert[a] >= n_experts) report_bad_position(bad_expert, a);
+    if (expert[a] < 0 || expert[a] >= n_experts) report_bad_value(bad_expert, a, expert[a]);
     assignment[a] = static_cast<int32_t>(a);
   }
 }
@@ -53,26 +56,39 @@ __global__ void scatter_kernel(const int32_t* sorted_assignment, int64_t total, 
   }
 }
 
-// Fails as the CPU does (an internal error) on a position outside [0, n_assignments).
+void report_assignment_outside(const char*, int64_t assignment, int64_t expert, int64_t n_experts) {
+  checks::assignment_outside_experts(assignment, expert, static_cast<int>(n_experts));
+}
+
+// Reports the first position outside [0, n_assignments) (with its value).
 __global__ void positions_kernel(const int32_t* position, int64_t n_assignments, unsigned long long* bad_position) {
   for (int64_t a = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; a < n_assignments;
        a += int64_t{gridDim.x} * blockDim.x)
-    if (position[a] < 0 || position[a] >= n_assignments) report_bad_position(bad_position, a);
+    if (position[a] < 0 || position[a] >= n_assignments) report_bad_value(bad_position, a, position[a]);
 }
 
-void check_positions(const Tensor& position, int64_t n_assignments, const char* kernel) {
-  if (n_assignments == 0) return;
-  FirstBadPosition bad_position;
+void report_position_outside(const char* kernel, int64_t, int64_t position, int64_t n_assignments) {
+  checks::position_outside(position, n_assignments, kernel);
+}
+
+// Checks, without waiting, that the positions lie in [0, n_assignments) (the CPU's internal error is
+// raised at the next wait). Returns the check's device slot, for the kernels that must not run on a
+// bad position.
+const unsigned long long* check_positions(const Tensor& position, int64_t n_assignments, const char* kernel) {
+  unsigned long long* bad_position = defer_bad_value_check(report_position_outside, kernel, n_assignments,
+                                                           n_assignments);
+  if (n_assignments == 0) return bad_position;
   positions_kernel<<<grid_for(n_assignments), kThreads, 0, compute_stream()>>>(position.data<int32_t>(),
-                                                                               n_assignments, bad_position.slot());
+                                                                               n_assignments, bad_position);
   EG_CUDA_CHECK_LAUNCH("positions_kernel");
-  const int64_t a = bad_position.position();
-  if (a >= 0) checks::position_outside(integer_at(position, a), n_assignments, kernel);
+  return bad_position;
 }
 
-// y[t, j] = Σ_k w[t, k] · expert_out[position[t·K + k], j], from 0 and in slot order as on the CPU.
+// y[t, j] = Σ_k w[t, k] · expert_out[position[t·K + k], j], from 0 and in slot order as on the CPU;
+// nothing when a position is bad.
 __global__ void combine_kernel(const float* expert_out, const int32_t* position, const float* topk_w, int64_t n,
-                               int64_t k, int64_t d, float* y) {
+                               int64_t k, int64_t d, const unsigned long long* bad_position, float* y) {
+  if (bad_value_reported(bad_position)) return;
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n * d; i += int64_t{gridDim.x} * blockDim.x) {
     const int64_t t = i / d, j = i % d;
     float acc = 0.0f;
@@ -83,10 +99,13 @@ __global__ void combine_kernel(const float* expert_out, const int32_t* position,
 }
 
 // One warp per assignment a (token t = a / K, row p = position[a]): d_expert_out[p] = w[a]·dy[t] and
-// d_topk_w[a] = <dy[t], expert_out[p]> in double (products of floats, exact in double).
+// d_topk_w[a] = <dy[t], expert_out[p]> in double (products of floats, exact in double); nothing when a
+// position is bad.
 __global__ void combine_backward_kernel(const float* dy, const float* expert_out, const int32_t* position,
                                         const float* topk_w, int64_t n_assignments, int64_t k, int64_t d,
-                                        float* d_expert_out, float* d_topk_w) {
+                                        const unsigned long long* bad_position, float* d_expert_out,
+                                        float* d_topk_w) {
+  if (bad_value_reported(bad_position)) return;
   for (int64_t a = first_warp_row(); a < n_assignments; a += warp_row_stride()) {
     const float* g = dy + (a / k) * d;
     const int64_t p = position[a];
@@ -116,13 +135,14 @@ ExpertSort sort_by_expert(const Tensor& topk_idx, int n_experts) {
   cudaStream_t stream = compute_stream();
   const int32_t* expert = topk_idx.data<int32_t>();
   Tensor assignment = Tensor::empty({total}, DType::I32, Device::CUDA);
-  FirstBadPosition bad_expert;
+  unsigned long long* bad_expert =
+      defer_bad_value_check(report_assignment_outside, "sort_by_expert", n_experts, total);
   assignments_kernel<<<grid_for(total), kThreads, 0, stream>>>(expert, total, n_experts,
-                                                               assignment.data<int32_t>(), bad_expert.slot());
+                                                               assignment.data<int32_t>(), bad_expert);
   EG_CUDA_CHECK_LAUNCH("assignments_kernel");
 
   // Stable: equal experts keep ascending a. Only the bits a valid expert uses (fewer passes); an
-  // invalid id sorts somewhere harmless and is reported below, before anything is returned.
+  // invalid id sorts somewhere harmless and is raised by the wait below, before anything is returned.
   int end_bit = 1;
   while ((int64_t{1} << end_bit) < n_experts) ++end_bit;
   Tensor sorted_expert = Tensor::empty({total}, DType::I32, Device::CUDA);
@@ -145,19 +165,19 @@ ExpertSort sort_by_expert(const Tensor& topk_idx, int n_experts) {
   offsets_kernel<<<grid_for(n_experts + 1), kThreads, 0, stream>>>(sorted_expert.data<int32_t>(), total, n_experts,
                                                                    offsets.data<int64_t>());
   EG_CUDA_CHECK_LAUNCH("offsets_kernel");
-  out.offsets = offsets.to_vector<int64_t>();  // waits for the device: the one sync of the sort
-  const int64_t a = bad_expert.position();
-  if (a >= 0) checks::assignment_outside_experts(a, integer_at(topk_idx, a), n_experts);
+  // The one wait of the sort; it raises a bad expert (and any error deferred before it).
+  copy_to_host_and_wait(out.offsets.data(), offsets.raw(), offsets.nbytes());
   return out;
 }
 
 void combine_expert_outputs(const Tensor& expert_out, const Tensor& position, const Tensor& topk_w, Tensor& y) {
   check_on_cuda("combine_expert_outputs", expert_out, position, topk_w, y);
   const auto [n, k, d] = checks::combine_expert_outputs(expert_out, position, topk_w, y);
-  check_positions(position, n * k, "combine_expert_outputs");
+  const unsigned long long* bad_position = check_positions(position, n * k, "combine_expert_outputs");
   if (n * d == 0) return;
-  combine_kernel<<<grid_for(n * d), kThreads, 0, compute_stream()>>>(
-      expert_out.data<float>(), position.data<int32_t>(), topk_w.data<float>(), n, k, d, y.data<float>());
+  combine_kernel<<<grid_for(n * d), kThreads, 0, compute_stream()>>>(expert_out.data<float>(),
+                                                                     position.data<int32_t>(), topk_w.data<float>(),
+                                                                     n, k, d, bad_position, y.data<float>());
   EG_CUDA_CHECK_LAUNCH("combine_kernel");
 }
 
@@ -166,11 +186,11 @@ void combine_expert_outputs_backward(const Tensor& dy, const Tensor& expert_out,
   check_on_cuda("combine_expert_outputs_backward", dy, expert_out, position, topk_w, d_expert_out, d_topk_w);
   const auto [n, k, d] =
       checks::combine_expert_outputs_backward(dy, expert_out, position, topk_w, d_expert_out, d_topk_w);
-  check_positions(position, n * k, "combine_expert_outputs_backward");
+  const unsigned long long* bad_position = check_positions(position, n * k, "combine_expert_outputs_backward");
   if (n * k == 0) return;
   combine_backward_kernel<<<grid_for_rows(n * k), kThreads, 0, compute_stream()>>>(
       dy.data<float>(), expert_out.data<float>(), position.data<int32_t>(), topk_w.data<float>(), n * k, k, d,
-      d_expert_out.data<float>(), d_topk_w.data<float>());
+      bad_position, d_expert_out.data<float>(), d_topk_w.data<float>());
   EG_CUDA_CHECK_LAUNCH("combine_backward_kernel");
 }
 

@@ -1,6 +1,6 @@
 // RMSNorm on the GPU, the CUDA side of kernels/rmsnorm.h. One block per row; the row's sum of squares
 // and the backward's dot product are reduced in double (fixed tree order), rstd is rounded to float
-// once and saved, and dg's column sums run one thread per column over the rows in order, in double.
+// once and saved, and dg's column sums add in double in a fixed order of row chunks (add_column_sums).
 #include "kernels/checks.h"
 #include "kernels/cuda/common.cuh"
 #include "kernels/rmsnorm.h"
@@ -37,14 +37,14 @@ __global__ void rmsnorm_dx_kernel(const float* dy, const float* x, const float* 
   for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) dxr[j] = static_cast<float>(rs * g[j] * dyr[j] - coef * xr[j]);
 }
 
-__global__ void rmsnorm_dg_kernel(const float* dy, const float* x, const float* rstd, int64_t rows, int64_t dim,
-                                  float* dg) {
-  for (int64_t j = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; j < dim; j += int64_t{gridDim.x} * blockDim.x) {
-    double sum = 0.0;
-    for (int64_t r = 0; r < rows; ++r) sum += static_cast<double>(dy[r * dim + j]) * x[r * dim + j] * rstd[r];
-    dg[j] += static_cast<float>(sum);
+// dg's term: dy·x·rstd of the row, in double as on the CPU.
+struct DgTerm {
+  const float *dy, *x, *rstd;
+  int64_t dim;
+  __device__ double operator()(int64_t row, int64_t j) const {
+    return static_cast<double>(dy[row * dim + j]) * x[row * dim + j] * rstd[row];
   }
-}
+};
 
 }  // namespace
 
@@ -67,9 +67,8 @@ void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& g, const 
   rmsnorm_dx_kernel<<<static_cast<unsigned>(rows), kThreads, 0, compute_stream()>>>(
       dy.data<float>(), x.data<float>(), g.data<float>(), rstd.data<float>(), dim, dx.data<float>());
   EG_CUDA_CHECK_LAUNCH("rmsnorm_dx_kernel");
-  rmsnorm_dg_kernel<<<grid_for(dim), kThreads, 0, compute_stream()>>>(dy.data<float>(), x.data<float>(),
-                                                                       rstd.data<float>(), rows, dim, dg.data<float>());
-  EG_CUDA_CHECK_LAUNCH("rmsnorm_dg_kernel");
+  add_column_sums(SumOfRowTerms<DgTerm>{{dy.data<float>(), x.data<float>(), rstd.data<float>(), dim}}, rows, dim,
+                  dg.data<float>());
 }
 
 }  // namespace engram::kernels::cuda

@@ -5,8 +5,10 @@
 // repeats bitwise from run to run. Where the CPU's sums are short and sequential (top-k indices and
 // weights, the top-k backward) or absent (the sigmoid backward), the GPU evaluates the CPU's
 // expression in the same order with the same roundings (__fmul_rn keeps nvcc from fusing a product
-// into an FMA) and matches it bit for bit. Expert ids are validated before anything is written, as on
-// the CPU, which costs a wait for the device.
+// into an FMA) and matches it bit for bit. Expert ids (made by topk_select, on the device) are checked
+// without waiting: a bad one is reported at the host's next wait (kernels/cuda/deferred_errors.h;
+// moe_aux_loss waits for its sum, so it raises its own), and the kernels that would read it write
+// nothing, as on the CPU.
 #include <climits>
 #include <cmath>
 
@@ -125,10 +127,12 @@ __global__ void topk_select_kernel(const float* scores, const float* bias, int64
   }
 }
 
-// One thread per row, the CPU's loops as written (a row's k slots are few).
+// One thread per row, the CPU's loops as written (a row's k slots are few). Nothing when topk_idx
+// holds a bad expert.
 __global__ void topk_weights_backward_kernel(const float* d_topk_w, const float* scores, const int32_t* topk_idx,
                                              int64_t n, int64_t e, int64_t k, bool normalize, float routed_scale,
-                                             float* dscores) {
+                                             const unsigned long long* bad_expert, float* dscores) {
+  if (bad_value_reported(bad_expert)) return;
   for (int64_t t = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; t < n; t += int64_t{gridDim.x} * blockDim.x) {
     const float* s = scores + t * e;
     const int32_t* idx = topk_idx + t * k;
@@ -151,34 +155,38 @@ __global__ void topk_weights_backward_kernel(const float* d_topk_w, const float*
   }
 }
 
-// Reports the first entry outside [0, n_experts); counts[e] += the entries naming e unless counts is
-// null (integer atomics: the counts do not depend on the order).
+// Reports the first entry outside [0, n_experts) (with its value); counts[e] += the entries naming e
+// unless counts is null (integer atomics: the counts do not depend on the order).
 __global__ void count_experts_kernel(const int32_t* topk_idx, int64_t total, int64_t n_experts, int32_t* counts,
                                      unsigned long long* bad_expert) {
   for (int64_t a = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; a < total; a += int64_t{gridDim.x} * blockDim.x) {
     const int32_t expert = topk_idx[a];
     if (expert < 0 || expert >= n_experts) {
-      report_bad_position(bad_expert, a);
+      report_bad_value(bad_expert, a, expert);
     } else if (counts != nullptr) {
       atomicAdd(counts + expert, 1);
     }
   }
 }
 
-// Fails as the CPU does when topk_idx names an expert outside [0, n_experts); fills counts (i32 [E],
-// zeroed here) when given.
-void check_experts(const Tensor& topk_idx, int64_t n_experts, const char* kernel, Tensor* counts = nullptr) {
+void report_expert_outside(const char* kernel, int64_t, int64_t expert, int64_t n_experts) {
+  checks::expert_outside(expert, n_experts, kernel);
+}
+
+// Checks, without waiting, that topk_idx names experts in [0, n_experts) (the CPU's error is raised at
+// the next wait); fills counts (i32 [E], zeroed here) when given. Returns the check's device slot,
+// for the kernels that must not run on a bad id.
+const unsigned long long* check_experts(const Tensor& topk_idx, int64_t n_experts, const char* kernel,
+                                        Tensor* counts = nullptr) {
   const int64_t total = topk_idx.numel();
   if (counts != nullptr)
     EG_CUDA_CHECK(cudaMemsetAsync(counts->raw(), 0, counts->nbytes(), compute_stream()));
-  if (total == 0) return;
-  FirstBadPosition bad_expert;
+  unsigned long long* bad_expert = defer_bad_value_check(report_expert_outside, kernel, n_experts, total);
+  if (total == 0) return bad_expert;
   count_experts_kernel<<<grid_for(total), kThreads, 0, compute_stream()>>>(
-      topk_idx.data<int32_t>(), total, n_experts, counts != nullptr ? counts->data<int32_t>() : nullptr,
-      bad_expert.slot());
+      topk_idx.data<int32_t>(), total, n_experts, counts != nullptr ? counts->data<int32_t>() : nullptr, bad_expert);
   EG_CUDA_CHECK_LAUNCH("count_experts_kernel");
-  const int64_t a = bad_expert.position();
-  if (a >= 0) checks::expert_outside(integer_at(topk_idx, a), n_experts, kernel);
+  return bad_expert;
 }
 
 // The auxiliary loss's sums over rows go by chunks of this many rows, then over the chunks in order.
@@ -219,9 +227,12 @@ __global__ void aux_loss_terms_kernel(const int32_t* counts, const double* parti
   }
 }
 
-// ∂loss/∂s_tm = (f_m − Σ_i f_i s_ti / S_t) / (N·S_t), times grad_scale, added into dscores.
+// ∂loss/∂s_tm = (f_m − Σ_i f_i s_ti / S_t) / (N·S_t), times grad_scale, added into dscores; nothing
+// when topk_idx holds a bad expert.
 __global__ void aux_loss_backward_kernel(const float* scores, const double* row_sum, const double* f, int64_t n,
-                                         int64_t e, float grad_scale, float* dscores) {
+                                         int64_t e, float grad_scale, const unsigned long long* bad_expert,
+                                         float* dscores) {
+  if (bad_value_reported(bad_expert)) return;
   for (int64_t t = first_warp_row(); t < n; t += warp_row_stride()) {
     const float* s = scores + t * e;
     double fs = 0.0;
@@ -288,11 +299,11 @@ void topk_weights_backward(const Tensor& d_topk_w, const Tensor& scores, const T
   check_on_cuda("topk_weights_backward", d_topk_w, scores, topk_idx, dscores);
   checks::topk_weights_backward(d_topk_w, scores, topk_idx, dscores);
   const int64_t n = scores.rows(), e = scores.cols(), k = topk_idx.cols();
-  check_experts(topk_idx, e, "topk_weights_backward");
+  const unsigned long long* bad_expert = check_experts(topk_idx, e, "topk_weights_backward");
   if (n == 0) return;
   topk_weights_backward_kernel<<<grid_for(n), kThreads, 0, compute_stream()>>>(
       d_topk_w.data<float>(), scores.data<float>(), topk_idx.data<int32_t>(), n, e, k, normalize, routed_scale,
-      dscores.data<float>());
+      bad_expert, dscores.data<float>());
   EG_CUDA_CHECK_LAUNCH("topk_weights_backward_kernel");
 }
 
@@ -301,7 +312,7 @@ double moe_aux_loss(const Tensor& scores, const Tensor& topk_idx, float grad_sca
   checks::moe_aux_loss(scores, topk_idx, dscores);
   const int64_t n = scores.rows(), e = scores.cols(), k = topk_idx.cols();
   Tensor counts = Tensor::empty({e}, DType::I32, Device::CUDA);
-  check_experts(topk_idx, e, "moe_aux_loss", &counts);
+  const unsigned long long* bad_expert = check_experts(topk_idx, e, "moe_aux_loss", &counts);
   if (n == 0) return 0.0;
   cudaStream_t stream = compute_stream();
   const int64_t n_chunks = (n + kRowsPerChunk - 1) / kRowsPerChunk;
@@ -316,10 +327,10 @@ double moe_aux_loss(const Tensor& scores, const Tensor& topk_idx, float grad_sca
                                                                doubles(f), doubles(terms));
   EG_CUDA_CHECK_LAUNCH("aux_loss_terms_kernel");
   aux_loss_backward_kernel<<<grid_for_rows(n), kThreads, 0, stream>>>(scores.data<float>(), doubles(row_sum),
-                                                                       doubles(f), n, e, grad_scale,
+                                                                       doubles(f), n, e, grad_scale, bad_expert,
                                                                        dscores.data<float>());
   EG_CUDA_CHECK_LAUNCH("aux_loss_backward_kernel");
-  return sum_to_host(doubles(terms), e);
+  return sum_to_host(doubles(terms), e);  // the wait raises a bad expert's error before returning
 }
 
 double router_z_loss(const Tensor& logits, float grad_scale, Tensor& dlogits) {

@@ -6,8 +6,6 @@
 namespace engram {
 namespace {
 
-// 32 MiB: what NVIDIA recommends for cuBLASLt on Hopper; enough for every architecture we build.
-constexpr size_t kCublasWorkspaceBytes = size_t{32} << 20;
 
 CudaContext* create_context() {
   EG_CHECK(cuda_device_count() > 0,

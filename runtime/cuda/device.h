@@ -6,6 +6,13 @@
 
 #include "runtime/tensor.h"
 
+namespace engram {
+// The cuBLASLt workspace each process holds on its device, outside the allocator's statistics
+// (32 MiB: what NVIDIA recommends for cuBLASLt on Hopper; enough for every architecture we build).
+// Declared in every build: engram-plan counts it for CUDA runs.
+constexpr size_t kCublasWorkspaceBytes = size_t{32} << 20;
+}  // namespace engram
+
 #ifdef ENGRAM_HAVE_CUDA
 namespace engram {
 

@@ -1,11 +1,14 @@
 // CUDA elementwise kernels against the CPU ones on fresh random inputs of odd sizes, outputs
 // NaN-poisoned. Tolerances: the GPU fuses multiply-adds and its expf may differ from std::exp by an
 // ulp or two, so elementwise results match to a few float ulps (rtol 1e-6, or 1e-5 through
-// sigmoid); bias_grad sums each column in double in row order like the CPU (same floats); sum_squares
+// sigmoid); bias_grad sums each column in double like the CPU but by chunks of rows, so its float
+// result may differ by an ulp of the column sum (|Σ| < 256 over 16k rows of [−1, 1]: atol 3e-5, rtol
+// 1e-6; a row left out or counted twice moves a column by ~0.5) and must repeat bitwise; sum_squares
 // reduces in another order, so it matches to double rounding (rtol 1e-12).
 #include <gtest/gtest.h>
 
 #include <random>
+#include <string>
 
 #include "kernels/elementwise.h"
 #include "tests/gpu/cuda_test_util.h"
@@ -53,6 +56,26 @@ TEST_F(CudaElementwise, BiasRowsAndBiasGradMatchTheCpu) {
   kernels::bias_grad(y.cpu, dbias.cpu);
   kernels::bias_grad(y.gpu, dbias.gpu);
   expect_close_to_cpu(dbias.gpu, dbias.cpu, 1e-6, 1e-7, "bias_grad");
+}
+
+// Row counts around the chunking (one short chunk, exactly 256 chunks of 64, a short last chunk of
+// 65-row chunks) and no rows at all, over columns that leave part of a block idle.
+TEST_F(CudaElementwise, BiasGradOverManyRowsMatchesTheCpuAndRepeats) {
+  std::mt19937 gen(15);
+  for (int64_t rows : {int64_t{0}, int64_t{1}, int64_t{63}, int64_t{1000}, int64_t{16384}, int64_t{16421}}) {
+    for (int64_t cols : {int64_t{1}, int64_t{771}}) {
+      const std::string what = "bias_grad, " + std::to_string(rows) + " × " + std::to_string(cols);
+      const HostDevice dy = random_on_both({rows, cols}, gen);
+      HostDevice dbias = random_on_both({cols}, gen);  // accumulated into
+      const Tensor start = dbias.gpu.clone();
+      kernels::bias_grad(dy.cpu, dbias.cpu);
+      kernels::bias_grad(dy.gpu, dbias.gpu);
+      expect_close_to_cpu(dbias.gpu, dbias.cpu, 1e-6, 3e-5, what);
+      Tensor again = start.clone();
+      kernels::bias_grad(dy.gpu, again);
+      EXPECT_TRUE(device_bitwise_equal(again, dbias.gpu)) << what << ": two runs differ";
+    }
+  }
 }
 
 TEST_F(CudaElementwise, SumSquaresMatchesTheCpu) {

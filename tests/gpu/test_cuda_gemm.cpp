@@ -3,10 +3,14 @@
 // float32 in different orders: |difference| stays within a few ulps of Σ|a·b| (k ≤ 67 terms of
 // magnitude ≤ 1: atol 1e-4, rtol 1e-5). bf16 inputs are compared with the CPU product of the same
 // rounded values (exact products in float32), so the same tolerance holds; a bf16 output adds its
-// own rounding (rtol 2^-8).
+// own rounding (rtol 2^-8). cuBLASLt plans are kept per shape, so the same product must repeat bit
+// for bit however calls of other shapes interleave, and grouped products must stay right with many
+// uneven (and empty) groups.
 #include <gtest/gtest.h>
 
 #include <random>
+#include <string>
+#include <vector>
 
 #include "kernels/gemm.h"
 #include "kernels/matmul_precision.h"
@@ -121,6 +125,101 @@ TEST_F(CudaGemm, GroupedProductsMatchTheCpuWithAnEmptyGroup) {
   kernels::grouped_gemm_wgrad(dc.cpu, a.cpu, db.cpu, offsets);
   kernels::grouped_gemm_wgrad(dc.gpu, a.gpu, db.gpu, offsets);
   expect_close_to_cpu(db.gpu, db.cpu, 1e-5, 1e-4, "grouped_gemm_wgrad");
+}
+
+// Each product's first call makes its plan and matches the CPU (on host-rounded operands under
+// BF16); later calls, hits of the same plan with the other shapes interleaved in changing orders,
+// repeat it bit for bit. The shapes differ in one thing each (a flag, the dims' roles, a's
+// alignment, beta), so a plan key that missed one would hand a shape another's plan and fail.
+TEST_F(CudaGemm, CachedPlansRepeatBitwiseWithInterleavedShapes) {
+  std::mt19937 gen(95);
+  struct Product {
+    int64_t m, k, n;
+    bool trans_a, trans_b;
+    int64_t a_row_offset;  // a starts this many rows into a larger matrix (unaligned for 1)
+    float beta;
+  };
+  const std::vector<Product> products{{33, 67, 45, false, false, 0, 0.0f}, {33, 67, 45, true, false, 0, 0.0f},
+                                      {45, 67, 33, false, true, 0, 0.0f},  {33, 45, 67, false, false, 0, 0.0f},
+                                      {33, 67, 45, false, false, 1, 0.0f}, {33, 67, 45, false, false, 0, 1.0f}};
+  for (const auto precision : {kernels::MatmulPrecision::Float32, kernels::MatmulPrecision::BF16}) {
+    const ScopedMatmulPrecision scoped(precision);
+    const bool bf16 = precision == kernels::MatmulPrecision::BF16;
+    std::vector<HostDevice> as, bs, cs;  // operands and each product's C before the call
+    std::vector<Tensor> firsts;
+    for (const Product& p : products) {
+      const Shape a_shape = p.trans_a ? Shape{p.k, p.m} : Shape{p.m, p.k};
+      const HostDevice a_all = random_on_both({a_shape[0] + p.a_row_offset, a_shape[1]}, gen);
+      const int64_t a_rows = a_all.cpu.rows();
+      as.push_back({a_all.cpu.slice(p.a_row_offset, a_rows), a_all.gpu.slice(p.a_row_offset, a_rows)});
+      bs.push_back(random_on_both(p.trans_b ? Shape{p.n, p.k} : Shape{p.k, p.n}, gen));
+      cs.push_back(p.beta == 0.0f ? nan_on_both({p.m, p.n}) : random_on_both({p.m, p.n}, gen));
+      const std::string what = std::string(bf16 ? "bf16 mode" : "f32 mode") + ", product " +
+                               std::to_string(firsts.size());
+      Tensor expected = cs.back().cpu.clone();
+      kernels::gemm(bf16 ? round_to_bf16(as.back().cpu).f32 : as.back().cpu, p.trans_a,
+                    bf16 ? round_to_bf16(bs.back().cpu).f32 : bs.back().cpu, p.trans_b, expected, 1.0f, p.beta);
+      Tensor c = cs.back().gpu.clone();
+      kernels::gemm(as.back().gpu, p.trans_a, bs.back().gpu, p.trans_b, c, 1.0f, p.beta);
+      expect_close_to_cpu(c, expected, 1e-5, 1e-4, what + ", first call");
+      firsts.push_back(c.copy_to(Device::CPU));
+    }
+    const size_t count = products.size();
+    for (size_t round = 1; round <= 3; ++round) {  // orders: reversed, then two rotations
+      for (size_t j = 0; j < count; ++j) {
+        const size_t i = round == 1 ? count - 1 - j : (j + round) % count;
+        Tensor c = cs[i].gpu.clone();
+        kernels::gemm(as[i].gpu, products[i].trans_a, bs[i].gpu, products[i].trans_b, c, 1.0f, products[i].beta);
+        EXPECT_TRUE(bitwise_equal(c.copy_to(Device::CPU), firsts[i]))
+            << (bf16 ? "bf16" : "f32") << " mode, product " << i << ", round " << round
+            << ": differs from the first call";
+      }
+    }
+  }
+}
+
+// 64 groups of uneven sizes, the first, the last and every seventh empty, as the MoE layers' per-expert
+// products: both grouped products against the CPU in both precision modes (under BF16 the CPU
+// multiplies the host-rounded operands), each repeated bit for bit. Group sizes stay below 41 rows,
+// so wgrad sums at most 40 terms (within the head comment's tolerance).
+TEST_F(CudaGemm, ManyUnevenGroupsMatchTheCpuInBothPrecisions) {
+  std::mt19937 gen(96);
+  const int64_t groups = 64, r = 37, s = 21;
+  std::vector<int64_t> offsets{0};
+  for (int64_t g = 0; g < groups; ++g) {
+    const bool empty = g == 0 || g == groups - 1 || g % 7 == 3;
+    offsets.push_back(offsets.back() + (empty ? 0 : 1 + (g * 29) % 40));
+  }
+  const int64_t rows = offsets.back();
+  const HostDevice a = random_on_both({rows, s}, gen), dc = random_on_both({rows, r}, gen);
+  const HostDevice b = random_on_both({groups, r, s}, gen);    // c_g = a_g · b[g]^T
+  const HostDevice b_t = random_on_both({groups, s, r}, gen);  // c_g = a_g · b_t[g]
+  const HostDevice db_initial = random_on_both({groups, r, s}, gen);
+  for (const auto precision : {kernels::MatmulPrecision::Float32, kernels::MatmulPrecision::BF16}) {
+    const ScopedMatmulPrecision scoped(precision);
+    const bool bf16 = precision == kernels::MatmulPrecision::BF16;
+    const std::string mode = bf16 ? "bf16 mode" : "f32 mode";
+    // What the CPU multiplies: the operands, or under BF16 their roundings (exact in float32).
+    const auto cpu_operand = [&](const Tensor& x) { return bf16 ? round_to_bf16(x).f32 : x; };
+    for (bool trans_b : {false, true}) {
+      const HostDevice& w = trans_b ? b : b_t;
+      const std::string what = mode + (trans_b ? ", grouped_gemm b^T" : ", grouped_gemm");
+      Tensor expected = nan_tensor({rows, r});
+      kernels::grouped_gemm(cpu_operand(a.cpu), cpu_operand(w.cpu), trans_b, expected, offsets);
+      Tensor c = nan_tensor({rows, r}).copy_to(Device::CUDA), again = c.clone();
+      kernels::grouped_gemm(a.gpu, w.gpu, trans_b, c, offsets);
+      kernels::grouped_gemm(a.gpu, w.gpu, trans_b, again, offsets);
+      expect_close_to_cpu(c, expected, 1e-5, 1e-4, what);
+      EXPECT_TRUE(device_bitwise_equal(c, again)) << what << ": a second call differs";
+    }
+    Tensor db_expected = db_initial.cpu.clone();  // accumulated into; empty groups keep theirs
+    kernels::grouped_gemm_wgrad(cpu_operand(dc.cpu), cpu_operand(a.cpu), db_expected, offsets);
+    Tensor db = db_initial.gpu.clone(), db_again = db_initial.gpu.clone();
+    kernels::grouped_gemm_wgrad(dc.gpu, a.gpu, db, offsets);
+    kernels::grouped_gemm_wgrad(dc.gpu, a.gpu, db_again, offsets);
+    expect_close_to_cpu(db, db_expected, 1e-5, 1e-4, mode + ", grouped_gemm_wgrad");
+    EXPECT_TRUE(device_bitwise_equal(db, db_again)) << mode << ", grouped_gemm_wgrad: a second call differs";
+  }
 }
 
 }  // namespace

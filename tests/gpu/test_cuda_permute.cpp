@@ -2,8 +2,9 @@
 // power of two and above 256) must give the same sorted tokens, positions and offsets; the combine
 // and d_expert_out are the CPU's expression in the CPU's order, so they must equal it bit for bit;
 // d_topk_w is a double dot product summed in another order, rounded to float: rtol 1e-6 with atol
-// 1e-9. Also the CPU's errors for an expert or a position outside its range, and two runs that must
-// agree bit for bit. Float outputs start NaN.
+// 1e-9. Also the CPU's errors for an expert or a position outside its range (the combines' deferred
+// to the next wait, nothing written; more deferred checks between two waits than the device has
+// slots), and two runs that must agree bit for bit. Float outputs start NaN.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -11,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cuda/deferred_errors.h"
 #include "kernels/permute.h"
 #include "tests/gpu/cuda_test_util.h"
 
@@ -98,17 +100,51 @@ TEST_F(CudaPermute, CombineAndItsBackwardMatchTheCpu) {
   }
 }
 
-TEST_F(CudaPermute, APositionOutsideTheAssignmentsIsTheCpusError) {
-  const Tensor expert_out = Tensor::zeros({4, 3}, DType::F32, Device::CUDA);
-  const Tensor position = Tensor::from_vector<int32_t>({0, 9, 1, 4}, {4}).copy_to(Device::CUDA);
-  const Tensor topk_w = Tensor::zeros({2, 2}, DType::F32, Device::CUDA);
+TEST_F(CudaPermute, APositionOutsideTheAssignmentsIsTheCpusErrorAtTheNextWait) {
+  const Tensor expert_out = Tensor::full({4, 3}, 1.0f).copy_to(Device::CUDA);
+  const Tensor bad = Tensor::from_vector<int32_t>({0, 9, 1, 4}, {4}).copy_to(Device::CUDA);
+  const Tensor topk_w = Tensor::full({2, 2}, 1.0f).copy_to(Device::CUDA);
   Tensor y = Tensor::zeros({2, 3}, DType::F32, Device::CUDA);
-  expect_error([&] { kernels::combine_expert_outputs(expert_out, position, topk_w, y); },
-               {"combine_expert_outputs: position 9 outside [0, 4)"});
-  Tensor d_expert_out = Tensor::zeros({4, 3}, DType::F32, Device::CUDA), d_topk_w = topk_w.clone();
+  // The combines do not wait: the first bad position is named at the next wait (explicit here).
+  kernels::combine_expert_outputs(expert_out, bad, topk_w, y);
+  expect_error([] { kernels::cuda::check_deferred_errors(); }, {"combine_expert_outputs: position 9 outside [0, 4)"});
+  Tensor d_expert_out = Tensor::zeros({4, 3}, DType::F32, Device::CUDA);
+  Tensor d_topk_w = Tensor::zeros({2, 2}, DType::F32, Device::CUDA);
+  kernels::combine_expert_outputs_backward(y, expert_out, bad, topk_w, d_expert_out, d_topk_w);
+  // sort_by_expert waits for its offsets: it raises the error deferred before it.
+  const Tensor topk = Tensor::from_vector<int32_t>({0, 1, 1, 0}, {2, 2}).copy_to(Device::CUDA);
+  expect_error([&] { kernels::sort_by_expert(topk, 2); },
+               {"combine_expert_outputs_backward: position 9 outside [0, 4)"});
+  kernels::cuda::check_deferred_errors();  // raised once only
+  EXPECT_TRUE(bitwise_equal(y.copy_to(Device::CPU), Tensor::zeros({2, 3}))) << "y written on a bad position";
+  EXPECT_TRUE(bitwise_equal(d_expert_out.copy_to(Device::CPU), Tensor::zeros({4, 3}))) << "d_expert_out written";
+  EXPECT_TRUE(bitwise_equal(d_topk_w.copy_to(Device::CPU), Tensor::zeros({2, 2}))) << "d_topk_w written";
+  // Valid positions afterwards write (the checks were reset): y = w·1 + w·1 = 2.
+  const Tensor valid = Tensor::from_vector<int32_t>({0, 3, 1, 2}, {4}).copy_to(Device::CUDA);
+  kernels::combine_expert_outputs(expert_out, valid, topk_w, y);
+  kernels::cuda::check_deferred_errors();
+  EXPECT_TRUE(bitwise_equal(y.copy_to(Device::CPU), Tensor::full({2, 3}, 2.0f))) << "y after valid positions";
+}
+
+// More deferred checks between two waits than there are device slots: a new check waits to free
+// them, which raises the bad one among them; the slots are reused correctly (no false reports).
+TEST_F(CudaPermute, ManyDeferredChecksBetweenWaits) {
+  const Tensor expert_out = Tensor::full({4, 3}, 1.0f).copy_to(Device::CUDA);
+  const Tensor topk_w = Tensor::full({2, 2}, 1.0f).copy_to(Device::CUDA);
+  const Tensor valid = Tensor::from_vector<int32_t>({0, 3, 1, 2}, {4}).copy_to(Device::CUDA);
+  const Tensor bad = Tensor::from_vector<int32_t>({0, 1, -2, 2}, {4}).copy_to(Device::CUDA);
+  Tensor y = Tensor::zeros({2, 3}, DType::F32, Device::CUDA);
+  for (int i = 0; i < 500; ++i) kernels::combine_expert_outputs(expert_out, valid, topk_w, y);
+  kernels::cuda::check_deferred_errors();
+  // No wait of its own in 500 calls, yet the bad one is raised (by the call that frees its slot).
   expect_error(
-      [&] { kernels::combine_expert_outputs_backward(y, expert_out, position, topk_w, d_expert_out, d_topk_w); },
-      {"combine_expert_outputs_backward: position 9 outside [0, 4)"});
+      [&] {
+        for (int i = 0; i < 500; ++i) kernels::combine_expert_outputs(expert_out, i == 100 ? bad : valid, topk_w, y);
+      },
+      {"combine_expert_outputs: position -2 outside [0, 4)"});
+  for (int i = 0; i < 500; ++i) kernels::combine_expert_outputs(expert_out, valid, topk_w, y);
+  kernels::cuda::check_deferred_errors();
+  EXPECT_TRUE(bitwise_equal(y.copy_to(Device::CPU), Tensor::full({2, 3}, 2.0f)));
 }
 
 // The sort, the combine and its backward twice on the same inputs: the same bits.

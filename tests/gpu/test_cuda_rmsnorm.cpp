@@ -1,10 +1,14 @@
-// CUDA RMSNorm against the CPU one, forward and backward, on odd sizes with NaN-poisoned outputs.
+// CUDA RMSNorm against the CPU one, forward and backward, on odd sizes with NaN-poisoned outputs, and
+// dg over many rows (its column sums go by chunks of rows) with a bitwise repeat.
 // Both accumulate in double; they differ in summation order, so rstd may differ by an ulp
 // (rtol 2e-6 on y, rstd and dg) and dx, which subtracts two close terms, by a little more
-// (rtol 1e-5 with atol 1e-6).
+// (rtol 1e-5 with atol 1e-6). Over 16k rows dg's column sums reach ~250, where the float rounding of
+// a double sum may differ by an ulp (1.5e-5) and cancel against dg's start: atol 3e-5 there (a row
+// left out or counted twice moves a column by ~0.9 on average).
 #include <gtest/gtest.h>
 
 #include <random>
+#include <string>
 
 #include "kernels/rmsnorm.h"
 #include "tests/gpu/cuda_test_util.h"
@@ -36,6 +40,31 @@ TEST_F(CudaRmsnorm, ForwardAndBackwardMatchTheCpu) {
     kernels::rmsnorm_backward(dy.gpu, x.gpu, g.gpu, saved.gpu, dx.gpu, dg.gpu);
     expect_close_to_cpu(dx.gpu, dx.cpu, 1e-5, 1e-6, "dx, dim " + std::to_string(dim));
     expect_close_to_cpu(dg.gpu, dg.cpu, 2e-6, 1e-6, "dg, dim " + std::to_string(dim));
+  }
+}
+
+// Row counts around dg's chunking (exactly 256 chunks of 64 rows; 65-row chunks with a short last one).
+TEST_F(CudaRmsnorm, DgOverManyRowsMatchesTheCpuAndRepeats) {
+  std::mt19937 gen(22);
+  const int64_t dim = 771;
+  for (int64_t rows : {int64_t{16384}, int64_t{16421}}) {
+    const std::string what = std::to_string(rows) + " rows";
+    const HostDevice x = random_on_both({rows, dim}, gen, -2.0f, 2.0f);
+    const HostDevice g = random_on_both({dim}, gen, 0.5f, 1.5f);
+    const HostDevice dy = random_on_both({rows, dim}, gen);
+    Tensor y = Tensor::empty({rows, dim}), rstd = Tensor::empty({rows});
+    kernels::rmsnorm_forward(x.cpu, g.cpu, 1e-6f, y, rstd);
+    const HostDevice saved = on_both(rstd);
+    HostDevice dx = nan_on_both({rows, dim}), dg = random_on_both({dim}, gen);  // dg accumulates
+    const Tensor dg_start = dg.gpu.clone();
+    kernels::rmsnorm_backward(dy.cpu, x.cpu, g.cpu, saved.cpu, dx.cpu, dg.cpu);
+    kernels::rmsnorm_backward(dy.gpu, x.gpu, g.gpu, saved.gpu, dx.gpu, dg.gpu);
+    expect_close_to_cpu(dx.gpu, dx.cpu, 1e-5, 1e-6, "dx, " + what);
+    expect_close_to_cpu(dg.gpu, dg.cpu, 2e-6, 3e-5, "dg, " + what);
+    Tensor dx_again = Tensor::empty({rows, dim}, DType::F32, Device::CUDA), dg_again = dg_start.clone();
+    kernels::rmsnorm_backward(dy.gpu, x.gpu, g.gpu, saved.gpu, dx_again, dg_again);
+    EXPECT_TRUE(device_bitwise_equal(dg_again, dg.gpu)) << "dg, " << what << ": two runs differ";
+    EXPECT_TRUE(device_bitwise_equal(dx_again, dx.gpu)) << "dx, " << what << ": two runs differ";
   }
 }
 

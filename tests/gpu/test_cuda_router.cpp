@@ -1,7 +1,8 @@
 // CUDA router kernels against the CPU ones: both score functions, top-k with and without
 // normalization (ties forced by quantized scores, NaN scores, E not a power of two and above 256,
 // k = E, N = 1), the top-k backward, the auxiliary and z losses, the CPU's errors for experts outside
-// the range, and two runs that must agree bit for bit. Outputs start NaN (-1 for ids); accumulated
+// the range (deferred to the next wait for topk_weights_backward, nothing written), and two runs that
+// must agree bit for bit. Outputs start NaN (-1 for ids); accumulated
 // outputs start from random values. Tolerances:
 // - exact: topk ids and weights, the top-k backward and the sigmoid backward (the same expression in
 //   the same order on both sides);
@@ -20,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cuda/deferred_errors.h"
 #include "kernels/router.h"
 #include "tests/gpu/cuda_test_util.h"
 
@@ -185,16 +187,29 @@ TEST_F(CudaRouter, LossesOfNoTokensAreZero) {
 
 TEST_F(CudaRouter, ExpertsOutsideTheRangeAreTheCpuErrors) {
   const Tensor scores = Tensor::full({2, 5}, 0.5f).copy_to(Device::CUDA);
-  const Tensor d_topk_w = Tensor::zeros({2, 2}).copy_to(Device::CUDA);
+  const Tensor d_topk_w = Tensor::full({2, 2}, 1.0f).copy_to(Device::CUDA);
   Tensor dscores = Tensor::zeros({2, 5}).copy_to(Device::CUDA);
-  // The first bad entry (in flat order) is the one named.
+  const Tensor valid = Tensor::from_vector<int32_t>({0, 1, 2, 3}, {2, 2}).copy_to(Device::CUDA);
+  // The first bad entry (in flat order) is the one named. topk_weights_backward does not wait: the
+  // error comes at the next wait, here the explicit one.
   const Tensor too_large = Tensor::from_vector<int32_t>({0, 1, 5, 7}, {2, 2}).copy_to(Device::CUDA);
-  expect_error([&] { kernels::topk_weights_backward(d_topk_w, scores, too_large, true, 1.0f, dscores); },
+  kernels::topk_weights_backward(d_topk_w, scores, too_large, true, 1.0f, dscores);
+  expect_error([] { kernels::cuda::check_deferred_errors(); },
                {"topk_weights_backward topk_idx holds expert 5 outside [0, 5)"});
+  // moe_aux_loss waits for its sum, so it raises its own error.
   const Tensor negative = Tensor::from_vector<int32_t>({0, 1, 2, -1}, {2, 2}).copy_to(Device::CUDA);
   expect_error([&] { kernels::moe_aux_loss(scores, negative, 1.0f, dscores); },
                {"moe_aux_loss topk_idx holds expert -1 outside [0, 5)"});
-  EXPECT_TRUE(bitwise_equal(dscores.copy_to(Device::CPU), Tensor::zeros({2, 5}))) << "dscores written before the error";
+  // A deferred error surfaces at the next wait of another kernel, and only once.
+  kernels::topk_weights_backward(d_topk_w, scores, negative, false, 1.0f, dscores);
+  expect_error([&] { kernels::moe_aux_loss(scores, valid, 0.0f, dscores); },
+               {"topk_weights_backward topk_idx holds expert -1 outside [0, 5)"});
+  kernels::cuda::check_deferred_errors();
+  EXPECT_TRUE(bitwise_equal(dscores.copy_to(Device::CPU), Tensor::zeros({2, 5}))) << "dscores written on a bad id";
+  // Valid ids after the errors still write (the kernels' checks were reset).
+  kernels::topk_weights_backward(d_topk_w, scores, valid, false, 1.0f, dscores);
+  kernels::cuda::check_deferred_errors();
+  EXPECT_EQ(dscores.to_vector<float>(), (std::vector<float>{1, 1, 0, 0, 0, 0, 0, 1, 1, 0}));
 }
 
 // Every kernel twice on the same inputs: the same bits (losses included).

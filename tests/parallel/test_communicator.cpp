@@ -1,10 +1,14 @@
 // Every collective of the world communicator against its mathematical result, with rank-dependent
-// inputs; run on 1, 2 and 4 ranks. Also the Local communicator, split groups and argument errors.
+// inputs; run on 1, 2 and 4 ranks. Also the Local communicator, split groups and argument errors,
+// and (with a CUDA device) the Tensor collectives on CUDA tensors, which the host communicator
+// stages through host copies: the same bits as on CPU tensors, results on the device.
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <functional>
 #include <random>
 
+#include "tests/parallel/support/cuda_tensors.h"
 #include "tests/parallel/support/mpi_test_env.h"
 #include "tests/test_util.h"
 
@@ -220,6 +224,25 @@ TEST(Communicator, SplitMakesGroupsOrderedByKey) {
   EXPECT_THROW(comm.split(-1, 0), Error);
 }
 
+TEST(Communicator, SplitNodeHoldsTheRanksOnThisMachine) {
+  Communicator& comm = world();
+  // mpirun starts every rank of these tests on this machine.
+  std::unique_ptr<Communicator> node = comm.split_node();
+  EXPECT_EQ(node->size(), comm.size());
+  EXPECT_EQ(node->rank(), comm.rank());
+  EXPECT_EQ(node->all_reduce_sum<int64_t>(comm.rank()), int64_t{comm.size()} * (comm.size() - 1) / 2);
+}
+
+TEST(Communicator, DeviceCommunicatorForCpuRunsIsACopyOfTheWorld) {
+  Communicator& comm = world();
+  std::unique_ptr<Communicator> copy = make_device_communicator(comm, Device::CPU);
+  EXPECT_EQ(copy->backend(), comm.backend());
+  EXPECT_EQ(copy->device(), Device::CPU);
+  EXPECT_EQ(copy->size(), comm.size());
+  EXPECT_EQ(copy->rank(), comm.rank());
+  EXPECT_EQ(copy->all_reduce_sum<int64_t>(1), comm.size());
+}
+
 TEST(Communicator, BadArgumentsAreErrorsBeforeAnyMessage) {
   Communicator& comm = world();
   std::vector<uint8_t> bytes(4, 1);
@@ -231,6 +254,74 @@ TEST(Communicator, BadArgumentsAreErrorsBeforeAnyMessage) {
                                       std::vector<int64_t>(comm.size(), 0)),
                Error);
 }
+
+using CommunicatorOnCudaTensors = testing_util::CudaTensorTest;
+
+// Runs `collective` on a CPU tensor and on its CUDA copy: the CUDA result stays on the device and has
+// the CPU result's bits.
+void expect_same_on_cuda(const Tensor& input, const std::function<Tensor(Tensor)>& collective,
+                         const std::string& what) {
+  const Tensor cpu = collective(input.clone());
+  const Tensor gpu = collective(input.copy_to(Device::CUDA));
+  testing_util::expect_cuda_with_cpu_bits(gpu, cpu, what);
+}
+
+TEST_F(CommunicatorOnCudaTensors, TensorCollectivesGiveTheCpuBits) {
+  Communicator& comm = world();
+  const int p = comm.size(), me = comm.rank();
+  std::mt19937 gen(900 + me);
+  for (int root = 0; root < p; ++root) {
+    expect_same_on_cuda(
+        testing_util::random_normal({5, 3}, gen),
+        [&](Tensor t) {
+          comm.broadcast(t, root);
+          return t;
+        },
+        "broadcast from " + std::to_string(root));
+  }
+  const auto all_reduce = [&](Tensor t) {
+    comm.all_reduce_sum(t);
+    return t;
+  };
+  expect_same_on_cuda(testing_util::random_normal({1001}, gen), all_reduce, "all_reduce_sum f32");
+  expect_same_on_cuda(testing_util::random_ids<int64_t>({7, 2}, int64_t{1} << 40, gen), all_reduce,
+                      "all_reduce_sum i64");
+  expect_same_on_cuda(testing_util::random_normal({p * 3, 5}, gen),
+                      [&](Tensor t) { return comm.reduce_scatter_sum(t); }, "reduce_scatter_sum");
+  expect_same_on_cuda(testing_util::random_normal({2, 3}, gen), [&](Tensor t) { return comm.all_gather(t); },
+                      "all_gather f32");
+  // bf16 rows travel as bytes.
+  Tensor half = Tensor::empty({4, 3}, DType::BF16);
+  for (int64_t b = 0; b < 24; ++b) static_cast<uint8_t*>(half.raw())[b] = static_cast<uint8_t>(b * 7 + me);
+  expect_same_on_cuda(half, [&](Tensor t) { return comm.all_gather(t); }, "all_gather bf16");
+
+  std::vector<int64_t> send_rows(p);
+  for (int d = 0; d < p; ++d) send_rows[d] = pair_count(me, d);
+  const std::vector<int64_t> recv_rows = comm.exchange_counts(send_rows);
+  expect_same_on_cuda(testing_util::random_normal({Communicator::total(send_rows), 3}, gen),
+                      [&](Tensor t) { return comm.all_to_all_v_rows(t, send_rows, recv_rows); },
+                      "all_to_all_v_rows");
+  const std::vector<int64_t> zeros(p, 0);
+  expect_same_on_cuda(Tensor::empty({0, 3}), [&](Tensor t) { return comm.all_to_all_v_rows(t, zeros, zeros); },
+                      "all_to_all_v_rows of nothing");
+}
+
+#ifdef ENGRAM_HAVE_CUDA
+TEST_F(CommunicatorOnCudaTensors, DeviceCommunicatorOnOneGpu) {
+  Communicator& comm = world();
+  if (cuda_device_count() != 1) GTEST_SKIP() << "checks the one-GPU machine's choice";
+  std::unique_ptr<Communicator> run = make_device_communicator(comm, Device::CUDA);
+  // One rank owns the GPU (NCCL when built with it); several share it (host staging).
+  const bool nccl = comm.size() == 1 && built_with_nccl();
+  EXPECT_EQ(run->backend(), nccl ? "nccl" : comm.backend());
+  EXPECT_EQ(run->device(), nccl ? Device::CUDA : Device::CPU);
+  EXPECT_EQ(run->rank(), comm.rank());
+  Tensor t = Tensor::full({3, 2}, 1.5f + comm.rank()).copy_to(Device::CUDA);
+  run->all_reduce_sum(t);
+  for (float v : t.to_vector<float>()) EXPECT_EQ(v, 1.5f * comm.size() + comm.size() * (comm.size() - 1) / 2.0f);
+  EXPECT_EQ(run->all_reduce_sum<int64_t>(2), 2 * comm.size());
+}
+#endif
 
 TEST(LocalCommunicator, IsAGroupOfOne) {
   std::unique_ptr<Communicator> local = make_local_communicator();

@@ -5,7 +5,11 @@
 //     are exactly its tokens in (source rank, token) order; traffic counters match the routing;
 //   - per-expert linear maps, for every EP dividing the world: the distributed y, dx, d_topk_w and
 //     expert gradients (summed over the expert-data-parallel group) equal one rank computing the whole
-//     batch (norm-wise relative error ≤ 1e-6), which itself matches a naive double-precision reference.
+//     batch (norm-wise relative error ≤ 1e-6), which itself matches a naive double-precision reference;
+//   - with a CUDA device, CUDA tensors (staged through host copies by the host communicator): y, dx,
+//     the expert rows and the traffic equal the CPU run's bit for bit; d_topk_w within one float
+//     rounding (its dot products are summed in double by kernels::combine_expert_outputs_backward,
+//     in an order the CPU and CUDA kernels do not share).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -14,6 +18,7 @@
 
 #include "kernels/gemm.h"
 #include "parallel/moe_dispatcher.h"
+#include "tests/parallel/support/cuda_tensors.h"
 #include "tests/parallel/support/mpi_test_env.h"
 #include "tests/test_util.h"
 
@@ -82,6 +87,17 @@ Tensor idx_rows(const Batch& b, int64_t begin, int64_t count, int64_t k) {
       {count, k});
 }
 
+// One rank's tokens of the batch: rows [begin, begin + n).
+struct RankTokens {
+  int64_t begin, n;
+  Tensor x, w, dy, idx;
+};
+RankTokens tokens_of(const Batch& b, const RoutingCase& s, int rank) {
+  const int64_t begin = prefix(b.tokens_per_rank, rank), n = b.tokens_per_rank[rank];
+  return {begin, n, rows_of(b.x, begin, n), rows_of(b.topk_w, begin, n), rows_of(b.dy, begin, n),
+          idx_rows(b, begin, n, s.top_k)};
+}
+
 const std::vector<RoutingCase> kCases = {
     {8, 2, 13, 9, {1, 6}},      // two experts that never get a token
     {12, 3, 7, 17, {6, 7, 8}},  // on 4 ranks, rank 2 holds only unused experts
@@ -95,10 +111,9 @@ TEST(ExpertDispatcher, IdentityExpertsRoundTrip) {
     const RoutingCase& s = kCases[si];
     SCOPED_TRACE("setup " + std::to_string(si));
     const Batch b = make_batch(s, p, p, 100 + si);
-    const int64_t k = s.top_k, d = s.d_model, begin = prefix(b.tokens_per_rank, me),
-                  n = b.tokens_per_rank[me];
-    const Tensor x = rows_of(b.x, begin, n), w = rows_of(b.topk_w, begin, n), dy = rows_of(b.dy, begin, n);
-    const Tensor idx = idx_rows(b, begin, n, k);
+    const RankTokens tokens = tokens_of(b, s, me);
+    const int64_t k = s.top_k, d = s.d_model, n = tokens.n;
+    const Tensor &x = tokens.x, &w = tokens.w, &dy = tokens.dy, &idx = tokens.idx;
 
     ExpertDispatcher dispatcher(comm, s.n_experts);
     const IndexRange mine = dispatcher.local_experts();
@@ -294,6 +309,74 @@ TEST(ExpertDispatcher, LinearExpertsMatchOneRankForEveryExpertParallelSize) {
       EXPECT_LE(relative_error(dist.d_weight, ref.d_weight, mine.begin, mine.size()), 1e-6)
           << "expert grads vs one rank";
     }
+  }
+}
+
+// Local expert i (global first_expert + i) scales its rows by (global id + 1)/8. Computed on a host
+// copy whatever the rows' device, so CPU and CUDA runs apply bit-identical expert maps and differ only
+// in the dispatcher's own work; the backward scales the gradients alike.
+Tensor scale_by_expert(const Tensor& rows, const std::vector<int64_t>& offsets, int64_t first_expert) {
+  Tensor host = rows.copy_to(Device::CPU);
+  const int64_t d = rows.cols();
+  for (size_t i = 0; i + 1 < offsets.size(); ++i)
+    for (int64_t e = offsets[i] * d; e < offsets[i + 1] * d; ++e)
+      host.data<float>()[e] *= 0.125f * static_cast<float>(first_expert + static_cast<int64_t>(i) + 1);
+  return host.copy_to(rows.device());
+}
+
+struct ScaledRun {
+  Tensor y, dx, d_topk_w, expert_rows;
+  std::vector<int64_t> offsets;
+  DispatchStats forward, backward;
+};
+
+ScaledRun run_scaled(Communicator& group, int64_t n_experts, const Tensor& x, const Tensor& idx, const Tensor& w,
+                     const Tensor& dy) {
+  ExpertDispatcher dispatcher(group, n_experts);
+  const int64_t first = dispatcher.local_experts().begin;
+  ScaledRun r;
+  r.y = dispatcher.forward(x, idx, w, [&](const Tensor& rows, const std::vector<int64_t>& offsets) {
+    r.expert_rows = rows.copy_to(Device::CPU);
+    return scale_by_expert(rows, offsets, first);
+  });
+  r.offsets = dispatcher.local_expert_offsets();
+  r.forward = dispatcher.last_forward_stats();
+  const ExpertDispatcher::Grads g = dispatcher.backward(dy, [&](const Tensor& d_out, const std::vector<int64_t>& offsets) {
+    return scale_by_expert(d_out, offsets, first);
+  });
+  r.dx = g.dx;
+  r.d_topk_w = g.d_topk_w;
+  r.backward = dispatcher.last_backward_stats();
+  return r;
+}
+
+using ExpertDispatcherOnCudaTensors = testing_util::CudaTensorTest;
+
+TEST_F(ExpertDispatcherOnCudaTensors, GivesTheCpuResults) {
+  Communicator& comm = world();
+  const int p = comm.size(), me = comm.rank();
+  for (size_t si = 0; si < kCases.size(); ++si) {
+    const RoutingCase& s = kCases[si];
+    SCOPED_TRACE("setup " + std::to_string(si));
+    const RankTokens t = tokens_of(make_batch(s, p, p, 400 + si), s, me);
+    const Tensor &x = t.x, &w = t.w, &dy = t.dy, &idx = t.idx;
+    const ScaledRun cpu = run_scaled(comm, s.n_experts, x, idx, w, dy);
+    const ScaledRun gpu = run_scaled(comm, s.n_experts, x.copy_to(Device::CUDA), idx.copy_to(Device::CUDA),
+                                     w.copy_to(Device::CUDA), dy.copy_to(Device::CUDA));
+    testing_util::expect_cuda_with_cpu_bits(gpu.y, cpu.y, "y");
+    testing_util::expect_cuda_with_cpu_bits(gpu.dx, cpu.dx, "dx");
+    EXPECT_TRUE(testing_util::bitwise_equal(gpu.expert_rows, cpu.expert_rows)) << "rows the experts got";
+    EXPECT_EQ(gpu.d_topk_w.device(), Device::CUDA);
+    testing_util::expect_close(gpu.d_topk_w.copy_to(Device::CPU), testing_util::to_double(cpu.d_topk_w), 1.2e-7,
+                               1e-30, "d_topk_w within one float rounding of the CPU's");
+    EXPECT_EQ(gpu.offsets, cpu.offsets);
+    EXPECT_TRUE(gpu.forward == cpu.forward) << "forward traffic";
+    EXPECT_TRUE(gpu.backward == cpu.backward) << "backward traffic";
+
+    // Routing read from the host while the activations live on the device.
+    const ScaledRun mixed = run_scaled(comm, s.n_experts, x.copy_to(Device::CUDA), idx, w.copy_to(Device::CUDA),
+                                       dy.copy_to(Device::CUDA));
+    testing_util::expect_cuda_with_cpu_bits(mixed.y, cpu.y, "y with host routing");
   }
 }
 

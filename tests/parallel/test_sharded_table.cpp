@@ -1,12 +1,15 @@
 // The row-sharded table on 1, 2 and 4 ranks against a flat table every rank holds. Ids are drawn with
 // heavy duplication (most requests hit a few hot rows); every rank builds every rank's ids and
-// gradients, so each can compute the exact expected result for itself.
+// gradients, so each can compute the exact expected result for itself. With a CUDA device, the
+// same lookups and backwards on CUDA tensors (staged through host copies by the host communicator)
+// give CUDA tensors with the CPU run's bits.
 #include <gtest/gtest.h>
 
 #include <map>
 
 #include "kernels/embedding.h"
 #include "parallel/sharded_table.h"
+#include "tests/parallel/support/cuda_tensors.h"
 #include "tests/parallel/support/mpi_test_env.h"
 #include "tests/test_util.h"
 
@@ -41,6 +44,22 @@ struct TableCase {
 // 37 rows split unevenly; 3 rows leave some of 4 ranks without rows.
 const std::vector<TableCase> kCases = {{37, 5, 200}, {3, 4, 13}, {1000, 3, 150}};
 
+// One case's flat table, every rank's requests (the same on every rank, drawn from `seed`), the
+// sharded table and this rank's shard of the flat one.
+struct TableSetup {
+  TableSetup(Communicator& comm, const TableCase& c, uint32_t seed)
+      : gen(seed),
+        flat(testing_util::random_normal({c.rows, c.width}, gen)),
+        req(make_requests(comm.size(), c.rows, c.width, c.max_per_rank, gen)),
+        table(comm, c.rows, c.width),
+        shard(flat.slice(table.owned().begin, table.owned().end).clone()) {}
+  std::mt19937 gen;
+  Tensor flat;
+  Requests req;
+  ShardedTable table;
+  Tensor shard;
+};
+
 TEST(ShardedTable, OwnershipPartitionsTheRows) {
   Communicator& comm = world();
   for (const TableCase& c : kCases) {
@@ -63,11 +82,10 @@ TEST(ShardedTable, LookupAndGradientsEqualAFlatTable) {
   for (size_t ci = 0; ci < kCases.size(); ++ci) {
     const TableCase& c = kCases[ci];
     SCOPED_TRACE("case " + std::to_string(ci));
-    std::mt19937 gen(500 + ci);
-    const Tensor flat = testing_util::random_normal({c.rows, c.width}, gen);
-    const Requests req = make_requests(p, c.rows, c.width, c.max_per_rank, gen);
-    ShardedTable table(comm, c.rows, c.width);
-    const Tensor shard = flat.slice(table.owned().begin, table.owned().end).clone();
+    TableSetup setup(comm, c, 500 + ci);
+    const Tensor &flat = setup.flat, &shard = setup.shard;
+    const Requests& req = setup.req;
+    ShardedTable& table = setup.table;
 
     // Lookup: exactly the flat table's rows.
     const int64_t m = req.ids[me].numel();
@@ -188,6 +206,49 @@ TEST(ShardedTable, LookupsInFlightKeepTheirOwnRouting) {
     const RowGrads alone = table.backward(table.lookup(shard, req->ids[me], out), req->grads[me]);
     EXPECT_TRUE(testing_util::bitwise_equal(grads->rows, alone.rows));
     EXPECT_TRUE(testing_util::bitwise_equal(grads->values, alone.values));
+  }
+}
+
+using ShardedTableOnCudaTensors = testing_util::CudaTensorTest;
+
+TEST_F(ShardedTableOnCudaTensors, GivesTheCpuBits) {
+  Communicator& comm = world();
+  const int me = comm.rank();
+  for (size_t ci = 0; ci < kCases.size(); ++ci) {
+    const TableCase& c = kCases[ci];
+    SCOPED_TRACE("case " + std::to_string(ci));
+    TableSetup setup(comm, c, 700 + ci);
+    const Tensor& shard = setup.shard;
+    const Requests& req = setup.req;
+    ShardedTable& table = setup.table;
+    const Tensor shard_gpu = shard.copy_to(Device::CUDA);
+    const int64_t m = req.ids[me].numel();
+
+    Tensor out = testing_util::nan_tensor({m, c.width});
+    const TableRouting routing = table.lookup(shard, req.ids[me], out);
+    const TableStats lookup_stats = table.last_lookup_stats();
+    const RowGrads grads = table.backward(routing, req.grads[me]);
+    const TableStats backward_stats = table.last_backward_stats();
+
+    Tensor out_gpu = testing_util::nan_tensor({m, c.width}).copy_to(Device::CUDA);
+    const TableRouting routing_gpu = table.lookup(shard_gpu, req.ids[me].copy_to(Device::CUDA), out_gpu);
+    EXPECT_TRUE(table.last_lookup_stats() == lookup_stats) << "lookup traffic";
+    const RowGrads grads_gpu = table.backward(routing_gpu, req.grads[me].copy_to(Device::CUDA));
+    EXPECT_TRUE(table.last_backward_stats() == backward_stats) << "backward traffic";
+
+    testing_util::expect_cuda_with_cpu_bits(out_gpu, out, "lookup");
+    testing_util::expect_cuda_with_cpu_bits(routing_gpu.unique_rows, routing.unique_rows, "routing unique rows");
+    testing_util::expect_cuda_with_cpu_bits(routing_gpu.inverse, routing.inverse, "routing inverse");
+    testing_util::expect_cuda_with_cpu_bits(routing_gpu.served_rows, routing.served_rows, "routing served rows");
+    EXPECT_EQ(routing_gpu.ids_to_owner, routing.ids_to_owner);
+    EXPECT_EQ(routing_gpu.ids_from_rank, routing.ids_from_rank);
+    testing_util::expect_cuda_with_cpu_bits(grads_gpu.rows, grads.rows, "owned rows' gradient ids");
+    testing_util::expect_cuda_with_cpu_bits(grads_gpu.values, grads.values, "owned rows' gradients");
+
+    // Ids on the host, the table on the device.
+    Tensor out_mixed = testing_util::nan_tensor({m, c.width}).copy_to(Device::CUDA);
+    table.lookup(shard_gpu, req.ids[me], out_mixed);
+    testing_util::expect_cuda_with_cpu_bits(out_mixed, out, "lookup of host ids");
   }
 }
 

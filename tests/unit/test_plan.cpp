@@ -264,6 +264,27 @@ TEST(Plan, ActivationsScaleWithTheMicroBatch) {
   EXPECT_EQ(make_plan(cfg).memory.activations, 2 * one);
 }
 
+// On the GPU the same float32 tensors, plus the cuBLASLt workspace and, with bf16 matmuls, the bf16
+// copies of the LM head's backward operands: dlogits [micro-batch tokens, V] and the weight [V, D].
+TEST(Plan, GpuPeakAddsTheWorkspaceAndTheHeadsBf16Copies) {
+  ExperimentConfig cfg;
+  *cfg.mutable_model() = base_config();
+  cfg.mutable_train()->set_seq_len(7);
+  cfg.mutable_train()->set_global_batch_size(4);
+  cfg.mutable_train()->set_micro_batch_size(2);
+  cfg.mutable_optim()->set_warmup_steps(0);
+  const MemoryEstimate cpu = make_plan(cfg).memory;
+  EXPECT_EQ(cpu.device_extra, 0);
+  cfg.mutable_runtime()->set_device(config::CUDA);
+  cfg.mutable_runtime()->set_matmul_precision(config::FLOAT32);
+  EXPECT_EQ(make_plan(cfg).memory.device_extra, 32 << 20);
+  cfg.mutable_runtime()->set_matmul_precision(config::BF16);
+  const MemoryEstimate gpu = make_plan(cfg).memory;
+  const int64_t v = cfg.model().vocab_size(), d = cfg.model().d_model();
+  EXPECT_EQ(gpu.device_extra, (32 << 20) + 2 * (2 * 7 + d) * v);
+  EXPECT_EQ(gpu.total() - gpu.device_extra, cpu.total());
+}
+
 TEST(Plan, RejectsImpossibleLayouts) {
   ExperimentConfig cfg;
   *cfg.mutable_model() = base_config();

@@ -1,0 +1,32 @@
+#pragma once
+// The NCCL communicator (CUDA builds that found NCCL; ENGRAM_HAVE_NCCL): a group of ranks with one
+// GPU each whose device() is CUDA, so collectives move device memory GPU to GPU. Every collective
+// runs on the communication stream (cuda_context().comm) after the work already queued on the
+// compute stream, and the compute stream waits for it, so callers see the ordinary in-order
+// semantics of the compute stream.
+//
+// Determinism: float sums (all_reduce_sum, reduce_scatter_sum) never use NCCL's reductions, whose
+// order across ranks is not guaranteed to repeat. NCCL only moves the blocks (all-to-all); each rank
+// adds its block's P copies in rank order on its GPU (parallel/ordered_sum.h), and all_reduce_sum
+// then all-gathers the summed blocks. Every rank ends with the same bits, every run, with the
+// traffic of a ring all-reduce. Integer sums are exact in any order and use ncclAllReduce /
+// ncclReduceScatter.
+//
+// The communicator keeps a host communicator of the same ranks (in the same order) for what is host
+// metadata (exchange_counts), barriers, aborting the job, and bootstrapping the NCCL communicators of
+// split groups: rank 0 of the new group makes the NCCL unique id and broadcasts it over the host group.
+#include <memory>
+
+#include "parallel/communicator.h"
+
+#ifdef ENGRAM_HAVE_NCCL
+namespace engram {
+
+// Collective over host_group (a host communicator such as a copy of the MPI world, or a Local group
+// of one): the NCCL communicator of its ranks, in its order, each on its current CUDA device (the
+// device of cuda_context(); pick it with cudaSetDevice before the context is first used, as
+// make_device_communicator does). Ranks must be on distinct GPUs (NCCL refuses two ranks on one).
+std::unique_ptr<Communicator> make_nccl_communicator(std::unique_ptr<Communicator> host_group);
+
+}  // namespace engram
+#endif
