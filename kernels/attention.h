@@ -1,6 +1,8 @@
 #pragma once
 // Causal multi-head attention core: o = softmax(q·kᵀ/√d_h + causal mask)·v, per (batch, head).
 // Layout [B, T, H, d_h] for q, k, v, o (what x·Wᵀ gives after viewing [B, T, D] as heads).
+// CUDA: float32 flash kernels; under MatmulPrecision::BF16 and d_h 64 or 128, tensor-core kernels
+// that round q, k, v, dO, P and dS to bf16 for their products (softmax and outputs stay float32).
 #include "kernels/dispatch.h"
 
 namespace engram::kernels {

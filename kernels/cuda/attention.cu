@@ -8,23 +8,24 @@
 // over the key tiles and accumulates dQ. Both recompute P = exp(s − lse). Every output element has one
 // owner thread that sums in a fixed order, so results repeat bitwise from run to run (no atomics).
 //
-// Math is float32 on CUDA cores (the parity mode). Kernels are instantiated for head dims up to 64,
-// 128 and 256 (a head of d_h runs in the smallest that holds it, zero-padded to its bound). The tile
-// loads and the two tile products under "Tile math" are the parts a bf16 tensor-core variant would
-// replace; the kernels' structure (tiling, masking, online softmax, recomputation) would stay.
-#include <climits>
+// Two paths. Under MatmulPrecision::BF16, head dims 64 and 128 run the bf16 tensor-core kernels of
+// attention_tensor_core.cuh (q, k, v, dO, P and dS rounded to bf16 as products read them). Everything
+// else, including other head dims under BF16, runs the float32 kernels here on CUDA cores (the parity
+// mode): instantiated for head dims up to 64, 128 and 256 (a head of d_h runs in the smallest that
+// holds it, zero-padded to its bound).
 #include <cmath>
 #include <type_traits>
 
 #include "kernels/attention.h"
 #include "kernels/checks.h"
+#include "kernels/cuda/attention_common.cuh"
+#include "kernels/cuda/attention_tensor_core.cuh"
 #include "kernels/cuda/common.cuh"
+#include "kernels/matmul_precision.h"
 
 namespace engram::kernels::cuda {
 
 namespace {
-
-using checks::AttentionDims;
 
 // ---- Layout ---------------------------------------------------------------------------------------
 
@@ -46,27 +47,6 @@ struct Tiles {
   static constexpr int kOwned = kDim <= 128 ? 64 : 32;
   static constexpr int kStreamed = kOwned / 2;
 };
-
-// Sizes of the problem, as the kernels see them.
-struct Geometry {
-  int seq, heads, head_dim;
-  float scale;  // 1/√d_h, computed as the CPU does
-
-  // Offset of (b, t, h, 0) in a [B, T, H, d_h] tensor.
-  __device__ int64_t at(int b, int t, int h) const {
-    return ((static_cast<int64_t>(b) * seq + t) * heads + h) * head_dim;
-  }
-  // Offset of (b, h, 0) in a [B, H, T] tensor (lse, delta).
-  __device__ int64_t row_stats(int b, int h) const { return (static_cast<int64_t>(b) * heads + h) * seq; }
-};
-
-Geometry geometry_of(const AttentionDims& d, const char* kernel) {
-  // Heads and batch index grid dimensions y and z.
-  EG_CHECK(d.seq <= INT_MAX && d.heads <= 65535 && d.batch <= 65535, kernel, ": B ", d.batch, ", T ", d.seq,
-           ", H ", d.heads, " exceed the CUDA kernel's limits (T < 2^31, B and H <= 65535)");
-  return {static_cast<int>(d.seq), static_cast<int>(d.heads), static_cast<int>(d.head_dim),
-          1.0f / std::sqrt(static_cast<float>(d.head_dim))};
-}
 
 // A [kRows, kCols] float tile in shared memory. Rows are padded to an odd stride, so the 16 rows tx,
 // tx+16, … that a half-warp reads at one column fall in 16 different banks.
@@ -268,24 +248,6 @@ __global__ void __launch_bounds__(kBlockThreads)
 
 // ---- Backward -------------------------------------------------------------------------------------
 
-// delta[b, h, t] = Σ_d dO·O of row (b, t, h), in double as on the CPU: one warp per row.
-__global__ void attention_delta_kernel(const float* dout, const float* out, Geometry g, int64_t rows,
-                                       float* delta) {
-  const int lane = threadIdx.x % 32;
-  const int64_t warps = int64_t{gridDim.x} * (blockDim.x / 32);
-  for (int64_t r = blockIdx.x * int64_t{blockDim.x / 32} + threadIdx.x / 32; r < rows; r += warps) {
-    const float* dout_row = dout + r * g.head_dim;
-    const float* out_row = out + r * g.head_dim;
-    double dot = 0.0;
-    for (int c = lane; c < g.head_dim; c += 32) dot += static_cast<double>(dout_row[c]) * out_row[c];
-    dot = warp_reduce(dot, Sum{});
-    if (lane == 0) {
-      const int64_t h = r % g.heads, bt = r / g.heads;  // r = (b·T + t)·H + h
-      delta[(bt / g.seq * g.heads + h) * g.seq + bt % g.seq] = static_cast<float>(dot);
-    }
-  }
-}
-
 // stats[b, h, t] ([B, H, T]: lse or delta) of the thread's query rows t = q0 + ty + 16i; 0 past T.
 template <int kM>
 __device__ void load_row_stats(const float* stats, const Geometry& g, int b, int h, int q0, float (&out)[kM]) {
@@ -433,15 +395,9 @@ void with_head_dim_instance(int64_t head_dim, const char* kernel, Launch&& launc
   launch(std::integral_constant<int, 256>{});
 }
 
-// Launches kernel on one block per tile of Tiles<kDim>::kOwned rows of each (head, batch), with
-// `shared_bytes` of dynamic shared memory (beyond the default 48 KB needs opting in).
-template <int kDim, class Kernel, class... Args>
-void launch_on_tiles(Kernel* kernel, size_t shared_bytes, const AttentionDims& d, Args... args) {
-  EG_CUDA_CHECK(
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared_bytes)));
-  const dim3 grid(static_cast<unsigned>((d.seq + Tiles<kDim>::kOwned - 1) / Tiles<kDim>::kOwned),
-                  static_cast<unsigned>(d.heads), static_cast<unsigned>(d.batch));
-  kernel<<<grid, kBlockThreads, shared_bytes, compute_stream()>>>(args...);
+// Whether the tensor-core path runs a problem of this head dim (see the head comment).
+bool uses_tensor_cores(const AttentionDims& d) {
+  return matmul_precision() == MatmulPrecision::BF16 && has_mma_instance(d.head_dim);
 }
 
 }  // namespace
@@ -451,10 +407,11 @@ void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, Tensor
   const AttentionDims dims = checks::attention_forward(q, k, v, out, lse);
   const Geometry g = geometry_of(dims, "attention_forward");
   if (dims.batch == 0 || dims.seq == 0 || dims.heads == 0) return;
+  if (uses_tensor_cores(dims)) return attention_forward_mma(q, k, v, out, lse, dims, g);
   with_head_dim_instance(dims.head_dim, "attention_forward", [&](auto instance) {
     constexpr int kDim = decltype(instance)::value;
-    launch_on_tiles<kDim>(attention_forward_kernel<kDim>, ForwardShared<kDim>::kBytes, dims, q.data<float>(),
-                          k.data<float>(), v.data<float>(), g, out.data<float>(), lse.data<float>());
+    launch_on_tiles(attention_forward_kernel<kDim>, Tiles<kDim>::kOwned, kBlockThreads, ForwardShared<kDim>::kBytes,
+                    dims, q.data<float>(), k.data<float>(), v.data<float>(), g, out.data<float>(), lse.data<float>());
     EG_CUDA_CHECK_LAUNCH("attention_forward_kernel");
   });
 }
@@ -465,22 +422,17 @@ void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, co
   const AttentionDims dims = checks::attention_backward(dout, q, k, v, out, lse, dq, dk, dv);
   const Geometry g = geometry_of(dims, "attention_backward");
   if (dims.batch == 0 || dims.seq == 0 || dims.heads == 0) return;
+  if (uses_tensor_cores(dims)) return attention_backward_mma(dout, q, k, v, out, lse, dq, dk, dv, dims, g);
   with_head_dim_instance(dims.head_dim, "attention_backward", [&](auto instance) {
     constexpr int kDim = decltype(instance)::value;
-    // Freed on return: the allocator reuses a block only for work queued after these kernels.
-    Tensor delta = Tensor::empty({dims.batch, dims.heads, dims.seq}, DType::F32, Device::CUDA);
-    const int64_t rows = dims.batch * dims.seq * dims.heads;
-    attention_delta_kernel<<<grid_for(rows * 32), kThreads, 0, compute_stream()>>>(
-        dout.data<float>(), out.data<float>(), g, rows, delta.data<float>());
-    EG_CUDA_CHECK_LAUNCH("attention_delta_kernel");
-
-    launch_on_tiles<kDim>(attention_dkdv_kernel<kDim>, KeyValueGradShared<kDim>::kBytes, dims, dout.data<float>(),
-                          q.data<float>(), k.data<float>(), v.data<float>(), lse.data<float>(),
-                          delta.data<float>(), g, dk.data<float>(), dv.data<float>());
+    const Tensor delta = row_deltas(dout, out, dims, g, /*round_dout=*/false);
+    launch_on_tiles(attention_dkdv_kernel<kDim>, Tiles<kDim>::kOwned, kBlockThreads,
+                    KeyValueGradShared<kDim>::kBytes, dims, dout.data<float>(), q.data<float>(), k.data<float>(),
+                    v.data<float>(), lse.data<float>(), delta.data<float>(), g, dk.data<float>(), dv.data<float>());
     EG_CUDA_CHECK_LAUNCH("attention_dkdv_kernel");
-    launch_on_tiles<kDim>(attention_dq_kernel<kDim>, QueryGradShared<kDim>::kBytes, dims, dout.data<float>(),
-                          q.data<float>(), k.data<float>(), v.data<float>(), lse.data<float>(),
-                          delta.data<float>(), g, dq.data<float>());
+    launch_on_tiles(attention_dq_kernel<kDim>, Tiles<kDim>::kOwned, kBlockThreads, QueryGradShared<kDim>::kBytes,
+                    dims, dout.data<float>(), q.data<float>(), k.data<float>(), v.data<float>(), lse.data<float>(),
+                    delta.data<float>(), g, dq.data<float>());
     EG_CUDA_CHECK_LAUNCH("attention_dq_kernel");
   });
 }

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <random>
 
+#include "kernels/matmul_precision.h"
 #include "runtime/cuda/device.h"
 #include "tests/test_util.h"
 
@@ -20,6 +21,14 @@ class CudaTest : public ::testing::Test {
     if (cuda_device_count() == 0)
       GTEST_SKIP() << "no CUDA device (cudaGetDeviceCount found none); the gpu suite runs on a GPU machine";
   }
+};
+
+// Sets the process-wide matmul precision for one scope, then restores the library default (Float32).
+struct ScopedMatmulPrecision {
+  explicit ScopedMatmulPrecision(kernels::MatmulPrecision p) { kernels::set_matmul_precision(p); }
+  ~ScopedMatmulPrecision() { kernels::set_matmul_precision(kernels::MatmulPrecision::Float32); }
+  ScopedMatmulPrecision(const ScopedMatmulPrecision&) = delete;
+  ScopedMatmulPrecision& operator=(const ScopedMatmulPrecision&) = delete;
 };
 
 // The same tensor on the host and on the device.

@@ -70,12 +70,6 @@ TEST_F(CudaGemm, Bf16InputsAccumulateInF32) {
   expect_close(as_f32, to_double(expected), 1.0 / 256, 1e-4, "bf16 · bf16 -> bf16");
 }
 
-// Sets the process-wide matmul precision for one scope.
-struct ScopedMatmulPrecision {
-  explicit ScopedMatmulPrecision(kernels::MatmulPrecision p) { kernels::set_matmul_precision(p); }
-  ~ScopedMatmulPrecision() { kernels::set_matmul_precision(kernels::MatmulPrecision::Float32); }
-};
-
 // Under MatmulPrecision::BF16 an f32 product is the bf16 product of the operands rounded to nearest
 // even: bit for bit what the bf16 path gives on copies rounded on the host (for plain, transposed and
 // grouped products), and no longer the float32 product.
