@@ -31,7 +31,7 @@ Attention::Attention(const ModelConfig& cfg, int layer, ParameterRegistry& param
 const kernels::RopeTables& Attention::rope_tables(int64_t seq_len, Device device) {
   if (!rope_.cos.defined() || rope_.cos.dim(0) < seq_len || rope_.cos.device() != device) {
     const kernels::RopeTables host = kernels::make_rope_tables(seq_len, head_dim_, rope_theta_);
-    rope_ = {host.cos.copy_to(device), host.sin.copy_to(device)};
+    rope_ = {host.cos.to(device), host.sin.to(device)};
   }
   return rope_;
 }

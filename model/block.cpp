@@ -22,9 +22,15 @@ std::string layer_prefix(int layer) { return "layers." + std::to_string(layer); 
 
 }  // namespace
 
+Block::RangeNames Block::range_names(int layer, bool dense) {
+  const std::string p = layer_prefix(layer), ffn = dense ? ".mlp" : ".moe";
+  return {p + ".engram forward", p + ".attn forward",     p + ffn + " forward",
+          p + ffn + " backward", p + ".attn backward", p + ".engram backward"};
+}
+
 Block::Block(const ModelConfig& cfg, int layer, const EngramLayerHash* engram_hash, int64_t pad_compressed,
              ParameterRegistry& params, ProcessGroups* groups)
-    : prefix_(layer_prefix(layer)),
+    : ranges_(range_names(layer, layer < cfg.n_dense_layers())),
       engram_(engram_hash ? std::make_unique<EngramModule>(cfg, *engram_hash, pad_compressed, params, groups)
                           : nullptr),
       attn_norm_(params, layer_prefix(layer) + ".attn_norm.weight", cfg.d_model(), cfg.norm_eps()),
@@ -41,15 +47,15 @@ Block::Block(const ModelConfig& cfg, int layer, const EngramLayerHash* engram_ha
 Tensor Block::forward(const Tensor& h, const Tensor& ids_c, const LossWeights& w) {
   Tensor h_in = h;
   if (engram_) {
-    const TraceRange range(prefix_ + ".engram forward");
+    const TraceRange range(ranges_.engram_forward.c_str());
     h_in = residual_add(h, engram_->forward(h, ids_c));
   }
   Tensor h_mid;
   {
-    const TraceRange range(prefix_ + ".attn forward");
+    const TraceRange range(ranges_.attn_forward.c_str());
     h_mid = residual_add(h_in, attn_.forward(attn_norm_.forward(h_in)));
   }
-  const TraceRange range(prefix_ + (mlp_ ? ".mlp forward" : ".moe forward"));
+  const TraceRange range(ranges_.ffn_forward.c_str());
   // The FFN works on token rows [B·T, D].
   const Tensor ffn_in = ffn_norm_.forward(h_mid).view({h.rows(), h.cols()});
   const Tensor ffn_out = mlp_ ? mlp_->forward(ffn_in) : moe_->forward(ffn_in, w);
@@ -60,7 +66,7 @@ Tensor Block::backward(const Tensor& dh) {
   // Each residual gradient flows both through its branch and straight past it.
   Tensor dh_mid;
   {
-    const TraceRange range(prefix_ + (mlp_ ? ".mlp backward" : ".moe backward"));
+    const TraceRange range(ranges_.ffn_backward.c_str());
     const Tensor d_rows = dh.view({dh.rows(), dh.cols()});
     const Tensor d_ffn_in = mlp_ ? mlp_->backward(d_rows) : moe_->backward(d_rows);
     dh_mid = ffn_norm_.backward(d_ffn_in.view(dh.shape()));
@@ -68,13 +74,13 @@ Tensor Block::backward(const Tensor& dh) {
   }
   Tensor dh_in;
   {
-    const TraceRange range(prefix_ + ".attn backward");
+    const TraceRange range(ranges_.attn_backward.c_str());
     dh_in = attn_norm_.backward(attn_.backward(dh_mid));
     kernels::add_(dh_in, dh_mid);
   }
   if (!engram_) return dh_in;
 
-  const TraceRange range(prefix_ + ".engram backward");
+  const TraceRange range(ranges_.engram_backward.c_str());
   Tensor dh_prev = engram_->backward(dh_in);
   kernels::add_(dh_prev, dh_in);
   return dh_prev;

@@ -32,7 +32,12 @@ class Block {
   MoELayer* moe() { return moe_.get(); }            // null for a dense layer
 
  private:
-  std::string prefix_;  // "layers.<l>": names the block's profiler ranges
+  // Names of the block's profiler ranges ("layers.<l>.attn forward", ...), made once.
+  struct RangeNames {
+    std::string engram_forward, attn_forward, ffn_forward, ffn_backward, attn_backward, engram_backward;
+  };
+  static RangeNames range_names(int layer, bool dense);
+  RangeNames ranges_;
   std::unique_ptr<EngramModule> engram_;
   RMSNormModule attn_norm_;
   Attention attn_;

@@ -22,16 +22,10 @@ std::string engram_name(int layer, const std::string& leaf) {
 int64_t heads_total(const config::EngramConfig& g) { return int64_t{g.max_ngram() - 1} * g.heads_per_ngram(); }
 int64_t memory_dim(const config::EngramConfig& g) { return heads_total(g) * g.head_dim(); }
 
-Tensor i64_tensor(const std::vector<int64_t>& values) {
-  return Tensor::from_vector(values, {static_cast<int64_t>(values.size())});
-}
-
 // Mean of a float tensor on any device, summed on the host in double (a [B·T] vector per step).
 double mean_on_host(const Tensor& t) {
-  Tensor host = Tensor::empty(t.shape(), DType::F32, Device::CPU);
-  host.copy_from(t);
   double sum = 0.0;
-  for (float v : host.to_vector<float>()) sum += v;
+  for (float v : t.to_vector<float>()) sum += v;
   return t.numel() > 0 ? sum / static_cast<double>(t.numel()) : 0.0;
 }
 
@@ -79,9 +73,9 @@ EngramModule::EngramModule(const ModelConfig& cfg, const EngramLayerHash& hash, 
     : cfg_(cfg),
       hash_(hash),
       pad_c_(pad_compressed),
-      multipliers_(i64_tensor(std::vector<int64_t>(hash.multipliers.begin(), hash.multipliers.end()))),
-      primes_(i64_tensor(hash.primes)),
-      offsets_(i64_tensor(hash.offsets)),
+      multipliers_(Tensor::from_vector(std::vector<int64_t>(hash.multipliers.begin(), hash.multipliers.end()))),
+      primes_(Tensor::from_vector(hash.primes)),
+      offsets_(Tensor::from_vector(hash.offsets)),
       table_(add_table(params, engram_name(hash.layer, "table"), {hash.rows, cfg.engram().head_dim()},
                        {InitKind::Normal, cfg.engram().table_init_std()}, groups)),
       wk_(params.add(engram_name(hash.layer, "wk.weight"), {cfg.d_model(), memory_dim(cfg.engram())},
@@ -117,7 +111,9 @@ Tensor EngramModule::forward(const Tensor& h, const Tensor& ids_c) {
 
   // Lookup: the gather order (n ascending, j ascending per token) is exactly the concat of e_t.
   s->rows = Tensor::empty({h.dim(0), h.dim(1), heads}, DType::I64, dev);
-  move_hash_constants(dev);
+  multipliers_ = multipliers_.to(dev);  // the module is built on the host
+  primes_ = primes_.to(dev);
+  offsets_ = offsets_.to(dev);
   kernels::ngram_hash(ids_c, pad_c_, multipliers_, primes_, offsets_, g.max_ngram(), g.heads_per_ngram(), s->rows);
   s->e = Tensor::empty({n, memory_dim(g)}, DType::F32, dev);
   if (sharded_) {
@@ -140,7 +136,6 @@ Tensor EngramModule::forward(const Tensor& h, const Tensor& ids_c) {
   s->alpha = Tensor::empty({n}, DType::F32, dev);
   s->u = Tensor::empty({n, d}, DType::F32, dev);
   kernels::engram_gate_forward(s->qn, s->kn, s->v, s->score, s->alpha, s->u);
-  gate_mean_ = mean_on_host(s->alpha);
 
   // Short causal conv: y = u + SiLU(conv(RMSNorm(u))).
   s->r = conv_norm_.forward(s->u).view(h.shape());
@@ -153,11 +148,9 @@ Tensor EngramModule::forward(const Tensor& h, const Tensor& ids_c) {
   return y;
 }
 
-void EngramModule::move_hash_constants(Device device) {
-  if (multipliers_.device() == device) return;
-  multipliers_ = multipliers_.copy_to(device);
-  primes_ = primes_.copy_to(device);
-  offsets_ = offsets_.copy_to(device);
+double EngramModule::last_gate_mean() const {
+  EG_ASSERT(saved_ != nullptr, "EngramModule::last_gate_mean before any forward");
+  return mean_on_host(saved_->alpha);
 }
 
 const Tensor& EngramModule::last_scores() const {

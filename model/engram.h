@@ -45,7 +45,9 @@ class EngramModule {
   // and appends this micro-batch's table row gradients to the table's Parameter::row_grads.
   Tensor backward(const Tensor& dy);
 
-  double last_gate_mean() const { return gate_mean_; }  // mean α over the last forward's tokens
+  // Mean α over the last forward's tokens, read when asked (after the step's work is queued, so a
+  // GPU forward does not stop for it).
+  double last_gate_mean() const;
   const Tensor& last_scores() const;  // gate scores s [B·T] of the last forward, on the model's device
   // Lookup traffic and dedup (null without process groups).
   const ShardedTable* sharded_table() const { return sharded_.get(); }
@@ -55,8 +57,8 @@ class EngramModule {
   const ModelConfig& cfg_;
   EngramLayerHash hash_;
   int64_t pad_c_;
-  Tensor multipliers_, primes_, offsets_;  // hash_ as i64 tensors for kernels::ngram_hash
-  void move_hash_constants(Device device);  // to the activations' device, on first use there
+  // hash_ as i64 tensors for kernels::ngram_hash, moved to the activations' device by forward
+  Tensor multipliers_, primes_, offsets_;
   // Registration order = MODEL.md §7 order.
   Parameter& table_;
   Parameter& wk_;
@@ -67,7 +69,6 @@ class EngramModule {
   Parameter& conv_;
   std::unique_ptr<ShardedTable> sharded_;
   std::shared_ptr<Saved> saved_;
-  double gate_mean_ = 0.0;
 };
 
 }  // namespace engram

@@ -70,7 +70,7 @@ Model::Model(const ModelConfig& cfg, std::vector<int32_t> compress, ProcessGroup
       groups_(groups),
       device_(device),
       compress_(compression_table(cfg_, std::move(compress))),
-      compress_device_(compress_.copy_to(device)),
+      compress_device_(compress_.to(device)),
       vocab_compressed_(compressed_vocab_size(compress_)),
       hashing_(has_engram(cfg_) ? make_engram_hashing(cfg_, vocab_compressed_)
                                 : std::vector<EngramLayerHash>{}),
@@ -114,8 +114,7 @@ std::vector<EngramModule*> Model::engram_modules() {
 
 Batch Model::on_device(const Batch& batch) const {
   check_batch(batch);
-  if (batch.inputs.device() == device_ && batch.targets.device() == device_) return batch;
-  return {batch.inputs.copy_to(device_), batch.targets.copy_to(device_)};
+  return {batch.inputs.to(device_), batch.targets.to(device_)};
 }
 
 Model::Activations Model::forward_to_logits(const Batch& batch, const LossWeights& w) {

@@ -74,7 +74,7 @@ class Model {
   ProcessGroups* groups_;
   Device device_;
   Tensor compress_;         // i32 [V], on the host (checkpoints, pad id)
-  Tensor compress_device_;  // the same on device_
+  Tensor compress_device_;  // the same on device_ (the same tensor on the CPU)
   int64_t vocab_compressed_;
   std::vector<EngramLayerHash> hashing_;
   ParameterRegistry params_;

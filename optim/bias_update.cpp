@@ -11,8 +11,7 @@ void update_balancing_bias(Tensor& bias, const std::vector<int64_t>& load, float
   for (int64_t l : load) total += static_cast<double>(l);
   const double mean = total / static_cast<double>(load.size());
   // E floats: update a host copy when the bias lives on a device.
-  Tensor host = bias.is_cpu() ? bias : Tensor::empty(bias.shape());
-  if (!bias.is_cpu()) host.copy_from(bias);
+  Tensor host = bias.to(Device::CPU);
   float* b = host.data<float>();
   for (size_t i = 0; i < load.size(); ++i) {
     const double below_mean = mean - static_cast<double>(load[i]);

@@ -16,13 +16,6 @@ std::vector<int64_t> starts(const std::vector<int64_t>& counts) {
   return out;
 }
 
-// A host-made index tensor on `device`, where the kernels that read it run.
-Tensor on_device(const Tensor& host, Device device) { return device == Device::CPU ? host : host.copy_to(device); }
-
-Tensor i32_tensor(const std::vector<int32_t>& values, Device device) {
-  return on_device(Tensor::from_vector(values, {static_cast<int64_t>(values.size())}), device);
-}
-
 }  // namespace
 
 ExpertDispatcher::ExpertDispatcher(Communicator& ep_group, int64_t n_experts)
@@ -92,8 +85,8 @@ Tensor ExpertDispatcher::forward(const Tensor& x_in, const Tensor& topk_idx, con
   for (int64_t row = 0; row < n_sent; ++row)
     for (int64_t slot = 0; slot < k; ++slot)
       if (routing[row * k + slot] >= 0) home_position[send_token[row] * k + slot] = next_output++;
-  s.send_token = i32_tensor(send_token, device);
-  s.home_position = i32_tensor(home_position, device);
+  s.send_token = Tensor::from_vector(send_token).to(device);
+  s.home_position = Tensor::from_vector(home_position).to(device);
 
   // 2. Exchange counts, then token rows and routing rows, received by (source rank, token).
   s.recv_rows = group_.exchange_counts(s.send_rows);
@@ -113,7 +106,7 @@ Tensor ExpertDispatcher::forward(const Tensor& x_in, const Tensor& topk_idx, con
   const kernels::ExpertSort sort = kernels::sort_by_expert(routing_recv, static_cast<int>(per_rank + 1));
   expert_offsets_.assign(sort.offsets.begin(), sort.offsets.end() - 1);
   const int64_t n_assigned = expert_offsets_.back();
-  s.sorted_row = on_device(sort.sorted_token.slice(0, n_assigned), device);
+  s.sorted_row = sort.sorted_token.slice(0, n_assigned).to(device);
   Tensor expert_in = Tensor::empty({n_assigned, d}, DType::F32, device);
   kernels::embedding_gather(x_recv, s.sorted_row, expert_in);
   const Tensor expert_out = experts(expert_in, expert_offsets_);
@@ -137,9 +130,9 @@ Tensor ExpertDispatcher::forward(const Tensor& x_in, const Tensor& topk_idx, con
       }
     }
   }
-  s.expert_order = i32_tensor(expert_order, device);
+  s.expert_order = Tensor::from_vector(expert_order).to(device);
   Tensor out_send = Tensor::empty({n_assigned, d}, DType::F32, device);
-  kernels::embedding_gather(expert_out, i32_tensor(return_order, device), out_send);
+  kernels::embedding_gather(expert_out, Tensor::from_vector(return_order).to(device), out_send);
   s.out_home = group_.all_to_all_v_rows(out_send, s.return_rows, s.home_out_rows);
 
   // 5. Weighted combine in slot order.

@@ -10,12 +10,6 @@ namespace {
 
 constexpr int64_t kIdBytes = sizeof(int64_t), kFloatBytes = sizeof(float), kCountBytes = sizeof(int64_t);
 
-// Host-made ids as a tensor on `device`, where the kernels that read them run.
-Tensor i64_tensor(const std::vector<int64_t>& values, Device device) {
-  const Tensor host = Tensor::from_vector(values, {static_cast<int64_t>(values.size())});
-  return device == Device::CPU ? host : host.copy_to(device);
-}
-
 }  // namespace
 
 ShardedTable::ShardedTable(Communicator& group, int64_t global_rows, int64_t width)
@@ -56,7 +50,7 @@ TableRouting ShardedTable::lookup(const Tensor& shard, const Tensor& rows, Tenso
   std::vector<int64_t> inverse(m);
   for (int64_t i = 0; i < m; ++i)
     inverse[i] = std::lower_bound(unique.begin(), unique.end(), id[i]) - unique.begin();
-  routing.inverse = i64_tensor(inverse, device);
+  routing.inverse = Tensor::from_vector(inverse).to(device);
 
   // 2. Ids to their owners: ascending ids are grouped by owner, owners ascending.
   routing.ids_to_owner.assign(group_.size(), 0);
@@ -67,8 +61,8 @@ TableRouting ShardedTable::lookup(const Tensor& shard, const Tensor& rows, Tenso
     EG_ASSERT(owned_.contains(row), "sharded table: asked for row ", row, " owned by another rank");
     row -= owned_.begin;
   }
-  routing.served_rows = i64_tensor(served, device);
-  routing.unique_rows = i64_tensor(unique, device);
+  routing.served_rows = Tensor::from_vector(served).to(device);
+  routing.unique_rows = Tensor::from_vector(unique).to(device);
 
   // 3. Owners gather; 4. vectors back, expanded to every request.
   Tensor served_vectors = Tensor::empty({routing.served_rows.numel(), width_}, DType::F32, device);

@@ -59,8 +59,8 @@ void ParameterRegistry::initialize(uint64_t seed) {
 void ParameterRegistry::move_to(Device device) {
   for (Parameter* p : params_ptrs_) {
     EG_ASSERT(p->row_grads.empty(), p->name, ": moved with pending row gradients");
-    if (p->value.device() != device) p->value = p->value.copy_to(device);
-    if (p->grad.defined() && p->grad.device() != device) p->grad = p->grad.copy_to(device);
+    p->value = p->value.to(device);
+    if (p->grad.defined()) p->grad = p->grad.to(device);
   }
 }
 

@@ -110,7 +110,7 @@ uint32_t write_safetensors(const std::string& path, const NamedTensors& given,
                            std::map<std::string, std::string> metadata) {
   EG_ASSERT(!metadata.count(kCrcKey), "the safetensors writer adds \"crc32\" itself");
   NamedTensors tensors;  // device tensors are written from a host copy
-  for (const auto& [name, t] : given) tensors.emplace_back(name, t.is_cpu() ? t : t.copy_to(Device::CPU));
+  for (const auto& [name, t] : given) tensors.emplace_back(name, t.to(Device::CPU));
   json header = json::object();
   uint64_t offset = 0;
   uint32_t crc = 0;

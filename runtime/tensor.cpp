@@ -151,6 +151,8 @@ Tensor Tensor::copy_to(Device device) const {
   return t;
 }
 
+Tensor Tensor::to(Device device) const { return device == device_ ? *this : copy_to(device); }
+
 void Tensor::copy_from(const Tensor& src) {
   EG_ASSERT(src.shape_ == shape_ && src.dtype_ == dtype_, "copy_from ", src.describe(), " into ",
             describe());

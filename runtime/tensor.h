@@ -59,6 +59,10 @@ class Tensor {
     std::copy(values.begin(), values.end(), t.data<T>());
     return t;
   }
+  template <class T>
+  static Tensor from_vector(const std::vector<T>& values) {  // 1-D
+    return from_vector(values, {static_cast<int64_t>(values.size())});
+  }
 
   bool defined() const { return storage_ != nullptr; }
   const Shape& shape() const { return shape_; }
@@ -85,6 +89,7 @@ class Tensor {
   Tensor slice(int64_t begin, int64_t end) const;      // [begin, end) along dimension 0
   Tensor clone() const;
   Tensor copy_to(Device device) const;                 // a new tensor on `device` with the same contents
+  Tensor to(Device device) const;                      // this tensor when on `device` already, else copy_to
   void copy_from(const Tensor& src);                   // same shape and dtype, any devices
   void zero_();
   std::string describe() const;                        // "f32[2, 3] cpu"

@@ -4,7 +4,6 @@
 #include <chrono>
 #include <cstring>
 #include <mutex>
-#include <utility>
 
 #ifdef ENGRAM_HAVE_CUDA
 #include <nvtx3/nvToolsExt.h>  // NVTX v3: header-only, from the CUDA toolkit
@@ -40,9 +39,9 @@ std::string phase_of(const char* name) {
 
 }  // namespace
 
-TraceRange::TraceRange(std::string name) : name_(std::move(name)) {
+TraceRange::TraceRange(const char* name) : name_(name) {
 #ifdef ENGRAM_HAVE_CUDA
-  nvtxRangePushA(name_.c_str());
+  nvtxRangePushA(name);
 #endif
   if (g_timing.load(std::memory_order_relaxed)) {
     wait_for_device();
@@ -55,7 +54,7 @@ TraceRange::~TraceRange() {
     wait_for_device();
     const double elapsed = now_seconds() - start_seconds_;
     const std::lock_guard<std::mutex> lock(g_mutex);
-    g_seconds[phase_of(name_.c_str())] += elapsed;
+    g_seconds[phase_of(name_)] += elapsed;
   }
 #ifdef ENGRAM_HAVE_CUDA
   nvtxRangePop();

@@ -15,13 +15,15 @@ namespace engram {
 
 class TraceRange {
  public:
-  explicit TraceRange(std::string name);
+  // `name` must outlive the range: a string literal, or a string its owner keeps (made once, not per
+  // call, so that ranges on hot paths cost no allocation).
+  explicit TraceRange(const char* name);
   ~TraceRange();
   TraceRange(const TraceRange&) = delete;
   TraceRange& operator=(const TraceRange&) = delete;
 
  private:
-  std::string name_;
+  const char* name_;
   double start_seconds_ = 0.0;  // set when phase timing is on
 };
 

@@ -88,6 +88,17 @@ BatchT random_batch(int64_t rows, int64_t seq_len, int32_t vocab, std::mt19937& 
   return {Tensor::from_vector(inputs, {rows, seq_len}), Tensor::from_vector(targets, {rows, seq_len})};
 }
 
+// A batch whose targets are drawn apart from its inputs (all inputs first, then all targets), for
+// tests of the loss and its gradients, where targets need not continue the inputs.
+template <class BatchT>
+BatchT random_unrelated_batch(int64_t rows, int64_t seq_len, int32_t vocab, std::mt19937& rng) {
+  std::uniform_int_distribution<int32_t> token(0, vocab - 1);
+  std::vector<int32_t> inputs(rows * seq_len), targets(rows * seq_len);
+  for (auto& t : inputs) t = token(rng);
+  for (auto& t : targets) t = token(rng);
+  return {Tensor::from_vector(inputs, {rows, seq_len}), Tensor::from_vector(targets, {rows, seq_len})};
+}
+
 // Float tensor of NaN: poisons an output so that any element the kernel does not write shows up.
 inline Tensor nan_tensor(const Shape& shape) {
   return Tensor::full(shape, std::numeric_limits<float>::quiet_NaN());

@@ -59,11 +59,7 @@ ModelConfig small_config() {
 }
 
 Batch random_batch(std::mt19937& rng) {
-  std::uniform_int_distribution<int32_t> token(0, kVocab - 1);
-  std::vector<int32_t> inputs(kBatch * kSeq), targets(kBatch * kSeq);
-  for (auto& t : inputs) t = token(rng);
-  for (auto& t : targets) t = token(rng);
-  return {Tensor::from_vector(inputs, {kBatch, kSeq}), Tensor::from_vector(targets, {kBatch, kSeq})};
+  return testing_util::random_unrelated_batch<Batch>(kBatch, kSeq, kVocab, rng);
 }
 
 LossWeights weights_of(const Batch& b) { return {1.0f / static_cast<float>(b.targets.numel()), 1.0f}; }

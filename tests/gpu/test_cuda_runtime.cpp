@@ -35,6 +35,20 @@ TEST_F(CudaRuntime, EveryDtypeSurvivesAHostDeviceRoundTripBitForBit) {
   }
 }
 
+// to(device) is the tensor itself where it already lives (shared storage), a copy elsewhere.
+TEST(TensorTo, SameDeviceSharesOtherDeviceCopies) {
+  std::mt19937 gen(3);
+  const Tensor host = random_normal({4, 5}, gen);
+  EXPECT_EQ(host.to(Device::CPU).raw(), host.raw());
+  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device: the cross-device half needs one";
+  const Tensor device = host.to(Device::CUDA);
+  EXPECT_EQ(device.device(), Device::CUDA);
+  EXPECT_EQ(device.to(Device::CUDA).raw(), device.raw());
+  const Tensor back = device.to(Device::CPU);
+  EXPECT_NE(back.raw(), host.raw());
+  EXPECT_TRUE(bitwise_equal(back, host));
+}
+
 TEST_F(CudaRuntime, DeviceCopiesSlicesAndZerosAreExact) {
   std::mt19937 gen(2);
   const Tensor host = random_normal({9, 13}, gen);

@@ -69,11 +69,7 @@ std::vector<int32_t> compress_table() {
 }
 
 Batch random_batch(std::mt19937& rng) {
-  std::uniform_int_distribution<int32_t> token(0, kVocab - 1);
-  std::vector<int32_t> inputs(kBatch * kSeq), targets(kBatch * kSeq);
-  for (auto& t : inputs) t = token(rng);
-  for (auto& t : targets) t = token(rng);
-  return {Tensor::from_vector(inputs, {kBatch, kSeq}), Tensor::from_vector(targets, {kBatch, kSeq})};
+  return testing_util::random_unrelated_batch<Batch>(kBatch, kSeq, kVocab, rng);
 }
 
 // Random, non-trivial values everywhere, so that every path carries gradient: gains away from 1,
