@@ -222,7 +222,7 @@ TrainingResult run_training(const TrainingOptions& options, Communicator& world)
   const int64_t n_experts = has_moe(cfg.model()) ? cfg.model().moe().n_routed_experts() : 0;
   ProcessGroups groups(*ranks, cfg.parallel().expert_parallel(), n_experts);
   Model model(cfg.model(), data.compress, ranks->size() > 1 ? &groups : nullptr, device);
-  Trainer trainer(model, cfg.optim(), t.max_steps());
+  Trainer trainer(model, cfg.optim(), t.max_steps(), int64_t{cfg.parallel().grad_bucket_mb()} << 20);
   std::string last_checkpoint;
   if (resuming) {
     last_checkpoint = latest_checkpoint(run_dir);

@@ -68,6 +68,14 @@ struct EngramModule::Saved {
   Tensor r, c;      // [B, T, D] conv input (normed u) and conv output
 };
 
+// A started lookup: the table rows of every head, and the gathered memory or the pending exchange.
+struct EngramModule::Lookup {
+  Tensor ids_c;  // the ids it was started for (the same tensor must reach forward)
+  Tensor rows;   // i64 [B, T, H_tot]
+  Tensor e;      // [N, d_mem], gathered (whole table)
+  std::unique_ptr<PendingLookup> sharded;  // in flight (sharded table)
+};
+
 EngramModule::EngramModule(const ModelConfig& cfg, const EngramLayerHash& hash, int64_t pad_compressed,
                            ParameterRegistry& params, ProcessGroups* groups)
     : cfg_(cfg),
@@ -99,27 +107,49 @@ EngramModule::EngramModule(const ModelConfig& cfg, const EngramLayerHash& hash, 
 
 EngramModule::~EngramModule() = default;
 
+void EngramModule::start_lookup(const Tensor& ids_c) {
+  const auto& g = cfg_.engram();
+  check_dtype(ids_c, DType::I32, "Engram lookup ids_c");
+  EG_ASSERT(ids_c.ndim() == 2, "Engram lookup: ids_c must be [B, T], got ", ids_c.describe());
+  const Device dev = ids_c.device();
+  auto lookup = std::make_unique<Lookup>();
+  lookup->ids_c = ids_c;
+  // The gather order (n ascending, j ascending per token) is exactly the concat of e_t.
+  lookup->rows = Tensor::empty({ids_c.dim(0), ids_c.dim(1), heads_total(g)}, DType::I64, dev);
+  multipliers_ = multipliers_.to(dev);  // the module is built on the host
+  primes_ = primes_.to(dev);
+  offsets_ = offsets_.to(dev);
+  kernels::ngram_hash(ids_c, pad_c_, multipliers_, primes_, offsets_, g.max_ngram(), g.heads_per_ngram(),
+                      lookup->rows);
+  if (sharded_) {
+    lookup->sharded = std::make_unique<PendingLookup>(sharded_->start_lookup(table_.value, lookup->rows));
+  } else {
+    lookup->e = Tensor::empty({ids_c.numel(), memory_dim(g)}, DType::F32, dev);
+    kernels::embedding_gather(table_.value, lookup->rows, lookup->e);  // whole table: global rows are local rows
+  }
+  lookup_ = std::move(lookup);
+}
+
 Tensor EngramModule::forward(const Tensor& h, const Tensor& ids_c) {
   const auto& g = cfg_.engram();
   EG_ASSERT(h.ndim() == 3 && h.dim(2) == cfg_.d_model(), "Engram forward: h must be [B, T, D], got ",
             h.describe());
   check_shape(ids_c, {h.dim(0), h.dim(1)}, "Engram forward ids_c");
-  const int64_t n = h.dim(0) * h.dim(1), d = cfg_.d_model(), heads = heads_total(g);
+  const int64_t n = h.dim(0) * h.dim(1), d = cfg_.d_model();
   const Device dev = h.device();
   auto s = std::make_shared<Saved>();
   s->h_shape = h.shape();
 
-  // Lookup: the gather order (n ascending, j ascending per token) is exactly the concat of e_t.
-  s->rows = Tensor::empty({h.dim(0), h.dim(1), heads}, DType::I64, dev);
-  multipliers_ = multipliers_.to(dev);  // the module is built on the host
-  primes_ = primes_.to(dev);
-  offsets_ = offsets_.to(dev);
-  kernels::ngram_hash(ids_c, pad_c_, multipliers_, primes_, offsets_, g.max_ngram(), g.heads_per_ngram(), s->rows);
-  s->e = Tensor::empty({n, memory_dim(g)}, DType::F32, dev);
+  if (!lookup_) start_lookup(ids_c);
+  const std::unique_ptr<Lookup> lookup = std::move(lookup_);
+  EG_ASSERT(lookup->ids_c.raw() == ids_c.raw() && lookup->ids_c.shape() == ids_c.shape(),
+            "Engram forward: the started lookup was for other ids");
+  s->rows = lookup->rows;
   if (sharded_) {
-    s->routing = sharded_->lookup(table_.value, s->rows, s->e);
+    s->e = Tensor::empty({n, memory_dim(g)}, DType::F32, dev);
+    s->routing = sharded_->finish_lookup(std::move(*lookup->sharded), s->e);
   } else {
-    kernels::embedding_gather(table_.value, s->rows, s->e);  // whole table: global rows are local rows
+    s->e = lookup->e;
   }
 
   Tensor k = Tensor::empty({n, d}, DType::F32, dev);

@@ -3,6 +3,7 @@
 // hidden state, short causal conv. The caller adds the output to the residual stream.
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "model/rmsnorm.h"
@@ -13,6 +14,7 @@ namespace engram {
 
 class ProcessGroups;  // parallel/, declared only (see model/moe.h)
 class ShardedTable;
+struct PendingLookup;
 
 // The hashing constants of one Engram layer (MODEL.md §4.2); stored in checkpoint metadata.
 struct EngramLayerHash {
@@ -38,8 +40,14 @@ class EngramModule {
                ParameterRegistry& params, ProcessGroups* groups = nullptr);
   ~EngramModule();
 
+  // Starts the next forward's table lookup for ids_c i32 [B, T] (the compressed token ids): hashes
+  // them and gathers the rows, or on a sharded table runs the collective part and starts the
+  // transfer back (ShardedTable::start_lookup), so that it overlaps the blocks before this one.
+  // Collective over the table group when sharded.
+  void start_lookup(const Tensor& ids_c);
   // h [B, T, D], ids_c i32 [B, T] compressed token ids -> y [B, T, D] (the branch output
-  // u + SiLU(conv), without the residual). Saves what backward needs.
+  // u + SiLU(conv), without the residual). Uses the lookup started for these ids (the same tensor),
+  // or starts one. Saves what backward needs.
   Tensor forward(const Tensor& h, const Tensor& ids_c);
   // dy [B, T, D] -> dh [B, T, D] (through the query norm); accumulates dense parameter gradients
   // and appends this micro-batch's table row gradients to the table's Parameter::row_grads.
@@ -54,6 +62,7 @@ class EngramModule {
 
  private:
   struct Saved;
+  struct Lookup;
   const ModelConfig& cfg_;
   EngramLayerHash hash_;
   int64_t pad_c_;
@@ -68,6 +77,7 @@ class EngramModule {
   RMSNormModule q_norm_, k_norm_, conv_norm_;
   Parameter& conv_;
   std::unique_ptr<ShardedTable> sharded_;
+  std::unique_ptr<Lookup> lookup_;  // started, not yet used by a forward
   std::shared_ptr<Saved> saved_;
 };
 

@@ -77,6 +77,7 @@ Model::Model(const ModelConfig& cfg, std::vector<int32_t> compress, ProcessGroup
       tok_embeddings_(params_.add("tok_embeddings.weight", {cfg_.vocab_size(), cfg_.d_model()},
                                   OptimGroup::Decay, {InitKind::Normal, cfg_.init_std()})),
       blocks_(make_blocks()),
+      head_first_param_(params_.all().size()),
       final_norm_(params_, "norm.weight", cfg_.d_model(), cfg_.norm_eps()),
       output_(cfg_.tie_embeddings() ? tok_embeddings_
                                     : params_.add("output.weight", {cfg_.vocab_size(), cfg_.d_model()},
@@ -92,6 +93,7 @@ std::vector<std::unique_ptr<Block>> Model::make_blocks() {
   for (int l = 0; l < cfg_.n_layers(); ++l) {
     const bool has_module = next_engram < hashing_.size() && hashing_[next_engram].layer == l;
     const EngramLayerHash* hash = has_module ? &hashing_[next_engram++] : nullptr;
+    block_first_param_.push_back(params_.all().size());
     blocks.push_back(std::make_unique<Block>(cfg_, l, hash, pad_c, params_, groups_));
   }
   EG_ASSERT(next_engram == hashing_.size(), "Engram hash plans not matched to layers");
@@ -121,11 +123,15 @@ Model::Activations Model::forward_to_logits(const Batch& batch, const LossWeight
   const Tensor& inputs = batch.inputs;
   Tensor h = Tensor::empty({inputs.dim(0), inputs.dim(1), cfg_.d_model()}, DType::F32, inputs.device());
   kernels::embedding_gather(tok_embeddings_.value, inputs, h);
-  // Engram layers hash the compressed ids; compress once for all of them.
+  // Engram layers hash the compressed ids; compress once for all of them. Their lookups depend on
+  // nothing else, so all start here, before the first block (on NCCL the row transfers of a sharded
+  // table then overlap the blocks below each Engram layer).
   Tensor ids_c;
   if (!hashing_.empty()) {
     ids_c = Tensor::empty(inputs.shape(), DType::I32, inputs.device());
     kernels::compress_ids(inputs, compress_device_, ids_c);
+    const TraceRange range("engram lookup");
+    for (EngramModule* engram : engram_modules()) engram->start_lookup(ids_c);
   }
   for (auto& block : blocks_) h = block->forward(h, ids_c, w);
 
@@ -155,7 +161,11 @@ ForwardStats Model::collect_stats(const Tensor& losses) {
   return stats;
 }
 
-ForwardStats Model::forward_backward(const Batch& host_or_device_batch, const LossWeights& w) {
+ForwardStats Model::forward_backward(const Batch& host_or_device_batch, const LossWeights& w,
+                                     const GradientsFinal& gradients_final) {
+  const auto final_from = [&](size_t first) {
+    if (gradients_final) gradients_final(first);
+  };
   const Batch batch = on_device(host_or_device_batch);
   Activations a = forward_to_logits(batch, w);
   Tensor losses = Tensor::empty({a.targets.numel()}, DType::F32, a.logits.device());
@@ -171,8 +181,13 @@ ForwardStats Model::forward_backward(const Batch& host_or_device_batch, const Lo
     kernels::gemm(dlogits, false, output_.value, false, dnormed);
     dh = final_norm_.backward(dnormed);
   }
-  for (auto it = blocks_.rbegin(); it != blocks_.rend(); ++it) dh = (*it)->backward(dh);
+  final_from(head_first_param_);  // the final norm and an untied head (a tied one is parameter 0)
+  for (size_t l = blocks_.size(); l-- > 0;) {
+    dh = blocks_[l]->backward(dh);
+    final_from(block_first_param_[l]);
+  }
   kernels::embedding_scatter_add(dh, batch.inputs, tok_embeddings_.grad);
+  final_from(0);
   return collect_stats(losses);
 }
 

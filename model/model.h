@@ -1,7 +1,9 @@
 #pragma once
 // The whole language model (MODEL.md §2): token embeddings, L blocks, final RMSNorm, LM head and
 // the cross-entropy loss, with an explicit backward through all of it.
+#include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -29,6 +31,11 @@ struct ForwardStats {
   std::vector<double> engram_gate_mean;           // per Engram layer: mean gate α
 };
 
+// Called during the backward pass each time more gradients are final for the micro-batch: those of
+// the parameters registered at index >= first_final (params().all()), over a descending sequence of
+// indices that ends with 0 once every gradient is. Gradient buckets start their sums from it.
+using GradientsFinal = std::function<void(size_t first_final)>;
+
 class Model {
  public:
   // `compress` maps raw ids [0, V) to compressed ids [0, V') (MODEL.md §4.1); empty = identity.
@@ -45,7 +52,8 @@ class Model {
 
   // Forward and backward of one micro-batch: accumulates parameter gradients of
   // per_token · Σ CE + (weighted MoE aux and z-loss terms), the micro-batch's share of the objective.
-  ForwardStats forward_backward(const Batch& batch, const LossWeights& w);
+  ForwardStats forward_backward(const Batch& batch, const LossWeights& w,
+                                const GradientsFinal& gradients_final = {});
   // Evaluation: the loss terms of one micro-batch (aux and z-loss weighted as a batch of its own),
   // no gradients and no backward possible (modules still hold their last activations until the next
   // forward: they have no inference mode yet).
@@ -79,7 +87,9 @@ class Model {
   std::vector<EngramLayerHash> hashing_;
   ParameterRegistry params_;
   Parameter& tok_embeddings_;
+  std::vector<size_t> block_first_param_;  // registration index of each block's first parameter
   std::vector<std::unique_ptr<Block>> blocks_;
+  size_t head_first_param_;  // the final norm's, registered right after the blocks
   RMSNormModule final_norm_;
   Parameter& output_;  // output.weight, or tok_embeddings.weight when tied
 };

@@ -4,6 +4,8 @@
 #include <cstdlib>
 #include <numeric>
 
+#include "runtime/trace_range.h"
+
 #ifdef ENGRAM_HAVE_CUDA
 #include "runtime/cuda/device.h"
 #endif
@@ -123,7 +125,14 @@ class StagedBuffer {
   Tensor staged_;
 };
 
+class CompletedCollective final : public PendingCollective {
+ public:
+  void wait() override {}
+};
+
 }  // namespace
+
+std::unique_ptr<PendingCollective> Communicator::completed() { return std::make_unique<CompletedCollective>(); }
 
 int64_t Communicator::total(const std::vector<int64_t>& counts) {
   return std::accumulate(counts.begin(), counts.end(), int64_t{0});
@@ -158,6 +167,7 @@ std::unique_ptr<Communicator> Communicator::split(int color, int key) {
 }
 
 void Communicator::broadcast_on(Device where, void* data, int64_t count, CommType type, int root) {
+  const TraceRange range("broadcast");
   check_root(root, "broadcast");
   if (size() == 1) return;
   StagedBuffer buffer(device(), where, data, bytes_of(count, type), true);
@@ -166,6 +176,7 @@ void Communicator::broadcast_on(Device where, void* data, int64_t count, CommTyp
 }
 
 void Communicator::all_reduce_sum_on(Device where, void* data, int64_t count, CommType type) {
+  const TraceRange range("all_reduce_sum");
   check_summable(type, "all_reduce_sum");
   if (size() == 1) return;
   StagedBuffer buffer(device(), where, data, bytes_of(count, type), true);
@@ -175,6 +186,7 @@ void Communicator::all_reduce_sum_on(Device where, void* data, int64_t count, Co
 
 void Communicator::reduce_scatter_sum_on(Device where, const void* send, void* recv, int64_t recv_count,
                                          CommType type) {
+  const TraceRange range("reduce_scatter_sum");
   check_summable(type, "reduce_scatter_sum");
   const StagedBuffer in(device(), where, send, bytes_of(recv_count * size(), type), true);
   StagedBuffer out(device(), where, recv, bytes_of(recv_count, type), false);
@@ -183,6 +195,7 @@ void Communicator::reduce_scatter_sum_on(Device where, const void* send, void* r
 }
 
 void Communicator::all_gather_on(Device where, const void* send, void* recv, int64_t send_count, CommType type) {
+  const TraceRange range("all_gather");
   const StagedBuffer in(device(), where, send, bytes_of(send_count, type), true);
   StagedBuffer out(device(), where, recv, bytes_of(send_count * size(), type), false);
   do_all_gather(in.get(), out.get(), send_count, type);
@@ -191,6 +204,7 @@ void Communicator::all_gather_on(Device where, const void* send, void* recv, int
 
 void Communicator::all_to_all_v_on(Device where, const void* send, const std::vector<int64_t>& send_counts,
                                    void* recv, const std::vector<int64_t>& recv_counts, CommType type) {
+  const TraceRange range("all_to_all_v");
   check_counts(send_counts, recv_counts);
   const StagedBuffer in(device(), where, send, bytes_of(total(send_counts), type), true);
   StagedBuffer out(device(), where, recv, bytes_of(total(recv_counts), type), false);
@@ -206,6 +220,21 @@ void Communicator::broadcast(Tensor& tensor, int root) {
 void Communicator::all_reduce_sum(Tensor& tensor) {
   check_tensor(tensor, "all_reduce_sum");
   all_reduce_sum_on(tensor.device(), tensor.raw(), comm_count(tensor), comm_type_of(tensor.dtype()));
+}
+
+std::unique_ptr<PendingCollective> Communicator::start_all_reduce_sum(Tensor& tensor) {
+  const TraceRange range("start all_reduce_sum");
+  check_tensor(tensor, "all_reduce_sum");
+  const CommType type = comm_type_of(tensor.dtype());
+  check_summable(type, "all_reduce_sum");
+  // One rank: nothing to add. A tensor that is not on device() goes through staging copies, which
+  // wait for the collective anyway.
+  if (size() == 1) return completed();
+  if (tensor.device() != device()) {
+    all_reduce_sum(tensor);
+    return completed();
+  }
+  return do_start_all_reduce_sum(tensor.raw(), comm_count(tensor), type, {tensor});
 }
 
 Tensor Communicator::reduce_scatter_sum(const Tensor& tensor) {
@@ -225,23 +254,57 @@ Tensor Communicator::all_gather(const Tensor& tensor) {
   return out;
 }
 
-Tensor Communicator::all_to_all_v_rows(const Tensor& send, const std::vector<int64_t>& send_rows,
-                                       const std::vector<int64_t>& recv_rows) {
+Tensor Communicator::rows_receiver(const Tensor& send, const std::vector<int64_t>& send_rows,
+                                   const std::vector<int64_t>& recv_rows) const {
   check_tensor(send, "all_to_all_v_rows");
   check_counts(send_rows, recv_rows);
   EG_ASSERT(send.ndim() >= 1 && send.dim(0) == total(send_rows), "all_to_all_v_rows: send ", send.describe(),
             " must have the ", total(send_rows), " rows its counts name");
-  Tensor out = Tensor::empty(with_rows(send, total(recv_rows)), send.dtype(), send.device());
+  return Tensor::empty(with_rows(send, total(recv_rows)), send.dtype(), send.device());
+}
+
+Tensor Communicator::all_to_all_v_rows(const Tensor& send, const std::vector<int64_t>& send_rows,
+                                       const std::vector<int64_t>& recv_rows) {
+  Tensor out = rows_receiver(send, send_rows, recv_rows);
   const int64_t width = row_elements(send);
   all_to_all_v_on(send.device(), send.raw(), scaled(send_rows, width), out.raw(), scaled(recv_rows, width),
                   comm_type_of(send.dtype()));
   return out;
 }
 
+StartedRows Communicator::start_all_to_all_v_rows(const Tensor& send, const std::vector<int64_t>& send_rows,
+                                                  const std::vector<int64_t>& recv_rows) {
+  const TraceRange range("start all_to_all_v_rows");
+  if (send.device() != device()) return {all_to_all_v_rows(send, send_rows, recv_rows), completed()};
+  Tensor out = rows_receiver(send, send_rows, recv_rows);
+  const int64_t width = row_elements(send);
+  std::unique_ptr<PendingCollective> done =
+      do_start_all_to_all_v(send.raw(), scaled(send_rows, width), out.raw(), scaled(recv_rows, width),
+                            comm_type_of(send.dtype()), {send, out});
+  return {std::move(out), std::move(done)};
+}
+
 std::vector<int64_t> Communicator::exchange_counts(const std::vector<int64_t>& send_counts) {
+  const TraceRange range("exchange_counts");
   EG_ASSERT(static_cast<int>(send_counts.size()) == size(), "exchange_counts needs one count per rank (",
             size(), "), got ", send_counts.size());
   return do_exchange_counts(send_counts);
+}
+
+std::unique_ptr<PendingCollective> Communicator::do_start_all_reduce_sum(void* data, int64_t count, CommType type,
+                                                                         std::vector<Tensor> /*buffers*/) {
+  do_all_reduce_sum(data, count, type);
+  return completed();
+}
+
+std::unique_ptr<PendingCollective> Communicator::do_start_all_to_all_v(const void* send,
+                                                                       const std::vector<int64_t>& send_counts,
+                                                                       void* recv,
+                                                                       const std::vector<int64_t>& recv_counts,
+                                                                       CommType type,
+                                                                       std::vector<Tensor> /*buffers*/) {
+  do_all_to_all_v(send, send_counts, recv, recv_counts, type);
+  return completed();
 }
 
 std::vector<int64_t> Communicator::do_exchange_counts(const std::vector<int64_t>& send_counts) {

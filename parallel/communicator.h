@@ -16,6 +16,13 @@
 // - all_reduce_sum / reduce_scatter_sum give bitwise-identical results on every rank, and the same
 //   result for the same inputs on the same group, whatever the arrival order of messages.
 // Every rank of a group must call the same collectives in the same order.
+//
+// Started collectives (start_all_reduce_sum, start_all_to_all_v_rows) let the caller go on while the
+// data moves: on NCCL they run on the group's communication stream while the compute stream does
+// other work, which is how the gradient all-reduce overlaps the backward pass and the Engram lookups
+// overlap the first blocks. The host backends complete them before start returns. Either way the
+// caller waits for the PendingCollective before it touches the buffers again, and the results are the
+// blocking collectives' results, bit for bit.
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -55,6 +62,24 @@ template <>
 constexpr CommType comm_type_of<double>() {
   return CommType::F64;
 }
+
+// A started collective. It keeps its buffers alive until it completes. wait() makes its results
+// visible to the caller's later work: on the host backends it has already completed; on NCCL, later
+// compute-stream work waits for the communication stream (the host does not). Until wait() neither
+// the host nor the compute stream may write the buffers it reads or touch those it writes. Destroying
+// one that was not waited for waits (so an exception unwinding past it leaves no transfer in flight
+// against freed memory).
+class PendingCollective {
+ public:
+  virtual ~PendingCollective() = default;
+  virtual void wait() = 0;
+};
+
+// A started all_to_all_v_rows: `rows` holds the received rows once `done` has been waited for.
+struct StartedRows {
+  Tensor rows;
+  std::unique_ptr<PendingCollective> done;
+};
 
 class Communicator {
  public:
@@ -103,6 +128,8 @@ class Communicator {
     return value;
   }
   void all_reduce_sum(Tensor& tensor);
+  // Started: the same sum, in place, once the returned collective is waited for.
+  std::unique_ptr<PendingCollective> start_all_reduce_sum(Tensor& tensor);
 
   // ---- reduce_scatter_sum: send holds size()·recv_count elements; rank r receives the sum over
   // ranks of block r ----
@@ -147,6 +174,8 @@ class Communicator {
   // Rows of a tensor [n, ...]: send_rows[d] consecutive rows go to rank d; returns [Σ recv_rows, ...].
   Tensor all_to_all_v_rows(const Tensor& send, const std::vector<int64_t>& send_rows,
                            const std::vector<int64_t>& recv_rows);
+  StartedRows start_all_to_all_v_rows(const Tensor& send, const std::vector<int64_t>& send_rows,
+                                      const std::vector<int64_t>& recv_rows);
 
   // What every source will send to this rank, given what this rank sends to every destination.
   // Counts are host metadata on every backend.
@@ -167,6 +196,18 @@ class Communicator {
   virtual void do_all_gather(const void* send, void* recv, int64_t send_count, CommType type) = 0;
   virtual void do_all_to_all_v(const void* send, const std::vector<int64_t>& send_counts, void* recv,
                                const std::vector<int64_t>& recv_counts, CommType type) = 0;
+  // Started raw collectives on buffers of device(), with the tensors that hold them (`buffers`: the
+  // pending collective keeps them alive). The defaults run the blocking ones and return a completed
+  // collective; a backend that can overlap overrides them.
+  virtual std::unique_ptr<PendingCollective> do_start_all_reduce_sum(void* data, int64_t count, CommType type,
+                                                                     std::vector<Tensor> buffers);
+  virtual std::unique_ptr<PendingCollective> do_start_all_to_all_v(const void* send,
+                                                                   const std::vector<int64_t>& send_counts,
+                                                                   void* recv,
+                                                                   const std::vector<int64_t>& recv_counts,
+                                                                   CommType type, std::vector<Tensor> buffers);
+  // A collective that completed already.
+  static std::unique_ptr<PendingCollective> completed();
   // Host counts; the default runs do_all_to_all_v on host vectors (a device backend overrides it).
   virtual std::vector<int64_t> do_exchange_counts(const std::vector<int64_t>& send_counts);
   // Prints the message (print_abort_message, with the rank in the world) and ends the whole job.
@@ -192,6 +233,9 @@ class Communicator {
   void check_summable(CommType type, const char* what) const;
   void check_counts(const std::vector<int64_t>& send_counts, const std::vector<int64_t>& recv_counts) const;
   void check_tensor(const Tensor& tensor, const char* what) const;
+  // The receive tensor of all_to_all_v_rows (on send's device), after checking the arguments.
+  Tensor rows_receiver(const Tensor& send, const std::vector<int64_t>& send_rows,
+                       const std::vector<int64_t>& recv_rows) const;
 };
 
 // A group of one: every collective is the identity (or a copy).

@@ -1,12 +1,16 @@
 // The NCCL communicator (parallel/nccl_communicator.h): raw collectives on device buffers, queued on
-// the communication stream between two events that order it after, and before, the compute stream.
+// the group's communication stream after an event that orders them after the compute stream's work.
 //
 // Memory: scratch buffers come from the device allocator, whose reuse relies on compute-stream order.
-// Every collective makes the compute stream wait for the communication stream before it returns, so
-// a block freed afterwards is reused only by work queued after the collective finished.
+// A blocking collective makes the compute stream wait for the communication stream before it returns,
+// so a block freed afterwards is reused only by work queued after the collective finished. A started
+// one hands its buffers to its PendingCollective, which frees them only after it has made the compute
+// stream wait (wait()), with the same effect; its scratch is freed once the communication stream has
+// finished with it (hand_over_scratch).
 #include <nccl.h>
 
 #include <cstring>
+#include <deque>
 #include <type_traits>
 
 #include "parallel/nccl_communicator.h"
@@ -57,6 +61,33 @@ Tensor device_scratch(int64_t count, CommType type) {
   return Tensor::empty({(bytes + 7) / 8}, DType::I64, Device::CUDA);
 }
 
+// The work queued on a communication stream up to its creation: wait() makes the compute stream wait
+// for it, then frees the buffers (their blocks are then reused only by work ordered after it).
+class NcclPending final : public PendingCollective {
+ public:
+  NcclPending(cudaStream_t stream, std::vector<Tensor> buffers) : buffers_(std::move(buffers)) {
+    EG_CUDA_CHECK(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming));
+    EG_CUDA_CHECK(cudaEventRecord(done_, stream));
+  }
+  ~NcclPending() override {
+    if (done_ == nullptr) return;
+    // No throwing here; a failure shows at the next checked CUDA call.
+    (void)cudaStreamWaitEvent(cuda_context().compute, done_, 0);
+    (void)cudaEventDestroy(done_);
+  }
+  void wait() override {
+    EG_ASSERT(done_ != nullptr, "a started collective waited for twice");
+    EG_CUDA_CHECK(cudaStreamWaitEvent(cuda_context().compute, done_, 0));
+    EG_CUDA_CHECK(cudaEventDestroy(done_));  // released once it has completed
+    done_ = nullptr;
+    buffers_.clear();
+  }
+
+ private:
+  cudaEvent_t done_ = nullptr;
+  std::vector<Tensor> buffers_;
+};
+
 class NcclCommunicator final : public Communicator {
  public:
   NcclCommunicator(ncclComm_t comm, std::unique_ptr<Communicator> host)
@@ -66,15 +97,24 @@ class NcclCommunicator final : public Communicator {
     EG_NCCL_CHECK(ncclCommCount(comm_, &nccl_size));
     EG_ASSERT(nccl_rank == rank_ && nccl_size == size_, "NCCL rank ", nccl_rank, " of ", nccl_size,
               " for host rank ", rank_, " of ", size_);
+    // One stream per group: the collectives of different groups (the gradient all-reduce over the
+    // world, the expert dispatch over the expert-parallel group) do not queue behind each other.
+    // Highest priority, so a collective's kernels start as soon as SMs free up.
+    int lowest = 0, highest = 0;
+    EG_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&lowest, &highest));
+    EG_CUDA_CHECK(cudaStreamCreateWithPriority(&stream_, cudaStreamNonBlocking, highest));
     EG_CUDA_CHECK(cudaEventCreateWithFlags(&compute_ready_, cudaEventDisableTiming));
     EG_CUDA_CHECK(cudaEventCreateWithFlags(&comm_done_, cudaEventDisableTiming));
   }
   ~NcclCommunicator() override {
     // No throwing here: a failed run is already reporting its first error.
-    (void)cudaStreamSynchronize(cuda_context().comm);
+    (void)cudaStreamSynchronize(stream_);
+    for (InFlightScratch& s : scratch_in_flight_) (void)cudaEventDestroy(s.done);
+    scratch_in_flight_.clear();
     ncclCommDestroy(comm_);
     (void)cudaEventDestroy(compute_ready_);
     (void)cudaEventDestroy(comm_done_);
+    (void)cudaStreamDestroy(stream_);
   }
 
   int rank() const override { return rank_; }
@@ -94,20 +134,124 @@ class NcclCommunicator final : public Communicator {
   }
 
   void do_broadcast(void* data, int64_t count, CommType type, int root) override {
-    on_comm_stream([&](cudaStream_t stream) {
+    enqueue([&](cudaStream_t stream) {
       EG_NCCL_CHECK(ncclBroadcast(data, data, count, nccl_type(type), root, comm_, stream));
     });
+    join();
   }
 
   void do_all_reduce_sum(void* data, int64_t count, CommType type) override {
+    const Tensor scratch = enqueue_all_reduce_sum(data, count, type);
+    join();
+  }
+
+  std::unique_ptr<PendingCollective> do_start_all_reduce_sum(void* data, int64_t count, CommType type,
+                                                             std::vector<Tensor> buffers) override {
+    hand_over_scratch(enqueue_all_reduce_sum(data, count, type));
+    return pending(std::move(buffers));
+  }
+
+  void do_reduce_scatter_sum(const void* send, void* recv, int64_t recv_count, CommType type) override {
     if (!is_float(type)) {
-      on_comm_stream([&](cudaStream_t stream) {
-        EG_NCCL_CHECK(ncclAllReduce(data, data, count, nccl_type(type), ncclSum, comm_, stream));
+      enqueue([&](cudaStream_t stream) {
+        EG_NCCL_CHECK(ncclReduceScatter(send, recv, recv_count, nccl_type(type), ncclSum, comm_, stream));
       });
+      join();
       return;
     }
-    // Rank r reduces block r of even_range(count): every rank sends it block r, r sums the P copies
-    // in rank order, and every rank receives every summed block.
+    // Block r of every rank to rank r, then the P copies added in rank order.
+    const std::vector<int64_t> blocks(size_, recv_count);
+    const Tensor copies = device_scratch(recv_count * size_, type);
+    enqueue([&](cudaStream_t stream) {
+      all_to_all_v_on_stream(send, blocks, copies.raw(), blocks, type, stream);
+      ordered_block_sum(copies.raw(), recv, recv_count, size_, type, stream);
+    });
+    join();
+  }
+
+  void do_all_gather(const void* send, void* recv, int64_t send_count, CommType type) override {
+    enqueue([&](cudaStream_t stream) {
+      EG_NCCL_CHECK(ncclAllGather(send, recv, send_count, nccl_type(type), comm_, stream));
+    });
+    join();
+  }
+
+  void do_all_to_all_v(const void* send, const std::vector<int64_t>& send_counts, void* recv,
+                       const std::vector<int64_t>& recv_counts, CommType type) override {
+    enqueue([&](cudaStream_t stream) { all_to_all_v_on_stream(send, send_counts, recv, recv_counts, type, stream); });
+    join();
+  }
+
+  std::unique_ptr<PendingCollective> do_start_all_to_all_v(const void* send, const std::vector<int64_t>& send_counts,
+                                                           void* recv, const std::vector<int64_t>& recv_counts,
+                                                           CommType type, std::vector<Tensor> buffers) override {
+    enqueue([&](cudaStream_t stream) { all_to_all_v_on_stream(send, send_counts, recv, recv_counts, type, stream); });
+    return pending(std::move(buffers));
+  }
+
+ private:
+  // Queues enqueue(stream_) after the compute stream's work so far.
+  template <class F>
+  void enqueue(F&& enqueue_on) {
+    EG_CUDA_CHECK(cudaEventRecord(compute_ready_, cuda_context().compute));
+    EG_CUDA_CHECK(cudaStreamWaitEvent(stream_, compute_ready_, 0));
+    enqueue_on(stream_);
+  }
+
+  // Later compute-stream work waits for everything queued on stream_ so far.
+  void join() {
+    EG_CUDA_CHECK(cudaEventRecord(comm_done_, stream_));
+    EG_CUDA_CHECK(cudaStreamWaitEvent(cuda_context().compute, comm_done_, 0));
+  }
+
+  // What was queued on stream_ so far, joined by the returned collective's wait().
+  std::unique_ptr<PendingCollective> pending(std::vector<Tensor> buffers) {
+    return std::make_unique<NcclPending>(stream_, std::move(buffers));
+  }
+
+  // The scratch of a started sum, freed as soon as the stream is done with it rather than at wait():
+  // a backward pass starts every bucket before it waits for any, and all their scratch together would
+  // be another copy of the gradients. Finished scratch is freed at every hand-over; above
+  // kScratchInFlightBytes the host waits for the oldest.
+  void hand_over_scratch(Tensor scratch) {
+    if (!scratch.defined()) return;
+    while (!scratch_in_flight_.empty()) {
+      const cudaError_t status = cudaEventQuery(scratch_in_flight_.front().done);
+      if (status == cudaErrorNotReady) {
+        (void)cudaGetLastError();  // "not ready" is an answer, not a failure for later checks to see
+        break;
+      }
+      EG_CUDA_CHECK(status);
+      release_oldest_scratch();
+    }
+    InFlightScratch s{nullptr, std::move(scratch)};
+    EG_CUDA_CHECK(cudaEventCreateWithFlags(&s.done, cudaEventDisableTiming));
+    EG_CUDA_CHECK(cudaEventRecord(s.done, stream_));
+    scratch_in_flight_bytes_ += static_cast<int64_t>(s.scratch.nbytes());
+    scratch_in_flight_.push_back(std::move(s));
+    while (scratch_in_flight_bytes_ > kScratchInFlightBytes && scratch_in_flight_.size() > 1) {
+      EG_CUDA_CHECK(cudaEventSynchronize(scratch_in_flight_.front().done));
+      release_oldest_scratch();
+    }
+  }
+
+  void release_oldest_scratch() {
+    InFlightScratch& oldest = scratch_in_flight_.front();
+    EG_CUDA_CHECK(cudaEventDestroy(oldest.done));
+    scratch_in_flight_bytes_ -= static_cast<int64_t>(oldest.scratch.nbytes());
+    scratch_in_flight_.pop_front();
+  }
+
+  // Rank r reduces block r of even_range(count): every rank sends it block r, r sums the P copies in
+  // rank order, and every rank receives every summed block. Returns the scratch the queued work
+  // uses (undefined for integer sums, which are exact in any order and use ncclAllReduce).
+  Tensor enqueue_all_reduce_sum(void* data, int64_t count, CommType type) {
+    if (!is_float(type)) {
+      enqueue([&](cudaStream_t stream) {
+        EG_NCCL_CHECK(ncclAllReduce(data, data, count, nccl_type(type), ncclSum, comm_, stream));
+      });
+      return Tensor();
+    }
     std::vector<int64_t> block_begin(size_), block_count(size_);
     for (int r = 0; r < size_; ++r) {
       const IndexRange block = even_range(count, size_, r);
@@ -115,8 +259,8 @@ class NcclCommunicator final : public Communicator {
       block_count[r] = block.size();
     }
     const int64_t mine = block_count[rank_];
-    const Tensor copies = device_scratch(mine * size_, type);
-    on_comm_stream([&](cudaStream_t stream) {
+    Tensor copies = device_scratch(mine * size_, type);
+    enqueue([&](cudaStream_t stream) {
       all_to_all_v_on_stream(data, block_count, copies.raw(), std::vector<int64_t>(size_, mine), type, stream);
       void* my_block = at(data, block_begin[rank_], type);
       ordered_block_sum(copies.raw(), my_block, mine, size_, type, stream);
@@ -131,48 +275,7 @@ class NcclCommunicator final : public Communicator {
       }
       EG_NCCL_CHECK(ncclGroupEnd());
     });
-  }
-
-  void do_reduce_scatter_sum(const void* send, void* recv, int64_t recv_count, CommType type) override {
-    if (!is_float(type)) {
-      on_comm_stream([&](cudaStream_t stream) {
-        EG_NCCL_CHECK(ncclReduceScatter(send, recv, recv_count, nccl_type(type), ncclSum, comm_, stream));
-      });
-      return;
-    }
-    // Block r of every rank to rank r, then the P copies added in rank order.
-    const std::vector<int64_t> blocks(size_, recv_count);
-    const Tensor copies = device_scratch(recv_count * size_, type);
-    on_comm_stream([&](cudaStream_t stream) {
-      all_to_all_v_on_stream(send, blocks, copies.raw(), blocks, type, stream);
-      ordered_block_sum(copies.raw(), recv, recv_count, size_, type, stream);
-    });
-  }
-
-  void do_all_gather(const void* send, void* recv, int64_t send_count, CommType type) override {
-    on_comm_stream([&](cudaStream_t stream) {
-      EG_NCCL_CHECK(ncclAllGather(send, recv, send_count, nccl_type(type), comm_, stream));
-    });
-  }
-
-  void do_all_to_all_v(const void* send, const std::vector<int64_t>& send_counts, void* recv,
-                       const std::vector<int64_t>& recv_counts, CommType type) override {
-    on_comm_stream([&](cudaStream_t stream) {
-      all_to_all_v_on_stream(send, send_counts, recv, recv_counts, type, stream);
-    });
-  }
-
- private:
-  // Queues enqueue(comm stream) after the compute stream's work so far; later compute-stream work
-  // waits for it.
-  template <class F>
-  void on_comm_stream(F&& enqueue) {
-    const CudaContext& ctx = cuda_context();
-    EG_CUDA_CHECK(cudaEventRecord(compute_ready_, ctx.compute));
-    EG_CUDA_CHECK(cudaStreamWaitEvent(ctx.comm, compute_ready_, 0));
-    enqueue(ctx.comm);
-    EG_CUDA_CHECK(cudaEventRecord(comm_done_, ctx.comm));
-    EG_CUDA_CHECK(cudaStreamWaitEvent(ctx.compute, comm_done_, 0));
+    return copies;
   }
 
   // Point-to-point all-to-all of back-to-back blocks (the layout of Communicator::all_to_all_v); the
@@ -206,7 +309,15 @@ class NcclCommunicator final : public Communicator {
   ncclComm_t comm_;
   std::unique_ptr<Communicator> host_;
   int rank_, size_;
+  cudaStream_t stream_ = nullptr;
   cudaEvent_t compute_ready_ = nullptr, comm_done_ = nullptr;
+  struct InFlightScratch {
+    cudaEvent_t done;  // recorded on stream_ after the work that uses the scratch
+    Tensor scratch;
+  };
+  static constexpr int64_t kScratchInFlightBytes = int64_t{256} << 20;
+  std::deque<InFlightScratch> scratch_in_flight_;
+  int64_t scratch_in_flight_bytes_ = 0;
 };
 
 }  // namespace

@@ -1,9 +1,11 @@
 #pragma once
 // The NCCL communicator (CUDA builds that found NCCL; ENGRAM_HAVE_NCCL): a group of ranks with one
 // GPU each whose device() is CUDA, so collectives move device memory GPU to GPU. Every collective
-// runs on the communication stream (cuda_context().comm) after the work already queued on the
-// compute stream, and the compute stream waits for it, so callers see the ordinary in-order
-// semantics of the compute stream.
+// runs on the group's own communication stream after the work already queued on the compute
+// stream. A blocking collective makes the compute stream wait for it, so callers see the ordinary
+// in-order semantics of the compute stream; a started one (start_all_reduce_sum,
+// start_all_to_all_v_rows) lets the compute stream run on until its PendingCollective is waited for.
+// The host never waits for a collective, except to read results into host memory.
 //
 // Determinism: float sums (all_reduce_sum, reduce_scatter_sum) never use NCCL's reductions, whose
 // order across ranks is not guaranteed to repeat. NCCL only moves the blocks (all-to-all); each rank

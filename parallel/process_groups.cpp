@@ -60,6 +60,7 @@ ProcessGroups::ProcessGroups(Communicator& world, int expert_parallel, int64_t n
   // Colors are the group indices; keys keep world order inside each group.
   expert_parallel_ = world.split(layout_.edp_rank, world.rank());
   expert_data_parallel_ = world.split(layout_.ep_rank, world.rank());
+  table_ = world.split(0, world.rank());
   EG_ASSERT(expert_parallel_->size() == layout_.ep_size && expert_parallel_->rank() == layout_.ep_rank,
             "expert-parallel group does not match the layout");
   EG_ASSERT(

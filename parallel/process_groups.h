@@ -7,7 +7,10 @@
 //                          ranks hold disjoint expert blocks and exchange tokens;
 //   expert data parallel = the W / EP ranks with the same rank % EP; they hold the same experts and
 //                          sum those experts' gradients;
-//   table group          = the world: each rank owns a contiguous row range of every Engram table.
+//   table group          = the world's ranks: each rank owns a contiguous row range of every Engram
+//                          table. A communicator of its own (a copy of the world), so that on NCCL
+//                          its lookups have their own stream and do not queue behind the gradient
+//                          sums that run over the world during the backward pass.
 #include <cstdint>
 #include <memory>
 #include <vector>
@@ -60,13 +63,14 @@ class ProcessGroups {
   Communicator& data_parallel() { return world_; }
   Communicator& expert_parallel() { return *expert_parallel_; }
   Communicator& expert_data_parallel() { return *expert_data_parallel_; }
-  Communicator& table() { return world_; }
+  Communicator& table() { return *table_; }
 
  private:
   Communicator& world_;
   ParallelLayout layout_;
   std::unique_ptr<Communicator> expert_parallel_;
   std::unique_ptr<Communicator> expert_data_parallel_;
+  std::unique_ptr<Communicator> table_;
 };
 
 }  // namespace engram

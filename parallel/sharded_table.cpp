@@ -22,16 +22,15 @@ ShardedTable::ShardedTable(Communicator& group, int64_t global_rows, int64_t wid
 }
 
 TableRouting ShardedTable::lookup(const Tensor& shard, const Tensor& rows, Tensor& out) {
+  return finish_lookup(start_lookup(shard, rows), out);
+}
+
+PendingLookup ShardedTable::start_lookup(const Tensor& shard, const Tensor& rows) {
   check_dtype(rows, DType::I64, "sharded table lookup rows");
   check_dtype(shard, DType::F32, "sharded table shard");
   check_shape(shard, {owned_.size(), width_}, "sharded table shard");
-  check_dtype(out, DType::F32, "sharded table lookup out");
   const int64_t m = rows.numel();
-  EG_ASSERT(out.numel() == m * width_, "sharded table lookup out ", out.describe(), " needs ", m, "·", width_,
-            " elements");
   const Device device = shard.device();
-  EG_CHECK(out.device() == device, "sharded table lookup out ", out.describe(), " is not on ", device_name(device),
-           " with the shard");
   // The dedup and the exchange plan are index work on a host copy of the ids; the row gathers run on
   // the shard's device. A device-side plan (sort and unique there) would save the copies and waits.
   const std::vector<int64_t> ids = rows.to_vector<int64_t>();
@@ -64,12 +63,10 @@ TableRouting ShardedTable::lookup(const Tensor& shard, const Tensor& rows, Tenso
   routing.served_rows = Tensor::from_vector(served).to(device);
   routing.unique_rows = Tensor::from_vector(unique).to(device);
 
-  // 3. Owners gather; 4. vectors back, expanded to every request.
+  // 3. Owners gather; 4. vectors back (started here), expanded to every request (finish_lookup).
   Tensor served_vectors = Tensor::empty({routing.served_rows.numel(), width_}, DType::F32, device);
   kernels::embedding_gather(shard, routing.served_rows, served_vectors);
-  const Tensor unique_vectors =
-      group_.all_to_all_v_rows(served_vectors, routing.ids_from_rank, routing.ids_to_owner);
-  kernels::embedding_gather(unique_vectors, routing.inverse, out);
+  StartedRows vectors = group_.start_all_to_all_v_rows(served_vectors, routing.ids_from_rank, routing.ids_to_owner);
 
   lookup_stats_ = TableStats{};
   lookup_stats_.requested = m;
@@ -83,7 +80,20 @@ TableRouting ShardedTable::lookup(const Tensor& shard, const Tensor& rows, Tenso
       counts_bytes + lookup_stats_.ids_sent * kIdBytes + lookup_stats_.vectors_sent * vector_bytes;
   lookup_stats_.bytes_received =
       counts_bytes + lookup_stats_.ids_received * kIdBytes + lookup_stats_.vectors_received * vector_bytes;
-  return routing;
+  return {std::move(routing), std::move(vectors)};
+}
+
+TableRouting ShardedTable::finish_lookup(PendingLookup&& lookup, Tensor& out) {
+  check_dtype(out, DType::F32, "sharded table lookup out");
+  const int64_t m = lookup.routing.requested;
+  EG_ASSERT(out.numel() == m * width_, "sharded table lookup out ", out.describe(), " needs ", m, "·", width_,
+            " elements");
+  const Device device = lookup.routing.inverse.device();
+  EG_CHECK(out.device() == device, "sharded table lookup out ", out.describe(), " is not on ", device_name(device),
+           " with the shard");
+  lookup.vectors.done->wait();
+  kernels::embedding_gather(lookup.vectors.rows, lookup.routing.inverse, out);
+  return std::move(lookup.routing);
 }
 
 RowGrads ShardedTable::backward(const TableRouting& routing, const Tensor& drows) {

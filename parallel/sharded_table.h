@@ -18,7 +18,10 @@
 //   3'. owners sum the contributions per row over the received concatenation, which is ordered by
 //       source rank (kernels::reduce_rows again) -> RowGrads in the owner's LOCAL row ids, ready for
 //       the row-sparse Adam.
-// Stages 1–2 depend only on the ids (hashes of token ids), so a later prefetch can run them early.
+// Stages 1–2 depend only on the ids (hashes of token ids). start_lookup runs stages 1–3 and starts
+// stage 4's transfer (Communicator::start_all_to_all_v_rows); finish_lookup waits for it and expands.
+// The model starts every Engram layer's lookup before its first block, so on NCCL the transfers run
+// while the blocks before each Engram layer compute.
 //
 // Devices: the shard, out and drows may be CPU or CUDA tensors (one device; rows anywhere). Every
 // tensor of the routing and of the results lives on the shard's device and equals, bit for bit, what
@@ -44,6 +47,12 @@ struct TableRouting {
   Tensor served_rows;                  // i64 [Σ ids_from_rank]: LOCAL shard rows asked for, by source rank
 };
 
+// A lookup between start_lookup and finish_lookup.
+struct PendingLookup {
+  TableRouting routing;
+  StartedRows vectors;  // the unique rows' vectors from their owners, in unique_rows order
+};
+
 // Traffic to and from OTHER ranks of the last lookup / backward, and the dedup it achieved.
 struct TableStats {
   int64_t requested = 0;  // row requests (M)
@@ -67,6 +76,11 @@ class ShardedTable {
   // out[i, :] = table[rows[i], :] for the M global ids in rows (i64, any shape); out has M·width f32
   // elements (e.g. [.., width]) and is written. Collective over the group (M may be 0 on a rank).
   TableRouting lookup(const Tensor& shard, const Tensor& rows, Tensor& out);
+  // lookup in two halves: start_lookup is the collective part (stages 1–3, and stage 4's transfer
+  // started); finish_lookup waits for the transfer and writes out, as lookup does. Several lookups
+  // may be started before the first is finished.
+  PendingLookup start_lookup(const Tensor& shard, const Tensor& rows);
+  TableRouting finish_lookup(PendingLookup&& lookup, Tensor& out);
 
   // drows (M·width f32, the gradient of lookup's out) -> this rank's owned rows' summed gradients
   // from every rank, in local row ids. Collective over the group.

@@ -16,6 +16,7 @@ namespace engram {
 namespace {
 
 std::atomic<bool> g_timing{false};
+thread_local int t_open_ranges = 0;  // ranges open on this thread: only the outermost is timed
 std::mutex g_mutex;
 std::map<std::string, double> g_seconds;
 
@@ -43,13 +44,14 @@ TraceRange::TraceRange(const char* name) : name_(name) {
 #ifdef ENGRAM_HAVE_CUDA
   nvtxRangePushA(name);
 #endif
-  if (g_timing.load(std::memory_order_relaxed)) {
+  if (t_open_ranges++ == 0 && g_timing.load(std::memory_order_relaxed)) {
     wait_for_device();
     start_seconds_ = now_seconds();
   }
 }
 
 TraceRange::~TraceRange() {
+  --t_open_ranges;
   if (start_seconds_ > 0.0) {
     wait_for_device();
     const double elapsed = now_seconds() - start_seconds_;

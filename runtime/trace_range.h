@@ -1,13 +1,15 @@
 #pragma once
 // A named range on the profiler's timeline for one scope: NVTX in CUDA builds (Nsight Systems shows
-// the ranges of every module's forward and backward, the head, the optimizer and the gradient
-// reduction; see docs/PROFILING.md), nothing otherwise. Without a profiler attached NVTX calls
-// return at once.
+// the ranges of every module's forward and backward, the head, the optimizer, the gradient
+// reduction and every collective; see docs/PROFILING.md), nothing otherwise. Without a profiler
+// attached NVTX calls return at once.
 //
-// Phase timing (off by default; the step benchmark turns it on): each range also adds its wall time
-// to a total per phase, the name without its "layers.<l>." prefix ("attn forward", "optimizer", ...).
-// In CUDA builds a timed range waits for the device at both ends, so the times are the GPU's, at the
-// cost of those waits.
+// Phase timing (off by default; the step benchmark turns it on): each outermost range (one opened
+// while no other is open on its thread) also adds its wall time to a total per phase, the name
+// without its "layers.<l>." prefix ("attn forward", "optimizer", ...); nested ranges (a collective
+// inside a module's forward) are on the timeline only, so no time is counted twice. In CUDA builds a
+// timed range waits for the device at both ends, so the times are the GPU's, at the cost of those
+// waits.
 #include <map>
 #include <string>
 

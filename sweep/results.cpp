@@ -29,6 +29,13 @@ double number_or_nan(const json& row, const char* key, const std::string& path) 
   return row[key].is_null() ? kNotMeasured : row[key].get<double>();
 }
 
+// A byte count of a metrics.jsonl line; -1 when the line has none.
+int64_t bytes_or_unset(const json& line, const char* key) {
+  return line.contains(key) && line[key].is_number_integer() ? line[key].get<int64_t>() : -1;
+}
+
+bool trains_on_cuda(const SweepPoint& p) { return p.config.runtime().device() == config::CUDA; }
+
 // One CSV cell: numbers as JSON writes them (shortest exact form), null empty, text quoted when needed.
 std::string csv_cell(const json& value) {
   if (value.is_null()) return "";
@@ -51,6 +58,8 @@ const char* status_name(PointStatus status) {
   return "?";
 }
 
+const char* memory_device(const SweepPoint& point) { return trains_on_cuda(point) ? "cuda" : "cpu"; }
+
 ordered_json result_row(const SweepPoint& p, const PointOutcome& o) {
   const Allocation& a = p.allocation;
   ordered_json row;
@@ -71,6 +80,7 @@ ordered_json result_row(const SweepPoint& p, const PointOutcome& o) {
   row["heldout_bits_per_byte"] = measured(o.heldout_bits_per_byte);
   row["wall_seconds"] = measured(o.wall_seconds);
   row["peak_memory_bytes"] = measured_bytes(o.peak_memory_bytes);
+  row["memory_device"] = memory_device(p);
   row["run_dir"] = p.run_dir;
   row["error"] = o.error.empty() ? json(nullptr) : json(o.error);
   return row;
@@ -112,10 +122,15 @@ FinalMetrics read_final_metrics(const std::string& metrics_path) {
     } else if (m["type"] == "eval") {
       f.eval_step = m["step"].get<int64_t>();
       f.val_loss = m["val_loss"].get<double>();
-      f.peak_host_bytes = m.contains("peak_host_bytes") ? m["peak_host_bytes"].get<int64_t>() : -1;
+      f.peak_host_bytes = bytes_or_unset(m, "peak_host_bytes");
+      f.peak_device_bytes = bytes_or_unset(m, "peak_device_bytes");
     }
   }
   return f;
+}
+
+int64_t peak_memory_bytes(const SweepPoint& point, const FinalMetrics& metrics) {
+  return trains_on_cuda(point) ? metrics.peak_device_bytes : metrics.peak_host_bytes;
 }
 
 double read_bits_per_byte(const std::string& eval_json_path) {

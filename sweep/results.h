@@ -26,9 +26,13 @@ struct PointOutcome {
   double val_loss = kNotMeasured;               // the last evaluation (at the final step)
   double heldout_bits_per_byte = kNotMeasured;  // engram-eval on heldout_text; unset: not measured
   double wall_seconds = kNotMeasured;           // training and evaluation, in the session that finished it
-  int64_t peak_memory_bytes = -1;               // peak host bytes of the caching allocator (rank 0)
+  int64_t peak_memory_bytes = -1;               // peak bytes of rank 0's caching allocator on memory_device
   std::string error;                            // why a failed point failed
 };
+
+// The memory a point's peak_memory_bytes measures, that of the device it trains on (runtime.device):
+// "cuda" (the GPU's) or "cpu" (the host's).
+const char* memory_device(const SweepPoint& point);
 
 // One row: planned and measured columns in the order of results.csv (unmeasured values null).
 nlohmann::ordered_json result_row(const SweepPoint& point, const PointOutcome& outcome);
@@ -46,9 +50,13 @@ struct FinalMetrics {
   double train_loss = kNotMeasured;
   int64_t eval_step = 0;  // 0: no evaluation line
   double val_loss = kNotMeasured;
-  int64_t peak_host_bytes = -1;
+  int64_t peak_host_bytes = -1;    // of the last evaluation line; -1: not in it
+  int64_t peak_device_bytes = -1;  // likewise; 0 on the CPU
 };
 FinalMetrics read_final_metrics(const std::string& metrics_path);
+
+// The point's peak_memory_bytes: peak_device_bytes when it trains on CUDA, peak_host_bytes otherwise.
+int64_t peak_memory_bytes(const SweepPoint& point, const FinalMetrics& metrics);
 
 // bits_per_byte from engram-eval's JSON output file; errors name the file.
 double read_bits_per_byte(const std::string& eval_json_path);

@@ -62,7 +62,8 @@ class StderrToFile {
 class SweepRun {
  public:
   SweepRun(const Sweep& sweep, const std::vector<SweepPoint>& points, const SweepRunOptions& options)
-      : sweep_(sweep), points_(points), options_(options), outcomes_(points.size()), started_(points.size()) {}
+      : sweep_(sweep), points_(points), options_(options), outcomes_(points.size()), started_(points.size()),
+        trained_(points.size()) {}
 
   void run();
 
@@ -73,7 +74,7 @@ class SweepRun {
 
   void check_existing(size_t i);
   std::vector<std::string> prepare(size_t i);
-  std::string training_problem(size_t i) const;
+  std::string training_problem(size_t i);
   std::optional<ChildSpec> heldout_eval(size_t i, const std::vector<std::string>& env) const;
   double bits_per_byte(size_t i, const ChildExit& exit) const;
   void finish(size_t i, double bits_per_byte);
@@ -89,6 +90,7 @@ class SweepRun {
   SweepRunOptions options_;
   std::vector<PointOutcome> outcomes_;
   std::vector<Clock::time_point> started_;
+  std::vector<FinalMetrics> trained_;  // each point's metrics.jsonl as training_problem read it, for finish
   SweepFit fit_;
 };
 
@@ -132,10 +134,12 @@ std::vector<std::string> SweepRun::prepare(size_t i) {
   return {"--config", config};
 }
 
-// Empty when metrics.jsonl shows every step trained and the final evaluation.
-std::string SweepRun::training_problem(size_t i) const {
+// Empty when metrics.jsonl shows every step trained and the final evaluation. Keeps what it read for
+// finish: the file is complete once training has ended.
+std::string SweepRun::training_problem(size_t i) {
   const SweepPoint& p = points_[i];
-  const FinalMetrics m = read_final_metrics(join(p.run_dir, "metrics.jsonl"));
+  trained_[i] = read_final_metrics(join(p.run_dir, "metrics.jsonl"));
+  const FinalMetrics& m = trained_[i];
   if (m.train_step != p.steps)
     return "training stopped at step " + std::to_string(m.train_step) + " of " + std::to_string(p.steps);
   if (m.eval_step != p.steps) return "metrics.jsonl has no evaluation at the final step " + std::to_string(p.steps);
@@ -163,14 +167,14 @@ double SweepRun::bits_per_byte(size_t i, const ChildExit& exit) const {
 
 void SweepRun::finish(size_t i, double bits_per_byte) {
   const SweepPoint& p = points_[i];
-  const FinalMetrics m = read_final_metrics(join(p.run_dir, "metrics.jsonl"));
+  const FinalMetrics& m = trained_[i];
   PointOutcome o;
   o.status = PointStatus::Finished;
   o.final_train_loss = m.train_loss;
   o.val_loss = m.val_loss;
   o.heldout_bits_per_byte = bits_per_byte;
   o.wall_seconds = std::chrono::duration<double>(Clock::now() - started_[i]).count();
-  o.peak_memory_bytes = m.peak_host_bytes;
+  o.peak_memory_bytes = peak_memory_bytes(p, m);
   write_result_marker(p, o);
   outcomes_[i] = o;
   record();

@@ -24,7 +24,7 @@ void add_elementwise(std::vector<T>& sum, const std::vector<T>& x) {
 
 }  // namespace
 
-Trainer::Trainer(Model& model, const config::OptimConfig& cfg, int64_t max_steps)
+Trainer::Trainer(Model& model, const config::OptimConfig& cfg, int64_t max_steps, int64_t grad_bucket_bytes)
     : model_(model),
       groups_(model.groups()),
       cfg_(cfg),
@@ -32,6 +32,7 @@ Trainer::Trainer(Model& model, const config::OptimConfig& cfg, int64_t max_steps
       adamw_(model.params(), cfg_),
       sparse_adam_(model.params(), cfg_) {
   EG_CHECK(max_steps >= 1, "train.max_steps = ", max_steps, " must be >= 1");
+  if (groups_) buckets_.emplace(model.params(), *groups_, grad_bucket_bytes);
 }
 
 StepMetrics Trainer::step(const std::vector<Batch>& micro_batches) {
@@ -70,8 +71,12 @@ StepMetrics Trainer::accumulate_gradients(const std::vector<Batch>& micro_batche
   model_.params().zero_grads();
   StepMetrics metrics;
   double ce_sum = 0.0;
-  for (const Batch& batch : micro_batches) {
-    const ForwardStats stats = model_.forward_backward(batch, weights);
+  for (size_t i = 0; i < micro_batches.size(); ++i) {
+    // The last micro-batch's backward finishes the gradients: its buckets start as they become final.
+    GradientsFinal start_buckets;
+    if (buckets_ && i + 1 == micro_batches.size())
+      start_buckets = [this](size_t first_final) { buckets_->gradients_final_from(first_final); };
+    const ForwardStats stats = model_.forward_backward(micro_batches[i], weights, start_buckets);
     ce_sum += stats.ce_sum;
     metrics.aux_loss += stats.aux_loss;
     metrics.z_loss += stats.z_loss;
@@ -123,20 +128,7 @@ void Trainer::reduce_metrics(StepMetrics& metrics, double& ce_sum) const {
 void Trainer::reduce_gradients() {
   const TraceRange range("gradient reduction");
   merge_row_grads(model_.params());
-  if (!groups_) return;
-  for (Parameter* p : model_.params().all()) {
-    if (!p->grad.defined()) continue;  // tables: owners already hold every rank's sums
-    switch (p->shard) {
-      case ShardKind::Replicated:
-        groups_->world().all_reduce_sum(p->grad);
-        break;
-      case ShardKind::Experts:
-        groups_->expert_data_parallel().all_reduce_sum(p->grad);
-        break;
-      case ShardKind::Rows:
-        EG_ASSERT(false, p->name, ": row-sharded parameters with dense gradients are not supported");
-    }
-  }
+  if (buckets_) buckets_->finish();  // tables need no sum: their owners already hold every rank's
 }
 
 double Trainer::grad_norm() const {

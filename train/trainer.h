@@ -5,14 +5,18 @@
 // same number on every rank); loss weights use the world's target and micro-batch counts, dense
 // gradients are summed over the world, expert gradients over the expert-data-parallel group, table
 // row gradients already reach their owners in backward; the norm counts every parameter once, the
-// balancing biases move by the world's loads and the metrics describe the whole global batch.
+// balancing biases move by the world's loads and the metrics describe the whole global batch. The
+// dense sums run in gradient buckets that start during the last micro-batch's backward pass
+// (train/gradient_buckets.h).
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 #include "model/model.h"
 #include "optim/adamw.h"
 #include "optim/sparse_adam.h"
 #include "runtime/config/config.h"
+#include "train/gradient_buckets.h"
 
 namespace engram {
 
@@ -39,7 +43,9 @@ struct StepMetrics {
 
 class Trainer {
  public:
-  Trainer(Model& model, const config::OptimConfig& cfg, int64_t max_steps);
+  // grad_bucket_bytes: the size of the gradient buckets (distributed models only; parallel.grad_bucket_mb).
+  Trainer(Model& model, const config::OptimConfig& cfg, int64_t max_steps,
+          int64_t grad_bucket_bytes = GradientBuckets::default_bucket_bytes());
 
   // One optimizer step over `micro_batches`: the whole global batch on one process, this rank's
   // slice of it when distributed (collective over the world then).
@@ -56,7 +62,8 @@ class Trainer {
   // Zeroes the gradients, then runs forward and backward over every micro-batch, each weighted so
   // that the summed gradients are those of the global-batch objective. Fills the loss metrics.
   StepMetrics accumulate_gradients(const std::vector<Batch>& micro_batches);
-  // Combines what the micro-batches (and ranks) left per parameter (table row grads merged row by row).
+  // Combines what the micro-batches (and ranks) left per parameter (table row grads merged row by
+  // row; the dense sums over ranks finish).
   void reduce_gradients();
   // Global L2 norm of all gradients, each parameter counted once over the ranks.
   double grad_norm() const;
@@ -73,6 +80,7 @@ class Trainer {
   int64_t max_steps_;
   AdamW adamw_;
   SparseAdam sparse_adam_;
+  std::optional<GradientBuckets> buckets_;  // distributed only
   int64_t steps_done_ = 0;
 };
 

@@ -215,6 +215,8 @@ void validate_config(const ExperimentConfig& cfg) {
     require(cfg.model().moe().n_routed_experts() % p.expert_parallel() == 0, "parallel.expert_parallel",
             p.expert_parallel(),
             "must divide model.moe.n_routed_experts (" + std::to_string(cfg.model().moe().n_routed_experts()) + ")");
+  require(p.grad_bucket_mb() >= 0, "parallel.grad_bucket_mb", p.grad_bucket_mb(),
+          "must be >= 0 (0: one bucket per parameter)");
 }
 
 ExperimentConfig load_config(const std::string& path, const std::vector<std::string>& overrides) {

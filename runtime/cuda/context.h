@@ -2,8 +2,8 @@
 // This process's CUDA context (CUDA builds only; includes CUDA headers, so only CUDA-specific
 // sources include it): one device; the compute stream, on which every kernel, copy and cuBLASLt
 // call runs in issue order (which is what lets the device allocator reuse a freed block at once);
-// the communication stream for collectives, which overlap the compute stream and meet it through
-// events; and the cuBLASLt handle with its workspace.
+// and the cuBLASLt handle with its workspace. Collectives run on their group's own communication
+// stream (parallel/nccl_communicator.cpp), which meets the compute stream through events.
 #include <cublasLt.h>
 #include <cuda_runtime.h>
 
@@ -14,7 +14,6 @@ namespace engram {
 struct CudaContext {
   int device = 0;
   cudaStream_t compute = nullptr;
-  cudaStream_t comm = nullptr;
   cublasLtHandle_t cublaslt = nullptr;
   void* workspace = nullptr;  // cuBLASLt scratch; from cudaMalloc, outside the allocator's statistics
   size_t workspace_bytes = 0;

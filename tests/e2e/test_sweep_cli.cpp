@@ -187,6 +187,8 @@ class SweepCli : public ::testing::Test {
     EXPECT_EQ(m.eval["step"], steps);
     EXPECT_EQ(row["final_train_loss"].get<double>(), m.train["loss"].get<double>());
     EXPECT_EQ(row["val_loss"].get<double>(), m.eval["val_loss"].get<double>());
+    // The sweep trains on the CPU: the peak is the host's (the eval line's device peak is 0 there).
+    EXPECT_EQ(row["memory_device"], "cpu");
     EXPECT_EQ(row["peak_memory_bytes"].get<int64_t>(), m.eval["peak_host_bytes"].get<int64_t>());
     EXPECT_GT(row["peak_memory_bytes"].get<int64_t>(), 0);
     EXPECT_GT(row["wall_seconds"].get<double>(), 0.0);
@@ -247,7 +249,7 @@ TEST_F(SweepCli, MicroSweepWritesResultsFitAndPlot) {
   for (const char* column : {"rho", "seed", "status", "routed_experts", "table_rows", "total_params_target",
                              "total_params", "total_params_error", "activated_params", "tokens", "flops",
                              "final_train_loss", "val_loss", "heldout_bits_per_byte", "wall_seconds",
-                             "peak_memory_bytes"})
+                             "peak_memory_bytes", "memory_device"})
     EXPECT_NE(std::find(header.begin(), header.end(), column), header.end()) << column;
   const double rho[] = {0.0, 0.5, 1.0};
   for (size_t i = 0; i < rows.size(); ++i) {

@@ -83,6 +83,30 @@ TEST_F(NcclCommunicatorTest, DevicePointersOfEveryType) {
   EXPECT_THROW(comm_->all_reduce_sum(static_cast<uint8_t*>(ints.raw()), 4), Error);
 }
 
+// A started all-to-all runs on the group's communication stream; compute-stream work queued after
+// wait() (the copy to the host) sees its rows. The send tensor is dropped before the wait: the pending
+// collective keeps it alive, and a block allocated meanwhile must not reuse its memory.
+TEST_F(NcclCommunicatorTest, StartedCollectivesCompleteBeforeLaterComputeWork) {
+  std::mt19937 gen(15);
+  const Tensor input = testing_util::random_normal({512, 33}, gen);
+  StartedRows started = comm_->start_all_to_all_v_rows(input.copy_to(Device::CUDA), {512}, {512});
+  const Tensor other = Tensor::full({512, 33}, -1.0f).copy_to(Device::CUDA);  // may take a freed block
+  EXPECT_EQ(started.rows.device(), Device::CUDA);
+  started.done->wait();
+  expect_bitwise_equal_to_cpu(started.rows, input, "start_all_to_all_v_rows");
+  for (float v : other.to_vector<float>()) ASSERT_EQ(v, -1.0f);
+  // One rank: the sum is the input (no collective runs), through the same API.
+  Tensor t = input.copy_to(Device::CUDA);
+  comm_->start_all_reduce_sum(t)->wait();
+  expect_bitwise_equal_to_cpu(t, input, "start_all_reduce_sum");
+  // Destroyed without wait(): it waits.
+  {
+    StartedRows dropped = comm_->start_all_to_all_v_rows(input.copy_to(Device::CUDA), {512}, {512});
+    (void)dropped;
+  }
+  cuda_synchronize();
+}
+
 TEST_F(NcclCommunicatorTest, HostVectorsAndCpuTensorsAreStaged) {
   std::vector<double> sums{1.5, -2.0};
   comm_->all_reduce_sum(sums);

@@ -202,6 +202,41 @@ TEST(Communicator, AllToAllVWithZeroCountsOrdersBySource) {
   EXPECT_EQ(comm.all_to_all_v_rows(Tensor::empty({0, 3}), zeros, zeros).shape(), (Shape{0, 3}));
 }
 
+// Started collectives give the blocking ones' bits: a sum of random floats (whose bits depend on the
+// adding order) and rows to every rank with some pairs sending nothing; buffers the caller drops
+// before wait() stay alive in the pending collective.
+TEST(Communicator, StartedCollectivesGiveTheBlockingResults) {
+  Communicator& comm = world();
+  const int p = comm.size(), me = comm.rank();
+  std::mt19937 gen(77 + me);
+  const Tensor input = testing_util::random_normal({1001}, gen);
+  Tensor blocking = input.clone(), started = input.clone();
+  comm.all_reduce_sum(blocking);
+  std::unique_ptr<PendingCollective> sum = comm.start_all_reduce_sum(started);
+  sum->wait();
+  EXPECT_TRUE(testing_util::bitwise_equal(started, blocking));
+
+  std::vector<int64_t> send_rows(p);
+  for (int d = 0; d < p; ++d) send_rows[d] = pair_count(me, d);
+  const std::vector<int64_t> recv_rows = comm.exchange_counts(send_rows);
+  const Tensor rows = testing_util::random_normal({Communicator::total(send_rows), 3}, gen);
+  const Tensor expected = comm.all_to_all_v_rows(rows, send_rows, recv_rows);
+  StartedRows got = comm.start_all_to_all_v_rows(rows.clone(), send_rows, recv_rows);  // the clone dies here
+  got.done->wait();
+  EXPECT_TRUE(testing_util::bitwise_equal(got.rows, expected));
+
+  // Several in flight, waited for in another order than started.
+  Tensor a = input.clone(), b = Tensor::full({4}, static_cast<float>(me + 1));
+  std::unique_ptr<PendingCollective> first = comm.start_all_reduce_sum(a);
+  std::unique_ptr<PendingCollective> second = comm.start_all_reduce_sum(b);
+  second->wait();
+  first->wait();
+  EXPECT_TRUE(testing_util::bitwise_equal(a, blocking));
+  for (float v : b.to_vector<float>()) EXPECT_EQ(v, p * (p + 1) / 2.0f);
+  Tensor half = Tensor::empty({2}, DType::BF16);  // bf16 cannot be summed: an error before any message
+  EXPECT_THROW(comm.start_all_reduce_sum(half), Error);
+}
+
 TEST(Communicator, SplitMakesGroupsOrderedByKey) {
   Communicator& comm = world();
   const int p = comm.size(), me = comm.rank();
@@ -304,6 +339,22 @@ TEST_F(CommunicatorOnCudaTensors, TensorCollectivesGiveTheCpuBits) {
   const std::vector<int64_t> zeros(p, 0);
   expect_same_on_cuda(Tensor::empty({0, 3}), [&](Tensor t) { return comm.all_to_all_v_rows(t, zeros, zeros); },
                       "all_to_all_v_rows of nothing");
+  // Started collectives on CUDA tensors (staged through the host on this communicator).
+  expect_same_on_cuda(
+      testing_util::random_normal({1001}, gen),
+      [&](Tensor t) {
+        comm.start_all_reduce_sum(t)->wait();
+        return t;
+      },
+      "start_all_reduce_sum f32");
+  expect_same_on_cuda(
+      testing_util::random_normal({Communicator::total(send_rows), 3}, gen),
+      [&](Tensor t) {
+        StartedRows started = comm.start_all_to_all_v_rows(t, send_rows, recv_rows);
+        started.done->wait();
+        return started.rows;
+      },
+      "start_all_to_all_v_rows");
 }
 
 #ifdef ENGRAM_HAVE_CUDA

@@ -8,10 +8,16 @@
 //   replicated tensors, balancing biases) matches the same rows of the reference parameter;
 // - the shards cover every expert and every table row exactly once (table memory per rank = its rows);
 // - communication metrics: nothing sent on one rank, tokens and table rows sent otherwise, dedup >= 1;
-// - ranks with different micro-batch counts are an error on every rank (nothing hangs).
+// - ranks with different micro-batch counts are an error on every rank (nothing hangs);
+// - gradient buckets (train/gradient_buckets.h), for bucket sizes from one parameter per bucket to one
+//   bucket per group: every summed gradient sits in exactly one bucket of the right group, keeps its
+//   values and is 256-byte aligned; a report starts exactly the buckets it makes final; finish() leaves
+//   every gradient the exact sum over its group (small integers); and training with any bucket size
+//   gives the same steps (bitwise on two ranks, whose sums cannot change order; within 1e-6 on four).
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <random>
 #include <vector>
@@ -19,6 +25,8 @@
 #include "model/model.h"
 #include "parallel/process_groups.h"
 #include "tests/parallel/support/mpi_test_env.h"
+#include "tests/test_util.h"
+#include "train/gradient_buckets.h"
 #include "train/trainer.h"
 
 namespace engram {
@@ -193,6 +201,134 @@ TEST(DistributedTraining, MatchesSingleProcessWithAuxAndZLoss) {
   for (int ep : expert_parallel_sizes()) {
     SCOPED_TRACE("expert_parallel " + std::to_string(ep));
     train_and_compare(true, ep);
+  }
+}
+
+// A small integer per (rank, parameter, element): sums over any ranks are exact in float.
+float grad_value(int rank, size_t param, int64_t i) {
+  return static_cast<float>((rank + 1) * 3 + static_cast<int64_t>(param % 7) - (i % 5));
+}
+
+TEST(GradientBuckets, HoldEverySummedGradientOnceAndSumIt) {
+  Communicator& comm = world();
+  for (int ep : expert_parallel_sizes()) {
+    for (int64_t bucket_bytes : {int64_t{0}, int64_t{1024}, int64_t{1} << 30}) {
+      SCOPED_TRACE("expert_parallel " + std::to_string(ep) + ", buckets of " + std::to_string(bucket_bytes));
+      ProcessGroups groups(comm, ep, kExperts);
+      Model model(tiny_config(false), {}, &groups);
+      const std::vector<Parameter*>& params = model.params().all();
+      for (size_t i = 0; i < params.size(); ++i)
+        if (params[i]->grad.defined())
+          for (int64_t e = 0; e < params[i]->grad.numel(); ++e)
+            params[i]->grad.data<float>()[e] = grad_value(comm.rank(), i, e);
+
+      GradientBuckets buckets(model.params(), groups, bucket_bytes);
+      const std::vector<GradientBuckets::BucketInfo> info = buckets.buckets();
+      std::vector<int> seen(params.size(), 0);
+      std::vector<const Communicator*> group_of(params.size(), nullptr);
+      size_t previous_first = SIZE_MAX;
+      for (const GradientBuckets::BucketInfo& b : info) {
+        ASSERT_FALSE(b.params.empty());
+        EXPECT_FALSE(b.started);
+        for (size_t k = 1; k < b.params.size(); ++k) EXPECT_LT(b.params[k], b.params[k - 1]);
+        EXPECT_LT(b.params.back(), previous_first) << "buckets start in the order backward finishes them";
+        previous_first = b.params.back();
+        // Full buckets close at the size; one parameter per bucket when the size is 0.
+        if (bucket_bytes == 0) EXPECT_EQ(b.params.size(), 1u);
+        int64_t bytes_before_last = 0;  // each view padded to 256 bytes
+        for (size_t k = 0; k + 1 < b.params.size(); ++k)
+          bytes_before_last += (static_cast<int64_t>(params[b.params[k]]->grad.nbytes()) + 255) / 256 * 256;
+        if (b.params.size() > 1) {
+          EXPECT_LT(bytes_before_last, bucket_bytes) << "a bucket went on after reaching its size";
+        }
+        for (size_t i : b.params) {
+          ++seen[i];
+          group_of[i] = b.group;
+        }
+      }
+      // The parameter a group's buffer starts with: its last registered summed one.
+      const auto summed_first = [&](const Communicator* group) {
+        size_t first = 0;
+        for (size_t i = 0; i < params.size(); ++i)
+          if (group_of[i] == group) first = i;
+        return first;
+      };
+      for (size_t i = 0; i < params.size(); ++i) {
+        const Parameter& p = *params[i];
+        const bool summed = p.grad.defined() &&
+                            (p.shard == ShardKind::Replicated ? comm.size() > 1
+                                                              : groups.expert_data_parallel().size() > 1);
+        EXPECT_EQ(seen[i], summed ? 1 : 0) << p.name;
+        if (!summed) continue;
+        EXPECT_EQ(group_of[i], p.shard == ShardKind::Replicated ? &groups.world() : &groups.expert_data_parallel())
+            << p.name;
+        // 256-byte offsets from the group's first gradient (the start of its flat buffer).
+        const Parameter& first_of_group = *params[summed_first(group_of[i])];
+        EXPECT_EQ((static_cast<const char*>(p.grad.raw()) - static_cast<const char*>(first_of_group.grad.raw())) % 256, 0)
+            << p.name;
+        for (int64_t e = 0; e < p.grad.numel(); ++e)
+          ASSERT_EQ(p.grad.data<float>()[e], grad_value(comm.rank(), i, e)) << p.name << " lost its values";
+      }
+
+      // A report starts exactly the buckets made of parameters at or after it.
+      if (!info.empty()) {
+        const size_t middle = info[info.size() / 2].params.back();
+        buckets.gradients_final_from(middle);
+        for (const GradientBuckets::BucketInfo& b : buckets.buckets())
+          EXPECT_EQ(b.started, b.params.back() >= middle);
+      }
+      buckets.finish();
+      for (const GradientBuckets::BucketInfo& b : buckets.buckets()) EXPECT_FALSE(b.started);
+      // The world ranks of this rank's groups, to add their values.
+      const std::vector<int32_t> world_members = comm.all_gather(std::vector<int32_t>{comm.rank()});
+      const std::vector<int32_t> edp_members =
+          groups.expert_data_parallel().all_gather(std::vector<int32_t>{comm.rank()});
+      for (size_t i = 0; i < params.size(); ++i) {
+        if (seen[i] == 0) continue;
+        const std::vector<int32_t>& members = group_of[i] == &groups.world() ? world_members : edp_members;
+        for (int64_t e = 0; e < params[i]->grad.numel(); ++e) {
+          float sum = 0.0f;
+          for (int32_t r : members) sum += grad_value(r, i, e);
+          ASSERT_EQ(params[i]->grad.data<float>()[e], sum) << params[i]->name << " element " << e;
+        }
+      }
+    }
+  }
+}
+
+TEST(GradientBuckets, BucketSizeChangesNoTrainingStep) {
+  Communicator& comm = world();
+  const auto batches = global_batches();
+  const double tolerance = comm.size() <= 2 ? 0.0 : 1e-6;
+  for (int ep : expert_parallel_sizes()) {
+    SCOPED_TRACE("expert_parallel " + std::to_string(ep));
+    std::vector<std::vector<double>> losses;
+    std::vector<std::vector<Tensor>> values;
+    for (int64_t bucket_bytes : {int64_t{0}, int64_t{1024}, GradientBuckets::default_bucket_bytes()}) {
+      ProcessGroups groups(comm, ep, kExperts);
+      Model model(tiny_config(true), {}, &groups);
+      Trainer trainer(model, optim_config(), kSteps, bucket_bytes);
+      losses.emplace_back();
+      for (int s = 0; s < kSteps; ++s) {
+        const StepMetrics m = trainer.step(my_slice(batches[s], comm));
+        losses.back().push_back(m.loss);
+        losses.back().push_back(m.grad_norm);
+      }
+      values.emplace_back();
+      for (const Parameter* p : model.params().all()) values.back().push_back(p->value.clone());
+    }
+    for (size_t run = 1; run < losses.size(); ++run) {
+      for (size_t k = 0; k < losses[0].size(); ++k)
+        EXPECT_LE(relative_error(losses[run][k], losses[0][k]), tolerance) << "run " << run << ", value " << k;
+      for (size_t i = 0; i < values[0].size(); ++i) {
+        if (tolerance == 0.0) {
+          EXPECT_TRUE(testing_util::bitwise_equal(values[run][i], values[0][i])) << "run " << run << ", parameter " << i;
+        } else {
+          testing_util::expect_close(values[run][i], testing_util::to_double(values[0][i]), tolerance, 1e-7,
+                                     "parameter " + std::to_string(i));
+        }
+      }
+    }
   }
 }
 

@@ -113,7 +113,12 @@ TEST(ProcessGroups, SplitFromTheWorldMatchTheLayout) {
     const ParallelLayout& layout = groups.layout();
     EXPECT_EQ(&groups.world(), &comm);
     EXPECT_EQ(&groups.data_parallel(), &comm);
-    EXPECT_EQ(&groups.table(), &comm);
+    // The table group: the world's ranks in the world's order, on a communicator of its own.
+    EXPECT_NE(&groups.table(), &comm);
+    const std::vector<int32_t> table_members = groups.table().all_gather(std::vector<int32_t>{me});
+    std::vector<int32_t> world_ranks(w);
+    for (int r = 0; r < w; ++r) world_ranks[r] = r;
+    EXPECT_EQ(table_members, world_ranks);
     // Members of each sub-group, gathered over the group, are the layout's ranks in order.
     const std::vector<int32_t> ep_members = groups.expert_parallel().all_gather(std::vector<int32_t>{me});
     EXPECT_EQ(std::vector<int>(ep_members.begin(), ep_members.end()), layout.expert_parallel_ranks());

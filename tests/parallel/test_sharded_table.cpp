@@ -207,6 +207,21 @@ TEST(ShardedTable, LookupsInFlightKeepTheirOwnRouting) {
     EXPECT_TRUE(testing_util::bitwise_equal(grads->rows, alone.rows));
     EXPECT_TRUE(testing_util::bitwise_equal(grads->values, alone.values));
   }
+
+  // Started together and finished in the other order (as the model runs them: every Engram layer's
+  // started before the first block): each gives the rows and the routing of a lookup made alone.
+  PendingLookup started_a = table.start_lookup(shard, first.ids[me]);
+  PendingLookup started_b = table.start_lookup(shard, second.ids[me]);
+  Tensor late_b = testing_util::nan_tensor({second.ids[me].numel(), 3});
+  Tensor late_a = testing_util::nan_tensor({first.ids[me].numel(), 3});
+  const TableRouting routing_b = table.finish_lookup(std::move(started_b), late_b);
+  const TableRouting routing_a = table.finish_lookup(std::move(started_a), late_a);
+  EXPECT_TRUE(testing_util::bitwise_equal(late_a, out_a));
+  EXPECT_TRUE(testing_util::bitwise_equal(late_b, out_b));
+  EXPECT_TRUE(testing_util::bitwise_equal(routing_a.unique_rows, a.unique_rows));
+  EXPECT_TRUE(testing_util::bitwise_equal(routing_b.served_rows, b.served_rows));
+  EXPECT_EQ(routing_a.ids_to_owner, a.ids_to_owner);
+  EXPECT_EQ(routing_b.ids_from_rank, b.ids_from_rank);
 }
 
 using ShardedTableOnCudaTensors = testing_util::CudaTensorTest;

@@ -125,6 +125,9 @@ TEST(Config, OutOfRangeOptimAndTrainValues) {
   cfg = valid();
   cfg.mutable_parallel()->set_expert_parallel(3);
   expect_invalid(cfg, {"parallel.expert_parallel", "divide"});
+  cfg = valid();
+  cfg.mutable_parallel()->set_grad_bucket_mb(-1);
+  expect_invalid(cfg, {"parallel.grad_bucket_mb", ">= 0"});
 }
 
 TEST(Config, OverridesScalarsNestedAndRepeated) {

@@ -1,7 +1,8 @@
 // Engram: the hashing constants of a 2-layer config (against MODEL.md's example and a naive
 // SplitMix64 / prime walk), the module forward against a naive double-precision reference (hash,
 // lookup, projections, gate, conv-norm with its own eps, conv), the W_c = 0 and zero-table special
-// cases, parameter registration, and the row gradients of a batch with repeated n-grams.
+// cases, a lookup started ahead of its forward, parameter registration, and the row gradients of a
+// batch with repeated n-grams.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -235,6 +236,26 @@ void check_against_naive(double v_scale, unsigned seed) {
 
 TEST(EngramModule, ForwardMatchesNaiveReference) { check_against_naive(1.0, 1); }
 TEST(EngramModule, ForwardMatchesNaiveReferenceWithTinyValues) { check_against_naive(1e-3, 2); }
+
+// A lookup started ahead (as the model starts every layer's before its first block) gives the same
+// forward, bit for bit, and reads the table when it starts: zeroing the table afterwards changes
+// nothing. A forward with other ids than the started lookup's is refused.
+TEST(EngramModule, StartedLookupGivesTheSameForward) {
+  EngramFixture fx(kSmall, 17, 1);
+  std::mt19937 rng(8);
+  for (Parameter* p : fx.params.all()) fill(p->value, rng, -1.0, 1.0);
+  const Tensor ids = random_ids(2, 9, 17, rng);
+  Tensor h = Tensor::empty({2, 9, 7});
+  fill(h, rng, -1.0, 1.0);
+  const Tensor alone = fx.module.forward(h, ids);
+  fx.module.start_lookup(ids);
+  fx.value("table").zero_();
+  const Tensor started = fx.module.forward(h, ids);
+  EXPECT_TRUE(testing_util::bitwise_equal(started, alone));
+  EXPECT_FALSE(testing_util::bitwise_equal(fx.module.forward(h, ids), alone));  // the zeroed table now
+  fx.module.start_lookup(ids.clone());
+  EXPECT_THROW(fx.module.forward(h, ids), Error);
+}
 
 TEST(EngramModule, ZeroConvGivesGatedValue) {
   EngramFixture fx(kSmall, 17, 1);

@@ -1,11 +1,13 @@
 // The parameter registry of a whole model (MODEL.md §7): a config with dense, MoE and Engram layers
 // registers exactly the expected names, with their shapes, optimizer groups and inits (MODEL.md §5,
 // §6), written out here from the config; tie_embeddings drops output.weight; the model is
-// initialized from cfg.seed(); the compression table is validated and sets V'.
+// initialized from cfg.seed(); the compression table is validated and sets V'; the backward pass
+// reports gradients final (GradientsFinal) only after their last write.
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <map>
+#include <random>
 #include <set>
 #include <string>
 #include <vector>
@@ -225,6 +227,56 @@ TEST(ModelParams, BadCompressionTablesAreRejected) {
   gap[5] = 2;  // uses 0 and 2 but not 1
   EXPECT_NE(message(gap).find("not dense: no raw id maps to 1"), std::string::npos) << message(gap);
 }
+
+// Model::forward_backward's GradientsFinal reports (what the gradient buckets start their sums from):
+// a strictly descending sequence of registration indices ending with 0, each coming only once the
+// gradients it declares final hold their final value. Every gradient is copied the moment a report
+// first covers it, and the copies must equal the gradients after the backward pass, bit for bit (a
+// report that came too early would miss a later addition), on a second micro-batch that accumulates
+// onto the first. Engram tables count their row gradient entries instead (one per backward pass).
+void check_gradients_final_reports(bool tie) {
+  Model model(test_config(tie));
+  std::mt19937 rng(3);
+  const LossWeights w{1.0f / 20.0f, 0.5f};
+  model.params().zero_grads();
+  model.forward_backward(testing_util::random_batch<Batch>(2, 5, 37, rng), w);
+
+  const std::vector<Parameter*>& params = model.params().all();
+  const Tensor embeddings_before = params[0]->grad.clone();
+  std::vector<Tensor> at_report(params.size());
+  std::vector<size_t> row_grads_at_report(params.size(), 0);
+  std::vector<bool> covered(params.size(), false);
+  std::vector<size_t> reports;
+  model.forward_backward(testing_util::random_batch<Batch>(2, 5, 37, rng), w, [&](size_t first_final) {
+    reports.push_back(first_final);
+    for (size_t i = first_final; i < params.size(); ++i) {
+      if (covered[i]) continue;
+      covered[i] = true;
+      if (params[i]->grad.defined()) at_report[i] = params[i]->grad.clone();
+      row_grads_at_report[i] = params[i]->row_grads.size();
+    }
+  });
+
+  ASSERT_FALSE(reports.empty());
+  EXPECT_EQ(reports.back(), 0u);
+  for (size_t r = 1; r < reports.size(); ++r) EXPECT_LT(reports[r], reports[r - 1]) << "report " << r;
+  // The head, each block, then the embeddings: one report each.
+  EXPECT_EQ(reports.size(), 1 + 4 + 1u);
+  for (size_t i = 0; i < params.size(); ++i) {
+    const Parameter& p = *params[i];
+    ASSERT_TRUE(covered[i]) << p.name;
+    if (p.grad.defined()) {
+      EXPECT_TRUE(testing_util::bitwise_equal(at_report[i], p.grad)) << p.name << " changed after its report";
+    }
+    EXPECT_EQ(row_grads_at_report[i], p.row_grads.size()) << p.name;
+  }
+  // Not vacuous: this pass added to the gradients (the embeddings', written last, by the lookup's
+  // backward and, when tied, by the head's).
+  EXPECT_FALSE(testing_util::bitwise_equal(embeddings_before, params[0]->grad));
+}
+
+TEST(ModelParams, GradientsAreReportedFinalOnlyAfterTheirLastWriteUntied) { check_gradients_final_reports(false); }
+TEST(ModelParams, GradientsAreReportedFinalOnlyAfterTheirLastWriteTied) { check_gradients_final_reports(true); }
 
 TEST(ModelParams, InvalidConfigIsRejected) {
   ModelConfig cfg = test_config(false);
