@@ -4,6 +4,7 @@
 #include <string>
 
 #include "kernels/ngram_hash.h"
+#include "parallel/nccl_communicator.h"
 #include "runtime/cuda/device.h"
 
 namespace engram {
@@ -124,6 +125,11 @@ MemoryEstimate estimate_memory(const ExperimentConfig& cfg, const PlanLayout& la
     mem.device_extra = static_cast<int64_t>(kCublasWorkspaceBytes);
     if (cfg.runtime().matmul_precision() == config::BF16)
       mem.device_extra += kBf16 * (mem.micro_batch * t.seq_len() + m.d_model()) * m.vocab_size();
+    // Several GPUs: the scratch of the gradient buckets' sums in flight on NCCL (at most the
+    // in-flight bound plus the bucket that crosses it, and never more than the gradients).
+    if (world > 1)
+      mem.device_extra +=
+          std::min(mem.gradients, kNcclScratchInFlightBytes + (int64_t{cfg.parallel().grad_bucket_mb()} << 20));
   }
   return mem;
 }

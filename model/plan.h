@@ -65,9 +65,10 @@ struct MemoryEstimate {
   int64_t adam_moments = 0;      // m and v of every trained local parameter (dense and table)
   int64_t table_row_grads = 0;   // bound on the Engram row-gradient buffers of one step
   int64_t activations = 0;       // saved activations of one micro-batch + the largest layer's backward
-  // runtime.device CUDA only (0 on the CPU): the cuBLASLt workspace and, with bf16 matmuls, the bf16
+  // runtime.device CUDA only (0 on the CPU): the cuBLASLt workspace; with bf16 matmuls, the bf16
   // operand copies of the largest product (the LM head's: logits gradient and output weight), alive
-  // during that product only. The same float32 tensors as on the CPU make up the rest.
+  // during that product only; on several GPUs, the scratch of the gradient sums in flight (NCCL).
+  // The same float32 tensors as on the CPU make up the rest.
   int64_t device_extra = 0;
   int64_t total() const {
     return parameters + gradients + adam_moments + table_row_grads + activations + device_extra;

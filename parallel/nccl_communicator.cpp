@@ -212,7 +212,7 @@ class NcclCommunicator final : public Communicator {
   // The scratch of a started sum, freed as soon as the stream is done with it rather than at wait():
   // a backward pass starts every bucket before it waits for any, and all their scratch together would
   // be another copy of the gradients. Finished scratch is freed at every hand-over; above
-  // kScratchInFlightBytes the host waits for the oldest.
+  // kNcclScratchInFlightBytes the host waits for the oldest.
   void hand_over_scratch(Tensor scratch) {
     if (!scratch.defined()) return;
     while (!scratch_in_flight_.empty()) {
@@ -229,7 +229,7 @@ class NcclCommunicator final : public Communicator {
     EG_CUDA_CHECK(cudaEventRecord(s.done, stream_));
     scratch_in_flight_bytes_ += static_cast<int64_t>(s.scratch.nbytes());
     scratch_in_flight_.push_back(std::move(s));
-    while (scratch_in_flight_bytes_ > kScratchInFlightBytes && scratch_in_flight_.size() > 1) {
+    while (scratch_in_flight_bytes_ > kNcclScratchInFlightBytes && scratch_in_flight_.size() > 1) {
       EG_CUDA_CHECK(cudaEventSynchronize(scratch_in_flight_.front().done));
       release_oldest_scratch();
     }
@@ -315,7 +315,6 @@ class NcclCommunicator final : public Communicator {
     cudaEvent_t done;  // recorded on stream_ after the work that uses the scratch
     Tensor scratch;
   };
-  static constexpr int64_t kScratchInFlightBytes = int64_t{256} << 20;
   std::deque<InFlightScratch> scratch_in_flight_;
   int64_t scratch_in_flight_bytes_ = 0;
 };

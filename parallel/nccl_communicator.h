@@ -17,9 +17,19 @@
 // The communicator keeps a host communicator of the same ranks (in the same order) for what is host
 // metadata (exchange_counts), barriers, aborting the job, and bootstrapping the NCCL communicators of
 // split groups: rank 0 of the new group makes the NCCL unique id and broadcasts it over the host group.
+#include <cstdint>
 #include <memory>
 
 #include "parallel/communicator.h"
+
+namespace engram {
+
+// Scratch of started float sums still in flight, above which the host waits for the oldest (a sum
+// of count elements uses count elements of scratch until its communication stream is done with it).
+// engram-plan counts it in the device peak of multi-GPU runs.
+constexpr int64_t kNcclScratchInFlightBytes = int64_t{256} << 20;
+
+}  // namespace engram
 
 #ifdef ENGRAM_HAVE_NCCL
 namespace engram {

@@ -11,6 +11,7 @@
 
 #include "model/model.h"
 #include "model/plan.h"
+#include "parallel/nccl_communicator.h"
 
 namespace engram {
 namespace {
@@ -283,6 +284,10 @@ TEST(Plan, GpuPeakAddsTheWorkspaceAndTheHeadsBf16Copies) {
   const int64_t v = cfg.model().vocab_size(), d = cfg.model().d_model();
   EXPECT_EQ(gpu.device_extra, (32 << 20) + 2 * (2 * 7 + d) * v);
   EXPECT_EQ(gpu.total() - gpu.device_extra, cpu.total());
+  // Two GPUs: plus the NCCL sums' scratch, here all of the (small) gradients, under the bound.
+  const MemoryEstimate two = make_plan(cfg, {2, 1}).memory;
+  EXPECT_EQ(two.device_extra, gpu.device_extra + two.gradients);
+  EXPECT_LT(two.gradients, kNcclScratchInFlightBytes);
 }
 
 TEST(Plan, RejectsImpossibleLayouts) {
