@@ -225,15 +225,14 @@ void Communicator::all_reduce_sum(Tensor& tensor) {
 std::unique_ptr<PendingCollective> Communicator::start_all_reduce_sum(Tensor& tensor) {
   const TraceRange range("start all_reduce_sum");
   check_tensor(tensor, "all_reduce_sum");
-  const CommType type = comm_type_of(tensor.dtype());
-  check_summable(type, "all_reduce_sum");
-  // One rank: nothing to add. A tensor that is not on device() goes through staging copies, which
-  // wait for the collective anyway.
-  if (size() == 1) return completed();
-  if (tensor.device() != device()) {
+  // One rank (nothing to add) and a tensor staged through copies (which wait for the collective
+  // anyway) complete at once; all_reduce_sum checks the type either way.
+  if (size() == 1 || tensor.device() != device()) {
     all_reduce_sum(tensor);
     return completed();
   }
+  const CommType type = comm_type_of(tensor.dtype());
+  check_summable(type, "all_reduce_sum");
   return do_start_all_reduce_sum(tensor.raw(), comm_count(tensor), type, {tensor});
 }
 

@@ -56,32 +56,28 @@ GradientBuckets::GradientBuckets(ParameterRegistry& params, ProcessGroups& group
     const Tensor flat = Tensor::zeros({total}, DType::F32, all[members[0]]->grad.device());
     buffers_.push_back(flat);
 
-    Bucket bucket{group, {}, {}, 0, nullptr};
-    int64_t begin = 0;
+    size_t first_member = 0;  // of the bucket being filled
     for (size_t m = 0; m < members.size(); ++m) {
       Parameter& p = *all[members[m]];
       Tensor view = flat.slice(offset[m], offset[m] + p.grad.numel()).view(p.grad.shape());
       view.copy_from(p.grad);
       p.grad = view;
-      bucket.params.push_back(members[m]);
-      const int64_t end = m + 1 < members.size() ? offset[m + 1] : total;
+      const int64_t begin = offset[first_member], end = m + 1 < members.size() ? offset[m + 1] : total;
       if ((end - begin) * static_cast<int64_t>(sizeof(float)) >= bucket_bytes || m + 1 == members.size()) {
-        bucket.span = flat.slice(begin, end);
-        bucket.first_param = members[m];
-        buckets_.push_back(std::move(bucket));
-        bucket = Bucket{group, {}, {}, 0, nullptr};
-        begin = end;
+        buckets_.push_back({group, std::vector<size_t>(members.begin() + first_member, members.begin() + m + 1),
+                            flat.slice(begin, end), nullptr});
+        first_member = m + 1;
       }
     }
   }
   std::sort(buckets_.begin(), buckets_.end(),
-            [](const Bucket& a, const Bucket& b) { return a.first_param > b.first_param; });
+            [](const Bucket& a, const Bucket& b) { return a.params.back() > b.params.back(); });
 }
 
 void GradientBuckets::start(Bucket& bucket) { bucket.pending = bucket.group->start_all_reduce_sum(bucket.span); }
 
 void GradientBuckets::gradients_final_from(size_t first_final) {
-  while (next_ < buckets_.size() && buckets_[next_].first_param >= first_final) start(buckets_[next_++]);
+  while (next_ < buckets_.size() && buckets_[next_].params.back() >= first_final) start(buckets_[next_++]);
 }
 
 void GradientBuckets::finish() {

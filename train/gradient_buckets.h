@@ -56,15 +56,14 @@ class GradientBuckets {
  private:
   struct Bucket {
     Communicator* group;
-    std::vector<size_t> params;
-    Tensor span;  // the bucket's range of its group's flat buffer
-    size_t first_param;  // the lowest registration index in it: final once that one is
+    std::vector<size_t> params;  // descending: the last is the lowest index, final only once all are
+    Tensor span;                 // the bucket's range of its group's flat buffer
     std::unique_ptr<PendingCollective> pending;  // set from its start until finish()
   };
   void start(Bucket& bucket);
 
   std::vector<Tensor> buffers_;  // one per group that sums anything
-  std::vector<Bucket> buckets_;  // by first_param descending: the order the backward finishes them
+  std::vector<Bucket> buckets_;  // by lowest index descending: the order the backward finishes them
   size_t next_ = 0;              // buckets_[0, next_) have started
 };
 

@@ -234,7 +234,9 @@ TEST(GradientBuckets, HoldEverySummedGradientOnceAndSumIt) {
         EXPECT_LT(b.params.back(), previous_first) << "buckets start in the order backward finishes them";
         previous_first = b.params.back();
         // Full buckets close at the size; one parameter per bucket when the size is 0.
-        if (bucket_bytes == 0) EXPECT_EQ(b.params.size(), 1u);
+        if (bucket_bytes == 0) {
+          EXPECT_EQ(b.params.size(), 1u);
+        }
         int64_t bytes_before_last = 0;  // each view padded to 256 bytes
         for (size_t k = 0; k + 1 < b.params.size(); ++k)
           bytes_before_last += (static_cast<int64_t>(params[b.params[k]]->grad.nbytes()) + 255) / 256 * 256;
