@@ -84,16 +84,17 @@ CombineDims combine_dims(const Tensor& expert_out, const Tensor& position, const
 
 }  // namespace
 
-void rows_per_id(const Tensor& rows, const Tensor& ids, int64_t width, const char* what) {
-  check_dtype(rows, DType::F32, what);
+void rows_per_id(const Tensor& rows, const Tensor& ids, int64_t width, const char* what, DType rows_dtype) {
+  check_dtype(rows, rows_dtype, what);
   EG_ASSERT(rows.numel() == ids.numel() * width, what, " ", rows.describe(), " needs ", ids.numel(), "·", width,
             " elements");
 }
 
-void table_rows_per_id(const Tensor& table, const Tensor& ids, const Tensor& rows, const char* kernel) {
+void table_rows_per_id(const Tensor& table, const Tensor& ids, const Tensor& rows, const char* kernel,
+                       DType rows_dtype) {
   check_dtype(table, DType::F32, kernel);
   EG_ASSERT(table.ndim() == 2, kernel, ": table must be [R, C], got ", table.describe());
-  rows_per_id(rows, ids, table.dim(1), kernel);
+  rows_per_id(rows, ids, table.dim(1), kernel, rows_dtype);
 }
 
 void id_outside_table(int64_t id, int64_t position, int64_t n_rows) {

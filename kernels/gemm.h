@@ -1,6 +1,9 @@
 #pragma once
 // Matrix products. Tensors are read as matrices [prod(shape[:-1]), shape[-1]] (row-major).
 // CPU: OpenBLAS sgemm. Outputs follow C = alpha·op(A)·op(B) + beta·C (beta = 1 accumulates).
+// A tensor that several products take (an activation used forward and for its weight gradient)
+// goes through matmul_operand once: under MatmulPrecision::BF16 on CUDA that rounds it to bf16 once
+// instead of once per product, and the bf16 copy is what the module keeps for backward.
 #include <vector>
 
 #include "kernels/dispatch.h"
@@ -12,21 +15,30 @@ void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& 
 
 // Grouped (per-expert) products over row blocks. offsets has G+1 entries, offsets[0] = 0,
 // offsets[G] = rows of a; group g owns rows [offsets[g], offsets[g+1]). b is [G, r, s].
-// c_g = a_g · op(b[g]) with op = transpose when trans_b (c written; empty groups skipped).
-void grouped_gemm(const Tensor& a, const Tensor& b, bool trans_b, Tensor& c, const std::vector<int64_t>& offsets);
+// c_g = a_g · op(b[g]) + beta·c_g with op = transpose when trans_b (empty groups skipped).
+void grouped_gemm(const Tensor& a, const Tensor& b, bool trans_b, Tensor& c, const std::vector<int64_t>& offsets,
+                  float beta = 0.0f);
 // Weight gradient: db[g] += dc_g^T · a_g, with dc [N, r], a [N, s], db [G, r, s] (accumulated).
 void grouped_gemm_wgrad(const Tensor& dc, const Tensor& a, Tensor& db, const std::vector<int64_t>& offsets);
+// x as the products take it: the CPU multiplies in float32, so x itself.
+Tensor matmul_operand(const Tensor& x);
 }  // namespace cpu
 #ifdef ENGRAM_HAVE_CUDA
 namespace cuda {  // kernels/cuda/gemm.cu, the contracts of cpu:: above
-// a and b both f32 or both bf16, c f32 or bf16; float32 accumulation (cuBLASLt).
+// a and b f32 or bf16 (one of each only under MatmulPrecision::BF16, which rounds the f32 one), c f32
+// or bf16; float32 accumulation (cuBLASLt). Grouped products of bf16 operands with f32 output run as
+// one tensor-core kernel (kernels/cuda/grouped_mma.cu), others as one cuBLASLt call per group.
 void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& c, float alpha = 1.0f,
           float beta = 0.0f);
-void grouped_gemm(const Tensor& a, const Tensor& b, bool trans_b, Tensor& c, const std::vector<int64_t>& offsets);
+void grouped_gemm(const Tensor& a, const Tensor& b, bool trans_b, Tensor& c, const std::vector<int64_t>& offsets,
+                  float beta = 0.0f);
 void grouped_gemm_wgrad(const Tensor& dc, const Tensor& a, Tensor& db, const std::vector<int64_t>& offsets);
+// Under MatmulPrecision::BF16 an f32 x rounded to a bf16 copy (nearest even); otherwise x itself.
+Tensor matmul_operand(const Tensor& x);
 }  // namespace cuda
 #endif
 EG_KERNEL(gemm)
 EG_KERNEL(grouped_gemm)
 EG_KERNEL(grouped_gemm_wgrad)
+EG_KERNEL(matmul_operand)
 }  // namespace engram::kernels

@@ -26,17 +26,17 @@ inline Tensor row_block(const Tensor& t, int64_t begin, int64_t end) {
 // Group g of stacked weights [G, r, s] as an [r, s] matrix sharing storage.
 inline Tensor group_matrix(const Tensor& b, int64_t g) { return b.slice(g, g + 1).view({b.dim(1), b.dim(2)}); }
 
-// c_g = a_g · op(b[g]) for every non-empty group; gemm(a, trans_a, b, trans_b, c, alpha, beta).
+// c_g = a_g · op(b[g]) + beta·c_g for every non-empty group; gemm(a, trans_a, b, trans_b, c, alpha, beta).
 template <class Gemm>
 void grouped_gemm(Gemm&& gemm, const Tensor& a, const Tensor& b, bool trans_b, Tensor& c,
-                  const std::vector<int64_t>& offsets) {
+                  const std::vector<int64_t>& offsets, float beta) {
   check_offsets(offsets, b, a.rows(), "grouped_gemm");
   EG_ASSERT(c.rows() == a.rows(), "grouped_gemm: a ", shape_str(a.shape()), " and c ", shape_str(c.shape()),
             " differ in rows");
   for (int64_t g = 0; g + 1 < static_cast<int64_t>(offsets.size()); ++g) {
     if (offsets[g] == offsets[g + 1]) continue;
     Tensor c_g = row_block(c, offsets[g], offsets[g + 1]);
-    gemm(row_block(a, offsets[g], offsets[g + 1]), false, group_matrix(b, g), trans_b, c_g, 1.0f, 0.0f);
+    gemm(row_block(a, offsets[g], offsets[g + 1]), false, group_matrix(b, g), trans_b, c_g, 1.0f, beta);
   }
 }
 

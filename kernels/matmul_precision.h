@@ -3,6 +3,8 @@
 // mode: the training run sets it from runtime.matmul_precision; the library's own default is Float32
 // so that a kernel called directly computes what its operand types say. The CPU always multiplies
 // in float32; bf16 operands are always multiplied as they are.
+#include "runtime/tensor.h"
+
 namespace engram::kernels {
 
 enum class MatmulPrecision {
@@ -12,5 +14,10 @@ enum class MatmulPrecision {
 
 void set_matmul_precision(MatmulPrecision precision);
 MatmulPrecision matmul_precision();
+
+// The dtype that matmul_operand (kernels/gemm.h) gives an f32 tensor on `device`: BF16 on CUDA
+// under MatmulPrecision::BF16, F32 otherwise. Lets a kernel write a product's operand in that
+// dtype directly (the MoE's token gather) instead of writing f32 and rounding.
+DType matmul_operand_dtype(Device device);
 
 }  // namespace engram::kernels

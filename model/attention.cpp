@@ -41,13 +41,13 @@ Tensor Attention::forward(const Tensor& x) {
   const int64_t batch = x.dim(0), seq = x.dim(1);
   const Shape heads_shape{batch, seq, n_heads_, head_dim_};
   const kernels::RopeTables& rope = rope_tables(seq, x.device());
-  x_ = x;
+  x_ = kernels::matmul_operand(x);
   q_ = Tensor::empty(x.shape(), DType::F32, x.device());
   k_ = Tensor::empty(x.shape(), DType::F32, x.device());
   v_ = Tensor::empty(x.shape(), DType::F32, x.device());
-  kernels::gemm(x, false, wq_.value, true, q_);
-  kernels::gemm(x, false, wk_.value, true, k_);
-  kernels::gemm(x, false, wv_.value, true, v_);
+  kernels::gemm(x_, false, wq_.value, true, q_);
+  kernels::gemm(x_, false, wk_.value, true, k_);
+  kernels::gemm(x_, false, wv_.value, true, v_);
   q_ = q_.view(heads_shape);
   k_ = k_.view(heads_shape);
   v_ = v_.view(heads_shape);
@@ -63,8 +63,9 @@ Tensor Attention::forward(const Tensor& x) {
   return y;
 }
 
-Tensor Attention::backward(const Tensor& dy) {
+Tensor Attention::backward(const Tensor& dy_in) {
   const Shape& model_shape = x_.shape();
+  const Tensor dy = kernels::matmul_operand(dy_in);
   const Tensor o = o_.view(model_shape);
   kernels::gemm(dy, true, o, false, wo_.grad, 1.0f, 1.0f);
   Tensor d_o = Tensor::empty(q_.shape(), DType::F32, dy.device());
@@ -80,7 +81,9 @@ Tensor Attention::backward(const Tensor& dy) {
   kernels::rope_apply(dq, rope.cos, rope.sin, true);
   kernels::rope_apply(dk, rope.cos, rope.sin, true);
 
-  const Tensor dq_rows = dq.view(model_shape), dk_rows = dk.view(model_shape), dv_rows = dv.view(model_shape);
+  const Tensor dq_rows = kernels::matmul_operand(dq.view(model_shape));
+  const Tensor dk_rows = kernels::matmul_operand(dk.view(model_shape));
+  const Tensor dv_rows = kernels::matmul_operand(dv.view(model_shape));
   kernels::gemm(dq_rows, true, x_, false, wq_.grad, 1.0f, 1.0f);
   kernels::gemm(dk_rows, true, x_, false, wk_.grad, 1.0f, 1.0f);
   kernels::gemm(dv_rows, true, x_, false, wv_.grad, 1.0f, 1.0f);

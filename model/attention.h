@@ -30,7 +30,8 @@ class Attention {
   Parameter& wv_;
   Parameter& wo_;
   kernels::RopeTables rope_;
-  Tensor x_, q_, k_, v_, o_, lse_;  // q_, k_ after RoPE; all [B, T, H, d_h] except x_ and lse_ [B, H, T]
+  Tensor x_;  // [B, T, D] as the products take it (kernels::matmul_operand)
+  Tensor q_, k_, v_, o_, lse_;  // q_, k_ after RoPE; all [B, T, H, d_h] except lse_ [B, H, T]
 };
 
 }  // namespace engram

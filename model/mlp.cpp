@@ -13,27 +13,30 @@ SwiGluMlp::SwiGluMlp(ParameterRegistry& params, const std::string& prefix, int64
 
 Tensor SwiGluMlp::forward(const Tensor& x) {
   const int64_t n = x.rows(), d_ff = w1_.value.dim(0);
-  x_ = x;
+  x_ = kernels::matmul_operand(x);
   gate_ = Tensor::empty({n, d_ff}, DType::F32, x.device());
   up_ = Tensor::empty({n, d_ff}, DType::F32, x.device());
-  act_ = Tensor::empty({n, d_ff}, DType::F32, x.device());
-  kernels::gemm(x, false, w1_.value, true, gate_);
-  kernels::gemm(x, false, w3_.value, true, up_);
-  kernels::swiglu_forward(gate_, up_, act_);
+  Tensor act = Tensor::empty({n, d_ff}, DType::F32, x.device());
+  kernels::gemm(x_, false, w1_.value, true, gate_);
+  kernels::gemm(x_, false, w3_.value, true, up_);
+  kernels::swiglu_forward(gate_, up_, act);
+  act_ = kernels::matmul_operand(act);
   Tensor y = Tensor::empty(x.shape(), DType::F32, x.device());
   kernels::gemm(act_, false, w2_.value, true, y);
   return y;
 }
 
-Tensor SwiGluMlp::backward(const Tensor& dy) {
+Tensor SwiGluMlp::backward(const Tensor& dy_in) {
   const Shape& hidden = gate_.shape();
+  const Tensor dy = kernels::matmul_operand(dy_in);
   Tensor dact = Tensor::empty(hidden, DType::F32, dy.device());
   kernels::gemm(dy, false, w2_.value, false, dact);
   kernels::gemm(dy, true, act_, false, w2_.grad, 1.0f, 1.0f);
 
-  Tensor dgate = Tensor::empty(hidden, DType::F32, dy.device());
-  Tensor dup = Tensor::empty(hidden, DType::F32, dy.device());
-  kernels::swiglu_backward(dact, gate_, up_, dgate, dup);
+  Tensor dgate_f32 = Tensor::empty(hidden, DType::F32, dy.device());
+  Tensor dup_f32 = Tensor::empty(hidden, DType::F32, dy.device());
+  kernels::swiglu_backward(dact, gate_, up_, dgate_f32, dup_f32);
+  const Tensor dgate = kernels::matmul_operand(dgate_f32), dup = kernels::matmul_operand(dup_f32);
   kernels::gemm(dgate, true, x_, false, w1_.grad, 1.0f, 1.0f);
   kernels::gemm(dup, true, x_, false, w3_.grad, 1.0f, 1.0f);
 

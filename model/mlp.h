@@ -21,7 +21,8 @@ class SwiGluMlp {
   Parameter& w1_;
   Parameter& w3_;
   Parameter& w2_;
-  Tensor x_, gate_, up_, act_;
+  Tensor x_, act_;  // as the products take them (kernels::matmul_operand): bf16 under BF16 on CUDA
+  Tensor gate_, up_;
 };
 
 }  // namespace engram

@@ -176,9 +176,10 @@ ForwardStats Model::forward_backward(const Batch& host_or_device_batch, const Lo
     Tensor& dlogits = a.logits;
     kernels::cross_entropy_forward_backward(a.logits, a.targets, w.per_token, losses, dlogits);
 
-    kernels::gemm(dlogits, true, a.normed, false, output_.grad, 1.0f, 1.0f);
+    const Tensor dlogits_operand = kernels::matmul_operand(dlogits);  // rounded once for both products
+    kernels::gemm(dlogits_operand, true, a.normed, false, output_.grad, 1.0f, 1.0f);
     Tensor dnormed = Tensor::empty(a.normed.shape(), DType::F32, dlogits.device());
-    kernels::gemm(dlogits, false, output_.value, false, dnormed);
+    kernels::gemm(dlogits_operand, false, output_.value, false, dnormed);
     dh = final_norm_.backward(dnormed);
   }
   final_from(head_first_param_);  // the final norm and an untied head (a tied one is parameter 0)

@@ -5,6 +5,7 @@
 #include "kernels/elementwise.h"
 #include "kernels/embedding.h"
 #include "kernels/gemm.h"
+#include "kernels/matmul_precision.h"
 #include "kernels/permute.h"
 #include "kernels/router.h"
 #include "kernels/swiglu.h"
@@ -41,12 +42,15 @@ Parameter& add_experts(ParameterRegistry& params, const std::string& name, const
 }  // namespace
 
 struct MoELayer::ExpertActivations {
+  // As the products take them (kernels::matmul_operand: bf16 under BF16 on CUDA).
   Tensor rows;            // [A, D]: input row of each assignment, grouped by (held) expert
-  Tensor gate, up, act;   // [A, F_e]
+  Tensor act;             // [A, F_e]
+  Tensor gate, up;        // [A, F_e], f32
 };
 
 struct MoELayer::Saved {
   Tensor x;                    // [N, D]
+  Tensor x_operand;            // x as products take it (router, shared experts)
   Tensor logits, scores;       // [N, E]
   Tensor topk_idx, topk_w;     // [N, K]
   kernels::ExpertSort sort;    // single process only (the dispatcher keeps its own plan)
@@ -86,34 +90,35 @@ Tensor MoELayer::experts_forward(const Tensor& rows, const std::vector<int64_t>&
                                  ExpertActivations& a) {
   const int64_t n_rows = rows.rows(), d = cfg_.d_model(), d_ff = cfg_.moe().expert_d_ff();
   const Device dev = rows.device();
-  a.rows = rows;
+  a.rows = kernels::matmul_operand(rows);
   a.gate = Tensor::empty({n_rows, d_ff}, DType::F32, dev);
   a.up = Tensor::empty({n_rows, d_ff}, DType::F32, dev);
-  a.act = Tensor::empty({n_rows, d_ff}, DType::F32, dev);
+  Tensor act = Tensor::empty({n_rows, d_ff}, DType::F32, dev);
   Tensor out = Tensor::empty({n_rows, d}, DType::F32, dev);
-  kernels::grouped_gemm(rows, w1_.value, true, a.gate, offsets);
-  kernels::grouped_gemm(rows, w3_.value, true, a.up, offsets);
-  kernels::swiglu_forward(a.gate, a.up, a.act);
+  kernels::grouped_gemm(a.rows, w1_.value, true, a.gate, offsets);
+  kernels::grouped_gemm(a.rows, w3_.value, true, a.up, offsets);
+  kernels::swiglu_forward(a.gate, a.up, act);
+  a.act = kernels::matmul_operand(act);
   kernels::grouped_gemm(a.act, w2_.value, true, out, offsets);
   return out;
 }
 
-Tensor MoELayer::experts_backward(const Tensor& d_out, const std::vector<int64_t>& offsets,
+Tensor MoELayer::experts_backward(const Tensor& d_out_in, const std::vector<int64_t>& offsets,
                                   const ExpertActivations& a) {
-  const Device dev = d_out.device();
-  Tensor dact = Tensor::empty(a.act.shape(), DType::F32, dev);
+  const Device dev = d_out_in.device();
+  const Tensor d_out = kernels::matmul_operand(d_out_in);
+  Tensor dact = Tensor::empty(a.gate.shape(), DType::F32, dev);
   kernels::grouped_gemm(d_out, w2_.value, false, dact, offsets);
   kernels::grouped_gemm_wgrad(d_out, a.act, w2_.grad, offsets);
-  Tensor dgate = Tensor::empty(a.gate.shape(), DType::F32, dev);
-  Tensor dup = Tensor::empty(a.up.shape(), DType::F32, dev);
-  kernels::swiglu_backward(dact, a.gate, a.up, dgate, dup);
+  Tensor dgate_f32 = Tensor::empty(a.gate.shape(), DType::F32, dev);
+  Tensor dup_f32 = Tensor::empty(a.up.shape(), DType::F32, dev);
+  kernels::swiglu_backward(dact, a.gate, a.up, dgate_f32, dup_f32);
+  const Tensor dgate = kernels::matmul_operand(dgate_f32), dup = kernels::matmul_operand(dup_f32);
   kernels::grouped_gemm_wgrad(dgate, a.rows, w1_.grad, offsets);
   kernels::grouped_gemm_wgrad(dup, a.rows, w3_.grad, offsets);
   Tensor d_rows = Tensor::empty(a.rows.shape(), DType::F32, dev);
-  Tensor d_rows_up = Tensor::empty(a.rows.shape(), DType::F32, dev);
   kernels::grouped_gemm(dgate, w1_.value, false, d_rows, offsets);
-  kernels::grouped_gemm(dup, w3_.value, false, d_rows_up, offsets);
-  kernels::add_(d_rows, d_rows_up);
+  kernels::grouped_gemm(dup, w3_.value, false, d_rows, offsets, /*beta=*/1.0f);
   return d_rows;
 }
 
@@ -124,13 +129,14 @@ Tensor MoELayer::forward(const Tensor& x_in, const LossWeights& weights) {
   EG_ASSERT(x_in.cols() == d, "MoE forward: x ", x_in.describe(), " must have d_model = ", d, " columns");
   auto s = std::make_shared<Saved>();
   s->x = x_in.view({n, d});
+  s->x_operand = kernels::matmul_operand(s->x);
 
   // Routing.
   s->logits = Tensor::empty({n, n_experts}, DType::F32, dev);
   s->scores = Tensor::empty({n, n_experts}, DType::F32, dev);
   s->topk_idx = Tensor::empty({n, k}, DType::I32, dev);
   s->topk_w = Tensor::empty({n, k}, DType::F32, dev);
-  kernels::gemm(s->x, false, router_.value, true, s->logits);
+  kernels::gemm(s->x_operand, false, router_.value, true, s->logits);
   kernels::router_scores(s->logits, score_func(moe), s->scores);
   kernels::topk_select(s->scores, bias_.value, static_cast<int>(k), moe.normalize_topk(), moe.routed_scale(),
                        s->topk_idx, s->topk_w);
@@ -149,12 +155,13 @@ Tensor MoELayer::forward(const Tensor& x_in, const LossWeights& weights) {
     // Routed experts on the assignments grouped by expert (empty groups are skipped by the kernels).
     s->sort = kernels::sort_by_expert(s->topk_idx, static_cast<int>(n_experts));
     for (int64_t e = 0; e < n_experts; ++e) load_[e] = s->sort.offsets[e + 1] - s->sort.offsets[e];
-    Tensor x_sorted = Tensor::empty({n * k, d}, DType::F32, dev);
+    // Gathered straight into the dtype the expert products take (no f32 copy to round).
+    Tensor x_sorted = Tensor::empty({n * k, d}, kernels::matmul_operand_dtype(dev), dev);
     kernels::embedding_gather(s->x, s->sort.sorted_token, x_sorted);
     s->expert_out = experts_forward(x_sorted, s->sort.offsets, s->experts);
     kernels::combine_expert_outputs(s->expert_out, s->sort.position, s->topk_w, y_flat);
   }
-  if (shared_) kernels::add_(y_flat, shared_->forward(s->x));
+  if (shared_) kernels::add_(y_flat, shared_->forward(s->x_operand));
 
   // Auxiliary terms: their gradients do not depend on dy, so they are computed here and added in backward.
   aux_loss_ = 0.0;
@@ -215,7 +222,7 @@ Tensor MoELayer::backward(const Tensor& dy_in) {
   Tensor dlogits = Tensor::empty({n, n_experts}, DType::F32, dev);
   kernels::router_scores_backward(dscores, s.scores, score_func(moe), dlogits);
   if (s.z_dlogits.defined()) kernels::add_(dlogits, s.z_dlogits);
-  kernels::gemm(dlogits, true, s.x, false, router_.grad, 1.0f, 1.0f);
+  kernels::gemm(dlogits, true, s.x_operand, false, router_.grad, 1.0f, 1.0f);
   kernels::gemm(dlogits, false, router_.value, false, dx_flat, 1.0f, 1.0f);
   return dx;
 }

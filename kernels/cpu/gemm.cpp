@@ -32,13 +32,15 @@ void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& 
               static_cast<blasint>(b.cols()), beta, c_data, static_cast<blasint>(n));
 }
 
-void grouped_gemm(const Tensor& a, const Tensor& b, bool trans_b, Tensor& c,
-                  const std::vector<int64_t>& offsets) {
-  gemm_groups::grouped_gemm(gemm, a, b, trans_b, c, offsets);
+void grouped_gemm(const Tensor& a, const Tensor& b, bool trans_b, Tensor& c, const std::vector<int64_t>& offsets,
+                  float beta) {
+  gemm_groups::grouped_gemm(gemm, a, b, trans_b, c, offsets, beta);
 }
 
 void grouped_gemm_wgrad(const Tensor& dc, const Tensor& a, Tensor& db, const std::vector<int64_t>& offsets) {
   gemm_groups::grouped_gemm_wgrad(gemm, dc, a, db, offsets);
 }
+
+Tensor matmul_operand(const Tensor& x) { return x; }
 
 }  // namespace engram::kernels::cpu

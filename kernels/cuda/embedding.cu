@@ -7,6 +7,8 @@
 #include <cub/device/device_run_length_encode.cuh>
 #include <cub/device/device_scan.cuh>
 
+#include <cuda_bf16.h>
+
 #include <climits>
 
 #include "kernels/checks.h"
@@ -17,8 +19,8 @@ namespace engram::kernels::cuda {
 
 namespace {
 
-template <class Id>
-__global__ void gather_kernel(const float* table, const Id* ids, int64_t n_rows, int64_t c, float* out, int64_t n,
+template <class Id, class Out>
+__global__ void gather_kernel(const float* table, const Id* ids, int64_t n_rows, int64_t c, Out* out, int64_t n,
                               unsigned long long* bad_id) {
   for (int64_t e = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; e < n; e += int64_t{gridDim.x} * blockDim.x) {
     const int64_t i = e / c, id = ids[i];
@@ -26,7 +28,7 @@ __global__ void gather_kernel(const float* table, const Id* ids, int64_t n_rows,
       report_bad_position(bad_id, i);
       continue;
     }
-    out[e] = table[id * c + e % c];
+    out[e] = static_cast<Out>(table[id * c + e % c]);  // to bf16: nearest even
   }
 }
 
@@ -141,14 +143,23 @@ void segment_sum(const Tensor& src, int64_t c, const Segments& s, bool into_tabl
 
 void embedding_gather(const Tensor& table, const Tensor& ids, Tensor& out) {
   check_on_cuda("embedding_gather", table, ids, out);
-  checks::table_rows_per_id(table, ids, out, "embedding_gather");
+  // out may also be bf16 (the MoE gathers its experts' operands straight into the dtype their
+  // products take).
+  const bool bf16_out = out.dtype() == DType::BF16;
+  checks::table_rows_per_id(table, ids, out, "embedding_gather", bf16_out ? DType::BF16 : DType::F32);
   const int64_t n_rows = table.dim(0), c = table.dim(1);
   if (out.numel() == 0) return;
   FirstBadPosition bad_id;
   checks::visit_ids(ids, "embedding_gather ids", [&](const auto* id) {
-    gather_kernel<<<grid_for(out.numel()), kThreads, 0, compute_stream()>>>(table.data<float>(), id, n_rows, c,
-                                                                            out.data<float>(), out.numel(),
-                                                                            bad_id.slot());
+    const unsigned grid = grid_for(out.numel());
+    if (bf16_out) {
+      gather_kernel<<<grid, kThreads, 0, compute_stream()>>>(table.data<float>(), id, n_rows, c,
+                                                             static_cast<__nv_bfloat16*>(out.raw()), out.numel(),
+                                                             bad_id.slot());
+    } else {
+      gather_kernel<<<grid, kThreads, 0, compute_stream()>>>(table.data<float>(), id, n_rows, c, out.data<float>(),
+                                                             out.numel(), bad_id.slot());
+    }
   });
   EG_CUDA_CHECK_LAUNCH("gather_kernel");
   const int64_t i = bad_id.position();

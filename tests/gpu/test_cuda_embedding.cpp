@@ -31,6 +31,20 @@ TEST_F(CudaEmbedding, GatherMatchesTheCpuForBothIdTypes) {
   check_gather<int64_t>(gen);
 }
 
+// Gathered into bf16 (the MoE's expert operands): the CPU's rows rounded to nearest even, bit for bit.
+TEST_F(CudaEmbedding, GatherIntoBf16RoundsTheCpuRows) {
+  std::mt19937 gen(62);
+  const HostDevice table = random_on_both({53, 37}, gen);
+  const HostDevice ids = on_both(random_ids<int32_t>({29}, 53, gen));
+  Tensor expected = nan_tensor({29, 37});
+  kernels::embedding_gather(table.cpu, ids.cpu, expected);
+  Tensor out = Tensor::empty({29, 37}, DType::BF16, Device::CUDA);
+  kernels::embedding_gather(table.gpu, ids.gpu, out);
+  EXPECT_TRUE(bitwise_equal(out.copy_to(Device::CPU), round_to_bf16(expected).bf16));
+  Tensor wrong = Tensor::empty({29, 37}, DType::I32, Device::CUDA);
+  expect_error([&] { kernels::embedding_gather(table.gpu, ids.gpu, wrong); }, {"embedding_gather has dtype i32, expected f32"});
+}
+
 TEST_F(CudaEmbedding, AnIdOutsideTheTableIsTheCpuError) {
   const Tensor table = Tensor::zeros({4, 3}, DType::F32, Device::CUDA);
   const Tensor ids = Tensor::from_vector<int64_t>({0, 3, -1, 9}, {4}).copy_to(Device::CUDA);

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cuda/grouped_mma.h"
 #include "kernels/gemm.h"
 #include "kernels/matmul_precision.h"
 #include "tests/gpu/cuda_test_util.h"
@@ -100,6 +101,90 @@ TEST_F(CudaGemm, Bf16PrecisionRoundsF32Operands) {
     kernels::grouped_gemm(a.gpu, b3.gpu, true, grouped, offsets);
   }
   EXPECT_TRUE(bitwise_equal(grouped.copy_to(Device::CPU), grouped_expected.copy_to(Device::CPU)));
+}
+
+// matmul_operand rounds once what several products take: under BF16 an f32 tensor becomes its bf16
+// rounding (bf16 tensors and Float32 precision pass it through, storage shared), and a product of one
+// rounded and one f32 operand is the product of both rounded, bit for bit. Under Float32 one of each
+// is an error.
+TEST_F(CudaGemm, MatmulOperandRoundsOnceAndMixesWithF32UnderBf16) {
+  std::mt19937 gen(95);
+  const int64_t m = 19, k = 43, n = 27;
+  const HostDevice a = random_on_both({m, k}, gen), b = random_on_both({n, k}, gen);
+  EXPECT_EQ(kernels::matmul_operand(a.gpu).raw(), a.gpu.raw());  // Float32: a itself
+  const ScopedMatmulPrecision bf16(kernels::MatmulPrecision::BF16);
+  const Tensor a_operand = kernels::matmul_operand(a.gpu);
+  ASSERT_EQ(a_operand.dtype(), DType::BF16);
+  EXPECT_TRUE(bitwise_equal(a_operand.copy_to(Device::CPU), round_to_bf16(a.cpu).bf16));
+  EXPECT_EQ(kernels::matmul_operand(a_operand).raw(), a_operand.raw());  // already bf16
+  Tensor mixed = nan_tensor({m, n}).copy_to(Device::CUDA), both_f32 = mixed.clone();
+  kernels::gemm(a_operand, false, b.gpu, true, mixed);
+  kernels::gemm(a.gpu, false, b.gpu, true, both_f32);
+  EXPECT_TRUE(device_bitwise_equal(mixed, both_f32));
+  {
+    const ScopedMatmulPrecision f32(kernels::MatmulPrecision::Float32);
+    expect_error([&] { kernels::gemm(a_operand, false, b.gpu, true, mixed); },
+                 {"gemm: a ", "one of each under BF16 matmul precision"});
+  }
+}
+
+// beta = 1 accumulates each group's product into c (the MoE sums the w1 and w3 paths' row gradients).
+TEST_F(CudaGemm, GroupedProductAccumulatesWithBetaOne) {
+  std::mt19937 gen(96);
+  const int64_t r = 23, s = 17;
+  const std::vector<int64_t> offsets{0, 7, 7, 20, 26};
+  const HostDevice a = random_on_both({26, s}, gen), b = random_on_both({4, r, s}, gen);
+  HostDevice c = random_on_both({26, r}, gen);
+  kernels::grouped_gemm(a.cpu, b.cpu, true, c.cpu, offsets, 1.0f);
+  kernels::grouped_gemm(a.gpu, b.gpu, true, c.gpu, offsets, 1.0f);
+  expect_close_to_cpu(c.gpu, c.cpu, 1e-5, 1e-4, "grouped_gemm, beta 1");
+}
+
+// The one-launch grouped kernel (bf16 operands, f32 output, rows a multiple of 8 elements) against
+// the CPU on the same rounded values: uneven and empty groups, partial tiles along m, n and k (tiles
+// are 128 × 128 × 32), both layouts of b, beta 0 (over NaN) and 1, and weight gradients with groups
+// of different k; a repeated call is bitwise equal. Odd row lengths are not taken (the per-group
+// path runs them, tested above and below).
+TEST_F(CudaGemm, GroupedMmaKernelMatchesTheCpu) {
+  std::mt19937 gen(97);
+  const int64_t groups = 9, k = 40, n = 136;
+  std::vector<int64_t> offsets{0};
+  for (int64_t g = 0; g < groups; ++g) offsets.push_back(offsets.back() + (g % 4 == 1 ? 0 : 1 + (g * 37) % 150));
+  const int64_t rows = offsets.back();
+  const Bf16Values a = round_to_bf16(random_uniform({rows, k}, gen));
+  const Tensor a_gpu = a.bf16.copy_to(Device::CUDA);
+  for (bool trans_b : {false, true}) {
+    const Bf16Values b = round_to_bf16(random_uniform(trans_b ? Shape{groups, n, k} : Shape{groups, k, n}, gen));
+    const Tensor b_gpu = b.bf16.copy_to(Device::CUDA);
+    for (float beta : {0.0f, 1.0f}) {
+      const std::string what = std::string(trans_b ? "b^T" : "b") + (beta == 0.0f ? ", beta 0" : ", beta 1");
+      Tensor expected = beta == 0.0f ? nan_tensor({rows, n}) : random_uniform({rows, n}, gen);
+      Tensor c = expected.copy_to(Device::CUDA), again = c.clone();
+      kernels::grouped_gemm(a.f32, b.f32, trans_b, expected, offsets, beta);
+      ASSERT_TRUE(kernels::cuda::grouped_mma(a_gpu, b_gpu, trans_b, c, offsets, beta)) << what;
+      ASSERT_TRUE(kernels::cuda::grouped_mma(a_gpu, b_gpu, trans_b, again, offsets, beta)) << what;
+      expect_close_to_cpu(c, expected, 1e-5, 1e-4, "grouped mma, " + what);
+      EXPECT_TRUE(device_bitwise_equal(c, again)) << what << ": a second call differs";
+    }
+  }
+  const int64_t r = 136, s = 48;
+  const Bf16Values dc = round_to_bf16(random_uniform({rows, r}, gen));
+  const Bf16Values x = round_to_bf16(random_uniform({rows, s}, gen));
+  Tensor db_expected = random_uniform({groups, r, s}, gen);  // accumulated into; empty groups keep theirs
+  Tensor db = db_expected.copy_to(Device::CUDA);
+  kernels::grouped_gemm_wgrad(dc.f32, x.f32, db_expected, offsets);
+  ASSERT_TRUE(kernels::cuda::grouped_mma_wgrad(dc.bf16.copy_to(Device::CUDA), x.bf16.copy_to(Device::CUDA), db,
+                                               offsets));
+  expect_close_to_cpu(db, db_expected, 1e-5, 1e-4, "grouped mma weight gradient");
+
+  // Not taken: f32 operands, and a row length that is not a multiple of 8.
+  Tensor unused = Tensor::empty({rows, n}, DType::F32, Device::CUDA);
+  EXPECT_FALSE(kernels::cuda::grouped_mma(a.f32.copy_to(Device::CUDA),
+                                          round_to_bf16(random_uniform({groups, n, k}, gen)).f32.copy_to(Device::CUDA),
+                                          true, unused, offsets, 0.0f));
+  const Tensor odd = round_to_bf16(random_uniform({rows, 41}, gen)).bf16.copy_to(Device::CUDA);
+  const Tensor odd_b = round_to_bf16(random_uniform({groups, n, 41}, gen)).bf16.copy_to(Device::CUDA);
+  EXPECT_FALSE(kernels::cuda::grouped_mma(odd, odd_b, true, unused, offsets, 0.0f));
 }
 
 TEST_F(CudaGemm, GroupedProductsMatchTheCpuWithAnEmptyGroup) {

@@ -138,6 +138,20 @@ TEST(KernelGemm, GroupedGemmWithEmptyGroupMatchesNaive) {
   }
 }
 
+TEST(KernelGemm, GroupedGemmWithBetaOneAccumulates) {
+  std::mt19937 gen(6);
+  const std::vector<int64_t> offsets = {0, 2, 2, 9};  // group 1 is empty
+  const int64_t groups = 3, r = 4, s = 6;
+  Tensor a = random_uniform({9, s}, gen);
+  Tensor b = random_uniform({groups, r, s}, gen);
+  Tensor c = random_uniform({9, r}, gen);
+  std::vector<double> expected = naive_grouped(a, b, /*trans_b=*/true, offsets);
+  const std::vector<float> before = c.to_vector<float>();
+  for (size_t i = 0; i < expected.size(); ++i) expected[i] += before[i];
+  kernels::grouped_gemm(a, b, true, c, offsets, 1.0f);
+  expect_close(c, expected, 0.0, 1e-5, "c");
+}
+
 TEST(KernelGemm, GroupedWeightGradAccumulatesAndSkipsEmptyGroups) {
   std::mt19937 gen(5);
   const std::vector<int64_t> offsets = {0, 4, 4, 11};  // group 1 is empty

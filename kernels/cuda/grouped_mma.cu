@@ -1,0 +1,267 @@
+// Grouped expert products in one launch (kernels/cuda/grouped_mma.h). Each block computes one
+// 128 × 128 tile of one group's output: the blocks of all groups form one grid, and a block finds
+// its group by binary search in the group table (kernel parameters). Tiles of 32 along k are copied
+// to shared memory with cp.async (two stages: the next tile loads while the current one multiplies)
+// and multiplied with mma.sync m16n8k16 (bf16 in, float32 accumulate; mma_fragments.cuh); 8 warps,
+// each owning a 64 × 32 piece of the tile. Every output element is one thread's sum over k in a
+// fixed order, so results repeat bit for bit; no split-k, no atomics.
+//
+// Two layouts of the groups:
+// - products (forward, and the backward's row gradients): group g owns rows [o_g, o_{g+1}) of a and
+//   c, and b[g] is [n, k] (trans_b) or [k, n]: m varies per group, n and k are fixed;
+// - weight gradients: group g owns rows [o_g, o_{g+1}) of dc and a, which are its k; db[g] is
+//   [m, n] and A = dcᵀ is read k-major: k varies per group, m and n are fixed.
+#include <cuda_bf16.h>
+
+#include <climits>
+#include <cstdint>
+#include <type_traits>
+
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/grouped_mma.h"
+#include "kernels/cuda/mma_fragments.cuh"
+#include "kernels/gemm_groups.h"
+
+namespace engram::kernels::cuda {
+
+namespace {
+
+constexpr int kTileM = 128, kTileN = 128, kTileK = 32;
+constexpr int kGemmWarps = 8, kGemmThreads = kGemmWarps * kWarpSize;
+constexpr int kWarpM = 64, kWarpN = 32;  // warps: 2 along m, 4 along n
+
+struct GroupedMmaParams {
+  const __nv_bfloat16* a;
+  const __nv_bfloat16* b;
+  float* c;
+  int m, n, k;                // the fixed ones of the layout (m of weight gradients, k of products)
+  int lda, ldb, ldc;          // row lengths in elements
+  int64_t b_group_stride;     // products: elements between b[g] and b[g+1]
+  int64_t c_group_stride;     // weight gradients: elements between db[g] and db[g+1]
+  float beta;
+  int groups;
+  int offsets[kGroupedMmaMaxGroups + 1];     // the groups' first rows
+  int tile_start[kGroupedMmaMaxGroups + 1];  // the groups' first blocks
+};
+
+__device__ inline void cp_async_16(uint32_t shared_address, const void* global, int src_bytes) {
+  // src_bytes 0 fills the 16 bytes with zeros (rows and columns past the matrix).
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared_address), "l"(global),
+               "r"(src_bytes)
+               : "memory");
+}
+__device__ inline void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int kPending>
+__device__ inline void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
+}
+
+// Rows row0 … row0+kRows−1, columns col0 … col0+kCols−1 of a row-major bf16 matrix (row length ld,
+// `rows` × `cols` valid, cols a multiple of 8) into a tile, zeros outside.
+template <int kRows, int kCols>
+__device__ void load_tile(Bf16Tile<kRows, kCols> tile, const __nv_bfloat16* base, int ld, int row0, int rows,
+                          int col0, int cols) {
+  constexpr int kChunksPerRow = kCols / 8, kChunks = kRows * kChunksPerRow;
+  static_assert(kChunks % kGemmThreads == 0);
+#pragma unroll
+  for (int i = static_cast<int>(threadIdx.x); i < kChunks; i += kGemmThreads) {
+    const int r = i / kChunksPerRow, col = i % kChunksPerRow * 8, row = row0 + r, column = col0 + col;
+    const bool inside = row < rows && column < cols;
+    cp_async_16(tile.address(r, col), inside ? base + int64_t{row} * ld + column : base, inside ? 16 : 0);
+  }
+}
+
+// kWeightGrad: the weight-gradient layout (A read k-major); kBRowsK: b stored [k, n] (else [n, k]).
+template <bool kWeightGrad, bool kBRowsK>
+__global__ void __launch_bounds__(kGemmThreads) grouped_mma_kernel(const __grid_constant__ GroupedMmaParams p) {
+  using ATile = std::conditional_t<kWeightGrad, Bf16Tile<kTileK, kTileM>, Bf16Tile<kTileM, kTileK>>;
+  using BTile = std::conditional_t<kBRowsK, Bf16Tile<kTileK, kTileN>, Bf16Tile<kTileN, kTileK>>;
+  __shared__ __align__(16) __nv_bfloat16 a_storage[2][ATile::kBytes / sizeof(__nv_bfloat16)];
+  __shared__ __align__(16) __nv_bfloat16 b_storage[2][BTile::kBytes / sizeof(__nv_bfloat16)];
+
+  // This block's group: the last whose first block is at most blockIdx.x (empty groups have none).
+  const int block = static_cast<int>(blockIdx.x);
+  int g = 0;
+  for (int hi = p.groups; hi - g > 1;) {
+    const int mid = (g + hi) / 2;
+    if (p.tile_start[mid] <= block) {
+      g = mid;
+    } else {
+      hi = mid;
+    }
+  }
+  const int first = p.offsets[g], count = p.offsets[g + 1] - first;
+  const int m = kWeightGrad ? p.m : count, k = kWeightGrad ? count : p.k, n = p.n;
+  const int tiles_n = (n + kTileN - 1) / kTileN, t = block - p.tile_start[g];
+  const int m0 = t / tiles_n * kTileM, n0 = t % tiles_n * kTileN;
+  const __nv_bfloat16* a = p.a + int64_t{first} * p.lda;  // rows m (products) or k (weight gradients)
+  const __nv_bfloat16* b = kWeightGrad ? p.b + int64_t{first} * p.ldb : p.b + g * p.b_group_stride;
+  float* c = kWeightGrad ? p.c + g * p.c_group_stride : p.c + int64_t{first} * p.ldc;
+
+  const auto load_stage = [&](int stage, int k0) {
+    const ATile a_tile{a_storage[stage]};
+    const BTile b_tile{b_storage[stage]};
+    if constexpr (kWeightGrad) {
+      load_tile(a_tile, a, p.lda, k0, k, m0, m);
+    } else {
+      load_tile(a_tile, a, p.lda, m0, m, k0, k);
+    }
+    if constexpr (kBRowsK) {
+      load_tile(b_tile, b, p.ldb, k0, k, n0, n);
+    } else {
+      load_tile(b_tile, b, p.ldb, n0, n, k0, k);
+    }
+    cp_async_commit();
+  };
+
+  const int warp = static_cast<int>(threadIdx.x) / kWarpSize;
+  const int wm = warp / (kTileN / kWarpN) * kWarpM, wn = warp % (kTileN / kWarpN) * kWarpN;
+  float acc[kWarpM / 16][kWarpN / 8][4] = {};
+  const int k_tiles = (k + kTileK - 1) / kTileK;
+  load_stage(0, 0);
+  for (int kt = 0; kt < k_tiles; ++kt) {
+    if (kt + 1 < k_tiles) {
+      load_stage((kt + 1) % 2, (kt + 1) * kTileK);
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    const ATile a_tile{a_storage[kt % 2]};
+    const BTile b_tile{b_storage[kt % 2]};
+#pragma unroll
+    for (int kk = 0; kk < kTileK; kk += 16) {
+      uint32_t af[kWarpM / 16][4], bf[kWarpN / 16][4];
+#pragma unroll
+      for (int i = 0; i < kWarpM / 16; ++i) {
+        if constexpr (kWeightGrad) {
+          load_a_of_transpose(af[i], a_tile, wm + 16 * i, kk);
+        } else {
+          load_a(af[i], a_tile, wm + 16 * i, kk);
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < kWarpN / 16; ++j) {
+        if constexpr (kBRowsK) {
+          load_b(bf[j], b_tile, kk, wn + 16 * j);
+        } else {
+          load_b_of_transpose(bf[j], b_tile, wn + 16 * j, kk);
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < kWarpM / 16; ++i)
+#pragma unroll
+        for (int j = 0; j < kWarpN / 16; ++j) mma_two_tiles(acc[i], 16 * j, af[i], bf[j]);
+    }
+    __syncthreads();  // the next iteration's load overwrites this stage
+  }
+
+  // Lane (g, c) holds rows g and g + 8, columns 2c and 2c + 1 of each 16 × 8 accumulator tile; n is a
+  // multiple of 8, so a pair is inside or outside together.
+#pragma unroll
+  for (int i = 0; i < kWarpM / 16; ++i) {
+#pragma unroll
+    for (int j = 0; j < kWarpN / 8; ++j) {
+      const int col = n0 + wn + 8 * j + fragment_col();
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int row = m0 + wm + 16 * i + fragment_row() + 8 * half;
+        if (row >= m || col >= n) continue;
+        float* out = c + int64_t{row} * p.ldc + col;
+        float v0 = acc[i][j][2 * half], v1 = acc[i][j][2 * half + 1];
+        if (p.beta != 0.0f) {
+          v0 += p.beta * out[0];
+          v1 += p.beta * out[1];
+        }
+        out[0] = v0;
+        out[1] = v1;
+      }
+    }
+  }
+}
+
+bool aligned_16(const Tensor& t) { return reinterpret_cast<uintptr_t>(t.raw()) % 16 == 0; }
+
+// Whether the one-launch kernel takes these tensors (see grouped_mma.h).
+bool takes(const Tensor& x, const Tensor& y, const Tensor& out, const std::vector<int64_t>& offsets) {
+  return x.dtype() == DType::BF16 && y.dtype() == DType::BF16 && out.dtype() == DType::F32 &&
+         static_cast<int64_t>(offsets.size()) <= kGroupedMmaMaxGroups + 1 && x.cols() % 8 == 0 &&
+         y.cols() % 8 == 0 && out.cols() % 8 == 0 && aligned_16(x) && aligned_16(y) && x.numel() < INT_MAX &&
+         y.numel() < INT_MAX && out.numel() < INT_MAX;
+}
+
+// The group table: offsets as int, and each group's first block given its number of blocks.
+template <class TilesOf>
+void fill_groups(GroupedMmaParams& p, const std::vector<int64_t>& offsets, TilesOf&& tiles_of) {
+  p.groups = static_cast<int>(offsets.size()) - 1;
+  p.tile_start[0] = 0;
+  for (int g = 0; g <= p.groups; ++g) p.offsets[g] = static_cast<int>(offsets[g]);
+  for (int g = 0; g < p.groups; ++g) p.tile_start[g + 1] = p.tile_start[g] + tiles_of(p.offsets[g + 1] - p.offsets[g]);
+}
+
+int tiles(int rows, int tile) { return (rows + tile - 1) / tile; }
+
+template <bool kWeightGrad, bool kBRowsK>
+void launch(const GroupedMmaParams& p) {
+  const int blocks = p.tile_start[p.groups];
+  if (blocks == 0) return;
+  grouped_mma_kernel<kWeightGrad, kBRowsK><<<blocks, kGemmThreads, 0, compute_stream()>>>(p);
+  EG_CUDA_CHECK_LAUNCH("grouped_mma_kernel");
+}
+
+}  // namespace
+
+bool grouped_mma(const Tensor& a, const Tensor& b, bool trans_b, Tensor& c, const std::vector<int64_t>& offsets,
+                 float beta) {
+  if (!takes(a, b, c, offsets)) return false;
+  gemm_groups::check_offsets(offsets, b, a.rows(), "grouped_gemm");
+  const int64_t k = a.cols(), n = trans_b ? b.dim(1) : b.dim(2);
+  EG_ASSERT(c.rows() == a.rows() && c.cols() == n && (trans_b ? b.dim(2) : b.dim(1)) == k,
+            "grouped_gemm shapes: a ", shape_str(a.shape()), ", b ", shape_str(b.shape()), trans_b ? "ᵀ" : "",
+            ", c ", shape_str(c.shape()));
+  GroupedMmaParams p{};
+  p.a = static_cast<const __nv_bfloat16*>(a.raw());
+  p.b = static_cast<const __nv_bfloat16*>(b.raw());
+  p.c = c.data<float>();
+  p.n = static_cast<int>(n);
+  p.k = static_cast<int>(k);
+  p.lda = p.k;
+  p.ldb = static_cast<int>(b.dim(2));
+  p.ldc = p.n;
+  p.b_group_stride = b.dim(1) * b.dim(2);
+  p.beta = beta;
+  const int tiles_n = tiles(p.n, kTileN);
+  fill_groups(p, offsets, [&](int rows) { return tiles(rows, kTileM) * tiles_n; });
+  if (k == 0) return false;  // nothing to multiply: the per-group path writes beta·c
+  if (trans_b) {
+    launch<false, false>(p);
+  } else {
+    launch<false, true>(p);
+  }
+  return true;
+}
+
+bool grouped_mma_wgrad(const Tensor& dc, const Tensor& a, Tensor& db, const std::vector<int64_t>& offsets) {
+  if (!takes(dc, a, db, offsets)) return false;
+  gemm_groups::check_offsets(offsets, db, a.rows(), "grouped_gemm_wgrad");
+  EG_ASSERT(dc.rows() == a.rows() && dc.cols() == db.dim(1) && a.cols() == db.dim(2),
+            "grouped_gemm_wgrad shapes: dc ", shape_str(dc.shape()), ", a ", shape_str(a.shape()), ", db ",
+            shape_str(db.shape()));
+  GroupedMmaParams p{};
+  p.a = static_cast<const __nv_bfloat16*>(dc.raw());
+  p.b = static_cast<const __nv_bfloat16*>(a.raw());
+  p.c = db.data<float>();
+  p.m = static_cast<int>(db.dim(1));
+  p.n = static_cast<int>(db.dim(2));
+  p.lda = p.m;
+  p.ldb = p.n;
+  p.ldc = p.n;
+  p.c_group_stride = db.dim(1) * db.dim(2);
+  p.beta = 1.0f;
+  const int per_group = tiles(p.m, kTileM) * tiles(p.n, kTileN);
+  fill_groups(p, offsets, [&](int rows) { return rows > 0 ? per_group : 0; });
+  launch<true, true>(p);
+  return true;
+}
+
+}  // namespace engram::kernels::cuda
