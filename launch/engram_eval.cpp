@@ -204,7 +204,7 @@ int run(const Options& o) {
     unigram = unigram_log_probs(train, mc.vocab_size());
   }
 
-  config::RuntimeConfig runtime;
+  config::RuntimeConfig runtime = ckpt.config.runtime();  // its matmul precision, as it was trained
   runtime.set_device(o.device == "cuda" ? config::CUDA : config::CPU);
   Model model(mc, ckpt.compression_table, nullptr, select_device(runtime));
   load_model_weights(ckpt.file, model);

@@ -5,6 +5,7 @@
 #include "kernels/embedding.h"
 #include "kernels/engram_gate.h"
 #include "kernels/gemm.h"
+#include "kernels/matmul_precision.h"
 #include "kernels/ngram_hash.h"
 #include "parallel/process_groups.h"
 #include "parallel/sharded_table.h"
@@ -60,7 +61,7 @@ std::vector<EngramLayerHash> make_engram_hashing(const ModelConfig& cfg, int64_t
 struct EngramModule::Saved {
   Shape h_shape;    // [B, T, D]
   Tensor rows;      // i64 [B, T, H_tot]: global table rows of every head
-  Tensor e;         // [N, d_mem] gathered memory (N = B·T)
+  Tensor e;         // [N, d_mem] gathered memory (N = B·T), as products take it (kernels::matmul_operand)
   TableRouting routing;  // exchange plan of the sharded lookup
   Tensor qn, kn, v; // [N, D]
   Tensor score, alpha;  // [N]
@@ -72,7 +73,7 @@ struct EngramModule::Saved {
 struct EngramModule::Lookup {
   Tensor ids_c;  // the ids it was started for (the same tensor must reach forward)
   Tensor rows;   // i64 [B, T, H_tot]
-  Tensor e;      // [N, d_mem], gathered (whole table)
+  Tensor e;      // [N, d_mem], gathered (whole table) into the dtype products take
   std::unique_ptr<PendingLookup> sharded;  // in flight (sharded table)
 };
 
@@ -124,7 +125,7 @@ void EngramModule::start_lookup(const Tensor& ids_c) {
   if (sharded_) {
     lookup->sharded = std::make_unique<PendingLookup>(sharded_->start_lookup(table_.value, lookup->rows));
   } else {
-    lookup->e = Tensor::empty({ids_c.numel(), memory_dim(g)}, DType::F32, dev);
+    lookup->e = Tensor::empty({ids_c.numel(), memory_dim(g)}, kernels::matmul_operand_dtype(dev), dev);
     kernels::embedding_gather(table_.value, lookup->rows, lookup->e);  // whole table: global rows are local rows
   }
   lookup_ = std::move(lookup);
@@ -146,8 +147,9 @@ Tensor EngramModule::forward(const Tensor& h, const Tensor& ids_c) {
             "Engram forward: the started lookup was for other ids");
   s->rows = lookup->rows;
   if (sharded_) {
-    s->e = Tensor::empty({n, memory_dim(g)}, DType::F32, dev);
-    s->routing = sharded_->finish_lookup(std::move(*lookup->sharded), s->e);
+    Tensor e = Tensor::empty({n, memory_dim(g)}, DType::F32, dev);
+    s->routing = sharded_->finish_lookup(std::move(*lookup->sharded), e);
+    s->e = kernels::matmul_operand(e);
   } else {
     s->e = lookup->e;
   }
@@ -206,14 +208,15 @@ Tensor EngramModule::backward(const Tensor& dy) {
 
   Tensor dqn = Tensor::empty({n, d}, DType::F32, dev);
   Tensor dkn = Tensor::empty({n, d}, DType::F32, dev);
-  Tensor dv = Tensor::empty({n, d}, DType::F32, dev);
-  kernels::engram_gate_backward(du, s.qn, s.kn, s.v, s.score, s.alpha, dqn, dkn, dv);
+  Tensor dv_f32 = Tensor::empty({n, d}, DType::F32, dev);
+  kernels::engram_gate_backward(du, s.qn, s.kn, s.v, s.score, s.alpha, dqn, dkn, dv_f32);
   Tensor dh = q_norm_.backward(dqn).view(s.h_shape);
-  Tensor dk = k_norm_.backward(dkn);
+  const Tensor dk_f32 = k_norm_.backward(dkn);
 
   // Projections.
-  kernels::bias_grad(dk, bk_.grad);
-  kernels::bias_grad(dv, bv_.grad);
+  kernels::bias_grad(dk_f32, bk_.grad);
+  kernels::bias_grad(dv_f32, bv_.grad);
+  const Tensor dk = kernels::matmul_operand(dk_f32), dv = kernels::matmul_operand(dv_f32);
   kernels::gemm(dk, true, s.e, false, wk_.grad, 1.0f, 1.0f);
   kernels::gemm(dv, true, s.e, false, wv_.grad, 1.0f, 1.0f);
   Tensor de = Tensor::empty(s.e.shape(), DType::F32, dev);

@@ -137,7 +137,7 @@ Model::Activations Model::forward_to_logits(const Batch& batch, const LossWeight
 
   const TraceRange range("head forward");
   Activations a;
-  a.normed = final_norm_.forward(h);
+  a.normed = kernels::matmul_operand(final_norm_.forward(h));  // taken by the logits and their weight gradient
   // All B·T rows of logits at once; chunking over tokens is a later memory optimization.
   a.logits = Tensor::empty({inputs.numel(), cfg_.vocab_size()}, DType::F32, inputs.device());
   kernels::gemm(a.normed, false, output_.value, true, a.logits);

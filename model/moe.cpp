@@ -49,8 +49,7 @@ struct MoELayer::ExpertActivations {
 };
 
 struct MoELayer::Saved {
-  Tensor x;                    // [N, D]
-  Tensor x_operand;            // x as products take it (router, shared experts)
+  Tensor x;                    // [N, D] as products take it (kernels::matmul_operand: router, shared experts)
   Tensor logits, scores;       // [N, E]
   Tensor topk_idx, topk_w;     // [N, K]
   kernels::ExpertSort sort;    // single process only (the dispatcher keeps its own plan)
@@ -128,15 +127,15 @@ Tensor MoELayer::forward(const Tensor& x_in, const LossWeights& weights) {
   const Device dev = x_in.device();
   EG_ASSERT(x_in.cols() == d, "MoE forward: x ", x_in.describe(), " must have d_model = ", d, " columns");
   auto s = std::make_shared<Saved>();
-  s->x = x_in.view({n, d});
-  s->x_operand = kernels::matmul_operand(s->x);
+  const Tensor x = x_in.view({n, d});
+  s->x = kernels::matmul_operand(x);
 
   // Routing.
   s->logits = Tensor::empty({n, n_experts}, DType::F32, dev);
   s->scores = Tensor::empty({n, n_experts}, DType::F32, dev);
   s->topk_idx = Tensor::empty({n, k}, DType::I32, dev);
   s->topk_w = Tensor::empty({n, k}, DType::F32, dev);
-  kernels::gemm(s->x_operand, false, router_.value, true, s->logits);
+  kernels::gemm(s->x, false, router_.value, true, s->logits);
   kernels::router_scores(s->logits, score_func(moe), s->scores);
   kernels::topk_select(s->scores, bias_.value, static_cast<int>(k), moe.normalize_topk(), moe.routed_scale(),
                        s->topk_idx, s->topk_w);
@@ -147,7 +146,7 @@ Tensor MoELayer::forward(const Tensor& x_in, const LossWeights& weights) {
   if (dispatcher_) {
     for (int32_t e : s->topk_idx.to_vector<int32_t>()) ++load_[e];  // host buffers (MPI)
     // Tokens travel to the ranks holding their experts; the held experts run on what arrives.
-    y_flat.copy_from(dispatcher_->forward(s->x, s->topk_idx, s->topk_w,
+    y_flat.copy_from(dispatcher_->forward(x, s->topk_idx, s->topk_w,
                                           [&](const Tensor& rows, const std::vector<int64_t>& offsets) {
                                             return experts_forward(rows, offsets, s->experts);
                                           }));
@@ -157,11 +156,11 @@ Tensor MoELayer::forward(const Tensor& x_in, const LossWeights& weights) {
     for (int64_t e = 0; e < n_experts; ++e) load_[e] = s->sort.offsets[e + 1] - s->sort.offsets[e];
     // Gathered straight into the dtype the expert products take (no f32 copy to round).
     Tensor x_sorted = Tensor::empty({n * k, d}, kernels::matmul_operand_dtype(dev), dev);
-    kernels::embedding_gather(s->x, s->sort.sorted_token, x_sorted);
+    kernels::embedding_gather(x, s->sort.sorted_token, x_sorted);
     s->expert_out = experts_forward(x_sorted, s->sort.offsets, s->experts);
     kernels::combine_expert_outputs(s->expert_out, s->sort.position, s->topk_w, y_flat);
   }
-  if (shared_) kernels::add_(y_flat, shared_->forward(s->x_operand));
+  if (shared_) kernels::add_(y_flat, shared_->forward(s->x));
 
   // Auxiliary terms: their gradients do not depend on dy, so they are computed here and added in backward.
   aux_loss_ = 0.0;
@@ -222,7 +221,7 @@ Tensor MoELayer::backward(const Tensor& dy_in) {
   Tensor dlogits = Tensor::empty({n, n_experts}, DType::F32, dev);
   kernels::router_scores_backward(dscores, s.scores, score_func(moe), dlogits);
   if (s.z_dlogits.defined()) kernels::add_(dlogits, s.z_dlogits);
-  kernels::gemm(dlogits, true, s.x_operand, false, router_.grad, 1.0f, 1.0f);
+  kernels::gemm(dlogits, true, s.x, false, router_.grad, 1.0f, 1.0f);
   kernels::gemm(dlogits, false, router_.value, false, dx_flat, 1.0f, 1.0f);
   return dx;
 }

@@ -122,9 +122,7 @@ MemoryEstimate estimate_memory(const ExperimentConfig& cfg, const PlanLayout& la
   }
   mem.activations = activation_bytes(m, mem.micro_batch * t.seq_len());
   if (cfg.runtime().device() == config::CUDA) {
-    // cuBLASLt workspaces: the compute stream's, and with MoE layers one per grouped-product stream.
-    const int64_t workspaces = 1 + (n_moe_layers(m) > 0 ? kGroupedGemmStreams : 0);
-    mem.device_extra = workspaces * static_cast<int64_t>(kCublasWorkspaceBytes);
+    mem.device_extra = static_cast<int64_t>(kCublasWorkspaceBytes);
     if (cfg.runtime().matmul_precision() == config::BF16)
       mem.device_extra += kBf16 * (mem.micro_batch * t.seq_len() + m.d_model()) * m.vocab_size();
     // Several GPUs: the scratch of the gradient buckets' sums in flight on NCCL (at most the

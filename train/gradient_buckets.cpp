@@ -53,8 +53,8 @@ GradientBuckets::GradientBuckets(ParameterRegistry& params, ProcessGroups& group
       total += aligned(all[i]->grad.numel());
     }
     // Zeros: the padding between views is summed too, and stays 0.
+    // Kept alive by the views and bucket spans that share its storage.
     const Tensor flat = Tensor::zeros({total}, DType::F32, all[members[0]]->grad.device());
-    buffers_.push_back(flat);
 
     size_t first_member = 0;  // of the bucket being filled
     for (size_t m = 0; m < members.size(); ++m) {

@@ -62,7 +62,6 @@ class GradientBuckets {
   };
   void start(Bucket& bucket);
 
-  std::vector<Tensor> buffers_;  // one per group that sums anything
   std::vector<Bucket> buckets_;  // by lowest index descending: the order the backward finishes them
   size_t next_ = 0;              // buckets_[0, next_) have started
 };

@@ -4,17 +4,15 @@
 // operands are rounded to bf16 copies first, so both modes share one product path; modules round a
 // tensor that several products take once, through matmul_operand.
 //
-// Cheap per call, because the MoE layers issue thousands of small per-expert products a step:
+// Cheap per call, because the MoE layers issue many products a step:
 // - the cuBLASLt plan of a product (descriptors and the heuristic's algorithm) is made once per
 //   PlanKey and kept for the life of the process (PlanCache);
 // - grouped products round their whole operands to bf16 once per call, not once per group;
 // - grouped products of bf16 operands with float32 output (the MoE under BF16) run as one launch of
 //   our own tensor-core kernel (grouped_mma.cu): cublasGemmGroupedBatchedEx (cuBLAS 13.1) answers
 //   CUBLAS_STATUS_NOT_SUPPORTED for bf16 A/B with f32 C (measured on an H100), and cuBLASLt has no
-//   grouped matmul with per-group shapes;
-// - other grouped products (float32 parity mode, odd shapes) run one cublasLtMatmul per group, side
-//   by side on kGroupedGemmStreams streams (GroupStreams): one expert's product (e.g. 1.5k × 768 ×
-//   256) fills a fraction of an H100, and one stream runs them one after another.
+//   grouped matmul with per-group shapes. Other grouped products (float32 parity mode, odd shapes)
+//   run one cublasLtMatmul per group.
 #include <cuda_bf16.h>
 
 #include <compare>
@@ -22,7 +20,6 @@
 #include <memory>
 #include <mutex>
 #include <utility>
-#include <vector>
 
 #include "kernels/checks.h"
 #include "kernels/cuda/common.cuh"
@@ -31,7 +28,6 @@
 #include "kernels/gemm.h"
 #include "kernels/gemm_groups.h"
 #include "kernels/matmul_precision.h"
-#include "runtime/cuda/device.h"
 
 namespace engram::kernels::cuda {
 
@@ -179,98 +175,9 @@ Tensor rounded_to_bf16(const Tensor& x) {
   return y;
 }
 
-// Where a product runs: a stream and the cuBLASLt workspace that only that stream uses.
-struct Lane {
-  cudaStream_t stream;
-  void* workspace;
-};
-
-Lane compute_lane() {
-  const CudaContext& ctx = cuda_context();
-  return {ctx.compute, ctx.workspace};
-}
-
-// out = alpha·op(a)·op(b) + beta·out on `lane`, operands as they are (no rounding), k > 0.
-void matmul(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& c, float alpha, float beta,
-            const checks::GemmDims& dims, Lane lane) {
-  const auto [m, k, n] = dims;
-  const Plan& plan = PlanCache::plan({a.dtype(), c.dtype(), m, n, k, trans_a, trans_b, alignment(a.raw()),
-                                      alignment(b.raw()), alignment(c.raw())});
-  const CudaContext& ctx = cuda_context();
-  EG_CUBLAS_CHECK(cublasLtMatmul(ctx.cublaslt, plan.op.handle, &alpha, b.raw(), plan.first.handle, a.raw(),
-                                 plan.second.handle, &beta, c.raw(), plan.out.handle, c.raw(), plan.out.handle,
-                                 &plan.algo, lane.workspace, ctx.workspace_bytes, lane.stream));
-}
-
-// The side streams of grouped products, made on first use and never destroyed (like the context).
-// A grouped call forks them from the compute stream (they wait for the work queued there), spreads
-// its groups over them in turn, and joins them (the compute stream waits for all of them) before it
-// returns: to everything else, and to the allocator, the call ran on the compute stream. Each
-// group's product has its own output rows and its plan's fixed algorithm, so which stream runs it,
-// and when, does not change a bit.
-class GroupStreams {
- public:
-  static GroupStreams& get() {
-    static auto* streams = new GroupStreams();
-    return *streams;
-  }
-
-  // Forks on construction, joins on destruction (also when a product throws).
-  class Scope {
-   public:
-    explicit Scope(GroupStreams& streams) : streams_(streams) {
-      EG_CUDA_CHECK(cudaEventRecord(streams_.fork_, compute_stream()));
-      for (const Lane& lane : streams_.lanes_) EG_CUDA_CHECK(cudaStreamWaitEvent(lane.stream, streams_.fork_, 0));
-    }
-    Scope(const Scope&) = delete;
-    Scope& operator=(const Scope&) = delete;
-    ~Scope() {
-      for (size_t i = 0; i < streams_.lanes_.size(); ++i) {
-        cudaEventRecord(streams_.joins_[i], streams_.lanes_[i].stream);
-        cudaStreamWaitEvent(compute_stream(), streams_.joins_[i], 0);
-      }
-    }
-    Lane next() { return streams_.lanes_[next_++ % streams_.lanes_.size()]; }
-
-   private:
-    GroupStreams& streams_;
-    size_t next_ = 0;
-  };
-
- private:
-  GroupStreams() {
-    EG_CUDA_CHECK(cudaEventCreateWithFlags(&fork_, cudaEventDisableTiming));
-    for (int i = 0; i < kGroupedGemmStreams; ++i) {
-      Lane lane{};
-      EG_CUDA_CHECK(cudaStreamCreateWithFlags(&lane.stream, cudaStreamNonBlocking));
-      EG_CUDA_CHECK(cudaMalloc(&lane.workspace, cuda_context().workspace_bytes));
-      lanes_.push_back(lane);
-      cudaEvent_t join = nullptr;
-      EG_CUDA_CHECK(cudaEventCreateWithFlags(&join, cudaEventDisableTiming));
-      joins_.push_back(join);
-    }
-  }
-
-  cudaEvent_t fork_ = nullptr;
-  std::vector<Lane> lanes_;
-  std::vector<cudaEvent_t> joins_;
-};
-
 // Whether products under the current matmul precision round one of these operands to bf16 first.
 bool rounds_operands(const Tensor& a, const Tensor& b) {
   return matmul_precision() == MatmulPrecision::BF16 && (a.dtype() == DType::F32 || b.dtype() == DType::F32);
-}
-
-// The per-group product of grouped calls: on the next side stream, operands already as products
-// take them (the call rounded the whole tensors once, so the groups multiply slices of the copies:
-// the values rounding each group's rows would give).
-auto group_product(GroupStreams::Scope& scope) {
-  return [&scope](const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& c, float alpha,
-                  float beta) {
-    const checks::GemmDims dims = checks::gemm_dims(a, trans_a, b, trans_b, c);
-    EG_ASSERT(dims.k > 0, "grouped product with k = 0");  // empty groups are skipped by the loops
-    if (dims.m > 0 && dims.n > 0) matmul(a, trans_a, b, trans_b, c, alpha, beta, dims, scope.next());
-  };
 }
 
 }  // namespace
@@ -297,17 +204,23 @@ void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& 
     }
     return;
   }
-  matmul(a, trans_a, b, trans_b, c, alpha, beta, dims, compute_lane());
+  const Plan& plan = PlanCache::plan({a.dtype(), c.dtype(), dims.m, dims.n, dims.k, trans_a, trans_b,
+                                      alignment(a.raw()), alignment(b.raw()), alignment(c.raw())});
+  const CudaContext& ctx = cuda_context();
+  EG_CUBLAS_CHECK(cublasLtMatmul(ctx.cublaslt, plan.op.handle, &alpha, b.raw(), plan.first.handle, a.raw(),
+                                 plan.second.handle, &beta, c.raw(), plan.out.handle, c.raw(), plan.out.handle,
+                                 &plan.algo, ctx.workspace, ctx.workspace_bytes, ctx.compute));
 }
 
+// Grouped products take their whole operands as products take them, rounded once per call (the
+// groups then multiply slices of the copies: the values rounding each group's rows would give).
 void grouped_gemm(const Tensor& a, const Tensor& b, bool trans_b, Tensor& c, const std::vector<int64_t>& offsets,
                   float beta) {
   check_on_cuda("grouped_gemm", a, b, c);
   check_dtypes("grouped_gemm", a, b, c);
   const Tensor a_product = matmul_operand(a), b_product = matmul_operand(b);
   if (grouped_mma(a_product, b_product, trans_b, c, offsets, beta)) return;
-  GroupStreams::Scope scope(GroupStreams::get());  // joined before the operands above are freed
-  gemm_groups::grouped_gemm(group_product(scope), a_product, b_product, trans_b, c, offsets, beta);
+  gemm_groups::grouped_gemm(gemm, a_product, b_product, trans_b, c, offsets, beta);
 }
 
 void grouped_gemm_wgrad(const Tensor& dc, const Tensor& a, Tensor& db, const std::vector<int64_t>& offsets) {
@@ -315,8 +228,7 @@ void grouped_gemm_wgrad(const Tensor& dc, const Tensor& a, Tensor& db, const std
   check_dtypes("grouped_gemm_wgrad", dc, a, db);
   const Tensor dc_product = matmul_operand(dc), a_product = matmul_operand(a);
   if (grouped_mma_wgrad(dc_product, a_product, db, offsets)) return;
-  GroupStreams::Scope scope(GroupStreams::get());
-  gemm_groups::grouped_gemm_wgrad(group_product(scope), dc_product, a_product, db, offsets);
+  gemm_groups::grouped_gemm_wgrad(gemm, dc_product, a_product, db, offsets);
 }
 
 }  // namespace engram::kernels::cuda

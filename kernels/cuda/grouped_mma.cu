@@ -216,6 +216,7 @@ bool grouped_mma(const Tensor& a, const Tensor& b, bool trans_b, Tensor& c, cons
   if (!takes(a, b, c, offsets)) return false;
   gemm_groups::check_offsets(offsets, b, a.rows(), "grouped_gemm");
   const int64_t k = a.cols(), n = trans_b ? b.dim(1) : b.dim(2);
+  if (k == 0) return false;  // nothing to multiply: the per-group path writes beta·c
   EG_ASSERT(c.rows() == a.rows() && c.cols() == n && (trans_b ? b.dim(2) : b.dim(1)) == k,
             "grouped_gemm shapes: a ", shape_str(a.shape()), ", b ", shape_str(b.shape()), trans_b ? "ᵀ" : "",
             ", c ", shape_str(c.shape()));
@@ -232,7 +233,6 @@ bool grouped_mma(const Tensor& a, const Tensor& b, bool trans_b, Tensor& c, cons
   p.beta = beta;
   const int tiles_n = tiles(p.n, kTileN);
   fill_groups(p, offsets, [&](int rows) { return tiles(rows, kTileM) * tiles_n; });
-  if (k == 0) return false;  // nothing to multiply: the per-group path writes beta·c
   if (trans_b) {
     launch<false, false>(p);
   } else {

@@ -11,10 +11,6 @@ namespace engram {
 // (32 MiB: what NVIDIA recommends for cuBLASLt on Hopper; enough for every architecture we build).
 // Declared in every build: engram-plan counts it for CUDA runs.
 constexpr size_t kCublasWorkspaceBytes = size_t{32} << 20;
-// The streams that the groups of a grouped product (one small GEMM per expert) run on side by side,
-// each with a cuBLASLt workspace of its own (kernels/cuda/gemm.cu). Four fill an H100 with the
-// per-expert products of the benchmark config, which one stream leaves mostly idle.
-constexpr int kGroupedGemmStreams = 4;
 }  // namespace engram
 
 #ifdef ENGRAM_HAVE_CUDA
