@@ -11,7 +11,8 @@ void cross_entropy_forward_backward(const Tensor& logits, const Tensor& targets,
                                     Tensor& dlogits);
 }  // namespace cpu
 #ifdef ENGRAM_HAVE_CUDA
-namespace cuda {  // kernels/cuda/cross_entropy.cu, the contracts of cpu:: above
+namespace cuda {  // kernels/cuda/cross_entropy.cu, the contracts of cpu:: above; dlogits may also be
+                  // bf16 (rounded to nearest even: the dtype of kernels::matmul_operand_dtype)
 void cross_entropy_forward(const Tensor& logits, const Tensor& targets, Tensor& losses);
 void cross_entropy_forward_backward(const Tensor& logits, const Tensor& targets, float grad_scale, Tensor& losses,
                                     Tensor& dlogits);

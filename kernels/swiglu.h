@@ -8,7 +8,8 @@ void swiglu_forward(const Tensor& gate, const Tensor& up, Tensor& out);  // all 
 void swiglu_backward(const Tensor& dout, const Tensor& gate, const Tensor& up, Tensor& dgate, Tensor& dup);
 }  // namespace cpu
 #ifdef ENGRAM_HAVE_CUDA
-namespace cuda {  // kernels/cuda/swiglu.cu, the contracts of cpu:: above
+namespace cuda {  // kernels/cuda/swiglu.cu, the contracts of cpu:: above; out, dgate and dup may also
+                  // be bf16 (rounded to nearest even: the dtype of kernels::matmul_operand_dtype)
 void swiglu_forward(const Tensor& gate, const Tensor& up, Tensor& out);
 void swiglu_backward(const Tensor& dout, const Tensor& gate, const Tensor& up, Tensor& dgate, Tensor& dup);
 }  // namespace cuda

@@ -1,7 +1,10 @@
 // Softmax cross-entropy on the GPU, the CUDA side of kernels/cross_entropy.h. One block per row:
 // the row max (float), Σ exp(logit − max) in double (fixed tree order), the loss in double as on
 // the CPU, then dlogits written in a last pass. A thread only overwrites the logits it read itself,
-// after the block has finished reading, so dlogits may alias logits.
+// after the block has finished reading, so dlogits may alias logits. dlogits may also be bf16
+// (kernels::matmul_operand_dtype: the head's two products take it), written rounded to nearest even.
+#include <cuda_bf16.h>
+
 #include "kernels/checks.h"
 #include "kernels/cross_entropy.h"
 #include "kernels/cuda/common.cuh"
@@ -12,8 +15,9 @@ namespace {
 
 constexpr int kRowThreads = 512;  // rows are vocabulary-long (tens of thousands of logits)
 
+template <class Out>
 __global__ void cross_entropy_kernel(const float* logits, const int32_t* targets, int64_t vocab, float grad_scale,
-                                     float* losses, float* dlogits, unsigned long long* bad_target) {
+                                     float* losses, Out* dlogits, unsigned long long* bad_target) {
   const int64_t r = blockIdx.x;
   const float* row = logits + r * vocab;
   const int32_t y = targets[r];
@@ -33,11 +37,11 @@ __global__ void cross_entropy_kernel(const float* logits, const int32_t* targets
   if (dlogits == nullptr) return;
   // dlogits = grad_scale · (softmax − onehot(y)), with softmax_j = exp(row[j] − max) / Σ.
   const float scale = static_cast<float>(grad_scale / sum);
-  float* drow = dlogits + r * vocab;
+  Out* drow = dlogits + r * vocab;
   for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) {
     float d = expf(row[j] - row_max) * scale;
     if (j == y) d -= grad_scale;
-    drow[j] = d;
+    drow[j] = static_cast<Out>(d);
   }
 }
 
@@ -46,9 +50,17 @@ void cross_entropy(const Tensor& logits, const Tensor& targets, float grad_scale
   const int64_t rows = logits.dim(0);
   if (rows == 0) return;
   FirstBadPosition bad_target;
-  cross_entropy_kernel<<<static_cast<unsigned>(rows), kRowThreads, 0, compute_stream()>>>(
-      logits.data<float>(), targets.data<int32_t>(), vocab, grad_scale, losses.data<float>(),
-      dlogits != nullptr ? dlogits->data<float>() : nullptr, bad_target.slot());
+  const auto launch = [&](auto* d) {
+    cross_entropy_kernel<<<static_cast<unsigned>(rows), kRowThreads, 0, compute_stream()>>>(
+        logits.data<float>(), targets.data<int32_t>(), vocab, grad_scale, losses.data<float>(), d, bad_target.slot());
+  };
+  if (dlogits == nullptr) {
+    launch(static_cast<float*>(nullptr));
+  } else if (dlogits->dtype() == DType::BF16) {
+    launch(static_cast<__nv_bfloat16*>(dlogits->raw()));
+  } else {
+    launch(dlogits->data<float>());
+  }
   EG_CUDA_CHECK_LAUNCH("cross_entropy_kernel");
   const int64_t r = bad_target.position();
   EG_CHECK(r < 0, "cross_entropy: target ", integer_at(targets, r), " at row ", r,

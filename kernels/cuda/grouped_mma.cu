@@ -1,10 +1,11 @@
 // Grouped expert products in one launch (kernels/cuda/grouped_mma.h). Each block computes one
 // 128 × 128 tile of one group's output: the blocks of all groups form one grid, and a block finds
-// its group by binary search in the group table (kernel parameters). Tiles of 32 along k are copied
-// to shared memory with cp.async (two stages: the next tile loads while the current one multiplies)
-// and multiplied with mma.sync m16n8k16 (bf16 in, float32 accumulate; mma_fragments.cuh); 8 warps,
-// each owning a 64 × 32 piece of the tile. Every output element is one thread's sum over k in a
-// fixed order, so results repeat bit for bit; no split-k, no atomics.
+// its group by binary search in the group table (kernel parameters). Tiles of 32 along k stream
+// through a ring of kStages shared-memory stages filled by cp.async, so the copies of the next
+// kStages − 1 tiles are in flight while one multiplies (mma.sync m16n8k16, bf16 in, float32
+// accumulate; mma_fragments.cuh). 4 warps, each owning a 64 × 64 piece of the tile: 8 ldmatrix per 32
+// mma per 16 of k, where 64 × 32 pieces needed 6 per 16. Every output element is one thread's sum
+// over k in a fixed order, so results repeat bit for bit; no split-k, no atomics.
 //
 // Two layouts of the groups:
 // - products (forward, and the backward's row gradients): group g owns rows [o_g, o_{g+1}) of a and
@@ -27,8 +28,9 @@ namespace engram::kernels::cuda {
 namespace {
 
 constexpr int kTileM = 128, kTileN = 128, kTileK = 32;
-constexpr int kGemmWarps = 8, kGemmThreads = kGemmWarps * kWarpSize;
-constexpr int kWarpM = 64, kWarpN = 32;  // warps: 2 along m, 4 along n
+constexpr int kStages = 4;  // 4 × 20 KB of shared memory: two blocks fit on an SM
+constexpr int kGemmWarps = 4, kGemmThreads = kGemmWarps * kWarpSize;
+constexpr int kWarpM = 64, kWarpN = 64;  // warps: 2 along m, 2 along n
 
 struct GroupedMmaParams {
   const __nv_bfloat16* a;
@@ -71,13 +73,23 @@ __device__ void load_tile(Bf16Tile<kRows, kCols> tile, const __nv_bfloat16* base
   }
 }
 
-// kWeightGrad: the weight-gradient layout (A read k-major); kBRowsK: b stored [k, n] (else [n, k]).
 template <bool kWeightGrad, bool kBRowsK>
-__global__ void __launch_bounds__(kGemmThreads) grouped_mma_kernel(const __grid_constant__ GroupedMmaParams p) {
+struct StageTiles {
   using ATile = std::conditional_t<kWeightGrad, Bf16Tile<kTileK, kTileM>, Bf16Tile<kTileM, kTileK>>;
   using BTile = std::conditional_t<kBRowsK, Bf16Tile<kTileK, kTileN>, Bf16Tile<kTileN, kTileK>>;
-  __shared__ __align__(16) __nv_bfloat16 a_storage[2][ATile::kBytes / sizeof(__nv_bfloat16)];
-  __shared__ __align__(16) __nv_bfloat16 b_storage[2][BTile::kBytes / sizeof(__nv_bfloat16)];
+  static constexpr size_t kBytes = ATile::kBytes + BTile::kBytes;
+  static constexpr size_t kSharedBytes = kStages * kBytes;
+  ATile a;
+  BTile b;
+  __device__ StageTiles(__nv_bfloat16* shared, int stage)
+      : a{shared + stage * (kBytes / sizeof(__nv_bfloat16))}, b{a.end()} {}
+};
+
+// kWeightGrad: the weight-gradient layout (A read k-major); kBRowsK: b stored [k, n] (else [n, k]).
+template <bool kWeightGrad, bool kBRowsK>
+__global__ void __launch_bounds__(kGemmThreads, 2) grouped_mma_kernel(const __grid_constant__ GroupedMmaParams p) {
+  using Stage = StageTiles<kWeightGrad, kBRowsK>;
+  extern __shared__ __align__(16) __nv_bfloat16 stage_storage[];
 
   // This block's group: the last whose first block is at most blockIdx.x (empty groups have none).
   const int block = static_cast<int>(blockIdx.x);
@@ -98,18 +110,23 @@ __global__ void __launch_bounds__(kGemmThreads) grouped_mma_kernel(const __grid_
   const __nv_bfloat16* b = kWeightGrad ? p.b + int64_t{first} * p.ldb : p.b + g * p.b_group_stride;
   float* c = kWeightGrad ? p.c + g * p.c_group_stride : p.c + int64_t{first} * p.ldc;
 
-  const auto load_stage = [&](int stage, int k0) {
-    const ATile a_tile{a_storage[stage]};
-    const BTile b_tile{b_storage[stage]};
-    if constexpr (kWeightGrad) {
-      load_tile(a_tile, a, p.lda, k0, k, m0, m);
-    } else {
-      load_tile(a_tile, a, p.lda, m0, m, k0, k);
-    }
-    if constexpr (kBRowsK) {
-      load_tile(b_tile, b, p.ldb, k0, k, n0, n);
-    } else {
-      load_tile(b_tile, b, p.ldb, n0, n, k0, k);
+  // Starts the copies of k tile kt into its stage, if there is such a tile, as one commit group
+  // (empty past the end, so that every thread always has the same number of groups in flight).
+  const int k_tiles = (k + kTileK - 1) / kTileK;
+  const auto load_stage = [&](int kt) {
+    if (kt < k_tiles) {
+      const Stage s(stage_storage, kt % kStages);
+      const int k0 = kt * kTileK;
+      if constexpr (kWeightGrad) {
+        load_tile(s.a, a, p.lda, k0, k, m0, m);
+      } else {
+        load_tile(s.a, a, p.lda, m0, m, k0, k);
+      }
+      if constexpr (kBRowsK) {
+        load_tile(s.b, b, p.ldb, k0, k, n0, n);
+      } else {
+        load_tile(s.b, b, p.ldb, n0, n, k0, k);
+      }
     }
     cp_async_commit();
   };
@@ -117,35 +134,29 @@ __global__ void __launch_bounds__(kGemmThreads) grouped_mma_kernel(const __grid_
   const int warp = static_cast<int>(threadIdx.x) / kWarpSize;
   const int wm = warp / (kTileN / kWarpN) * kWarpM, wn = warp % (kTileN / kWarpN) * kWarpN;
   float acc[kWarpM / 16][kWarpN / 8][4] = {};
-  const int k_tiles = (k + kTileK - 1) / kTileK;
-  load_stage(0, 0);
+  for (int kt = 0; kt < kStages - 1; ++kt) load_stage(kt);
   for (int kt = 0; kt < k_tiles; ++kt) {
-    if (kt + 1 < k_tiles) {
-      load_stage((kt + 1) % 2, (kt + 1) * kTileK);
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();
-    const ATile a_tile{a_storage[kt % 2]};
-    const BTile b_tile{b_storage[kt % 2]};
+    cp_async_wait<kStages - 2>();  // this thread's copies of tile kt have landed
+    __syncthreads();               // everyone's have, and everyone is done with tile kt − 1's stage
+    load_stage(kt + kStages - 1);  // into tile kt − 1's stage (past the end: only empty groups remain)
+    const Stage s(stage_storage, kt % kStages);
 #pragma unroll
     for (int kk = 0; kk < kTileK; kk += 16) {
       uint32_t af[kWarpM / 16][4], bf[kWarpN / 16][4];
 #pragma unroll
       for (int i = 0; i < kWarpM / 16; ++i) {
         if constexpr (kWeightGrad) {
-          load_a_of_transpose(af[i], a_tile, wm + 16 * i, kk);
+          load_a_of_transpose(af[i], s.a, wm + 16 * i, kk);
         } else {
-          load_a(af[i], a_tile, wm + 16 * i, kk);
+          load_a(af[i], s.a, wm + 16 * i, kk);
         }
       }
 #pragma unroll
       for (int j = 0; j < kWarpN / 16; ++j) {
         if constexpr (kBRowsK) {
-          load_b(bf[j], b_tile, kk, wn + 16 * j);
+          load_b(bf[j], s.b, kk, wn + 16 * j);
         } else {
-          load_b_of_transpose(bf[j], b_tile, wn + 16 * j, kk);
+          load_b_of_transpose(bf[j], s.b, wn + 16 * j, kk);
         }
       }
 #pragma unroll
@@ -153,7 +164,6 @@ __global__ void __launch_bounds__(kGemmThreads) grouped_mma_kernel(const __grid_
 #pragma unroll
         for (int j = 0; j < kWarpN / 16; ++j) mma_two_tiles(acc[i], 16 * j, af[i], bf[j]);
     }
-    __syncthreads();  // the next iteration's load overwrites this stage
   }
 
   // Lane (g, c) holds rows g and g + 8, columns 2c and 2c + 1 of each 16 × 8 accumulator tile; n is a
@@ -205,7 +215,10 @@ template <bool kWeightGrad, bool kBRowsK>
 void launch(const GroupedMmaParams& p) {
   const int blocks = p.tile_start[p.groups];
   if (blocks == 0) return;
-  grouped_mma_kernel<kWeightGrad, kBRowsK><<<blocks, kGemmThreads, 0, compute_stream()>>>(p);
+  const auto kernel = grouped_mma_kernel<kWeightGrad, kBRowsK>;
+  constexpr size_t kShared = StageTiles<kWeightGrad, kBRowsK>::kSharedBytes;
+  EG_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kShared)));
+  kernel<<<blocks, kGemmThreads, kShared, compute_stream()>>>(p);
   EG_CUDA_CHECK_LAUNCH("grouped_mma_kernel");
 }
 

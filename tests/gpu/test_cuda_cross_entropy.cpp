@@ -1,5 +1,5 @@
 // CUDA softmax cross-entropy against the CPU one: losses and dlogits (also written in place over
-// the logits), and the CPU's error for a target outside the vocabulary. Both sum the exponentials in
+// the logits, and as bf16), and the CPU's error for a target outside the vocabulary. Both sum the exponentials in
 // double; the GPU's expf may differ by an ulp: losses rtol 1e-6, dlogits rtol 1e-5 with atol 1e-9
 // (the gradient of a 3001-way softmax is small).
 #include <gtest/gtest.h>
@@ -38,6 +38,14 @@ TEST_F(CudaCrossEntropy, LossesAndGradientsMatchTheCpu) {
   kernels::cross_entropy_forward_backward(in_place, targets.gpu, 0.25f, in_place_losses.gpu, in_place);
   expect_close_to_cpu(in_place_losses.gpu, fb_losses.cpu, 1e-6, 1e-6, "in-place losses");
   expect_close_to_cpu(in_place, dlogits.cpu, 1e-5, 1e-9, "in-place dlogits");
+
+  // bf16 dlogits (what the head's products take): the f32 ones rounded to nearest even, bit for bit.
+  Tensor bf16_dlogits = Tensor::empty({rows, vocab}, DType::BF16, Device::CUDA);
+  HostDevice bf16_losses = nan_on_both({rows});
+  kernels::cross_entropy_forward_backward(logits.gpu, targets.gpu, 0.25f, bf16_losses.gpu, bf16_dlogits);
+  EXPECT_TRUE(device_bitwise_equal(bf16_losses.gpu, fb_losses.gpu)) << "losses with bf16 dlogits";
+  EXPECT_TRUE(bitwise_equal(bf16_dlogits.copy_to(Device::CPU), round_to_bf16(dlogits.gpu.copy_to(Device::CPU)).bf16))
+      << "bf16 dlogits";
 }
 
 TEST_F(CudaCrossEntropy, ATargetOutsideTheVocabularyIsTheCpuError) {

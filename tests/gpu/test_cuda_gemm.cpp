@@ -147,17 +147,19 @@ TEST_F(CudaGemm, GroupedProductAccumulatesWithBetaOne) {
 // path runs them, tested above and below).
 TEST_F(CudaGemm, GroupedMmaKernelMatchesTheCpu) {
   std::mt19937 gen(97);
-  const int64_t groups = 9, k = 40, n = 136;
+  const int64_t groups = 9, n = 136;
   std::vector<int64_t> offsets{0};
   for (int64_t g = 0; g < groups; ++g) offsets.push_back(offsets.back() + (g % 4 == 1 ? 0 : 1 + (g * 37) % 150));
   const int64_t rows = offsets.back();
-  const Bf16Values a = round_to_bf16(random_uniform({rows, k}, gen));
-  const Tensor a_gpu = a.bf16.copy_to(Device::CUDA);
-  for (bool trans_b : {false, true}) {
+  // k = 40: fewer tiles of k than pipeline stages; k = 136: more, so the stages are reused.
+  for (const auto& [k, trans_b] : std::vector<std::pair<int64_t, bool>>{{40, false}, {40, true}, {136, true}}) {
+    const Bf16Values a = round_to_bf16(random_uniform({rows, k}, gen));
+    const Tensor a_gpu = a.bf16.copy_to(Device::CUDA);
     const Bf16Values b = round_to_bf16(random_uniform(trans_b ? Shape{groups, n, k} : Shape{groups, k, n}, gen));
     const Tensor b_gpu = b.bf16.copy_to(Device::CUDA);
     for (float beta : {0.0f, 1.0f}) {
-      const std::string what = std::string(trans_b ? "b^T" : "b") + (beta == 0.0f ? ", beta 0" : ", beta 1");
+      const std::string what = "k " + std::to_string(k) + (trans_b ? ", b^T" : ", b") +
+                               (beta == 0.0f ? ", beta 0" : ", beta 1");
       Tensor expected = beta == 0.0f ? nan_tensor({rows, n}) : random_uniform({rows, n}, gen);
       Tensor c = expected.copy_to(Device::CUDA), again = c.clone();
       kernels::grouped_gemm(a.f32, b.f32, trans_b, expected, offsets, beta);
@@ -179,9 +181,9 @@ TEST_F(CudaGemm, GroupedMmaKernelMatchesTheCpu) {
 
   // Not taken: f32 operands, and a row length that is not a multiple of 8.
   Tensor unused = Tensor::empty({rows, n}, DType::F32, Device::CUDA);
-  EXPECT_FALSE(kernels::cuda::grouped_mma(a.f32.copy_to(Device::CUDA),
-                                          round_to_bf16(random_uniform({groups, n, k}, gen)).f32.copy_to(Device::CUDA),
-                                          true, unused, offsets, 0.0f));
+  EXPECT_FALSE(kernels::cuda::grouped_mma(random_uniform({rows, 40}, gen).copy_to(Device::CUDA),
+                                          random_uniform({groups, n, 40}, gen).copy_to(Device::CUDA), true, unused,
+                                          offsets, 0.0f));
   const Tensor odd = round_to_bf16(random_uniform({rows, 41}, gen)).bf16.copy_to(Device::CUDA);
   const Tensor odd_b = round_to_bf16(random_uniform({groups, n, 41}, gen)).bf16.copy_to(Device::CUDA);
   EXPECT_FALSE(kernels::cuda::grouped_mma(odd, odd_b, true, unused, offsets, 0.0f));

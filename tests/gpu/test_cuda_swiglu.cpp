@@ -30,5 +30,26 @@ TEST_F(CudaSwiglu, ForwardAndBackwardMatchTheCpu) {
   expect_close_to_cpu(dup.gpu, dup.cpu, 1e-5, 1e-6, "dup");
 }
 
+// bf16 outputs (what the products take) hold the f32 outputs rounded to nearest even, bit for bit.
+TEST_F(CudaSwiglu, Bf16OutputsAreTheF32OutputsRounded) {
+  std::mt19937 gen(37);
+  const Shape shape{19, 131};
+  const Tensor gate = random_uniform(shape, gen, -6.0f, 6.0f).copy_to(Device::CUDA);
+  const Tensor up = random_uniform(shape, gen, -2.0f, 2.0f).copy_to(Device::CUDA);
+  const Tensor dout = random_uniform(shape, gen).copy_to(Device::CUDA);
+  Tensor out = Tensor::empty(shape, DType::F32, Device::CUDA), dgate = out.clone(), dup = out.clone();
+  Tensor out_bf16 = Tensor::empty(shape, DType::BF16, Device::CUDA), dgate_bf16 = out_bf16.clone(),
+         dup_bf16 = out_bf16.clone();
+  kernels::swiglu_forward(gate, up, out);
+  kernels::swiglu_forward(gate, up, out_bf16);
+  kernels::swiglu_backward(dout, gate, up, dgate, dup);
+  kernels::swiglu_backward(dout, gate, up, dgate_bf16, dup_bf16);
+  EXPECT_TRUE(bitwise_equal(out_bf16.copy_to(Device::CPU), round_to_bf16(out.copy_to(Device::CPU)).bf16)) << "out";
+  EXPECT_TRUE(bitwise_equal(dgate_bf16.copy_to(Device::CPU), round_to_bf16(dgate.copy_to(Device::CPU)).bf16))
+      << "dgate";
+  EXPECT_TRUE(bitwise_equal(dup_bf16.copy_to(Device::CPU), round_to_bf16(dup.copy_to(Device::CPU)).bf16)) << "dup";
+  EXPECT_THROW(kernels::swiglu_backward(dout, gate, up, dgate_bf16, dup), Error);  // mixed output dtypes
+}
+
 }  // namespace
 }  // namespace engram

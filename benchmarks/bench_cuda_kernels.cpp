@@ -1,0 +1,126 @@
+// CUDA kernel micro-benchmarks at the shapes of configs/h100-bench.pbtxt (16k tokens a step, d_model
+// 768, 64 experts of width 256, top-6, 12 heads of 64, sequence 2048), under bf16 matmuls: the grouped
+// expert products (forward, row gradients, weight gradients, balanced groups) and the attention forward
+// and backward. Each prints TFLOP/s; the figures and their commands live in docs/PERFORMANCE.md.
+//   build-gpu/benchmarks/bench_cuda_kernels [--benchmark_filter=grouped]
+#include <benchmark/benchmark.h>
+
+#include <cstdint>
+
+#include "kernels/attention.h"
+#include "kernels/gemm.h"
+#include "kernels/matmul_precision.h"
+#include "runtime/cuda/device.h"
+
+namespace engram {
+namespace {
+
+constexpr int64_t kTokens = 16384, kModel = 768, kExperts = 64, kExpertWidth = 256, kTopK = 6;
+
+// Whether a device is there (else the benchmark reports why it skips); every product here is bf16.
+bool device_ready(benchmark::State& state) {
+  if (cuda_device_count() == 0) {
+    state.SkipWithError("no CUDA device");
+    return false;
+  }
+  kernels::set_matmul_precision(kernels::MatmulPrecision::BF16);
+  return true;
+}
+
+// Values in [-1, 1) on the device from a 64-bit LCG (fast for 10⁸ values; any spread will do for
+// timing): bf16 as the products take them, or f32.
+Tensor random_on_device(const Shape& shape, uint64_t seed, DType dtype = DType::F32) {
+  Tensor t = Tensor::empty(shape);
+  float* p = t.data<float>();
+  for (int64_t i = 0; i < t.numel(); ++i) {
+    seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+    p[i] = static_cast<float>(seed >> 40) * 0x1p-23f - 1.0f;
+  }
+  const Tensor on_device = t.copy_to(Device::CUDA);
+  return dtype == DType::BF16 ? kernels::matmul_operand(on_device) : on_device;
+}
+
+// Every expert receives the same number of rows (the balanced case the bias balancing aims at).
+std::vector<int64_t> balanced_offsets(int64_t rows) {
+  std::vector<int64_t> offsets;
+  for (int64_t g = 0; g <= kExperts; ++g) offsets.push_back(rows * g / kExperts);
+  return offsets;
+}
+
+// Times `body` (queued on the device) per iteration, waiting for the device at both ends.
+template <class Body>
+void time_on_device(benchmark::State& state, double flops, Body&& body) {
+  body();  // plans, workspaces and the allocator's cache are ready before timing
+  cuda_synchronize();
+  for (auto _ : state) body();
+  cuda_synchronize();
+  state.counters["TFLOP/s"] =
+      benchmark::Counter(flops * 1e-12, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
+}
+
+// One layer's expert product of each kind: arg 0 takes d_model to the expert width (w1, w3), arg 1
+// the expert width back to d_model (w2).
+void BM_grouped_forward(benchmark::State& state) {
+  if (!device_ready(state)) return;
+  const int64_t rows = kTokens * kTopK, in = state.range(0) ? kExpertWidth : kModel;
+  const int64_t out = state.range(0) ? kModel : kExpertWidth;
+  const Tensor a = random_on_device({rows, in}, 1, DType::BF16), w = random_on_device({kExperts, out, in}, 2, DType::BF16);
+  Tensor c = Tensor::empty({rows, out}, DType::F32, Device::CUDA);
+  const auto offsets = balanced_offsets(rows);
+  time_on_device(state, 2.0 * rows * in * out, [&] { kernels::grouped_gemm(a, w, true, c, offsets); });
+}
+BENCHMARK(BM_grouped_forward)->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+void BM_grouped_row_gradient(benchmark::State& state) {
+  if (!device_ready(state)) return;
+  const int64_t rows = kTokens * kTopK, in = state.range(0) ? kExpertWidth : kModel;
+  const int64_t out = state.range(0) ? kModel : kExpertWidth;
+  const Tensor dc = random_on_device({rows, out}, 3, DType::BF16), w = random_on_device({kExperts, out, in}, 4, DType::BF16);
+  Tensor da = Tensor::empty({rows, in}, DType::F32, Device::CUDA);
+  const auto offsets = balanced_offsets(rows);
+  time_on_device(state, 2.0 * rows * in * out, [&] { kernels::grouped_gemm(dc, w, false, da, offsets); });
+}
+BENCHMARK(BM_grouped_row_gradient)->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+void BM_grouped_weight_gradient(benchmark::State& state) {
+  if (!device_ready(state)) return;
+  const int64_t rows = kTokens * kTopK, in = state.range(0) ? kExpertWidth : kModel;
+  const int64_t out = state.range(0) ? kModel : kExpertWidth;
+  const Tensor dc = random_on_device({rows, out}, 5, DType::BF16), a = random_on_device({rows, in}, 6, DType::BF16);
+  Tensor dw = Tensor::zeros({kExperts, out, in}, DType::F32, Device::CUDA);
+  const auto offsets = balanced_offsets(rows);
+  time_on_device(state, 2.0 * rows * in * out, [&] { kernels::grouped_gemm_wgrad(dc, a, dw, offsets); });
+}
+BENCHMARK(BM_grouped_weight_gradient)->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+// One layer's causal attention, batch 8 × 2048 tokens, 12 heads of 64: 4·B·H·T²·d_h / 2 FLOPs
+// forward, 2.5 times that backward (five products, one of them the recomputed scores).
+constexpr int64_t kBatch = 8, kSeq = 2048, kHeads = 12, kHeadDim = 64;
+constexpr double kAttentionForwardFlops = 2.0 * kBatch * kHeads * kSeq * kSeq * kHeadDim;
+
+struct AttentionTensors {
+  Tensor q = random_on_device({kBatch, kSeq, kHeads, kHeadDim}, 7), k = random_on_device(q.shape(), 8);
+  Tensor v = random_on_device(q.shape(), 9), dout = random_on_device(q.shape(), 10);
+  Tensor out = Tensor::empty(q.shape(), DType::F32, Device::CUDA);
+  Tensor lse = Tensor::empty({kBatch, kHeads, kSeq}, DType::F32, Device::CUDA);
+  Tensor dq = Tensor::empty(q.shape(), DType::F32, Device::CUDA), dk = dq.clone(), dv = dq.clone();
+};
+
+void BM_attention_forward(benchmark::State& state) {
+  if (!device_ready(state)) return;
+  AttentionTensors t;
+  time_on_device(state, kAttentionForwardFlops, [&] { kernels::attention_forward(t.q, t.k, t.v, t.out, t.lse); });
+}
+BENCHMARK(BM_attention_forward)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+void BM_attention_backward(benchmark::State& state) {
+  if (!device_ready(state)) return;
+  AttentionTensors t;
+  kernels::attention_forward(t.q, t.k, t.v, t.out, t.lse);
+  time_on_device(state, 2.5 * kAttentionForwardFlops,
+                 [&] { kernels::attention_backward(t.dout, t.q, t.k, t.v, t.out, t.lse, t.dq, t.dk, t.dv); });
+}
+BENCHMARK(BM_attention_backward)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+}  // namespace
+}  // namespace engram
