@@ -1,9 +1,10 @@
 #pragma once
 // Matrix products. Tensors are read as matrices [prod(shape[:-1]), shape[-1]] (row-major).
 // CPU: OpenBLAS sgemm. Outputs follow C = alpha·op(A)·op(B) + beta·C (beta = 1 accumulates).
-// A tensor that several products take (an activation used forward and for its weight gradient)
-// goes through matmul_operand once: under MatmulPrecision::BF16 on CUDA that rounds it to bf16 once
-// instead of once per product, and the bf16 copy is what the module keeps for backward.
+// A tensor that several products take (an activation used forward and for its weight gradient, a
+// weight used forward and for the input gradient) goes through matmul_operand once: under
+// MatmulPrecision::BF16 on CUDA that rounds it to bf16 once instead of once per product, and the
+// bf16 copy is what the module keeps for backward.
 #include <vector>
 
 #include "kernels/dispatch.h"

@@ -42,12 +42,16 @@ Tensor Attention::forward(const Tensor& x) {
   const Shape heads_shape{batch, seq, n_heads_, head_dim_};
   const kernels::RopeTables& rope = rope_tables(seq, x.device());
   x_ = kernels::matmul_operand(x);
+  wq_operand_ = kernels::matmul_operand(wq_.value);
+  wk_operand_ = kernels::matmul_operand(wk_.value);
+  wv_operand_ = kernels::matmul_operand(wv_.value);
+  wo_operand_ = kernels::matmul_operand(wo_.value);
   q_ = Tensor::empty(x.shape(), DType::F32, x.device());
   k_ = Tensor::empty(x.shape(), DType::F32, x.device());
   v_ = Tensor::empty(x.shape(), DType::F32, x.device());
-  kernels::gemm(x_, false, wq_.value, true, q_);
-  kernels::gemm(x_, false, wk_.value, true, k_);
-  kernels::gemm(x_, false, wv_.value, true, v_);
+  kernels::gemm(x_, false, wq_operand_, true, q_);
+  kernels::gemm(x_, false, wk_operand_, true, k_);
+  kernels::gemm(x_, false, wv_operand_, true, v_);
   q_ = q_.view(heads_shape);
   k_ = k_.view(heads_shape);
   v_ = v_.view(heads_shape);
@@ -59,7 +63,7 @@ Tensor Attention::forward(const Tensor& x) {
   kernels::attention_forward(q_, k_, v_, o_, lse_);
 
   Tensor y = Tensor::empty(x.shape(), DType::F32, x.device());
-  kernels::gemm(o_.view(x.shape()), false, wo_.value, true, y);
+  kernels::gemm(o_.view(x.shape()), false, wo_operand_, true, y);
   return y;
 }
 
@@ -70,7 +74,7 @@ Tensor Attention::backward(const Tensor& dy_in) {
   kernels::gemm(dy, true, o, false, wo_.grad, 1.0f, 1.0f);
   Tensor d_o = Tensor::empty(q_.shape(), DType::F32, dy.device());
   Tensor d_o_rows = d_o.view(model_shape);
-  kernels::gemm(dy, false, wo_.value, false, d_o_rows);
+  kernels::gemm(dy, false, wo_operand_, false, d_o_rows);
 
   Tensor dq = Tensor::empty(q_.shape(), DType::F32, dy.device());
   Tensor dk = Tensor::empty(k_.shape(), DType::F32, dy.device());
@@ -88,9 +92,9 @@ Tensor Attention::backward(const Tensor& dy_in) {
   kernels::gemm(dk_rows, true, x_, false, wk_.grad, 1.0f, 1.0f);
   kernels::gemm(dv_rows, true, x_, false, wv_.grad, 1.0f, 1.0f);
   Tensor dx = Tensor::empty(model_shape, DType::F32, dy.device());
-  kernels::gemm(dq_rows, false, wq_.value, false, dx);
-  kernels::gemm(dk_rows, false, wk_.value, false, dx, 1.0f, 1.0f);
-  kernels::gemm(dv_rows, false, wv_.value, false, dx, 1.0f, 1.0f);
+  kernels::gemm(dq_rows, false, wq_operand_, false, dx);
+  kernels::gemm(dk_rows, false, wk_operand_, false, dx, 1.0f, 1.0f);
+  kernels::gemm(dv_rows, false, wv_operand_, false, dx, 1.0f, 1.0f);
   return dx;
 }
 

@@ -30,7 +30,9 @@ class Attention {
   Parameter& wv_;
   Parameter& wo_;
   kernels::RopeTables rope_;
-  Tensor x_;  // [B, T, D] as the products take it (kernels::matmul_operand)
+  // As the products take them (kernels::matmul_operand, rounded once per forward): the input
+  // [B, T, D] and the four weights, for backward.
+  Tensor x_, wq_operand_, wk_operand_, wv_operand_, wo_operand_;
   Tensor q_, k_, v_, o_, lse_;  // q_, k_ after RoPE; all [B, T, H, d_h] except lse_ [B, H, T]
 };
 

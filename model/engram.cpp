@@ -62,6 +62,7 @@ struct EngramModule::Saved {
   Shape h_shape;    // [B, T, D]
   Tensor rows;      // i64 [B, T, H_tot]: global table rows of every head
   Tensor e;         // [N, d_mem] gathered memory (N = B·T), as products take it (kernels::matmul_operand)
+  Tensor wk, wv;    // [D, d_mem] projection weights as products take them (rounded once per forward)
   TableRouting routing;  // exchange plan of the sharded lookup
   Tensor qn, kn, v; // [N, D]
   Tensor score, alpha;  // [N]
@@ -154,11 +155,13 @@ Tensor EngramModule::forward(const Tensor& h, const Tensor& ids_c) {
     s->e = lookup->e;
   }
 
+  s->wk = kernels::matmul_operand(wk_.value);
+  s->wv = kernels::matmul_operand(wv_.value);
   Tensor k = Tensor::empty({n, d}, DType::F32, dev);
   s->v = Tensor::empty({n, d}, DType::F32, dev);
-  kernels::gemm(s->e, false, wk_.value, true, k);
+  kernels::gemm(s->e, false, s->wk, true, k);
   kernels::add_bias_rows(k, bk_.value);
-  kernels::gemm(s->e, false, wv_.value, true, s->v);
+  kernels::gemm(s->e, false, s->wv, true, s->v);
   kernels::add_bias_rows(s->v, bv_.value);
 
   // Gate.
@@ -220,8 +223,8 @@ Tensor EngramModule::backward(const Tensor& dy) {
   kernels::gemm(dk, true, s.e, false, wk_.grad, 1.0f, 1.0f);
   kernels::gemm(dv, true, s.e, false, wv_.grad, 1.0f, 1.0f);
   Tensor de = Tensor::empty(s.e.shape(), DType::F32, dev);
-  kernels::gemm(dk, false, wk_.value, false, de);
-  kernels::gemm(dv, false, wv_.value, false, de, 1.0f, 1.0f);
+  kernels::gemm(dk, false, s.wk, false, de);
+  kernels::gemm(dv, false, s.wv, false, de, 1.0f, 1.0f);
 
   // Table: one summed gradient per distinct row touched, in local rows of the rows this rank holds
   // (sharded: the owners receive every rank's sums).

@@ -14,15 +14,18 @@ SwiGluMlp::SwiGluMlp(ParameterRegistry& params, const std::string& prefix, int64
 Tensor SwiGluMlp::forward(const Tensor& x) {
   const int64_t n = x.rows(), d_ff = w1_.value.dim(0);
   x_ = kernels::matmul_operand(x);
+  w1_operand_ = kernels::matmul_operand(w1_.value);
+  w3_operand_ = kernels::matmul_operand(w3_.value);
+  w2_operand_ = kernels::matmul_operand(w2_.value);
   gate_ = Tensor::empty({n, d_ff}, DType::F32, x.device());
   up_ = Tensor::empty({n, d_ff}, DType::F32, x.device());
   Tensor act = Tensor::empty({n, d_ff}, DType::F32, x.device());
-  kernels::gemm(x_, false, w1_.value, true, gate_);
-  kernels::gemm(x_, false, w3_.value, true, up_);
+  kernels::gemm(x_, false, w1_operand_, true, gate_);
+  kernels::gemm(x_, false, w3_operand_, true, up_);
   kernels::swiglu_forward(gate_, up_, act);
   act_ = kernels::matmul_operand(act);
   Tensor y = Tensor::empty(x.shape(), DType::F32, x.device());
-  kernels::gemm(act_, false, w2_.value, true, y);
+  kernels::gemm(act_, false, w2_operand_, true, y);
   return y;
 }
 
@@ -30,7 +33,7 @@ Tensor SwiGluMlp::backward(const Tensor& dy_in) {
   const Shape& hidden = gate_.shape();
   const Tensor dy = kernels::matmul_operand(dy_in);
   Tensor dact = Tensor::empty(hidden, DType::F32, dy.device());
-  kernels::gemm(dy, false, w2_.value, false, dact);
+  kernels::gemm(dy, false, w2_operand_, false, dact);
   kernels::gemm(dy, true, act_, false, w2_.grad, 1.0f, 1.0f);
 
   Tensor dgate_f32 = Tensor::empty(hidden, DType::F32, dy.device());
@@ -41,8 +44,8 @@ Tensor SwiGluMlp::backward(const Tensor& dy_in) {
   kernels::gemm(dup, true, x_, false, w3_.grad, 1.0f, 1.0f);
 
   Tensor dx = Tensor::empty(x_.shape(), DType::F32, dy.device());
-  kernels::gemm(dgate, false, w1_.value, false, dx);
-  kernels::gemm(dup, false, w3_.value, false, dx, 1.0f, 1.0f);
+  kernels::gemm(dgate, false, w1_operand_, false, dx);
+  kernels::gemm(dup, false, w3_operand_, false, dx, 1.0f, 1.0f);
   return dx;
 }
 

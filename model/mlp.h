@@ -14,14 +14,16 @@ class SwiGluMlp {
   SwiGluMlp(ParameterRegistry& params, const std::string& prefix, int64_t d_model, int64_t d_ff, double in_std,
             double out_std);
 
-  Tensor forward(const Tensor& x);    // x [N, D] -> [N, D]; saves activations
+  Tensor forward(const Tensor& x);    // x [N, D] -> [N, D]; saves what backward needs
   Tensor backward(const Tensor& dy);  // -> dx [N, D]; accumulates weight gradients
 
  private:
   Parameter& w1_;
   Parameter& w3_;
   Parameter& w2_;
-  Tensor x_, act_;  // as the products take them (kernels::matmul_operand): bf16 under BF16 on CUDA
+  // As the products take them (kernels::matmul_operand: bf16 under BF16 on CUDA, rounded once per
+  // forward): the input, the hidden activation and the weights, for backward.
+  Tensor x_, act_, w1_operand_, w3_operand_, w2_operand_;
   Tensor gate_, up_;
 };
 

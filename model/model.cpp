@@ -60,7 +60,9 @@ void check_batch(const Batch& batch) {
 }  // namespace
 
 struct Model::Activations {
+  // normed and output as the products take them (kernels::matmul_operand, rounded once per forward)
   Tensor normed;   // final RMSNorm output [B, T, D]
+  Tensor output;   // output weight [V, D]
   Tensor logits;   // [B·T, V]
   Tensor targets;  // i32 [B·T]
 };
@@ -138,9 +140,10 @@ Model::Activations Model::forward_to_logits(const Batch& batch, const LossWeight
   const TraceRange range("head forward");
   Activations a;
   a.normed = kernels::matmul_operand(final_norm_.forward(h));  // taken by the logits and their weight gradient
+  a.output = kernels::matmul_operand(output_.value);            // taken by the logits and their input gradient
   // All B·T rows of logits at once; chunking over tokens is a later memory optimization.
   a.logits = Tensor::empty({inputs.numel(), cfg_.vocab_size()}, DType::F32, inputs.device());
-  kernels::gemm(a.normed, false, output_.value, true, a.logits);
+  kernels::gemm(a.normed, false, a.output, true, a.logits);
   a.targets = batch.targets.view({inputs.numel()});
   return a;
 }
@@ -179,7 +182,7 @@ ForwardStats Model::forward_backward(const Batch& host_or_device_batch, const Lo
     const Tensor dlogits_operand = kernels::matmul_operand(dlogits);  // rounded once for both products
     kernels::gemm(dlogits_operand, true, a.normed, false, output_.grad, 1.0f, 1.0f);
     Tensor dnormed = Tensor::empty(a.normed.shape(), DType::F32, dlogits.device());
-    kernels::gemm(dlogits_operand, false, output_.value, false, dnormed);
+    kernels::gemm(dlogits_operand, false, a.output, false, dnormed);
     dh = final_norm_.backward(dnormed);
   }
   final_from(head_first_param_);  // the final norm and an untied head (a tied one is parameter 0)

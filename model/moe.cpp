@@ -41,19 +41,22 @@ Parameter& add_experts(ParameterRegistry& params, const std::string& name, const
 
 }  // namespace
 
-struct MoELayer::ExpertActivations {
-  // As the products take them (kernels::matmul_operand: bf16 under BF16 on CUDA).
+struct MoELayer::ExpertSaved {
+  // As the products take them (kernels::matmul_operand: bf16 under BF16 on CUDA, rounded once per
+  // forward).
   Tensor rows;            // [A, D]: input row of each assignment, grouped by (held) expert
   Tensor act;             // [A, F_e]
+  Tensor w1, w3, w2;      // the held experts' weights
   Tensor gate, up;        // [A, F_e], f32
 };
 
 struct MoELayer::Saved {
   Tensor x;                    // [N, D] as products take it (kernels::matmul_operand: router, shared experts)
+  Tensor router;               // [E, D] router weight as products take it
   Tensor logits, scores;       // [N, E]
   Tensor topk_idx, topk_w;     // [N, K]
   kernels::ExpertSort sort;    // single process only (the dispatcher keeps its own plan)
-  ExpertActivations experts;
+  ExpertSaved experts;
   Tensor expert_out;           // [N·K, D], single process only
   Tensor aux_dscores;          // [N, E] weighted aux-loss gradient (undefined when α = 0)
   Tensor z_dlogits;            // [N, E] weighted z-loss gradient (undefined when β = 0)
@@ -86,38 +89,41 @@ MoELayer::MoELayer(const ModelConfig& cfg, int layer, ParameterRegistry& params,
 MoELayer::~MoELayer() = default;
 
 Tensor MoELayer::experts_forward(const Tensor& rows, const std::vector<int64_t>& offsets,
-                                 ExpertActivations& a) {
+                                 ExpertSaved& saved) {
   const int64_t n_rows = rows.rows(), d = cfg_.d_model(), d_ff = cfg_.moe().expert_d_ff();
   const Device dev = rows.device();
-  a.rows = kernels::matmul_operand(rows);
-  a.gate = Tensor::empty({n_rows, d_ff}, DType::F32, dev);
-  a.up = Tensor::empty({n_rows, d_ff}, DType::F32, dev);
+  saved.rows = kernels::matmul_operand(rows);
+  saved.w1 = kernels::matmul_operand(w1_.value);
+  saved.w3 = kernels::matmul_operand(w3_.value);
+  saved.w2 = kernels::matmul_operand(w2_.value);
+  saved.gate = Tensor::empty({n_rows, d_ff}, DType::F32, dev);
+  saved.up = Tensor::empty({n_rows, d_ff}, DType::F32, dev);
   Tensor act = Tensor::empty({n_rows, d_ff}, DType::F32, dev);
   Tensor out = Tensor::empty({n_rows, d}, DType::F32, dev);
-  kernels::grouped_gemm(a.rows, w1_.value, true, a.gate, offsets);
-  kernels::grouped_gemm(a.rows, w3_.value, true, a.up, offsets);
-  kernels::swiglu_forward(a.gate, a.up, act);
-  a.act = kernels::matmul_operand(act);
-  kernels::grouped_gemm(a.act, w2_.value, true, out, offsets);
+  kernels::grouped_gemm(saved.rows, saved.w1, true, saved.gate, offsets);
+  kernels::grouped_gemm(saved.rows, saved.w3, true, saved.up, offsets);
+  kernels::swiglu_forward(saved.gate, saved.up, act);
+  saved.act = kernels::matmul_operand(act);
+  kernels::grouped_gemm(saved.act, saved.w2, true, out, offsets);
   return out;
 }
 
 Tensor MoELayer::experts_backward(const Tensor& d_out_in, const std::vector<int64_t>& offsets,
-                                  const ExpertActivations& a) {
+                                  const ExpertSaved& saved) {
   const Device dev = d_out_in.device();
   const Tensor d_out = kernels::matmul_operand(d_out_in);
-  Tensor dact = Tensor::empty(a.gate.shape(), DType::F32, dev);
-  kernels::grouped_gemm(d_out, w2_.value, false, dact, offsets);
-  kernels::grouped_gemm_wgrad(d_out, a.act, w2_.grad, offsets);
-  Tensor dgate_f32 = Tensor::empty(a.gate.shape(), DType::F32, dev);
-  Tensor dup_f32 = Tensor::empty(a.up.shape(), DType::F32, dev);
-  kernels::swiglu_backward(dact, a.gate, a.up, dgate_f32, dup_f32);
+  Tensor dact = Tensor::empty(saved.gate.shape(), DType::F32, dev);
+  kernels::grouped_gemm(d_out, saved.w2, false, dact, offsets);
+  kernels::grouped_gemm_wgrad(d_out, saved.act, w2_.grad, offsets);
+  Tensor dgate_f32 = Tensor::empty(saved.gate.shape(), DType::F32, dev);
+  Tensor dup_f32 = Tensor::empty(saved.up.shape(), DType::F32, dev);
+  kernels::swiglu_backward(dact, saved.gate, saved.up, dgate_f32, dup_f32);
   const Tensor dgate = kernels::matmul_operand(dgate_f32), dup = kernels::matmul_operand(dup_f32);
-  kernels::grouped_gemm_wgrad(dgate, a.rows, w1_.grad, offsets);
-  kernels::grouped_gemm_wgrad(dup, a.rows, w3_.grad, offsets);
-  Tensor d_rows = Tensor::empty(a.rows.shape(), DType::F32, dev);
-  kernels::grouped_gemm(dgate, w1_.value, false, d_rows, offsets);
-  kernels::grouped_gemm(dup, w3_.value, false, d_rows, offsets, /*beta=*/1.0f);
+  kernels::grouped_gemm_wgrad(dgate, saved.rows, w1_.grad, offsets);
+  kernels::grouped_gemm_wgrad(dup, saved.rows, w3_.grad, offsets);
+  Tensor d_rows = Tensor::empty(saved.rows.shape(), DType::F32, dev);
+  kernels::grouped_gemm(dgate, saved.w1, false, d_rows, offsets);
+  kernels::grouped_gemm(dup, saved.w3, false, d_rows, offsets, /*beta=*/1.0f);
   return d_rows;
 }
 
@@ -129,13 +135,14 @@ Tensor MoELayer::forward(const Tensor& x_in, const LossWeights& weights) {
   auto s = std::make_shared<Saved>();
   const Tensor x = x_in.view({n, d});
   s->x = kernels::matmul_operand(x);
+  s->router = kernels::matmul_operand(router_.value);
 
   // Routing.
   s->logits = Tensor::empty({n, n_experts}, DType::F32, dev);
   s->scores = Tensor::empty({n, n_experts}, DType::F32, dev);
   s->topk_idx = Tensor::empty({n, k}, DType::I32, dev);
   s->topk_w = Tensor::empty({n, k}, DType::F32, dev);
-  kernels::gemm(s->x, false, router_.value, true, s->logits);
+  kernels::gemm(s->x, false, s->router, true, s->logits);
   kernels::router_scores(s->logits, score_func(moe), s->scores);
   kernels::topk_select(s->scores, bias_.value, static_cast<int>(k), moe.normalize_topk(), moe.routed_scale(),
                        s->topk_idx, s->topk_w);
@@ -222,7 +229,7 @@ Tensor MoELayer::backward(const Tensor& dy_in) {
   kernels::router_scores_backward(dscores, s.scores, score_func(moe), dlogits);
   if (s.z_dlogits.defined()) kernels::add_(dlogits, s.z_dlogits);
   kernels::gemm(dlogits, true, s.x, false, router_.grad, 1.0f, 1.0f);
-  kernels::gemm(dlogits, false, router_.value, false, dx_flat, 1.0f, 1.0f);
+  kernels::gemm(dlogits, false, s.router, false, dx_flat, 1.0f, 1.0f);
   return dx;
 }
 

@@ -47,13 +47,14 @@ class MoELayer {
   const ExpertDispatcher* dispatcher() const { return dispatcher_.get(); }
 
  private:
-  struct Saved;  // activations of the last forward
-  struct ExpertActivations;
-  // The held experts on rows grouped by local expert (offsets: held experts + 1); saves activations.
-  Tensor experts_forward(const Tensor& rows, const std::vector<int64_t>& offsets, ExpertActivations& a);
+  struct Saved;  // what backward needs from the last forward
+  struct ExpertSaved;
+  // The held experts on rows grouped by local expert (offsets: held experts + 1); saves what
+  // experts_backward needs.
+  Tensor experts_forward(const Tensor& rows, const std::vector<int64_t>& offsets, ExpertSaved& saved);
   // d_outputs -> d_rows; accumulates the held experts' gradients.
   Tensor experts_backward(const Tensor& d_out, const std::vector<int64_t>& offsets,
-                          const ExpertActivations& a);
+                          const ExpertSaved& saved);
 
   const ModelConfig& cfg_;
   Parameter& router_;

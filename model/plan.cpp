@@ -34,6 +34,23 @@ int64_t engram_projection_params(const ModelConfig& m) {
   return 2 * d * engram_memory_dim(m) + 2 * d + 3 * d + int64_t{m.engram().conv_kernel()} * d;
 }
 
+// Values of the weights the products take, with `routed_experts` routed experts per MoE layer:
+// attention, dense MLPs, routers, experts, shared experts, Engram W_K and W_V, and the LM head (tied
+// or not, its product takes a [V, D] weight).
+int64_t matmul_weights(const ModelConfig& m, int64_t routed_experts) {
+  const int64_t d = m.d_model();
+  int64_t weights = int64_t{m.n_layers()} * 4 * d * d                           // wq, wk, wv, wo
+                    + int64_t{m.n_dense_layers()} * swiglu_params(d, m.d_ff())  // dense MLPs
+                    + int64_t{m.vocab_size()} * d;                              // LM head
+  if (has_moe(m)) {
+    const auto& e = m.moe();
+    weights += n_moe_layers(m) * (int64_t{e.n_routed_experts()} * d  // router
+                                  + swiglu_params(d, (routed_experts + e.n_shared_experts()) * e.expert_d_ff()));
+  }
+  if (has_engram(m)) weights += n_engram_layers(m) * 2 * d * engram_memory_dim(m);  // W_K, W_V
+  return weights;
+}
+
 // Saved activations per token (float32 values) of each part, read off what the modules keep for
 // backward (model/*.cpp). Index tensors count by their width in floats.
 struct ActivationsPerToken {
@@ -123,8 +140,11 @@ MemoryEstimate estimate_memory(const ExperimentConfig& cfg, const PlanLayout& la
   mem.activations = activation_bytes(m, mem.micro_batch * t.seq_len());
   if (cfg.runtime().device() == config::CUDA) {
     mem.device_extra = static_cast<int64_t>(kCublasWorkspaceBytes);
+    // bf16 matmuls: the copies of every weight the products take, rounded once per forward and kept
+    // for backward (this rank's experts), and the LM head's logits gradient [micro-batch tokens, V].
     if (cfg.runtime().matmul_precision() == config::BF16)
-      mem.device_extra += kBf16 * (mem.micro_batch * t.seq_len() + m.d_model()) * m.vocab_size();
+      mem.device_extra += kBf16 * (matmul_weights(m, has_moe(m) ? m.moe().n_routed_experts() / ep : 0) +
+                                   mem.micro_batch * t.seq_len() * m.vocab_size());
     // Several GPUs: the scratch of the gradient buckets' sums in flight on NCCL (at most the
     // in-flight bound plus the bucket that crosses it, and never more than the gradients).
     if (world > 1)
@@ -136,23 +156,12 @@ MemoryEstimate estimate_memory(const ExperimentConfig& cfg, const PlanLayout& la
 
 FlopEstimate estimate_flops(const ExperimentConfig& cfg) {
   const ModelConfig& m = cfg.model();
-  const int64_t d = m.d_model();
   FlopEstimate f;
   f.seq_len = cfg.train().seq_len();
   f.tokens_per_step = int64_t{cfg.train().global_batch_size()} * f.seq_len;
-  int64_t matmul = int64_t{m.n_layers()} * 4 * d * d                           // wq, wk, wv, wo
-                   + int64_t{m.n_dense_layers()} * swiglu_params(d, m.d_ff())  // dense MLPs
-                   + int64_t{m.vocab_size()} * d;                              // LM head (tied or not)
-  if (has_moe(m)) {
-    const auto& e = m.moe();
-    matmul +=
-        n_moe_layers(m) * (int64_t{e.n_routed_experts()} * d  // router
-                           + swiglu_params(d, int64_t{e.top_k() + e.n_shared_experts()} * e.expert_d_ff()));
-  }
-  matmul += n_engram_layers(m) * 2 * d * (has_engram(m) ? engram_memory_dim(m) : 0);  // W_K, W_V
-  f.matmul_params_per_token = matmul;
-  f.attention_per_token = 6 * int64_t{m.n_layers()} * f.seq_len * d;
-  f.per_token = 6 * matmul + f.attention_per_token;
+  f.matmul_params_per_token = matmul_weights(m, has_moe(m) ? m.moe().top_k() : 0);  // the active experts
+  f.attention_per_token = 6 * int64_t{m.n_layers()} * f.seq_len * m.d_model();
+  f.per_token = 6 * f.matmul_params_per_token + f.attention_per_token;
   f.per_step = static_cast<double>(f.per_token) * static_cast<double>(f.tokens_per_step);
   return f;
 }

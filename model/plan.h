@@ -66,8 +66,9 @@ struct MemoryEstimate {
   int64_t table_row_grads = 0;   // bound on the Engram row-gradient buffers of one step
   int64_t activations = 0;       // saved activations of one micro-batch + the largest layer's backward
   // runtime.device CUDA only (0 on the CPU): the cuBLASLt workspace; with bf16 matmuls, the bf16
-  // operand copies of the largest product (the LM head's: logits gradient and output weight), alive
-  // during that product only; on several GPUs, the scratch of the gradient sums in flight (NCCL).
+  // copies of every weight the products take (this rank's experts; kept from forward to backward)
+  // and of the LM head's logits gradient; on several GPUs, the scratch of the gradient sums in
+  // flight (NCCL).
   // The same float32 tensors as on the CPU make up the rest.
   int64_t device_extra = 0;
   int64_t total() const {

@@ -160,17 +160,32 @@ class PlanCache {
   std::map<PlanKey, std::unique_ptr<const Plan>> plans_;
 };
 
-__global__ void round_to_bf16_kernel(const float* x, __nv_bfloat16* y, int64_t n) {
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x)
-    y[i] = __float2bfloat16_rn(x[i]);
+// Four values of a group: one 8-byte store.
+struct alignas(8) Bf16x4 {
+  __nv_bfloat162 lo, hi;
+};
+
+// y = x rounded to nearest even, a bandwidth-bound pass: the first `groups` groups of four values as
+// one 16-byte load and one 8-byte store each, the values after them one at a time.
+__global__ void round_to_bf16_kernel(const float* x, __nv_bfloat16* y, int64_t groups, int64_t n) {
+  const int64_t first = blockIdx.x * int64_t{blockDim.x} + threadIdx.x, stride = int64_t{gridDim.x} * blockDim.x;
+  for (int64_t g = first; g < groups; g += stride) {
+    const float4 v = reinterpret_cast<const float4*>(x)[g];
+    reinterpret_cast<Bf16x4*>(y)[g] = {__floats2bfloat162_rn(v.x, v.y), __floats2bfloat162_rn(v.z, v.w)};
+  }
+  for (int64_t i = 4 * groups + first; i < n; i += stride) y[i] = __float2bfloat16_rn(x[i]);
 }
 
 // A bf16 copy of an f32 operand, rounded to nearest even.
 Tensor rounded_to_bf16(const Tensor& x) {
   Tensor y = Tensor::empty(x.shape(), DType::BF16, Device::CUDA);
-  if (x.numel() == 0) return y;
-  round_to_bf16_kernel<<<grid_for(x.numel()), kThreads, 0, compute_stream()>>>(
-      x.data<float>(), static_cast<__nv_bfloat16*>(y.raw()), x.numel());
+  const int64_t n = x.numel();
+  if (n == 0) return y;
+  const float* in = x.data<float>();
+  auto* out = static_cast<__nv_bfloat16*>(y.raw());
+  // Groups of four where both pointers allow them (a view of x may start at any element).
+  const int64_t groups = alignment(in) >= sizeof(float4) && alignment(out) >= sizeof(Bf16x4) ? n / 4 : 0;
+  round_to_bf16_kernel<<<grid_for(groups > 0 ? groups : n), kThreads, 0, compute_stream()>>>(in, out, groups, n);
   EG_CUDA_CHECK_LAUNCH("round_to_bf16_kernel");
   return y;
 }

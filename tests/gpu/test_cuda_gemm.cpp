@@ -8,6 +8,7 @@
 // uneven (and empty) groups.
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
@@ -125,6 +126,30 @@ TEST_F(CudaGemm, MatmulOperandRoundsOnceAndMixesWithF32UnderBf16) {
     const ScopedMatmulPrecision f32(kernels::MatmulPrecision::Float32);
     expect_error([&] { kernels::gemm(a_operand, false, b.gpu, true, mixed); },
                  {"gemm: a ", "one of each under BF16 matmul precision"});
+  }
+}
+
+// The rounding kernel takes four values at a time where both pointers allow it and one at a time
+// after them (n not a multiple of 4) or throughout (a view that starts off a 16-byte boundary):
+// every way gives each value's nearest-even rounding, the host's, bit for bit, exact ties included.
+TEST_F(CudaGemm, MatmulOperandRoundsEveryValueAtAnySizeAndAlignment) {
+  std::mt19937 gen(97);
+  const ScopedMatmulPrecision bf16(kernels::MatmulPrecision::BF16);
+  for (int64_t n : {1, 7, 4096, 4096 + 3}) {
+    Tensor x = random_uniform({n + 1}, gen, -4.0f, 4.0f);
+    for (int64_t i = 0; i <= n; i += 3) {  // every third value halfway between two bf16 values
+      uint32_t bits = 0;
+      std::memcpy(&bits, x.data<float>() + i, sizeof(bits));
+      bits = (bits & 0xffff0000u) | 0x8000u;
+      std::memcpy(x.data<float>() + i, &bits, sizeof(bits));
+    }
+    const Tensor x_gpu = x.copy_to(Device::CUDA);
+    for (int64_t first : {0, 1}) {  // n values from element 0 (16-byte aligned) or 1 (not)
+      const Tensor rounded = kernels::matmul_operand(x_gpu.slice(first, first + n));
+      ASSERT_EQ(rounded.dtype(), DType::BF16);
+      EXPECT_TRUE(bitwise_equal(rounded.copy_to(Device::CPU), round_to_bf16(x.slice(first, first + n)).bf16))
+          << n << " values from element " << first;
+    }
   }
 }
 

@@ -183,7 +183,7 @@ TEST(Plan, QuickstartConfig) {
 
 // V=10, D=4, L=2 (H=2), layer 0 dense (F=6), layer 1 MoE (E=3, top-2, F_e=5, one shared expert),
 // Engram at layer 1 (orders 2..2, one head of width 2, so d_mem = 2); T=8, global batch 3.
-TEST(Plan, FlopsOfAHandWorkedCase) {
+ExperimentConfig hand_worked_case() {
   ExperimentConfig cfg;
   ModelConfig& m = *cfg.mutable_model();
   m.set_vocab_size(10);
@@ -196,6 +196,12 @@ TEST(Plan, FlopsOfAHandWorkedCase) {
   cfg.mutable_train()->set_seq_len(8);
   cfg.mutable_train()->set_global_batch_size(3);
   cfg.mutable_optim()->set_warmup_steps(0);
+  return cfg;
+}
+
+TEST(Plan, FlopsOfAHandWorkedCase) {
+  ExperimentConfig cfg = hand_worked_case();
+  ModelConfig& m = *cfg.mutable_model();
 
   const Plan plan = make_plan(cfg);
   // Matmul weights a token meets:
@@ -266,14 +272,12 @@ TEST(Plan, ActivationsScaleWithTheMicroBatch) {
 }
 
 // On the GPU the same float32 tensors, plus the cuBLASLt workspace and, with bf16 matmuls, the bf16
-// copies of the LM head's backward operands: dlogits [micro-batch tokens, V] and the weight [V, D].
-TEST(Plan, GpuPeakAddsTheWorkspaceAndTheHeadsBf16Copies) {
-  ExperimentConfig cfg;
-  *cfg.mutable_model() = base_config();
-  cfg.mutable_train()->set_seq_len(7);
-  cfg.mutable_train()->set_global_batch_size(4);
-  cfg.mutable_train()->set_micro_batch_size(2);
-  cfg.mutable_optim()->set_warmup_steps(0);
+// copies kept from forward to backward: every weight the products take (the hand-worked case's 448
+// with all 3 experts instead of the 2 active ones: 508 values) and the head's dlogits
+// [micro-batch tokens, V] (one sequence of 8 here, V = 10).
+TEST(Plan, GpuPeakAddsTheWorkspaceAndTheBf16Copies) {
+  ExperimentConfig cfg = hand_worked_case();
+  cfg.mutable_train()->set_micro_batch_size(1);
   const MemoryEstimate cpu = make_plan(cfg).memory;
   EXPECT_EQ(cpu.device_extra, 0);
   cfg.mutable_runtime()->set_device(config::CUDA);
@@ -281,13 +285,13 @@ TEST(Plan, GpuPeakAddsTheWorkspaceAndTheHeadsBf16Copies) {
   EXPECT_EQ(make_plan(cfg).memory.device_extra, 32 << 20);
   cfg.mutable_runtime()->set_matmul_precision(config::BF16);
   const MemoryEstimate gpu = make_plan(cfg).memory;
-  const int64_t v = cfg.model().vocab_size(), d = cfg.model().d_model();
-  EXPECT_EQ(gpu.device_extra, (32 << 20) + 2 * (2 * 7 + d) * v);
+  EXPECT_EQ(gpu.device_extra, (32 << 20) + 2 * (508 + 8 * 10));
   EXPECT_EQ(gpu.total() - gpu.device_extra, cpu.total());
-  // Two GPUs: plus the NCCL sums' scratch, here all of the (small) gradients, under the bound.
-  const MemoryEstimate two = make_plan(cfg, {2, 1}).memory;
-  EXPECT_EQ(two.device_extra, gpu.device_extra + two.gradients);
-  EXPECT_LT(two.gradients, kNcclScratchInFlightBytes);
+  // Three GPUs, one expert each (two fewer expert copies of 60 values), plus the NCCL sums' scratch,
+  // here all of the (small) gradients, under the bound.
+  const MemoryEstimate three = make_plan(cfg, {3, 3}).memory;
+  EXPECT_EQ(three.device_extra, gpu.device_extra - 2 * 2 * 60 + three.gradients);
+  EXPECT_LT(three.gradients, kNcclScratchInFlightBytes);
 }
 
 TEST(Plan, RejectsImpossibleLayouts) {
