@@ -14,8 +14,21 @@
 //   so scores, P and dS never leave its registers: an accumulator fragment of S (16 × 16 columns) is
 //   the A fragment of the next product after rounding (the FlashAttention-2 register layout).
 // - Fragments come from shared memory with ldmatrix; rows are padded by 8 bf16 (16 bytes), so the 8
-//   rows of an 8×8 matrix fall in distinct banks. Blocks of 4 warps; shared memory per block for d_h
-//   64 / 128: forward 27 / 51 KB (q, k, v tiles), dK/dV 36.5 / 51.3 KB, dQ 36 / 68 KB.
+//   rows of an 8×8 matrix fall in distinct banks.
+// - Streamed tiles pass through registers, so that global latency hides behind the tensor cores:
+//   a thread reads its float32 share of the tile needed next before a product and writes it to
+//   shared memory (as bf16) after, one tile per half of the loop body, two barriers per step
+//   (cp.async would need float32 staging in shared memory). Forward: V during q·kᵀ and the softmax,
+//   the next K during P·V. dQ: K during dO·vᵀ, the next V during q·kᵀ and dS·K. dK/dV: dO during k·qᵀ,
+//   the next q (with its lse and delta) during the other three; q, read on both sides of the step's
+//   first barrier, has two buffers, the next one written while the current one is read.
+// - Exponentials in base 2, one fma and one MUFU op each: exp(scale·s − c) = 2^(s·(scale·log2 e) −
+//   c·log2 e), c the running row max or lse. lse stays a natural log in memory (the CPU and the float32
+//   kernels read it), converted on the way.
+// - The causal mask (and the one of keys or queries past T) only on the tiles a warp has across the
+//   diagonal or T; tiles below it skip the per-element selects.
+// - Blocks of 4 warps; shared memory per block for d_h 64 / 128: forward 27 / 51 KB (q, k, v tiles),
+//   dK/dV 46 / 60 KB, dQ 36 / 68 KB.
 // - mma.sync with bf16 and ldmatrix need sm_80 or newer (the project builds for 80 and 90).
 #include <cuda_bf16.h>
 
@@ -39,42 +52,51 @@ constexpr int kMmaKeys = 64;                           // keys per streamed tile
 template <int kDim>
 constexpr int kMmaQueries = kDim <= 64 ? 64 : 32;      // queries per streamed tile (dK/dV): fewer for
                                                        // wide heads, whose dK and dV fill the registers
+constexpr float kLog2e = 1.4426950408889634f;
 
-// Rows row0 … row0+kRows−1 of head (b, h) of each source [B, T, H, kDim] into its tile, rounded to
-// bf16; zeros past the sequence. Reads float4 when a source allows it (a view may start at any float).
-// Reads are issued in batches of up to 16 per thread before the batch's shared-memory writes: the
-// compiler cannot tell that sources and tiles never alias, so interleaved, each read would wait for
-// the write before it.
-template <int kCount, int kRows, int kDim>
-__device__ void load_rows_bf16(const Bf16Tile<kRows, kDim> (&tiles)[kCount], const float* const (&sources)[kCount],
-                               const Geometry& g, int b, int h, int row0) {
-  constexpr int kQuads = kDim / 4, kPerTile = kRows * kQuads / kMmaThreads;
-  constexpr int kItems = kCount * kPerTile, kBatch = kItems < 16 ? kItems : 16;
-  static_assert(kRows * kQuads % kMmaThreads == 0 && kItems % kBatch == 0);
+// ---- Tiles: float32 in global memory, through registers, to bf16 in shared memory -----------------
+
+// A thread's share of rows row0 … row0+kRows−1 of head (b, h) of a source [B, T, H, kDim], held as
+// float32 from the global read to the shared-memory write (rounding to bf16): a kernel reads the tile
+// it needs next, computes on the tiles it has, then writes it, so the read's latency hides behind the
+// products. Thread i holds column quad i % (kDim/4) of rows i / (kDim/4) + kRowStep·n: a warp reads
+// whole rows. Zeros past the sequence; float4 reads when the source allows it (a view may start at
+// any float).
+template <int kRows, int kDim>
+struct TileInRegisters {
+  static constexpr int kQuads = kDim / 4;                // float4 per row
+  static constexpr int kRowStep = kMmaThreads / kQuads;  // rows between a thread's quads
+  static constexpr int kPerThread = kRows / kRowStep;
+  static_assert(kMmaThreads % kQuads == 0 && kRows % kRowStep == 0);
+  float4 quads[kPerThread];
+
+  __device__ static int first_row() { return static_cast<int>(threadIdx.x) / kQuads; }
+  __device__ static int column() { return 4 * (static_cast<int>(threadIdx.x) % kQuads); }
+
+  __device__ void read(const float* x, const Geometry& g, int b, int h, int row0) {
+    const bool aligned = reinterpret_cast<uintptr_t>(x) % sizeof(float4) == 0;
+    const int t0 = row0 + first_row();
+    const float* src = x + g.at(b, t0, h) + column();  // dereferenced only within T
+    // Opaque to the compiler, which would otherwise keep a 64-bit pointer per quad and source alive
+    // across the kernels' loops (up to 32 registers) instead of stepping one.
+    int step = kRowStep * g.heads * kDim;
+    asm volatile("" : "+r"(step));
 #pragma unroll
-  for (int i0 = 0; i0 < kItems; i0 += kBatch) {
-    float4 v[kBatch];
-#pragma unroll
-    for (int i = 0; i < kBatch; ++i) {
-      // Item i0 + i: quad (i0 + i) % kPerTile of the thread's share of source (i0 + i) / kPerTile.
-      const float* x = sources[(i0 + i) / kPerTile];
-      const int e = static_cast<int>(threadIdx.x) + (i0 + i) % kPerTile * kMmaThreads, t = row0 + e / kQuads;
-      const float* src = x + g.at(b, t, h) + 4 * (e % kQuads);
-      v[i] = t >= g.seq ? make_float4(0.0f, 0.0f, 0.0f, 0.0f)
-             : reinterpret_cast<uintptr_t>(x) % sizeof(float4) == 0
-                 ? *reinterpret_cast<const float4*>(src)
-                 : make_float4(src[0], src[1], src[2], src[3]);
-    }
-#pragma unroll
-    for (int i = 0; i < kBatch; ++i) {
-      const int e = static_cast<int>(threadIdx.x) + (i0 + i) % kPerTile * kMmaThreads;
-      __nv_bfloat16* row = tiles[(i0 + i) / kPerTile].data + e / kQuads * Bf16Tile<kRows, kDim>::kStride;
-      auto* dst = reinterpret_cast<__nv_bfloat162*>(row + 4 * (e % kQuads));
-      dst[0] = __floats2bfloat162_rn(v[i].x, v[i].y);
-      dst[1] = __floats2bfloat162_rn(v[i].z, v[i].w);
-    }
+    for (int n = 0; n < kPerThread; ++n, src += step)
+      quads[n] = t0 + kRowStep * n >= g.seq ? make_float4(0.0f, 0.0f, 0.0f, 0.0f)
+                 : aligned                  ? *reinterpret_cast<const float4*>(src)
+                                            : make_float4(src[0], src[1], src[2], src[3]);
   }
-}
+
+  __device__ void write(Bf16Tile<kRows, kDim> tile) const {
+    constexpr int kStride = Bf16Tile<kRows, kDim>::kStride;
+    __nv_bfloat16* first = tile.data + first_row() * kStride + column();
+#pragma unroll
+    for (int n = 0; n < kPerThread; ++n)
+      *reinterpret_cast<uint2*>(first + n * kRowStep * kStride) =
+          make_uint2(bf16_pair(quads[n].x, quads[n].y), bf16_pair(quads[n].z, quads[n].w));
+  }
+};
 
 // ---- Warp products --------------------------------------------------------------------------------
 
@@ -131,6 +153,15 @@ __device__ float quad_reduce(float v, Op op) {
   return op(v, __shfl_xor_sync(0xffffffffu, v, 2));
 }
 
+// 2^x in one MUFU.EX2 (relative error ~2^-22, far below bf16's 2^-9; 2^−∞ = 0; results below 2^-126,
+// which nothing here can tell from 0, flush to 0). exp2f would add the subnormal handling, expf a
+// range reduction.
+__device__ inline float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
 // Writes scale·acc, the warp's rows row0 + (g, g+8) of head (b, h) of x [B, T, H, kDim], within T.
 template <int kDim>
 __device__ void store_warp_rows(const float (&acc)[kDim / 8][4], float scale, float* x, const Geometry& g, int b,
@@ -160,7 +191,63 @@ struct MmaForwardShared {
   __device__ explicit MmaForwardShared(__nv_bfloat16* base) : q{base}, k{q.end()}, v{k.end()} {}
 };
 
+// −∞ for the keys past each of the warp's rows t0 + (g, g+8) and past T, in its score tiles of keys
+// k0 …: the causal mask, for the tiles the diagonal (or T) crosses.
+template <int kKeys>
+__device__ void mask_future_keys(float (&score)[kKeys / 8][4], const Geometry& g, int k0, int t0) {
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int t = t0 + fragment_row() + 8 * half;
+#pragma unroll
+    for (int n = 0; n < kKeys / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int key = k0 + 8 * n + fragment_col() + e;
+        float& x = score[n][2 * half + e];
+        x = key <= t && key < g.seq ? x : -INFINITY;
+      }
+  }
+}
+
+// One key tile of the online softmax of the warp's rows g and g + 8 (accumulator halves 0 and 1):
+// raises the running max (of the unscaled scores) to the tile's, rescales the running sum and output
+// to it, and makes the scores unnormalized probabilities exp(scale·(s − max)), computed as
+// 2^(s·scale·log2 e − max·scale·log2 e) in one fma and one MUFU op.
+template <int kKeys, int kDim>
+__device__ void online_softmax_step(float (&score)[kKeys / 8][4], float (&row_max)[2], float (&row_sum)[2],
+                                    float (&acc)[kDim / 8][4], float scale_log2) {
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    float tile_max = -INFINITY;
+#pragma unroll
+    for (int n = 0; n < kKeys / 8; ++n) tile_max = fmaxf(tile_max, fmaxf(score[n][2 * half], score[n][2 * half + 1]));
+    // Finite: key 0, in the first tile, is visible to every row. The first rescale is 2^−∞ = 0, of a
+    // zero sum and output.
+    const float new_max = fmaxf(row_max[half], quad_reduce(tile_max, Max{}));
+    const float max_log2 = new_max * scale_log2;
+    const float rescale = fast_exp2(fmaf(row_max[half], scale_log2, -max_log2));
+    float tile_sum = 0.0f;
+#pragma unroll
+    for (int n = 0; n < kKeys / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        float& x = score[n][2 * half + e];
+        x = fast_exp2(fmaf(x, scale_log2, -max_log2));
+        tile_sum += x;
+      }
+    row_sum[half] = row_sum[half] * rescale + quad_reduce(tile_sum, Sum{});
+    row_max[half] = new_max;
+#pragma unroll
+    for (int n = 0; n < kDim / 8; ++n) {
+      acc[n][2 * half] *= rescale;
+      acc[n][2 * half + 1] *= rescale;
+    }
+  }
+}
+
 // Block (x, h, b): query tile gridDim.x − 1 − x (the longest rows first); warp w its rows 16w … 16w+15.
+// Per key tile: read the value tile while computing the scores, then the next key tile while
+// computing P·V (each written to shared memory after its product, between the two barriers).
 template <int kDim>
 __global__ void __launch_bounds__(kMmaThreads)
     attention_forward_mma_kernel(const float* q, const float* k, const float* v, Geometry g, float* out,
@@ -169,53 +256,37 @@ __global__ void __launch_bounds__(kMmaThreads)
   const MmaForwardShared<kDim> s(mma_shared);
   const int b = blockIdx.z, h = blockIdx.y, r0 = static_cast<int>(threadIdx.x) / kWarpSize * kWarpRows;
   const int q0 = static_cast<int>(gridDim.x - 1 - blockIdx.x) * kMmaOwned;
+  const float scale_log2 = g.scale * kLog2e;
 
-  load_rows_bf16<1>({s.q}, {q}, g, b, h, q0);
+  {
+    TileInRegisters<kMmaOwned, kDim> query_rows;
+    TileInRegisters<kMmaKeys, kDim> key_rows;
+    query_rows.read(q, g, b, h, q0);
+    key_rows.read(k, g, b, h, 0);
+    query_rows.write(s.q);
+    key_rows.write(s.k);
+  }
+  __syncthreads();
   // Rows g and g + 8 of the warp's 16: running max, sum and output (accumulator halves 0 and 1).
   float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f}, acc[kDim / 8][4] = {};
+  TileInRegisters<kMmaKeys, kDim> next;  // the value tile, then the next key tile
 
   const int last_key = min(g.seq - 1, q0 + kMmaOwned - 1);
   for (int k0 = 0; k0 <= last_key; k0 += kMmaKeys) {
-    __syncthreads();  // the previous key and value tiles are read
-    load_rows_bf16<2>({s.k, s.v}, {k, v}, g, b, h, k0);
-    __syncthreads();
+    const bool more = k0 + kMmaKeys <= last_key;
+    next.read(v, g, b, h, k0);
     float score[kMmaKeys / 8][4];
     multiply_by_transpose<kMmaKeys>(score, s.q, r0, s.k);
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      // Key j is visible to row t when j <= t (and j < T: rows past T are padding, never written).
-      const int t = q0 + r0 + fragment_row() + 8 * half;
-      float tile_max = -INFINITY;
-#pragma unroll
-      for (int n = 0; n < kMmaKeys / 8; ++n)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int key = k0 + 8 * n + fragment_col() + e;
-          float& x = score[n][2 * half + e];
-          x = key <= t && key < g.seq ? x * g.scale : -INFINITY;
-          tile_max = fmaxf(tile_max, x);
-        }
-      // Finite: key 0, in the first tile, is visible to every row.
-      const float new_max = fmaxf(row_max[half], quad_reduce(tile_max, Max{}));
-      const float rescale = expf(row_max[half] - new_max);
-      float tile_sum = 0.0f;
-#pragma unroll
-      for (int n = 0; n < kMmaKeys / 8; ++n)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          float& x = score[n][2 * half + e];
-          x = expf(x - new_max);  // now the unnormalized probability
-          tile_sum += x;
-        }
-      row_sum[half] = row_sum[half] * rescale + quad_reduce(tile_sum, Sum{});
-      row_max[half] = new_max;
-#pragma unroll
-      for (int n = 0; n < kDim / 8; ++n) {
-        acc[n][2 * half] *= rescale;
-        acc[n][2 * half + 1] *= rescale;
-      }
-    }
+    // Key j is visible to row t when j <= t and j < T: the mask is needed only where the tile's last
+    // key lies past the warp's first row or past T.
+    if (k0 + kMmaKeys - 1 > q0 + r0 || k0 + kMmaKeys > g.seq) mask_future_keys<kMmaKeys>(score, g, k0, q0 + r0);
+    online_softmax_step<kMmaKeys, kDim>(score, row_max, row_sum, acc, scale_log2);
+    next.write(s.v);  // the previous value tile was read before the last barrier
+    __syncthreads();  // the value tile is written, the key tile read
+    if (more) next.read(k, g, b, h, k0 + kMmaKeys);
     accumulate_mma_product<kMmaKeys>(acc, score, s.v);
+    if (more) next.write(s.k);
+    __syncthreads();  // the next key tile is written, the value tile read
   }
 
   const int64_t lse_row0 = g.row_stats(b, h);
@@ -228,57 +299,101 @@ __global__ void __launch_bounds__(kMmaThreads)
       acc[n][2 * half] /= row_sum[half];
       acc[n][2 * half + 1] /= row_sum[half];
     }
-    if (fragment_col() == 0) lse[lse_row0 + t] = row_max[half] + logf(row_sum[half]);
+    // The natural log, as the CPU and the float32 kernels keep it.
+    if (fragment_col() == 0) lse[lse_row0 + t] = row_max[half] * g.scale + logf(row_sum[half]);
   }
   store_warp_rows<kDim>(acc, 1.0f, out, g, b, h, q0 + r0);
 }
 
 // ---- Backward -------------------------------------------------------------------------------------
 
-// (query, key, lse, delta) of one accumulator element of the scores.
+// (query, key, lse·log2 e, delta) of one accumulator element of the scores.
 struct ScoreCoordinates {
   int query, key;
-  float lse, delta;
+  float lse_log2, delta;
 };
 
-// P = exp(scale·s − lse) and dS = P ⊙ (dp − delta) in place on the warp's accumulator tiles of
-// s = q·kᵀ and dp = dO·vᵀ (or of their transposes); coordinates(n, i) says where element i of tile n
-// lies. P is 0 where the key is masked and for queries past T, so those add nothing to dK, dV or dQ.
-template <int kTiles, class Coordinates>
-__device__ void recompute_p_and_ds_fragments(float (&s)[kTiles][4], float (&dp)[kTiles][4], const Geometry& g,
-                                             Coordinates&& coordinates) {
+// P = exp(scale·s − lse), computed as 2^(s·scale·log2 e − lse·log2 e), and dS = P ⊙ (dp − delta) in
+// place on the warp's accumulator tiles of s = q·kᵀ and dp = dO·vᵀ (or of their transposes);
+// coordinates(n, i) says where element i of tile n lies. kMasked (tiles the diagonal or T crosses): P
+// is 0 where the key is masked and for queries past T, so those add nothing to dK, dV or dQ.
+template <bool kMasked, int kTiles, class Coordinates>
+__device__ void recompute_p_and_ds(float (&s)[kTiles][4], float (&dp)[kTiles][4], const Geometry& g, float scale_log2,
+                                   Coordinates&& coordinates) {
 #pragma unroll
   for (int n = 0; n < kTiles; ++n)
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
       const ScoreCoordinates at = coordinates(n, i);
-      s[n][i] = at.key <= at.query && at.query < g.seq ? expf(s[n][i] * g.scale - at.lse) : 0.0f;
+      const float p = fast_exp2(fmaf(s[n][i], scale_log2, -at.lse_log2));
+      s[n][i] = !kMasked || (at.key <= at.query && at.query < g.seq) ? p : 0.0f;
       dp[n][i] = s[n][i] * (dp[n][i] - at.delta);
     }
 }
 
-// The block's keys and values, the current query tile with its output gradient, and their lse and delta.
+// recompute_p_and_ds, with the mask only where `masked` (warp-uniform).
+template <int kTiles, class Coordinates>
+__device__ void recompute_p_and_ds_fragments(bool masked, float (&s)[kTiles][4], float (&dp)[kTiles][4],
+                                             const Geometry& g, float scale_log2, Coordinates&& coordinates) {
+  if (masked)
+    recompute_p_and_ds<true>(s, dp, g, scale_log2, coordinates);
+  else
+    recompute_p_and_ds<false>(s, dp, g, scale_log2, coordinates);
+}
+
+// One query tile of the dK/dV kernel with its rows' lse·log2 e and delta.
+template <int kDim>
+struct MmaQuerySlot {
+  static constexpr int kQueries = kMmaQueries<kDim>;
+  using QueryTile = Bf16Tile<kQueries, kDim>;
+  static constexpr size_t kBytes = QueryTile::kBytes + 2 * kQueries * sizeof(float);
+  static_assert(kBytes % 16 == 0, "slots follow each other, 16-byte aligned for ldmatrix");
+  QueryTile q;
+  float *lse_log2, *delta;
+  __device__ explicit MmaQuerySlot(__nv_bfloat16* base)
+      : q{base}, lse_log2{reinterpret_cast<float*>(q.end())}, delta{lse_log2 + kQueries} {}
+};
+
+// lse and delta of query q0 + i, held by thread i < kQueries from the global read to the write into a
+// query slot (0 past T).
+template <int kDim>
+struct QueryStatsInRegisters {
+  static constexpr int kQueries = kMmaQueries<kDim>;
+  float lse, delta;
+  __device__ void read(const float* lse_rows, const float* delta_rows, const Geometry& g, int b, int h, int q0) {
+    const int t = q0 + static_cast<int>(threadIdx.x);
+    const bool in_sequence = threadIdx.x < kQueries && t < g.seq;
+    lse = in_sequence ? lse_rows[g.row_stats(b, h) + t] : 0.0f;
+    delta = in_sequence ? delta_rows[g.row_stats(b, h) + t] : 0.0f;
+  }
+  __device__ void write(const MmaQuerySlot<kDim>& slot) const {
+    if (threadIdx.x >= kQueries) return;
+    slot.lse_log2[threadIdx.x] = lse * kLog2e;
+    slot.delta[threadIdx.x] = delta;
+  }
+};
+
+// The block's keys and values, the current output-gradient tile, and two query slots: the current
+// query tile's and the next one's, written while the current one is still read.
 template <int kDim>
 struct MmaKeyValueGradShared {
-  static constexpr int kQueries = kMmaQueries<kDim>;
   using KeyTile = Bf16Tile<kMmaOwned, kDim>;
-  using QueryTile = Bf16Tile<kQueries, kDim>;
-  static constexpr size_t kBytes = 2 * KeyTile::kBytes + 2 * QueryTile::kBytes + 2 * kQueries * sizeof(float);
+  using Slot = MmaQuerySlot<kDim>;
+  using QueryTile = typename Slot::QueryTile;
+  static constexpr size_t kBytes = 2 * KeyTile::kBytes + QueryTile::kBytes + 2 * Slot::kBytes;
   KeyTile k, v;
-  QueryTile q, dout;
-  float *lse, *delta;
+  QueryTile dout;
+  __nv_bfloat16* slots;
   __device__ explicit MmaKeyValueGradShared(__nv_bfloat16* base)
-      : k{base},
-        v{k.end()},
-        q{v.end()},
-        dout{q.end()},
-        lse{reinterpret_cast<float*>(dout.end())},
-        delta{lse + kQueries} {}
+      : k{base}, v{k.end()}, dout{v.end()}, slots{dout.end()} {}
+  // The slot of the block's query tile i (counted from its first).
+  __device__ Slot slot(int i) const { return Slot(slots + i % 2 * (Slot::kBytes / sizeof(__nv_bfloat16))); }
 };
 
 // Block (x, h, b): keys 64x …, warp w its keys 64x + 16w …; dV = Σ Pᵀ·dO and dK = scale·Σ dSᵀ·Q over
 // the query tiles from the block's first key on. The warp computes Pᵀ and dSᵀ directly (as k·qᵀ and
-// v·dOᵀ) so that they are A fragments of those products.
+// v·dOᵀ) so that they are A fragments of those products. Per query tile: read its output gradient
+// while computing k·qᵀ, then the next query tile and stats during the other three products.
 template <int kDim>
 __global__ void __launch_bounds__(kMmaThreads)
     attention_dkdv_mma_kernel(const float* dout, const float* q, const float* k, const float* v, const float* lse,
@@ -288,34 +403,59 @@ __global__ void __launch_bounds__(kMmaThreads)
   const MmaKeyValueGradShared<kDim> s(mma_shared);
   const int b = blockIdx.z, h = blockIdx.y, r0 = static_cast<int>(threadIdx.x) / kWarpSize * kWarpRows;
   const int k0 = static_cast<int>(blockIdx.x) * kMmaOwned;
-  const int64_t stats_row0 = g.row_stats(b, h);
-
-  load_rows_bf16<2>({s.k, s.v}, {k, v}, g, b, h, k0);
-  float dk_acc[kDim / 8][4] = {}, dv_acc[kDim / 8][4] = {};
+  const float scale_log2 = g.scale * kLog2e;
 
   // k0 is a multiple of kQueries: earlier queries see none of the block's keys.
-  for (int q0 = k0; q0 < g.seq; q0 += kQueries) {
-    __syncthreads();  // the previous query tile and its stats are read
-    // Thread i < kQueries moves the stats of query q0 + i (read first, like the tiles' rows).
-    const int t = q0 + static_cast<int>(threadIdx.x);
-    const bool moves_stats = threadIdx.x < kQueries, in_sequence = moves_stats && t < g.seq;
-    const float query_lse = in_sequence ? lse[stats_row0 + t] : 0.0f;
-    const float query_delta = in_sequence ? delta[stats_row0 + t] : 0.0f;
-    load_rows_bf16<2>({s.q, s.dout}, {q, dout}, g, b, h, q0);
-    if (moves_stats) {
-      s.lse[threadIdx.x] = query_lse;
-      s.delta[threadIdx.x] = query_delta;
-    }
-    __syncthreads();
+  {
+    TileInRegisters<kMmaOwned, kDim> key_rows, value_rows;
+    TileInRegisters<kQueries, kDim> query_rows;
+    QueryStatsInRegisters<kDim> stats;
+    key_rows.read(k, g, b, h, k0);
+    value_rows.read(v, g, b, h, k0);
+    query_rows.read(q, g, b, h, k0);
+    stats.read(lse, delta, g, b, h, k0);
+    key_rows.write(s.k);
+    value_rows.write(s.v);
+    query_rows.write(s.slot(0).q);
+    stats.write(s.slot(0));
+  }
+  __syncthreads();
+  float dk_acc[kDim / 8][4] = {}, dv_acc[kDim / 8][4] = {};
+  TileInRegisters<kQueries, kDim> next;  // the output-gradient tile, then the next query tile
+  QueryStatsInRegisters<kDim> next_stats;
+
+  for (int q0 = k0, i = 0; q0 < g.seq; q0 += kQueries, ++i) {
+    const bool more = q0 + kQueries < g.seq;
+    const MmaQuerySlot<kDim> slot = s.slot(i);
+    next.read(dout, g, b, h, q0);
     float p[kQueries / 8][4], ds[kQueries / 8][4];  // Pᵀ and dSᵀ: the warp's keys × the tile's queries
-    multiply_by_transpose<kQueries>(p, s.k, r0, s.q);
+    multiply_by_transpose<kQueries>(p, s.k, r0, slot.q);
+    next.write(s.dout);  // the previous output-gradient tile was read before the last barrier
+    __syncthreads();     // the output-gradient tile is written
+    if (more) {
+      next.read(q, g, b, h, q0 + kQueries);
+      next_stats.read(lse, delta, g, b, h, q0 + kQueries);
+    }
     multiply_by_transpose<kQueries>(ds, s.v, r0, s.dout);
-    recompute_p_and_ds_fragments(p, ds, g, [&](int n, int i) {
-      const int column = 8 * n + fragment_col() + i % 2;
-      return ScoreCoordinates{q0 + column, k0 + r0 + fragment_row() + 8 * (i / 2), s.lse[column], s.delta[column]};
+    // Key j is visible to query t when j <= t < T: masks only where the warp's last key lies past the
+    // tile's first query, or the tile reaches past T.
+    const bool masked = k0 + r0 + kWarpRows - 1 > q0 || q0 + kQueries > g.seq;
+    const auto* lse_pairs = reinterpret_cast<const float2*>(slot.lse_log2);
+    const auto* delta_pairs = reinterpret_cast<const float2*>(slot.delta);
+    recompute_p_and_ds_fragments(masked, p, ds, g, scale_log2, [&](int n, int e) {
+      // Columns 8n + fragment_col() and the one after: one float2 of each stat.
+      const int column = 8 * n + fragment_col();
+      const float2 lse_pair = lse_pairs[column / 2], delta_pair = delta_pairs[column / 2];
+      return ScoreCoordinates{q0 + column + e % 2, k0 + r0 + fragment_row() + 8 * (e / 2),
+                              e % 2 ? lse_pair.y : lse_pair.x, e % 2 ? delta_pair.y : delta_pair.x};
     });
     accumulate_mma_product<kQueries>(dv_acc, p, s.dout);
-    accumulate_mma_product<kQueries>(dk_acc, ds, s.q);
+    accumulate_mma_product<kQueries>(dk_acc, ds, slot.q);
+    if (more) {  // into the other slot, whose tile was read before the last barrier
+      next.write(s.slot(i + 1).q);
+      next_stats.write(s.slot(i + 1));
+    }
+    __syncthreads();  // the next query tile is written, the output-gradient tile read
   }
   store_warp_rows<kDim>(dk_acc, g.scale, dk, g, b, h, k0 + r0);
   store_warp_rows<kDim>(dv_acc, 1.0f, dv, g, b, h, k0 + r0);
@@ -333,7 +473,8 @@ struct MmaQueryGradShared {
 };
 
 // Block (x, h, b): query tile gridDim.x − 1 − x, warp w its rows 16w …; dQ = scale·Σ_j dS·K over the
-// key tiles up to the causal limit.
+// key tiles up to the causal limit. Per key tile: read it while computing dO·vᵀ, then the next value
+// tile during q·kᵀ and dS·K (so each tile is read on one side of the step's first barrier only).
 template <int kDim>
 __global__ void __launch_bounds__(kMmaThreads)
     attention_dq_mma_kernel(const float* dout, const float* q, const float* k, const float* v, const float* lse,
@@ -342,31 +483,50 @@ __global__ void __launch_bounds__(kMmaThreads)
   const MmaQueryGradShared<kDim> s(mma_shared);
   const int b = blockIdx.z, h = blockIdx.y, r0 = static_cast<int>(threadIdx.x) / kWarpSize * kWarpRows;
   const int q0 = static_cast<int>(gridDim.x - 1 - blockIdx.x) * kMmaOwned;
+  const float scale_log2 = g.scale * kLog2e;
 
-  load_rows_bf16<2>({s.q, s.dout}, {q, dout}, g, b, h, q0);
-  // lse and delta of rows g and g + 8 of the warp's 16 (0 past T).
-  float row_lse[2], row_delta[2], dq_acc[kDim / 8][4] = {};
+  // lse·log2 e and delta of rows g and g + 8 of the warp's 16 (0 past T).
+  float row_lse_log2[2], row_delta[2], dq_acc[kDim / 8][4] = {};
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
     const int t = q0 + r0 + fragment_row() + 8 * half;
-    row_lse[half] = t < g.seq ? lse[g.row_stats(b, h) + t] : 0.0f;
+    row_lse_log2[half] = t < g.seq ? lse[g.row_stats(b, h) + t] * kLog2e : 0.0f;
     row_delta[half] = t < g.seq ? delta[g.row_stats(b, h) + t] : 0.0f;
   }
+  {
+    TileInRegisters<kMmaOwned, kDim> query_rows, dout_rows;
+    TileInRegisters<kMmaKeys, kDim> value_rows;
+    query_rows.read(q, g, b, h, q0);
+    dout_rows.read(dout, g, b, h, q0);
+    value_rows.read(v, g, b, h, 0);
+    query_rows.write(s.q);
+    dout_rows.write(s.dout);
+    value_rows.write(s.v);
+  }
+  __syncthreads();
+  TileInRegisters<kMmaKeys, kDim> next;  // the key tile, then the next value tile
 
   const int last_key = min(g.seq - 1, q0 + kMmaOwned - 1);
   for (int k0 = 0; k0 <= last_key; k0 += kMmaKeys) {
-    __syncthreads();  // the previous key and value tiles are read
-    load_rows_bf16<2>({s.k, s.v}, {k, v}, g, b, h, k0);
-    __syncthreads();
+    const bool more = k0 + kMmaKeys <= last_key;
+    next.read(k, g, b, h, k0);
     float p[kMmaKeys / 8][4], ds[kMmaKeys / 8][4];
+    multiply_by_transpose<kMmaKeys>(ds, s.dout, r0, s.v);  // dP, made dS below
+    next.write(s.k);  // the previous key tile was read before the last barrier
+    __syncthreads();  // the key tile is written, the value tile read
+    if (more) next.read(v, g, b, h, k0 + kMmaKeys);
     multiply_by_transpose<kMmaKeys>(p, s.q, r0, s.k);
-    multiply_by_transpose<kMmaKeys>(ds, s.dout, r0, s.v);
-    recompute_p_and_ds_fragments(p, ds, g, [&](int n, int i) {
-      const int half = i / 2;
-      return ScoreCoordinates{q0 + r0 + fragment_row() + 8 * half, k0 + 8 * n + fragment_col() + i % 2,
-                              row_lse[half], row_delta[half]};
+    // Key j is visible to query t when j <= t < T: masks only where the tile's last key lies past the
+    // warp's first query, or the warp's rows reach past T.
+    const bool masked = k0 + kMmaKeys - 1 > q0 + r0 || q0 + r0 + kWarpRows > g.seq;
+    recompute_p_and_ds_fragments(masked, p, ds, g, scale_log2, [&](int n, int e) {
+      const int half = e / 2;
+      return ScoreCoordinates{q0 + r0 + fragment_row() + 8 * half, k0 + 8 * n + fragment_col() + e % 2,
+                              row_lse_log2[half], row_delta[half]};
     });
     accumulate_mma_product<kMmaKeys>(dq_acc, ds, s.k);
+    if (more) next.write(s.v);
+    __syncthreads();  // the next value tile is written, the key tile read
   }
   store_warp_rows<kDim>(dq_acc, g.scale, dq, g, b, h, q0 + r0);
 }
