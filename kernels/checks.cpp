@@ -284,13 +284,13 @@ CombineDims combine_expert_outputs(const Tensor& expert_out, const Tensor& posit
 
 CombineDims combine_expert_outputs_backward(const Tensor& dy, const Tensor& expert_out, const Tensor& position,
                                             const Tensor& topk_w, const Tensor& d_expert_out,
-                                            const Tensor& d_topk_w) {
+                                            const Tensor& d_topk_w, DType d_expert_out_dtype) {
   const CombineDims dims = combine_dims(expert_out, position, topk_w, "combine_expert_outputs_backward");
   check_dtype(dy, DType::F32, "combine_expert_outputs_backward dy");
   EG_ASSERT(dy.rows() == dims.n && dy.cols() == dims.d, "combine_expert_outputs_backward dy ", dy.describe(),
             " is not [", dims.n, ", ", dims.d, "]");
   check_shape(d_expert_out, expert_out.shape(), "combine_expert_outputs_backward d_expert_out");
-  check_dtype(d_expert_out, DType::F32, "combine_expert_outputs_backward d_expert_out");
+  check_dtype(d_expert_out, d_expert_out_dtype, "combine_expert_outputs_backward d_expert_out");
   check_shape(d_topk_w, topk_w.shape(), "combine_expert_outputs_backward d_topk_w");
   check_dtype(d_topk_w, DType::F32, "combine_expert_outputs_backward d_topk_w");
   return dims;

@@ -87,9 +87,10 @@ struct CombineDims {
 };
 CombineDims combine_expert_outputs(const Tensor& expert_out, const Tensor& position, const Tensor& topk_w,
                                    const Tensor& y);
+// d_expert_out_dtype: F32, or BF16 where the CUDA kernel writes the dtype the expert products take.
 CombineDims combine_expert_outputs_backward(const Tensor& dy, const Tensor& expert_out, const Tensor& position,
                                             const Tensor& topk_w, const Tensor& d_expert_out,
-                                            const Tensor& d_topk_w);
+                                            const Tensor& d_topk_w, DType d_expert_out_dtype = DType::F32);
 // The error for a position outside [0, n_assignments) (kernel names the call).
 [[noreturn]] void position_outside(int64_t position, int64_t n_assignments, const char* kernel);
 

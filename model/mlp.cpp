@@ -1,6 +1,7 @@
 #include "model/mlp.h"
 
 #include "kernels/gemm.h"
+#include "kernels/matmul_precision.h"
 #include "kernels/swiglu.h"
 
 namespace engram {
@@ -19,11 +20,11 @@ Tensor SwiGluMlp::forward(const Tensor& x) {
   w2_operand_ = kernels::matmul_operand(w2_.value);
   gate_ = Tensor::empty({n, d_ff}, DType::F32, x.device());
   up_ = Tensor::empty({n, d_ff}, DType::F32, x.device());
-  Tensor act = Tensor::empty({n, d_ff}, DType::F32, x.device());
+  // Written straight in the dtype the products take (no f32 copy to round).
+  act_ = Tensor::empty({n, d_ff}, kernels::matmul_operand_dtype(x.device()), x.device());
   kernels::gemm(x_, false, w1_operand_, true, gate_);
   kernels::gemm(x_, false, w3_operand_, true, up_);
-  kernels::swiglu_forward(gate_, up_, act);
-  act_ = kernels::matmul_operand(act);
+  kernels::swiglu_forward(gate_, up_, act_);
   Tensor y = Tensor::empty(x.shape(), DType::F32, x.device());
   kernels::gemm(act_, false, w2_operand_, true, y);
   return y;
@@ -36,10 +37,8 @@ Tensor SwiGluMlp::backward(const Tensor& dy_in) {
   kernels::gemm(dy, false, w2_operand_, false, dact);
   kernels::gemm(dy, true, act_, false, w2_.grad, 1.0f, 1.0f);
 
-  Tensor dgate_f32 = Tensor::empty(hidden, DType::F32, dy.device());
-  Tensor dup_f32 = Tensor::empty(hidden, DType::F32, dy.device());
-  kernels::swiglu_backward(dact, gate_, up_, dgate_f32, dup_f32);
-  const Tensor dgate = kernels::matmul_operand(dgate_f32), dup = kernels::matmul_operand(dup_f32);
+  Tensor dgate = Tensor::empty(hidden, act_.dtype(), dy.device()), dup = Tensor::empty(hidden, act_.dtype(), dy.device());
+  kernels::swiglu_backward(dact, gate_, up_, dgate, dup);
   kernels::gemm(dgate, true, x_, false, w1_.grad, 1.0f, 1.0f);
   kernels::gemm(dup, true, x_, false, w3_.grad, 1.0f, 1.0f);
 

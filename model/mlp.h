@@ -22,7 +22,8 @@ class SwiGluMlp {
   Parameter& w3_;
   Parameter& w2_;
   // As the products take them (kernels::matmul_operand: bf16 under BF16 on CUDA, rounded once per
-  // forward): the input, the hidden activation and the weights, for backward.
+  // forward; the hidden activation written by the SwiGLU in that dtype): the input, the hidden
+  // activation and the weights, for backward.
   Tensor x_, act_, w1_operand_, w3_operand_, w2_operand_;
   Tensor gate_, up_;
 };

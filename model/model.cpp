@@ -6,6 +6,7 @@
 #include "kernels/cross_entropy.h"
 #include "kernels/embedding.h"
 #include "kernels/gemm.h"
+#include "kernels/matmul_precision.h"
 #include "kernels/ngram_hash.h"
 #include "runtime/trace_range.h"
 
@@ -175,14 +176,18 @@ ForwardStats Model::forward_backward(const Batch& host_or_device_batch, const Lo
   Tensor dh;
   {
     const TraceRange range("head backward");
-    // The logits are not needed after the loss: their gradient overwrites them.
-    Tensor& dlogits = a.logits;
+    // The logits are not needed after the loss. Their gradient is written in the dtype the two
+    // products take: over the logits themselves in f32, else as a bf16 tensor (no f32 copy to round),
+    // after which the logits are released.
+    const Device dev = a.logits.device();
+    const DType operand_dtype = kernels::matmul_operand_dtype(dev);
+    Tensor dlogits = operand_dtype == DType::F32 ? a.logits : Tensor::empty(a.logits.shape(), operand_dtype, dev);
     kernels::cross_entropy_forward_backward(a.logits, a.targets, w.per_token, losses, dlogits);
+    a.logits = Tensor();
 
-    const Tensor dlogits_operand = kernels::matmul_operand(dlogits);  // rounded once for both products
-    kernels::gemm(dlogits_operand, true, a.normed, false, output_.grad, 1.0f, 1.0f);
-    Tensor dnormed = Tensor::empty(a.normed.shape(), DType::F32, dlogits.device());
-    kernels::gemm(dlogits_operand, false, a.output, false, dnormed);
+    kernels::gemm(dlogits, true, a.normed, false, output_.grad, 1.0f, 1.0f);
+    Tensor dnormed = Tensor::empty(a.normed.shape(), DType::F32, dev);
+    kernels::gemm(dlogits, false, a.output, false, dnormed);
     dh = final_norm_.backward(dnormed);
   }
   final_from(head_first_param_);  // the final norm and an untied head (a tied one is parameter 0)

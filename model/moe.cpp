@@ -45,7 +45,7 @@ struct MoELayer::ExpertSaved {
   // As the products take them (kernels::matmul_operand: bf16 under BF16 on CUDA, rounded once per
   // forward).
   Tensor rows;            // [A, D]: input row of each assignment, grouped by (held) expert
-  Tensor act;             // [A, F_e]
+  Tensor act;             // [A, F_e], written by the SwiGLU in that dtype
   Tensor w1, w3, w2;      // the held experts' weights
   Tensor gate, up;        // [A, F_e], f32
 };
@@ -98,12 +98,11 @@ Tensor MoELayer::experts_forward(const Tensor& rows, const std::vector<int64_t>&
   saved.w2 = kernels::matmul_operand(w2_.value);
   saved.gate = Tensor::empty({n_rows, d_ff}, DType::F32, dev);
   saved.up = Tensor::empty({n_rows, d_ff}, DType::F32, dev);
-  Tensor act = Tensor::empty({n_rows, d_ff}, DType::F32, dev);
+  saved.act = Tensor::empty({n_rows, d_ff}, kernels::matmul_operand_dtype(dev), dev);  // no f32 copy to round
   Tensor out = Tensor::empty({n_rows, d}, DType::F32, dev);
   kernels::grouped_gemm(saved.rows, saved.w1, true, saved.gate, offsets);
   kernels::grouped_gemm(saved.rows, saved.w3, true, saved.up, offsets);
-  kernels::swiglu_forward(saved.gate, saved.up, act);
-  saved.act = kernels::matmul_operand(act);
+  kernels::swiglu_forward(saved.gate, saved.up, saved.act);
   kernels::grouped_gemm(saved.act, saved.w2, true, out, offsets);
   return out;
 }
@@ -115,10 +114,9 @@ Tensor MoELayer::experts_backward(const Tensor& d_out_in, const std::vector<int6
   Tensor dact = Tensor::empty(saved.gate.shape(), DType::F32, dev);
   kernels::grouped_gemm(d_out, saved.w2, false, dact, offsets);
   kernels::grouped_gemm_wgrad(d_out, saved.act, w2_.grad, offsets);
-  Tensor dgate_f32 = Tensor::empty(saved.gate.shape(), DType::F32, dev);
-  Tensor dup_f32 = Tensor::empty(saved.up.shape(), DType::F32, dev);
-  kernels::swiglu_backward(dact, saved.gate, saved.up, dgate_f32, dup_f32);
-  const Tensor dgate = kernels::matmul_operand(dgate_f32), dup = kernels::matmul_operand(dup_f32);
+  Tensor dgate = Tensor::empty(saved.gate.shape(), saved.act.dtype(), dev);
+  Tensor dup = Tensor::empty(saved.up.shape(), saved.act.dtype(), dev);
+  kernels::swiglu_backward(dact, saved.gate, saved.up, dgate, dup);
   kernels::grouped_gemm_wgrad(dgate, saved.rows, w1_.grad, offsets);
   kernels::grouped_gemm_wgrad(dup, saved.rows, w3_.grad, offsets);
   Tensor d_rows = Tensor::empty(saved.rows.shape(), DType::F32, dev);
@@ -211,7 +209,8 @@ Tensor MoELayer::backward(const Tensor& dy_in) {
     d_topk_w = std::move(grads.d_topk_w);
   } else {
     // Combine: gradients of the expert outputs and of the routing weights; experts in reverse.
-    Tensor d_expert_out = Tensor::empty(s.expert_out.shape(), DType::F32, dev);
+    // Written straight in the dtype the expert products take (no f32 copy to round).
+    Tensor d_expert_out = Tensor::empty(s.expert_out.shape(), kernels::matmul_operand_dtype(dev), dev);
     d_topk_w = Tensor::empty(s.topk_w.shape(), DType::F32, dev);
     kernels::combine_expert_outputs_backward(dy, s.expert_out, s.sort.position, s.topk_w, d_expert_out,
                                              d_topk_w);

@@ -19,16 +19,20 @@ namespace engram::kernels::cuda {
 
 namespace {
 
+// One warp per output row: the id is read once and the row copied with coalesced lane-strided
+// reads (an element-wise grid would divide by c for every element).
 template <class Id, class Out>
-__global__ void gather_kernel(const float* table, const Id* ids, int64_t n_rows, int64_t c, Out* out, int64_t n,
+__global__ void gather_kernel(const float* table, const Id* ids, int64_t n_rows, int64_t c, Out* out, int64_t n_ids,
                               unsigned long long* bad_id) {
-  for (int64_t e = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; e < n; e += int64_t{gridDim.x} * blockDim.x) {
-    const int64_t i = e / c, id = ids[i];
+  for (int64_t i = first_warp_row(); i < n_ids; i += warp_row_stride()) {
+    const int64_t id = ids[i];
     if (id < 0 || id >= n_rows) {
-      report_bad_position(bad_id, i);
+      if (lane_id() == 0) report_bad_position(bad_id, i);
       continue;
     }
-    out[e] = static_cast<Out>(table[id * c + e % c]);  // to bf16: nearest even
+    const float* src = table + id * c;
+    Out* dst = out + i * c;
+    for (int64_t e = lane_id(); e < c; e += kWarpSize) dst[e] = static_cast<Out>(src[e]);  // to bf16: nearest even
   }
 }
 
@@ -151,14 +155,15 @@ void embedding_gather(const Tensor& table, const Tensor& ids, Tensor& out) {
   if (out.numel() == 0) return;
   FirstBadPosition bad_id;
   checks::visit_ids(ids, "embedding_gather ids", [&](const auto* id) {
-    const unsigned grid = grid_for(out.numel());
+    const int64_t n_ids = ids.numel();
+    const unsigned grid = grid_for_rows(n_ids);
     if (bf16_out) {
       gather_kernel<<<grid, kThreads, 0, compute_stream()>>>(table.data<float>(), id, n_rows, c,
-                                                             static_cast<__nv_bfloat16*>(out.raw()), out.numel(),
+                                                             static_cast<__nv_bfloat16*>(out.raw()), n_ids,
                                                              bad_id.slot());
     } else {
       gather_kernel<<<grid, kThreads, 0, compute_stream()>>>(table.data<float>(), id, n_rows, c, out.data<float>(),
-                                                             out.numel(), bad_id.slot());
+                                                             n_ids, bad_id.slot());
     }
   });
   EG_CUDA_CHECK_LAUNCH("gather_kernel");

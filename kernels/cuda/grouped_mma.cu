@@ -167,27 +167,35 @@ __global__ void __launch_bounds__(kGemmThreads, 2) grouped_mma_kernel(const __gr
   }
 
   // Lane (g, c) holds rows g and g + 8, columns 2c and 2c + 1 of each 16 × 8 accumulator tile; n is a
-  // multiple of 8, so a pair is inside or outside together.
+  // multiple of 8, so a pair is inside or outside together, and c is 16-byte aligned, so a pair is
+  // one 8-byte access.
+  const auto pair_at = [&](int i, int j, int half) -> float2* {
+    const int row = m0 + wm + 16 * i + fragment_row() + 8 * half, col = n0 + wn + 8 * j + fragment_col();
+    return row < m && col < n ? reinterpret_cast<float2*>(c + int64_t{row} * p.ldc + col) : nullptr;
+  };
+  if (p.beta != 0.0f) {
+    // Every read of c before the first write, so that the reads are in flight together (interleaved
+    // with the writes, each would wait for the one before it).
 #pragma unroll
-  for (int i = 0; i < kWarpM / 16; ++i) {
+    for (int i = 0; i < kWarpM / 16; ++i)
 #pragma unroll
-    for (int j = 0; j < kWarpN / 8; ++j) {
-      const int col = n0 + wn + 8 * j + fragment_col();
+      for (int j = 0; j < kWarpN / 8; ++j)
 #pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int row = m0 + wm + 16 * i + fragment_row() + 8 * half;
-        if (row >= m || col >= n) continue;
-        float* out = c + int64_t{row} * p.ldc + col;
-        float v0 = acc[i][j][2 * half], v1 = acc[i][j][2 * half + 1];
-        if (p.beta != 0.0f) {
-          v0 += p.beta * out[0];
-          v1 += p.beta * out[1];
+        for (int half = 0; half < 2; ++half) {
+          if (const float2* out = pair_at(i, j, half)) {
+            const float2 old = *out;
+            acc[i][j][2 * half] += p.beta * old.x;
+            acc[i][j][2 * half + 1] += p.beta * old.y;
+          }
         }
-        out[0] = v0;
-        out[1] = v1;
-      }
-    }
   }
+#pragma unroll
+  for (int i = 0; i < kWarpM / 16; ++i)
+#pragma unroll
+    for (int j = 0; j < kWarpN / 8; ++j)
+#pragma unroll
+      for (int half = 0; half < 2; ++half)
+        if (float2* out = pair_at(i, j, half)) *out = make_float2(acc[i][j][2 * half], acc[i][j][2 * half + 1]);
 }
 
 bool aligned_16(const Tensor& t) { return reinterpret_cast<uintptr_t>(t.raw()) % 16 == 0; }
@@ -196,8 +204,8 @@ bool aligned_16(const Tensor& t) { return reinterpret_cast<uintptr_t>(t.raw()) %
 bool takes(const Tensor& x, const Tensor& y, const Tensor& out, const std::vector<int64_t>& offsets) {
   return x.dtype() == DType::BF16 && y.dtype() == DType::BF16 && out.dtype() == DType::F32 &&
          static_cast<int64_t>(offsets.size()) <= kGroupedMmaMaxGroups + 1 && x.cols() % 8 == 0 &&
-         y.cols() % 8 == 0 && out.cols() % 8 == 0 && aligned_16(x) && aligned_16(y) && x.numel() < INT_MAX &&
-         y.numel() < INT_MAX && out.numel() < INT_MAX;
+         y.cols() % 8 == 0 && out.cols() % 8 == 0 && aligned_16(x) && aligned_16(y) && aligned_16(out) &&
+         x.numel() < INT_MAX && y.numel() < INT_MAX && out.numel() < INT_MAX;
 }
 
 // The group table: offsets as int, and each group's first block given its number of blocks.

@@ -4,7 +4,7 @@
 // cuBLASLt call per group. Taken for bf16 operands with float32 output, which is what the MoE layers
 // multiply under MatmulPrecision::BF16; the functions return false for anything else (f32 operands,
 // a bf16 output, more than kGroupedMmaMaxGroups groups, rows not a multiple of 8 elements, operands
-// not 16-byte aligned), and the caller runs its per-group products instead.
+// or output not 16-byte aligned), and the caller runs its per-group products instead.
 #include <vector>
 
 #include "runtime/tensor.h"

@@ -10,6 +10,8 @@
 // are reported at the host's next wait, and the combine kernels write nothing when one is bad.
 #include <cub/device/device_radix_sort.cuh>
 
+#include <cuda_bf16.h>
+
 #include <climits>
 
 #include "kernels/checks.h"
@@ -101,20 +103,21 @@ __global__ void combine_kernel(const float* expert_out, const int32_t* position,
 // One warp per assignment a (token t = a / K, row p = position[a]): d_expert_out[p] = w[a]·dy[t] and
 // d_topk_w[a] = <dy[t], expert_out[p]> in double (products of floats, exact in double); nothing when a
 // position is bad.
+template <class Out>
 __global__ void combine_backward_kernel(const float* dy, const float* expert_out, const int32_t* position,
                                         const float* topk_w, int64_t n_assignments, int64_t k, int64_t d,
-                                        const unsigned long long* bad_position, float* d_expert_out,
+                                        const unsigned long long* bad_position, Out* d_expert_out,
                                         float* d_topk_w) {
   if (bad_value_reported(bad_position)) return;
   for (int64_t a = first_warp_row(); a < n_assignments; a += warp_row_stride()) {
     const float* g = dy + (a / k) * d;
     const int64_t p = position[a];
     const float* row = expert_out + p * d;
-    float* drow = d_expert_out + p * d;
+    Out* drow = d_expert_out + p * d;
     const float w = topk_w[a];
     double dot = 0.0;
     for (int64_t j = lane_id(); j < d; j += kWarpSize) {
-      drow[j] = w * g[j];
+      drow[j] = static_cast<Out>(w * g[j]);  // to bf16: nearest even
       dot += static_cast<double>(g[j]) * row[j];
     }
     dot = warp_reduce(dot, Sum{});
@@ -184,13 +187,22 @@ void combine_expert_outputs(const Tensor& expert_out, const Tensor& position, co
 void combine_expert_outputs_backward(const Tensor& dy, const Tensor& expert_out, const Tensor& position,
                                      const Tensor& topk_w, Tensor& d_expert_out, Tensor& d_topk_w) {
   check_on_cuda("combine_expert_outputs_backward", dy, expert_out, position, topk_w, d_expert_out, d_topk_w);
-  const auto [n, k, d] =
-      checks::combine_expert_outputs_backward(dy, expert_out, position, topk_w, d_expert_out, d_topk_w);
+  // d_expert_out may also be bf16: the expert products take it (kernels::matmul_operand_dtype).
+  const bool bf16_out = d_expert_out.dtype() == DType::BF16;
+  const auto [n, k, d] = checks::combine_expert_outputs_backward(dy, expert_out, position, topk_w, d_expert_out,
+                                                                 d_topk_w, bf16_out ? DType::BF16 : DType::F32);
   const unsigned long long* bad_position = check_positions(position, n * k, "combine_expert_outputs_backward");
   if (n * k == 0) return;
-  combine_backward_kernel<<<grid_for_rows(n * k), kThreads, 0, compute_stream()>>>(
-      dy.data<float>(), expert_out.data<float>(), position.data<int32_t>(), topk_w.data<float>(), n * k, k, d,
-      bad_position, d_expert_out.data<float>(), d_topk_w.data<float>());
+  const auto launch = [&](auto* d_out) {
+    combine_backward_kernel<<<grid_for_rows(n * k), kThreads, 0, compute_stream()>>>(
+        dy.data<float>(), expert_out.data<float>(), position.data<int32_t>(), topk_w.data<float>(), n * k, k, d,
+        bad_position, d_out, d_topk_w.data<float>());
+  };
+  if (bf16_out) {
+    launch(static_cast<__nv_bfloat16*>(d_expert_out.raw()));
+  } else {
+    launch(d_expert_out.data<float>());
+  }
   EG_CUDA_CHECK_LAUNCH("combine_backward_kernel");
 }
 

@@ -96,6 +96,15 @@ TEST_F(CudaPermute, CombineAndItsBackwardMatchTheCpu) {
                                                d_topk_w.gpu);
       expect_bitwise_equal_to_cpu(d_expert_out.gpu, d_expert_out.cpu, "d_expert_out, " + what);
       expect_close_to_cpu(d_topk_w.gpu, d_topk_w.cpu, 1e-6, 1e-9, "d_topk_w, " + what);
+
+      // bf16 d_expert_out (what the expert products take): the CPU's f32 values rounded to nearest even.
+      Tensor bf16_d_expert_out = Tensor::empty({n * k, d}, DType::BF16, Device::CUDA);
+      Tensor bf16_d_topk_w = nan_tensor({n, k}).copy_to(Device::CUDA);
+      kernels::combine_expert_outputs_backward(dy.gpu, expert_out.gpu, position.gpu, topk_w.gpu, bf16_d_expert_out,
+                                               bf16_d_topk_w);
+      EXPECT_TRUE(bitwise_equal(bf16_d_expert_out.copy_to(Device::CPU), round_to_bf16(d_expert_out.cpu).bf16))
+          << "bf16 d_expert_out, " << what;
+      EXPECT_TRUE(device_bitwise_equal(bf16_d_topk_w, d_topk_w.gpu)) << "d_topk_w beside bf16 d_expert_out, " << what;
     }
   }
 }
