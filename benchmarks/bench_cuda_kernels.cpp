@@ -58,38 +58,41 @@ void time_on_device(benchmark::State& state, double flops, Body&& body) {
       benchmark::Counter(flops * 1e-12, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
 }
 
-// One layer's expert product of each kind: arg 0 takes d_model to the expert width (w1, w3), arg 1
-// the expert width back to d_model (w2).
+// One MoE layer's expert weights w [E, out, in] with the rows they multiply: arg 0 takes d_model to
+// the expert width (w1, w3), arg 1 the expert width back to d_model (w2).
+struct ExpertProduct {
+  explicit ExpertProduct(const benchmark::State& state)
+      : in(state.range(0) ? kExpertWidth : kModel), out(state.range(0) ? kModel : kExpertWidth) {}
+  double flops() const { return 2.0 * rows * in * out; }
+
+  int64_t rows = kTokens * kTopK, in, out;
+  Tensor x = random_on_device({rows, in}, 1, DType::BF16);    // the products' input rows
+  Tensor dy = random_on_device({rows, out}, 2, DType::BF16);  // the gradient of their output
+  Tensor w = random_on_device({kExperts, out, in}, 3, DType::BF16);
+  std::vector<int64_t> offsets = balanced_offsets(rows);
+};
+
 void BM_grouped_forward(benchmark::State& state) {
   if (!device_ready(state)) return;
-  const int64_t rows = kTokens * kTopK, in = state.range(0) ? kExpertWidth : kModel;
-  const int64_t out = state.range(0) ? kModel : kExpertWidth;
-  const Tensor a = random_on_device({rows, in}, 1, DType::BF16), w = random_on_device({kExperts, out, in}, 2, DType::BF16);
-  Tensor c = Tensor::empty({rows, out}, DType::F32, Device::CUDA);
-  const auto offsets = balanced_offsets(rows);
-  time_on_device(state, 2.0 * rows * in * out, [&] { kernels::grouped_gemm(a, w, true, c, offsets); });
+  const ExpertProduct e(state);
+  Tensor y = Tensor::empty({e.rows, e.out}, DType::F32, Device::CUDA);
+  time_on_device(state, e.flops(), [&] { kernels::grouped_gemm(e.x, e.w, true, y, e.offsets); });
 }
 BENCHMARK(BM_grouped_forward)->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 void BM_grouped_row_gradient(benchmark::State& state) {
   if (!device_ready(state)) return;
-  const int64_t rows = kTokens * kTopK, in = state.range(0) ? kExpertWidth : kModel;
-  const int64_t out = state.range(0) ? kModel : kExpertWidth;
-  const Tensor dc = random_on_device({rows, out}, 3, DType::BF16), w = random_on_device({kExperts, out, in}, 4, DType::BF16);
-  Tensor da = Tensor::empty({rows, in}, DType::F32, Device::CUDA);
-  const auto offsets = balanced_offsets(rows);
-  time_on_device(state, 2.0 * rows * in * out, [&] { kernels::grouped_gemm(dc, w, false, da, offsets); });
+  const ExpertProduct e(state);
+  Tensor dx = Tensor::empty({e.rows, e.in}, DType::F32, Device::CUDA);
+  time_on_device(state, e.flops(), [&] { kernels::grouped_gemm(e.dy, e.w, false, dx, e.offsets); });
 }
 BENCHMARK(BM_grouped_row_gradient)->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 void BM_grouped_weight_gradient(benchmark::State& state) {
   if (!device_ready(state)) return;
-  const int64_t rows = kTokens * kTopK, in = state.range(0) ? kExpertWidth : kModel;
-  const int64_t out = state.range(0) ? kModel : kExpertWidth;
-  const Tensor dc = random_on_device({rows, out}, 5, DType::BF16), a = random_on_device({rows, in}, 6, DType::BF16);
-  Tensor dw = Tensor::zeros({kExperts, out, in}, DType::F32, Device::CUDA);
-  const auto offsets = balanced_offsets(rows);
-  time_on_device(state, 2.0 * rows * in * out, [&] { kernels::grouped_gemm_wgrad(dc, a, dw, offsets); });
+  const ExpertProduct e(state);
+  Tensor dw = Tensor::zeros({kExperts, e.out, e.in}, DType::F32, Device::CUDA);
+  time_on_device(state, e.flops(), [&] { kernels::grouped_gemm_wgrad(e.dy, e.x, dw, e.offsets); });
 }
 BENCHMARK(BM_grouped_weight_gradient)->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
 

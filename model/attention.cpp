@@ -62,6 +62,8 @@ Tensor Attention::forward(const Tensor& x) {
   lse_ = Tensor::empty({batch, n_heads_, seq}, DType::F32, x.device());
   kernels::attention_forward(q_, k_, v_, o_, lse_);
 
+  // o is rounded by each of its two products (here and W_O's gradient): the attention backward needs
+  // it in f32, and a kept bf16 copy would cost more memory than the second rounding costs time.
   Tensor y = Tensor::empty(x.shape(), DType::F32, x.device());
   kernels::gemm(o_.view(x.shape()), false, wo_operand_, true, y);
   return y;

@@ -148,9 +148,9 @@ Tensor EngramModule::forward(const Tensor& h, const Tensor& ids_c) {
             "Engram forward: the started lookup was for other ids");
   s->rows = lookup->rows;
   if (sharded_) {
-    Tensor e = Tensor::empty({n, memory_dim(g)}, DType::F32, dev);
-    s->routing = sharded_->finish_lookup(std::move(*lookup->sharded), e);
-    s->e = kernels::matmul_operand(e);
+    // Expanded straight into the dtype the products take (no f32 copy to round).
+    s->e = Tensor::empty({n, memory_dim(g)}, kernels::matmul_operand_dtype(dev), dev);
+    s->routing = sharded_->finish_lookup(std::move(*lookup->sharded), s->e);
   } else {
     s->e = lookup->e;
   }

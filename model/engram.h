@@ -3,7 +3,6 @@
 // hidden state, short causal conv. The caller adds the output to the residual stream.
 #include <cstdint>
 #include <memory>
-#include <optional>
 #include <vector>
 
 #include "model/rmsnorm.h"
@@ -66,7 +65,7 @@ class EngramModule {
   const ModelConfig& cfg_;
   EngramLayerHash hash_;
   int64_t pad_c_;
-  // hash_ as i64 tensors for kernels::ngram_hash, moved to the activations' device by forward
+  // hash_ as i64 tensors for kernels::ngram_hash, moved to the ids' device by start_lookup
   Tensor multipliers_, primes_, offsets_;
   // Registration order = MODEL.md §7 order.
   Parameter& table_;

@@ -227,8 +227,9 @@ Tensor MoELayer::backward(const Tensor& dy_in) {
   Tensor dlogits = Tensor::empty({n, n_experts}, DType::F32, dev);
   kernels::router_scores_backward(dscores, s.scores, score_func(moe), dlogits);
   if (s.z_dlogits.defined()) kernels::add_(dlogits, s.z_dlogits);
-  kernels::gemm(dlogits, true, s.x, false, router_.grad, 1.0f, 1.0f);
-  kernels::gemm(dlogits, false, s.router, false, dx_flat, 1.0f, 1.0f);
+  const Tensor dlogits_operand = kernels::matmul_operand(dlogits);  // rounded once for both products
+  kernels::gemm(dlogits_operand, true, s.x, false, router_.grad, 1.0f, 1.0f);
+  kernels::gemm(dlogits_operand, false, s.router, false, dx_flat, 1.0f, 1.0f);
   return dx;
 }
 

@@ -51,8 +51,8 @@ int64_t matmul_weights(const ModelConfig& m, int64_t routed_experts) {
   return weights;
 }
 
-// Saved activations per token (float32 values) of each part, read off what the modules keep for
-// backward (model/*.cpp). Index tensors count by their width in floats.
+// Saved activations per token (float32 values; an upper bound where the GPU keeps bf16 operand
+// copies) of each part, read off what the modules keep for backward (model/*.cpp). Index tensors count by their width in floats.
 struct ActivationsPerToken {
   int64_t embedding = 0, block_common = 0, dense_layer_ffn = 0, moe_layer_ffn = 0, engram = 0, head = 0;
 };

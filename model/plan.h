@@ -69,7 +69,8 @@ struct MemoryEstimate {
   // copies of every weight the products take (this rank's experts; kept from forward to backward)
   // and of the LM head's logits gradient; on several GPUs, the scratch of the gradient sums in
   // flight (NCCL).
-  // The same float32 tensors as on the CPU make up the rest.
+  // The rest is counted as on the CPU, in float32: an upper bound on the GPU under bf16 matmuls,
+  // where some saved activations (the operand copies) are bf16.
   int64_t device_extra = 0;
   int64_t total() const {
     return parameters + gradients + adam_moments + table_row_grads + activations + device_extra;

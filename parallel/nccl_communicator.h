@@ -5,7 +5,8 @@
 // stream. A blocking collective makes the compute stream wait for it, so callers see the ordinary
 // in-order semantics of the compute stream; a started one (start_all_reduce_sum,
 // start_all_to_all_v_rows) lets the compute stream run on until its PendingCollective is waited for.
-// The host never waits for a collective, except to read results into host memory.
+// The host never waits for a collective, except to read results into host memory and when the
+// scratch of started sums in flight passes kNcclScratchInFlightBytes.
 //
 // Determinism: float sums (all_reduce_sum, reduce_scatter_sum) never use NCCL's reductions, whose
 // order across ranks is not guaranteed to repeat. NCCL only moves the blocks (all-to-all); each rank

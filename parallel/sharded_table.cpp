@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "kernels/embedding.h"
+#include "kernels/matmul_precision.h"
 
 namespace engram {
 
@@ -84,7 +85,9 @@ PendingLookup ShardedTable::start_lookup(const Tensor& shard, const Tensor& rows
 }
 
 TableRouting ShardedTable::finish_lookup(PendingLookup&& lookup, Tensor& out) {
-  check_dtype(out, DType::F32, "sharded table lookup out");
+  const DType operand_dtype = kernels::matmul_operand_dtype(out.device());
+  EG_ASSERT(out.dtype() == DType::F32 || out.dtype() == operand_dtype, "sharded table lookup out ", out.describe(),
+            " must be f32 or ", dtype_name(operand_dtype));
   const int64_t m = lookup.routing.requested;
   EG_ASSERT(out.numel() == m * width_, "sharded table lookup out ", out.describe(), " needs ", m, "·", width_,
             " elements");

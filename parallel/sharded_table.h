@@ -77,8 +77,9 @@ class ShardedTable {
   // elements (e.g. [.., width]) and is written. Collective over the group (M may be 0 on a rank).
   TableRouting lookup(const Tensor& shard, const Tensor& rows, Tensor& out);
   // lookup in two halves: start_lookup is the collective part (stages 1–3, and stage 4's transfer
-  // started); finish_lookup waits for the transfer and writes out, as lookup does. Several lookups
-  // may be started before the first is finished.
+  // started); finish_lookup waits for the transfer and writes out, as lookup does, or in the dtype
+  // products take (kernels::matmul_operand_dtype). Several lookups may be started before the first
+  // is finished.
   PendingLookup start_lookup(const Tensor& shard, const Tensor& rows);
   TableRouting finish_lookup(PendingLookup&& lookup, Tensor& out);
 

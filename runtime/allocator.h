@@ -25,7 +25,7 @@ void host_empty_cache();  // returns every cached block to the system
 // Memory on this process's CUDA device (runtime/cuda/device_allocator.cpp), same size classes and
 // statistics; blocks are at least 256-byte aligned. A released block may be handed out again at
 // once: that is safe because every kernel and copy runs in order on the one compute stream. A block
-// used on another stream (the communication stream) must be synchronized before it is released.
+// used on another stream (a group's communication stream) must be synchronized before it is released.
 void* device_allocate(size_t bytes);
 void device_release(void* ptr, size_t bytes);
 MemoryStats device_memory_stats();

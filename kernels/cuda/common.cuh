@@ -2,6 +2,7 @@
 // Shared pieces of the CUDA kernels (included by kernels/cuda/*.cu only): launch shapes, argument
 // checks, block reductions, fixed-order column sums and the report of invalid indices found on the
 // device (at once, or deferred to the next wait: kernels/cuda/deferred_errors.h).
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -35,6 +36,16 @@ void check_on_cuda(const char* kernel, const T&... tensors) {
                   t.describe(), ", expected a cuda tensor");
       }(tensors),
       ...);
+}
+
+// Calls launch(data) with `out`'s data as float* or __nv_bfloat16*: the two dtypes of an output that
+// only products read next, which kernels write in the dtype the products take
+// (kernels::matmul_operand_dtype; static_cast<__nv_bfloat16> rounds to nearest even).
+template <class Launch>
+void with_f32_or_bf16(Tensor& out, const char* what, Launch&& launch) {
+  if (out.dtype() == DType::BF16) return launch(static_cast<__nv_bfloat16*>(out.raw()));
+  EG_ASSERT(out.dtype() == DType::F32, what, " must be f32 or bf16, got ", out.describe());
+  launch(out.data<float>());
 }
 
 __device__ inline float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }

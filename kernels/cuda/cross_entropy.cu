@@ -3,8 +3,6 @@
 // the CPU, then dlogits written in a last pass. A thread only overwrites the logits it read itself,
 // after the block has finished reading, so dlogits may alias logits. dlogits may also be bf16
 // (kernels::matmul_operand_dtype: the head's two products take it), written rounded to nearest even.
-#include <cuda_bf16.h>
-
 #include "kernels/checks.h"
 #include "kernels/cross_entropy.h"
 #include "kernels/cuda/common.cuh"
@@ -56,10 +54,8 @@ void cross_entropy(const Tensor& logits, const Tensor& targets, float grad_scale
   };
   if (dlogits == nullptr) {
     launch(static_cast<float*>(nullptr));
-  } else if (dlogits->dtype() == DType::BF16) {
-    launch(static_cast<__nv_bfloat16*>(dlogits->raw()));
   } else {
-    launch(dlogits->data<float>());
+    with_f32_or_bf16(*dlogits, "cross_entropy dlogits", launch);
   }
   EG_CUDA_CHECK_LAUNCH("cross_entropy_kernel");
   const int64_t r = bad_target.position();

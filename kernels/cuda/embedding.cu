@@ -7,8 +7,6 @@
 #include <cub/device/device_run_length_encode.cuh>
 #include <cub/device/device_scan.cuh>
 
-#include <cuda_bf16.h>
-
 #include <climits>
 
 #include "kernels/checks.h"
@@ -155,16 +153,10 @@ void embedding_gather(const Tensor& table, const Tensor& ids, Tensor& out) {
   if (out.numel() == 0) return;
   FirstBadPosition bad_id;
   checks::visit_ids(ids, "embedding_gather ids", [&](const auto* id) {
-    const int64_t n_ids = ids.numel();
-    const unsigned grid = grid_for_rows(n_ids);
-    if (bf16_out) {
-      gather_kernel<<<grid, kThreads, 0, compute_stream()>>>(table.data<float>(), id, n_rows, c,
-                                                             static_cast<__nv_bfloat16*>(out.raw()), n_ids,
-                                                             bad_id.slot());
-    } else {
-      gather_kernel<<<grid, kThreads, 0, compute_stream()>>>(table.data<float>(), id, n_rows, c, out.data<float>(),
-                                                             n_ids, bad_id.slot());
-    }
+    with_f32_or_bf16(out, "embedding_gather out", [&](auto* o) {
+      gather_kernel<<<grid_for_rows(ids.numel()), kThreads, 0, compute_stream()>>>(table.data<float>(), id, n_rows,
+                                                                                  c, o, ids.numel(), bad_id.slot());
+    });
   });
   EG_CUDA_CHECK_LAUNCH("gather_kernel");
   const int64_t i = bad_id.position();

@@ -190,16 +190,11 @@ Tensor rounded_to_bf16(const Tensor& x) {
   return y;
 }
 
-// Whether products under the current matmul precision round one of these operands to bf16 first.
-bool rounds_operands(const Tensor& a, const Tensor& b) {
-  return matmul_precision() == MatmulPrecision::BF16 && (a.dtype() == DType::F32 || b.dtype() == DType::F32);
-}
-
 }  // namespace
 
 Tensor matmul_operand(const Tensor& x) {
   check_on_cuda("matmul_operand", x);
-  if (x.dtype() != DType::F32 || matmul_precision() != MatmulPrecision::BF16) return x;
+  if (x.dtype() != DType::F32 || matmul_operand_dtype(Device::CUDA) != DType::BF16) return x;
   return rounded_to_bf16(x);
 }
 
@@ -208,8 +203,6 @@ void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& 
   check_dtypes("gemm", a, b, c);
   const checks::GemmDims dims = checks::gemm_dims(a, trans_a, b, trans_b, c);
   if (dims.m == 0 || dims.n == 0) return;
-  if (dims.k > 0 && rounds_operands(a, b))
-    return gemm(matmul_operand(a), trans_a, matmul_operand(b), trans_b, c, alpha, beta);
   if (dims.k == 0) {  // nothing to multiply: C = beta·C (0 overwrites NaN), as on the CPU
     EG_ASSERT(beta == 0.0f || c.dtype() == DType::F32, "gemm: k = 0 with beta ", beta, " on ", c.describe());
     if (beta == 0.0f) {
@@ -219,10 +212,14 @@ void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& 
     }
     return;
   }
-  const Plan& plan = PlanCache::plan({a.dtype(), c.dtype(), dims.m, dims.n, dims.k, trans_a, trans_b,
-                                      alignment(a.raw()), alignment(b.raw()), alignment(c.raw())});
+  // Under BF16 an f32 operand is rounded here (once per product: a tensor several products take is
+  // passed already rounded); after that both operands have one dtype.
+  const Tensor a_product = matmul_operand(a), b_product = matmul_operand(b);
+  const Plan& plan = PlanCache::plan({a_product.dtype(), c.dtype(), dims.m, dims.n, dims.k, trans_a, trans_b,
+                                      alignment(a_product.raw()), alignment(b_product.raw()), alignment(c.raw())});
   const CudaContext& ctx = cuda_context();
-  EG_CUBLAS_CHECK(cublasLtMatmul(ctx.cublaslt, plan.op.handle, &alpha, b.raw(), plan.first.handle, a.raw(),
+  EG_CUBLAS_CHECK(cublasLtMatmul(ctx.cublaslt, plan.op.handle, &alpha, b_product.raw(), plan.first.handle,
+                                 a_product.raw(),
                                  plan.second.handle, &beta, c.raw(), plan.out.handle, c.raw(), plan.out.handle,
                                  &plan.algo, ctx.workspace, ctx.workspace_bytes, ctx.compute));
 }

@@ -10,8 +10,6 @@
 // are reported at the host's next wait, and the combine kernels write nothing when one is bad.
 #include <cub/device/device_radix_sort.cuh>
 
-#include <cuda_bf16.h>
-
 #include <climits>
 
 #include "kernels/checks.h"
@@ -193,16 +191,11 @@ void combine_expert_outputs_backward(const Tensor& dy, const Tensor& expert_out,
                                                                  d_topk_w, bf16_out ? DType::BF16 : DType::F32);
   const unsigned long long* bad_position = check_positions(position, n * k, "combine_expert_outputs_backward");
   if (n * k == 0) return;
-  const auto launch = [&](auto* d_out) {
+  with_f32_or_bf16(d_expert_out, "combine_expert_outputs_backward d_expert_out", [&](auto* d_out) {
     combine_backward_kernel<<<grid_for_rows(n * k), kThreads, 0, compute_stream()>>>(
         dy.data<float>(), expert_out.data<float>(), position.data<int32_t>(), topk_w.data<float>(), n * k, k, d,
         bad_position, d_out, d_topk_w.data<float>());
-  };
-  if (bf16_out) {
-    launch(static_cast<__nv_bfloat16*>(d_expert_out.raw()));
-  } else {
-    launch(d_expert_out.data<float>());
-  }
+  });
   EG_CUDA_CHECK_LAUNCH("combine_backward_kernel");
 }
 

@@ -2,8 +2,6 @@
 // element. Outputs must not alias inputs. Outputs may also be bf16 (kernels::matmul_operand_dtype):
 // the activation and its gradients feed products only, so they are written in the dtype the
 // products take, rounded to nearest even, instead of f32 then a rounded copy.
-#include <cuda_bf16.h>
-
 #include <type_traits>
 
 #include "kernels/cuda/common.cuh"
@@ -30,14 +28,6 @@ __global__ void swiglu_backward_kernel(const float* dout, const float* gate, con
   }
 }
 
-// Calls launch(Out*) with `out`'s data as float or __nv_bfloat16, the two dtypes an output may have.
-template <class Launch>
-void with_output(Tensor& out, const char* what, Launch&& launch) {
-  if (out.dtype() == DType::BF16) return launch(static_cast<__nv_bfloat16*>(out.raw()));
-  EG_ASSERT(out.dtype() == DType::F32, what, " must be f32 or bf16, got ", out.describe());
-  launch(out.data<float>());
-}
-
 }  // namespace
 
 void swiglu_forward(const Tensor& gate, const Tensor& up, Tensor& out) {
@@ -45,7 +35,7 @@ void swiglu_forward(const Tensor& gate, const Tensor& up, Tensor& out) {
   check_shape(up, gate.shape(), "swiglu_forward up");
   check_shape(out, gate.shape(), "swiglu_forward out");
   const int64_t n = gate.numel();
-  with_output(out, "swiglu_forward out", [&](auto* o) {
+  with_f32_or_bf16(out, "swiglu_forward out", [&](auto* o) {
     swiglu_forward_kernel<<<grid_for(n), kThreads, 0, compute_stream()>>>(gate.data<float>(), up.data<float>(), o, n);
   });
   EG_CUDA_CHECK_LAUNCH("swiglu_forward_kernel");
@@ -59,7 +49,7 @@ void swiglu_backward(const Tensor& dout, const Tensor& gate, const Tensor& up, T
   check_shape(dup, gate.shape(), "swiglu_backward dup");
   check_dtype(dup, dgate.dtype(), "swiglu_backward dup (the dtype of dgate)");
   const int64_t n = gate.numel();
-  with_output(dgate, "swiglu_backward dgate", [&](auto* dg) {
+  with_f32_or_bf16(dgate, "swiglu_backward dgate", [&](auto* dg) {
     using Out = std::remove_pointer_t<decltype(dg)>;
     swiglu_backward_kernel<<<grid_for(n), kThreads, 0, compute_stream()>>>(
         dout.data<float>(), gate.data<float>(), up.data<float>(), dg, static_cast<Out*>(dup.raw()), n);
