@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "kernels/attention.h"
+#include "kernels/cuda/grouped_mma.h"
 #include "kernels/gemm.h"
 #include "kernels/matmul_precision.h"
 #include "runtime/cuda/device.h"
@@ -58,14 +59,20 @@ void time_on_device(benchmark::State& state, double flops, Body&& body) {
       benchmark::Counter(flops * 1e-12, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
 }
 
-// One MoE layer's expert weights w [E, out, in] with the rows they multiply: arg 0 takes d_model to
-// the expert width (w1, w3), arg 1 the expert width back to d_model (w2).
+// One MoE layer's expert weights w [E, out, in] with the rows they multiply: first arg 0 takes d_model
+// to the expert width (w1, w3), 1 the expert width back to d_model (w2); second arg 0 runs the fastest
+// grouped kernel here (wgmma on an H100), 1 the mma.sync one, side by side.
 struct ExpertProduct {
-  explicit ExpertProduct(const benchmark::State& state)
-      : in(state.range(0) ? kExpertWidth : kModel), out(state.range(0) ? kModel : kExpertWidth) {}
+  explicit ExpertProduct(benchmark::State& state)
+      : in(state.range(0) ? kExpertWidth : kModel),
+        out(state.range(0) ? kModel : kExpertWidth),
+        kernel(state.range(1) ? kernels::cuda::GroupedMmaKernel::MmaSync : kernels::cuda::GroupedMmaKernel::Fastest) {
+    state.SetLabel(state.range(1) || !kernels::cuda::grouped_wgmma_available() ? "mma.sync" : "wgmma");
+  }
   double flops() const { return 2.0 * rows * in * out; }
 
   int64_t rows = kTokens * kTopK, in, out;
+  kernels::cuda::GroupedMmaKernel kernel;
   Tensor x = random_on_device({rows, in}, 1, DType::BF16);    // the products' input rows
   Tensor dy = random_on_device({rows, out}, 2, DType::BF16);  // the gradient of their output
   Tensor w = random_on_device({kExperts, out, in}, 3, DType::BF16);
@@ -76,25 +83,26 @@ void BM_grouped_forward(benchmark::State& state) {
   if (!device_ready(state)) return;
   const ExpertProduct e(state);
   Tensor y = Tensor::empty({e.rows, e.out}, DType::F32, Device::CUDA);
-  time_on_device(state, e.flops(), [&] { kernels::grouped_gemm(e.x, e.w, true, y, e.offsets); });
+  time_on_device(state, e.flops(), [&] { kernels::cuda::grouped_mma(e.x, e.w, true, y, e.offsets, 0.0f, e.kernel); });
 }
-BENCHMARK(BM_grouped_forward)->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_grouped_forward)->ArgsProduct({{0, 1}, {0, 1}})->Unit(benchmark::kMillisecond)->UseRealTime();
 
 void BM_grouped_row_gradient(benchmark::State& state) {
   if (!device_ready(state)) return;
   const ExpertProduct e(state);
   Tensor dx = Tensor::empty({e.rows, e.in}, DType::F32, Device::CUDA);
-  time_on_device(state, e.flops(), [&] { kernels::grouped_gemm(e.dy, e.w, false, dx, e.offsets); });
+  time_on_device(state, e.flops(),
+                 [&] { kernels::cuda::grouped_mma(e.dy, e.w, false, dx, e.offsets, 0.0f, e.kernel); });
 }
-BENCHMARK(BM_grouped_row_gradient)->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_grouped_row_gradient)->ArgsProduct({{0, 1}, {0, 1}})->Unit(benchmark::kMillisecond)->UseRealTime();
 
 void BM_grouped_weight_gradient(benchmark::State& state) {
   if (!device_ready(state)) return;
   const ExpertProduct e(state);
   Tensor dw = Tensor::zeros({kExperts, e.out, e.in}, DType::F32, Device::CUDA);
-  time_on_device(state, e.flops(), [&] { kernels::grouped_gemm_wgrad(e.dy, e.x, dw, e.offsets); });
+  time_on_device(state, e.flops(), [&] { kernels::cuda::grouped_mma_wgrad(e.dy, e.x, dw, e.offsets, e.kernel); });
 }
-BENCHMARK(BM_grouped_weight_gradient)->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_grouped_weight_gradient)->ArgsProduct({{0, 1}, {0, 1}})->Unit(benchmark::kMillisecond)->UseRealTime();
 
 // One layer's causal attention, batch 8 × 2048 tokens, 12 heads of 64: 4·B·H·T²·d_h / 2 FLOPs
 // forward, 2.5 times that backward (five products, one of them the recomputed scores).

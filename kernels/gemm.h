@@ -19,6 +19,11 @@ void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& 
 // c_g = a_g · op(b[g]) + beta·c_g with op = transpose when trans_b (empty groups skipped).
 void grouped_gemm(const Tensor& a, const Tensor& b, bool trans_b, Tensor& c, const std::vector<int64_t>& offsets,
                   float beta = 0.0f);
+// The sum of two grouped products over the same groups (a2, b2 shaped like a, b):
+// c_g = a_g · op(b[g]) + a2_g · op(b2[g]). The MoE's row gradient through w1 and w3; on CUDA one pass
+// over c instead of a second product that reads c back.
+void grouped_gemm_pair(const Tensor& a, const Tensor& b, const Tensor& a2, const Tensor& b2, bool trans_b, Tensor& c,
+                       const std::vector<int64_t>& offsets);
 // Weight gradient: db[g] += dc_g^T · a_g, with dc [N, r], a [N, s], db [G, r, s] (accumulated).
 void grouped_gemm_wgrad(const Tensor& dc, const Tensor& a, Tensor& db, const std::vector<int64_t>& offsets);
 // x as the products take it: the CPU multiplies in float32, so x itself.
@@ -33,6 +38,8 @@ void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& 
           float beta = 0.0f);
 void grouped_gemm(const Tensor& a, const Tensor& b, bool trans_b, Tensor& c, const std::vector<int64_t>& offsets,
                   float beta = 0.0f);
+void grouped_gemm_pair(const Tensor& a, const Tensor& b, const Tensor& a2, const Tensor& b2, bool trans_b, Tensor& c,
+                       const std::vector<int64_t>& offsets);
 void grouped_gemm_wgrad(const Tensor& dc, const Tensor& a, Tensor& db, const std::vector<int64_t>& offsets);
 // Under MatmulPrecision::BF16 an f32 x rounded to a bf16 copy (nearest even); otherwise x itself.
 Tensor matmul_operand(const Tensor& x);
@@ -40,6 +47,7 @@ Tensor matmul_operand(const Tensor& x);
 #endif
 EG_KERNEL(gemm)
 EG_KERNEL(grouped_gemm)
+EG_KERNEL(grouped_gemm_pair)
 EG_KERNEL(grouped_gemm_wgrad)
 EG_KERNEL(matmul_operand)
 }  // namespace engram::kernels

@@ -40,6 +40,18 @@ void grouped_gemm(Gemm&& gemm, const Tensor& a, const Tensor& b, bool trans_b, T
   }
 }
 
+// c_g = a_g · op(b[g]) + a2_g · op(b2[g]): the two products one after the other (a2 and b2 shaped
+// like a and b).
+template <class Gemm>
+void grouped_gemm_pair(Gemm&& gemm, const Tensor& a, const Tensor& b, const Tensor& a2, const Tensor& b2,
+                       bool trans_b, Tensor& c, const std::vector<int64_t>& offsets) {
+  EG_ASSERT(a2.shape() == a.shape() && b2.shape() == b.shape(), "grouped_gemm_pair: a ", shape_str(a.shape()),
+            ", b ", shape_str(b.shape()), " and a2 ", shape_str(a2.shape()), ", b2 ", shape_str(b2.shape()),
+            " must match");
+  grouped_gemm(gemm, a, b, trans_b, c, offsets, 0.0f);
+  grouped_gemm(gemm, a2, b2, trans_b, c, offsets, 1.0f);
+}
+
 // db[g] += dc_g^T · a_g for every non-empty group.
 template <class Gemm>
 void grouped_gemm_wgrad(Gemm&& gemm, const Tensor& dc, const Tensor& a, Tensor& db,

@@ -120,8 +120,7 @@ Tensor MoELayer::experts_backward(const Tensor& d_out_in, const std::vector<int6
   kernels::grouped_gemm_wgrad(dgate, saved.rows, w1_.grad, offsets);
   kernels::grouped_gemm_wgrad(dup, saved.rows, w3_.grad, offsets);
   Tensor d_rows = Tensor::empty(saved.rows.shape(), DType::F32, dev);
-  kernels::grouped_gemm(dgate, saved.w1, false, d_rows, offsets);
-  kernels::grouped_gemm(dup, saved.w3, false, d_rows, offsets, /*beta=*/1.0f);
+  kernels::grouped_gemm_pair(dgate, saved.w1, dup, saved.w3, false, d_rows, offsets);
   return d_rows;
 }
 

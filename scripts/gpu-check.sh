@@ -6,7 +6,7 @@
 # no package registry): it needs cmake, ninja, nvcc and the Debian/Ubuntu -dev packages already there.
 #   scripts/gpu-check.sh                      everything
 #   scripts/gpu-check.sh -R CudaGemm          extra ctest arguments apply to the gpu suite only
-# ENGRAM_BUILD_DIR (default build-gpu), ENGRAM_CUDA_ARCHITECTURES (default 90, the H100),
+# ENGRAM_BUILD_DIR (default build-gpu), ENGRAM_CUDA_ARCHITECTURES (default 90a, the H100),
 # ENGRAM_JOBS (default: all cores), ENGRAM_BENCH_CONFIGS (default configs/h100-bench.pbtxt and
 # configs/4090-1b.pbtxt; empty skips the benchmark) and ENGRAM_BENCH_PRECISIONS (default BF16; e.g.
 # "BF16 FLOAT32") adjust it.
@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 
 out=${OUT:-/tmp/gpu-check}
 build_dir=${ENGRAM_BUILD_DIR:-build-gpu}
-archs=${ENGRAM_CUDA_ARCHITECTURES:-90}
+archs=${ENGRAM_CUDA_ARCHITECTURES:-90a}
 jobs=${ENGRAM_JOBS:-$(nproc)}
 mkdir -p "$out"
 

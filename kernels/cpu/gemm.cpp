@@ -37,6 +37,11 @@ void grouped_gemm(const Tensor& a, const Tensor& b, bool trans_b, Tensor& c, con
   gemm_groups::grouped_gemm(gemm, a, b, trans_b, c, offsets, beta);
 }
 
+void grouped_gemm_pair(const Tensor& a, const Tensor& b, const Tensor& a2, const Tensor& b2, bool trans_b, Tensor& c,
+                       const std::vector<int64_t>& offsets) {
+  gemm_groups::grouped_gemm_pair(gemm, a, b, a2, b2, trans_b, c, offsets);
+}
+
 void grouped_gemm_wgrad(const Tensor& dc, const Tensor& a, Tensor& db, const std::vector<int64_t>& offsets) {
   gemm_groups::grouped_gemm_wgrad(gemm, dc, a, db, offsets);
 }

@@ -235,6 +235,17 @@ void grouped_gemm(const Tensor& a, const Tensor& b, bool trans_b, Tensor& c, con
   gemm_groups::grouped_gemm(gemm, a_product, b_product, trans_b, c, offsets, beta);
 }
 
+void grouped_gemm_pair(const Tensor& a, const Tensor& b, const Tensor& a2, const Tensor& b2, bool trans_b, Tensor& c,
+                       const std::vector<int64_t>& offsets) {
+  check_on_cuda("grouped_gemm_pair", a, b, a2, b2, c);
+  check_dtypes("grouped_gemm_pair", a, b, c);
+  check_dtypes("grouped_gemm_pair", a2, b2, c);
+  const Tensor a_product = matmul_operand(a), b_product = matmul_operand(b);
+  const Tensor a2_product = matmul_operand(a2), b2_product = matmul_operand(b2);
+  if (grouped_mma_pair(a_product, b_product, a2_product, b2_product, trans_b, c, offsets)) return;
+  gemm_groups::grouped_gemm_pair(gemm, a_product, b_product, a2_product, b2_product, trans_b, c, offsets);
+}
+
 void grouped_gemm_wgrad(const Tensor& dc, const Tensor& a, Tensor& db, const std::vector<int64_t>& offsets) {
   check_on_cuda("grouped_gemm_wgrad", dc, a, db);
   check_dtypes("grouped_gemm_wgrad", dc, a, db);

@@ -1,17 +1,11 @@
-// Grouped expert products in one launch (kernels/cuda/grouped_mma.h). Each block computes one
-// 128 × 128 tile of one group's output: the blocks of all groups form one grid, and a block finds
-// its group by binary search in the group table (kernel parameters). Tiles of 32 along k stream
-// through a ring of kStages shared-memory stages filled by cp.async, so the copies of the next
-// kStages − 1 tiles are in flight while one multiplies (mma.sync m16n8k16, bf16 in, float32
-// accumulate; mma_fragments.cuh). 4 warps, each owning a 64 × 64 piece of the tile: 8 ldmatrix per 32
-// mma per 16 of k, where 64 × 32 pieces needed 6 per 16. Every output element is one thread's sum
-// over k in a fixed order, so results repeat bit for bit; no split-k, no atomics.
-//
-// Two layouts of the groups:
-// - products (forward, and the backward's row gradients): group g owns rows [o_g, o_{g+1}) of a and
-//   c, and b[g] is [n, k] (trans_b) or [k, n]: m varies per group, n and k are fixed;
-// - weight gradients: group g owns rows [o_g, o_{g+1}) of dc and a, which are its k; db[g] is
-//   [m, n] and A = dcᵀ is read k-major: k varies per group, m and n are fixed.
+// Grouped expert products in one launch with mma.sync (kernels/cuda/grouped_mma.h; the group layouts
+// and the table are in grouped_mma_common.cuh). Each block computes one 128 × 128 tile of one group's
+// output. Tiles of 32 along k stream through a ring of kStages shared-memory stages filled by
+// cp.async, so the copies of the next kStages − 1 tiles are in flight while one multiplies
+// (mma.sync m16n8k16, bf16 in, float32 accumulate; mma_fragments.cuh). 4 warps, each owning a
+// 64 × 64 piece of the tile: 8 ldmatrix per 32 mma per 16 of k, where 64 × 32 pieces needed 6 per
+// 16. Every output element is one thread's sum over k in a fixed order, so results repeat bit for
+// bit; no split-k, no atomics.
 #include <cuda_bf16.h>
 
 #include <climits>
@@ -20,6 +14,7 @@
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/grouped_mma.h"
+#include "kernels/cuda/grouped_mma_common.cuh"
 #include "kernels/cuda/mma_fragments.cuh"
 #include "kernels/gemm_groups.h"
 
@@ -27,36 +22,10 @@ namespace engram::kernels::cuda {
 
 namespace {
 
-constexpr int kTileM = 128, kTileN = 128, kTileK = 32;
+constexpr int kTileM = kGroupedTileM, kTileN = kGroupedTileN, kTileK = 32;
 constexpr int kStages = 4;  // 4 × 20 KB of shared memory: two blocks fit on an SM
 constexpr int kGemmWarps = 4, kGemmThreads = kGemmWarps * kWarpSize;
 constexpr int kWarpM = 64, kWarpN = 64;  // warps: 2 along m, 2 along n
-
-struct GroupedMmaParams {
-  const __nv_bfloat16* a;
-  const __nv_bfloat16* b;
-  float* c;
-  int m, n, k;                // the fixed ones of the layout (m of weight gradients, k of products)
-  int lda, ldb, ldc;          // row lengths in elements
-  int64_t b_group_stride;     // products: elements between b[g] and b[g+1]
-  int64_t c_group_stride;     // weight gradients: elements between db[g] and db[g+1]
-  float beta;
-  int groups;
-  int offsets[kGroupedMmaMaxGroups + 1];     // the groups' first rows
-  int tile_start[kGroupedMmaMaxGroups + 1];  // the groups' first blocks
-};
-
-__device__ inline void cp_async_16(uint32_t shared_address, const void* global, int src_bytes) {
-  // src_bytes 0 fills the 16 bytes with zeros (rows and columns past the matrix).
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared_address), "l"(global),
-               "r"(src_bytes)
-               : "memory");
-}
-__device__ inline void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int kPending>
-__device__ inline void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
-}
 
 // Rows row0 … row0+kRows−1, columns col0 … col0+kCols−1 of a row-major bf16 matrix (row length ld,
 // `rows` × `cols` valid, cols a multiple of 8) into a tile, zeros outside.
@@ -67,9 +36,8 @@ __device__ void load_tile(Bf16Tile<kRows, kCols> tile, const __nv_bfloat16* base
   static_assert(kChunks % kGemmThreads == 0);
 #pragma unroll
   for (int i = static_cast<int>(threadIdx.x); i < kChunks; i += kGemmThreads) {
-    const int r = i / kChunksPerRow, col = i % kChunksPerRow * 8, row = row0 + r, column = col0 + col;
-    const bool inside = row < rows && column < cols;
-    cp_async_16(tile.address(r, col), inside ? base + int64_t{row} * ld + column : base, inside ? 16 : 0);
+    const int r = i / kChunksPerRow, col = i % kChunksPerRow * 8;
+    copy_chunk(tile.address(r, col), base, ld, row0 + r, rows, col0 + col, cols);
   }
 }
 
@@ -91,41 +59,26 @@ __global__ void __launch_bounds__(kGemmThreads, 2) grouped_mma_kernel(const __gr
   using Stage = StageTiles<kWeightGrad, kBRowsK>;
   extern __shared__ __align__(16) __nv_bfloat16 stage_storage[];
 
-  // This block's group: the last whose first block is at most blockIdx.x (empty groups have none).
-  const int block = static_cast<int>(blockIdx.x);
-  int g = 0;
-  for (int hi = p.groups; hi - g > 1;) {
-    const int mid = (g + hi) / 2;
-    if (p.tile_start[mid] <= block) {
-      g = mid;
-    } else {
-      hi = mid;
-    }
-  }
-  const int first = p.offsets[g], count = p.offsets[g + 1] - first;
-  const int m = kWeightGrad ? p.m : count, k = kWeightGrad ? count : p.k, n = p.n;
-  const int tiles_n = (n + kTileN - 1) / kTileN, t = block - p.tile_start[g];
-  const int m0 = t / tiles_n * kTileM, n0 = t % tiles_n * kTileN;
-  const __nv_bfloat16* a = p.a + int64_t{first} * p.lda;  // rows m (products) or k (weight gradients)
-  const __nv_bfloat16* b = kWeightGrad ? p.b + int64_t{first} * p.ldb : p.b + g * p.b_group_stride;
-  float* c = kWeightGrad ? p.c + g * p.c_group_stride : p.c + int64_t{first} * p.ldc;
+  const GroupedTile t = locate_tile<kWeightGrad>(p);
+  const int m = t.m, n = t.n, k = t.k, m0 = t.m0, n0 = t.n0;
+  float* c = t.c;
 
   // Starts the copies of k tile kt into its stage, if there is such a tile, as one commit group
   // (empty past the end, so that every thread always has the same number of groups in flight).
-  const int k_tiles = (k + kTileK - 1) / kTileK;
+  const int k_tiles = k_tiles_of<kTileK>(t);
   const auto load_stage = [&](int kt) {
     if (kt < k_tiles) {
       const Stage s(stage_storage, kt % kStages);
-      const int k0 = kt * kTileK;
+      const KTileSource src = k_tile_source<kTileK>(t, kt);
       if constexpr (kWeightGrad) {
-        load_tile(s.a, a, p.lda, k0, k, m0, m);
+        load_tile(s.a, src.a, p.lda, src.k0, k, m0, m);
       } else {
-        load_tile(s.a, a, p.lda, m0, m, k0, k);
+        load_tile(s.a, src.a, p.lda, m0, m, src.k0, k);
       }
       if constexpr (kBRowsK) {
-        load_tile(s.b, b, p.ldb, k0, k, n0, n);
+        load_tile(s.b, src.b, p.ldb, src.k0, k, n0, n);
       } else {
-        load_tile(s.b, b, p.ldb, n0, n, k0, k);
+        load_tile(s.b, src.b, p.ldb, n0, n, src.k0, k);
       }
     }
     cp_async_commit();
@@ -220,30 +173,45 @@ void fill_groups(GroupedMmaParams& p, const std::vector<int64_t>& offsets, Tiles
 int tiles(int rows, int tile) { return (rows + tile - 1) / tile; }
 
 template <bool kWeightGrad, bool kBRowsK>
-void launch(const GroupedMmaParams& p) {
-  const int blocks = p.tile_start[p.groups];
-  if (blocks == 0) return;
+void launch_mma_sync(const GroupedMmaParams& p) {
   const auto kernel = grouped_mma_kernel<kWeightGrad, kBRowsK>;
   constexpr size_t kShared = StageTiles<kWeightGrad, kBRowsK>::kSharedBytes;
-  EG_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kShared)));
-  kernel<<<blocks, kGemmThreads, kShared, compute_stream()>>>(p);
+  // Once per process (one device per process): more than the default 48 KB of shared memory.
+  static const bool configured = [&] {
+    EG_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kShared)));
+    return true;
+  }();
+  (void)configured;
+  kernel<<<p.tile_start[p.groups], kGemmThreads, kShared, compute_stream()>>>(p);
   EG_CUDA_CHECK_LAUNCH("grouped_mma_kernel");
 }
 
-}  // namespace
+void launch(const GroupedMmaParams& p, bool weight_grad, bool b_rows_k, GroupedMmaKernel kernel) {
+  if (p.tile_start[p.groups] == 0) return;
+  if (kernel == GroupedMmaKernel::Fastest && grouped_wgmma_available()) return launch_grouped_wgmma(p, weight_grad, b_rows_k);
+  if (weight_grad) return launch_mma_sync<true, true>(p);
+  if (b_rows_k) return launch_mma_sync<false, true>(p);
+  launch_mma_sync<false, false>(p);
+}
 
-bool grouped_mma(const Tensor& a, const Tensor& b, bool trans_b, Tensor& c, const std::vector<int64_t>& offsets,
-                 float beta) {
-  if (!takes(a, b, c, offsets)) return false;
+// c_g = a_g · op(b[g]) (+ a2_g · op(b2[g]) when a2) + beta·c_g, if the kernels take it.
+bool products(const Tensor& a, const Tensor& b, const Tensor* a2, const Tensor* b2, bool trans_b, Tensor& c,
+              const std::vector<int64_t>& offsets, float beta, GroupedMmaKernel kernel) {
+  if (!takes(a, b, c, offsets) || (a2 && !takes(*a2, *b2, c, offsets))) return false;
   gemm_groups::check_offsets(offsets, b, a.rows(), "grouped_gemm");
   const int64_t k = a.cols(), n = trans_b ? b.dim(1) : b.dim(2);
   if (k == 0) return false;  // nothing to multiply: the per-group path writes beta·c
   EG_ASSERT(c.rows() == a.rows() && c.cols() == n && (trans_b ? b.dim(2) : b.dim(1)) == k,
             "grouped_gemm shapes: a ", shape_str(a.shape()), ", b ", shape_str(b.shape()), trans_b ? "ᵀ" : "",
             ", c ", shape_str(c.shape()));
+  EG_ASSERT(!a2 || (a2->shape() == a.shape() && b2->shape() == b.shape()), "grouped_gemm_pair: a ",
+            shape_str(a.shape()), ", b ", shape_str(b.shape()), " and a2 ", shape_str(a2->shape()), ", b2 ",
+            shape_str(b2->shape()), " must match");
   GroupedMmaParams p{};
   p.a = static_cast<const __nv_bfloat16*>(a.raw());
   p.b = static_cast<const __nv_bfloat16*>(b.raw());
+  p.a2 = a2 ? static_cast<const __nv_bfloat16*>(a2->raw()) : nullptr;
+  p.b2 = b2 ? static_cast<const __nv_bfloat16*>(b2->raw()) : nullptr;
   p.c = c.data<float>();
   p.n = static_cast<int>(n);
   p.k = static_cast<int>(k);
@@ -254,15 +222,38 @@ bool grouped_mma(const Tensor& a, const Tensor& b, bool trans_b, Tensor& c, cons
   p.beta = beta;
   const int tiles_n = tiles(p.n, kTileN);
   fill_groups(p, offsets, [&](int rows) { return tiles(rows, kTileM) * tiles_n; });
-  if (trans_b) {
-    launch<false, false>(p);
-  } else {
-    launch<false, true>(p);
-  }
+  launch(p, false, !trans_b, kernel);
   return true;
 }
 
-bool grouped_mma_wgrad(const Tensor& dc, const Tensor& a, Tensor& db, const std::vector<int64_t>& offsets) {
+}  // namespace
+
+bool grouped_wgmma_available() {
+#ifdef ENGRAM_HAVE_SM90A
+  static const bool hopper = [] {
+    int major = 0, minor = 0;
+    EG_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, cuda_context().device));
+    EG_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, cuda_context().device));
+    return major == 9 && minor == 0;
+  }();
+  return hopper;
+#else
+  return false;
+#endif
+}
+
+bool grouped_mma(const Tensor& a, const Tensor& b, bool trans_b, Tensor& c, const std::vector<int64_t>& offsets,
+                 float beta, GroupedMmaKernel kernel) {
+  return products(a, b, nullptr, nullptr, trans_b, c, offsets, beta, kernel);
+}
+
+bool grouped_mma_pair(const Tensor& a, const Tensor& b, const Tensor& a2, const Tensor& b2, bool trans_b, Tensor& c,
+                      const std::vector<int64_t>& offsets, GroupedMmaKernel kernel) {
+  return products(a, b, &a2, &b2, trans_b, c, offsets, 0.0f, kernel);
+}
+
+bool grouped_mma_wgrad(const Tensor& dc, const Tensor& a, Tensor& db, const std::vector<int64_t>& offsets,
+                       GroupedMmaKernel kernel) {
   if (!takes(dc, a, db, offsets)) return false;
   gemm_groups::check_offsets(offsets, db, a.rows(), "grouped_gemm_wgrad");
   EG_ASSERT(dc.rows() == a.rows() && dc.cols() == db.dim(1) && a.cols() == db.dim(2),
@@ -281,7 +272,7 @@ bool grouped_mma_wgrad(const Tensor& dc, const Tensor& a, Tensor& db, const std:
   p.beta = 1.0f;
   const int per_group = tiles(p.m, kTileM) * tiles(p.n, kTileN);
   fill_groups(p, offsets, [&](int rows) { return rows > 0 ? per_group : 0; });
-  launch<true, true>(p);
+  launch(p, true, true, kernel);
   return true;
 }
 

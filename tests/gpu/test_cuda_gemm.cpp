@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <iostream>
 #include <random>
 #include <string>
 #include <vector>
@@ -165,44 +166,63 @@ TEST_F(CudaGemm, GroupedProductAccumulatesWithBetaOne) {
   expect_close_to_cpu(c.gpu, c.cpu, 1e-5, 1e-4, "grouped_gemm, beta 1");
 }
 
-// The one-launch grouped kernel (bf16 operands, f32 output, rows a multiple of 8 elements) against
-// the CPU on the same rounded values: uneven and empty groups, partial tiles along m, n and k (tiles
-// are 128 × 128 × 32), both layouts of b, beta 0 (over NaN) and 1, and weight gradients with groups
-// of different k; a repeated call is bitwise equal. Odd row lengths are not taken (the per-group
-// path runs them, tested above and below).
+// The one-launch grouped kernels (bf16 operands, f32 output, rows a multiple of 8 elements) against
+// the CPU on the same rounded values, mma.sync and the fastest here (wgmma on an H100 built for
+// sm_90a): uneven and empty groups, partial tiles along m, n and k (tiles are 128 × 128, and 32 or 64
+// along k), both layouts of b, beta 0 (over NaN) and 1, and weight gradients with groups of different
+// k; a repeated call is bitwise equal. Odd row lengths are not taken (the per-group path runs them,
+// tested above and below).
 TEST_F(CudaGemm, GroupedMmaKernelMatchesTheCpu) {
+  using kernels::cuda::GroupedMmaKernel;
+  std::cout << "fastest grouped kernel here: " << (kernels::cuda::grouped_wgmma_available() ? "wgmma" : "mma.sync")
+            << "\n";
   std::mt19937 gen(97);
   const int64_t groups = 9, n = 136;
   std::vector<int64_t> offsets{0};
-  for (int64_t g = 0; g < groups; ++g) offsets.push_back(offsets.back() + (g % 4 == 1 ? 0 : 1 + (g * 37) % 150));
+  for (int64_t g = 0; g < groups; ++g) offsets.push_back(offsets.back() + (g % 4 == 1 ? 0 : g == groups - 1 ? 300 : 1 + (g * 37) % 150));
   const int64_t rows = offsets.back();
-  // k = 40: fewer tiles of k than pipeline stages; k = 136: more, so the stages are reused.
-  for (const auto& [k, trans_b] : std::vector<std::pair<int64_t, bool>>{{40, false}, {40, true}, {136, true}}) {
-    const Bf16Values a = round_to_bf16(random_uniform({rows, k}, gen));
-    const Tensor a_gpu = a.bf16.copy_to(Device::CUDA);
-    const Bf16Values b = round_to_bf16(random_uniform(trans_b ? Shape{groups, n, k} : Shape{groups, k, n}, gen));
-    const Tensor b_gpu = b.bf16.copy_to(Device::CUDA);
-    for (float beta : {0.0f, 1.0f}) {
-      const std::string what = "k " + std::to_string(k) + (trans_b ? ", b^T" : ", b") +
-                               (beta == 0.0f ? ", beta 0" : ", beta 1");
-      Tensor expected = beta == 0.0f ? nan_tensor({rows, n}) : random_uniform({rows, n}, gen);
-      Tensor c = expected.copy_to(Device::CUDA), again = c.clone();
-      kernels::grouped_gemm(a.f32, b.f32, trans_b, expected, offsets, beta);
-      ASSERT_TRUE(kernels::cuda::grouped_mma(a_gpu, b_gpu, trans_b, c, offsets, beta)) << what;
-      ASSERT_TRUE(kernels::cuda::grouped_mma(a_gpu, b_gpu, trans_b, again, offsets, beta)) << what;
-      expect_close_to_cpu(c, expected, 1e-5, 1e-4, "grouped mma, " + what);
-      EXPECT_TRUE(device_bitwise_equal(c, again)) << what << ": a second call differs";
+  for (const GroupedMmaKernel kernel : {GroupedMmaKernel::MmaSync, GroupedMmaKernel::Fastest}) {
+    const std::string which = kernel == GroupedMmaKernel::MmaSync ? "mma.sync, " : "fastest, ";
+    // k = 40: fewer tiles of k than pipeline stages; k = 136 and 264: more, so the stages are reused.
+    for (const auto& [k, trans_b] :
+         std::vector<std::pair<int64_t, bool>>{{40, false}, {40, true}, {136, true}, {264, false}, {264, true}}) {
+      const Bf16Values a = round_to_bf16(random_uniform({rows, k}, gen));
+      const Tensor a_gpu = a.bf16.copy_to(Device::CUDA);
+      const Bf16Values b = round_to_bf16(random_uniform(trans_b ? Shape{groups, n, k} : Shape{groups, k, n}, gen));
+      const Tensor b_gpu = b.bf16.copy_to(Device::CUDA);
+      for (float beta : {0.0f, 1.0f}) {
+        const std::string what = which + "k " + std::to_string(k) + (trans_b ? ", b^T" : ", b") +
+                                 (beta == 0.0f ? ", beta 0" : ", beta 1");
+        Tensor expected = beta == 0.0f ? nan_tensor({rows, n}) : random_uniform({rows, n}, gen);
+        Tensor c = expected.copy_to(Device::CUDA), again = c.clone();
+        kernels::grouped_gemm(a.f32, b.f32, trans_b, expected, offsets, beta);
+        ASSERT_TRUE(kernels::cuda::grouped_mma(a_gpu, b_gpu, trans_b, c, offsets, beta, kernel)) << what;
+        ASSERT_TRUE(kernels::cuda::grouped_mma(a_gpu, b_gpu, trans_b, again, offsets, beta, kernel)) << what;
+        expect_close_to_cpu(c, expected, 1e-5, 1e-4, "grouped mma, " + what);
+        EXPECT_TRUE(device_bitwise_equal(c, again)) << what << ": a second call differs";
+      }
+      // A pair: the second operands' k tiles follow the first's in one product, over NaN.
+      const Bf16Values a2 = round_to_bf16(random_uniform(a.f32.shape(), gen));
+      const Bf16Values b2 = round_to_bf16(random_uniform(b.f32.shape(), gen));
+      Tensor expected = nan_tensor({rows, n});
+      Tensor c = expected.copy_to(Device::CUDA);
+      kernels::grouped_gemm_pair(a.f32, b.f32, a2.f32, b2.f32, trans_b, expected, offsets);
+      ASSERT_TRUE(kernels::cuda::grouped_mma_pair(a_gpu, b_gpu, a2.bf16.copy_to(Device::CUDA),
+                                                  b2.bf16.copy_to(Device::CUDA), trans_b, c, offsets, kernel));
+      expect_close_to_cpu(c, expected, 1e-5, 1e-4, which + "grouped mma pair, k " + std::to_string(k));
+    }
+    for (const int64_t r : {136, 64}) {  // db[g] [r, s]: two tiles along m, or half of one
+      const int64_t s = 48;
+      const Bf16Values dc = round_to_bf16(random_uniform({rows, r}, gen));
+      const Bf16Values x = round_to_bf16(random_uniform({rows, s}, gen));
+      Tensor db_expected = random_uniform({groups, r, s}, gen);  // accumulated into; empty groups keep theirs
+      Tensor db = db_expected.copy_to(Device::CUDA);
+      kernels::grouped_gemm_wgrad(dc.f32, x.f32, db_expected, offsets);
+      ASSERT_TRUE(kernels::cuda::grouped_mma_wgrad(dc.bf16.copy_to(Device::CUDA), x.bf16.copy_to(Device::CUDA), db,
+                                                   offsets, kernel));
+      expect_close_to_cpu(db, db_expected, 1e-5, 1e-4, which + "grouped mma weight gradient, m " + std::to_string(r));
     }
   }
-  const int64_t r = 136, s = 48;
-  const Bf16Values dc = round_to_bf16(random_uniform({rows, r}, gen));
-  const Bf16Values x = round_to_bf16(random_uniform({rows, s}, gen));
-  Tensor db_expected = random_uniform({groups, r, s}, gen);  // accumulated into; empty groups keep theirs
-  Tensor db = db_expected.copy_to(Device::CUDA);
-  kernels::grouped_gemm_wgrad(dc.f32, x.f32, db_expected, offsets);
-  ASSERT_TRUE(kernels::cuda::grouped_mma_wgrad(dc.bf16.copy_to(Device::CUDA), x.bf16.copy_to(Device::CUDA), db,
-                                               offsets));
-  expect_close_to_cpu(db, db_expected, 1e-5, 1e-4, "grouped mma weight gradient");
 
   // Not taken: f32 operands, and a row length that is not a multiple of 8.
   Tensor unused = Tensor::empty({rows, n}, DType::F32, Device::CUDA);

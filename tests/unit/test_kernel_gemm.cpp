@@ -152,6 +152,27 @@ TEST(KernelGemm, GroupedGemmWithBetaOneAccumulates) {
   expect_close(c, expected, 0.0, 1e-5, "c");
 }
 
+// The pair's sum over both products against the naive products summed, over NaN: c is written, not
+// accumulated into; shapes that differ between the pairs are refused.
+TEST(KernelGemm, GroupedGemmPairSumsBothProducts) {
+  std::mt19937 gen(7);
+  const std::vector<int64_t> offsets = {0, 4, 4, 11};  // group 1 is empty
+  const int64_t groups = 3, r = 5, s = 6;
+  for (bool trans_b : {false, true}) {
+    const Tensor a = random_uniform({11, trans_b ? s : r}, gen), a2 = random_uniform(a.shape(), gen);
+    const Tensor b = random_uniform({groups, r, s}, gen), b2 = random_uniform(b.shape(), gen);
+    Tensor c = nan_tensor({11, trans_b ? r : s});
+    kernels::grouped_gemm_pair(a, b, a2, b2, trans_b, c, offsets);
+    std::vector<double> expected = naive_grouped(a, b, trans_b, offsets);
+    const std::vector<double> second = naive_grouped(a2, b2, trans_b, offsets);
+    for (size_t i = 0; i < expected.size(); ++i) expected[i] += second[i];
+    expect_close(c, expected, 0.0, 1e-5, trans_b ? "c, b^T" : "c, b");
+  }
+  const Tensor a = random_uniform({11, 6}, gen), b = random_uniform({groups, 5, 6}, gen);
+  Tensor c = Tensor::empty({11, 5});
+  EXPECT_THROW(kernels::grouped_gemm_pair(a, b, a, random_uniform({groups, 5, 7}, gen), true, c, offsets), Error);
+}
+
 TEST(KernelGemm, GroupedWeightGradAccumulatesAndSkipsEmptyGroups) {
   std::mt19937 gen(5);
   const std::vector<int64_t> offsets = {0, 4, 4, 11};  // group 1 is empty

@@ -1,0 +1,120 @@
+#pragma once
+// What the two grouped-product kernels share (included by grouped_mma.cu and grouped_wgmma.cu only):
+// the group table in the kernel parameters, how a block finds its group and tile, and cp.async.
+// Both kernels cut every group's output into 128 × 128 tiles, one block each, so one table of first
+// blocks serves both.
+//
+// Two layouts of the groups:
+// - products (forward, and the backward's row gradients): group g owns rows [o_g, o_{g+1}) of a and
+//   c, and b[g] is [n, k] (trans_b) or [k, n]: m varies per group, n and k are fixed;
+// - weight gradients: group g owns rows [o_g, o_{g+1}) of dc and a, which are its k; db[g] is
+//   [m, n] and A = dcᵀ is read k-major: k varies per group, m and n are fixed.
+#include <cuda_bf16.h>
+
+#include <cstdint>
+
+#include "kernels/cuda/grouped_mma.h"
+
+namespace engram::kernels::cuda {
+
+constexpr int kGroupedTileM = 128, kGroupedTileN = 128;
+
+struct GroupedMmaParams {
+  const __nv_bfloat16* a;
+  const __nv_bfloat16* b;
+  const __nv_bfloat16* a2;  // products only: null, or the second pair of operands (shaped like a, b)
+  const __nv_bfloat16* b2;  // whose product is added (grouped_mma_pair)
+  float* c;
+  int m, n, k;                // the fixed ones of the layout (m of weight gradients, k of products)
+  int lda, ldb, ldc;          // row lengths in elements
+  int64_t b_group_stride;     // products: elements between b[g] and b[g+1]
+  int64_t c_group_stride;     // weight gradients: elements between db[g] and db[g+1]
+  float beta;
+  int groups;
+  int offsets[kGroupedMmaMaxGroups + 1];     // the groups' first rows
+  int tile_start[kGroupedMmaMaxGroups + 1];  // the groups' first blocks
+};
+
+// The tile a block computes: its group's sizes, the tile's first row and column of the group's
+// output, and the group's a, b (and a2, b2) and c.
+struct GroupedTile {
+  int m, n, k, m0, n0;
+  const __nv_bfloat16* a;  // rows m (products) or k (weight gradients)
+  const __nv_bfloat16* b;
+  const __nv_bfloat16* a2;  // null unless a pair
+  const __nv_bfloat16* b2;
+  float* c;
+};
+
+// Where k tile kt of a product (kTileK wide) comes from: tiles past the first operands' k come from
+// a2 and b2 (a pair), from k 0 again.
+struct KTileSource {
+  const __nv_bfloat16* a;
+  const __nv_bfloat16* b;
+  int k0;
+};
+template <int kTileK>
+__device__ inline int k_tiles_of(const GroupedTile& t) {
+  const int tiles = (t.k + kTileK - 1) / kTileK;
+  return t.a2 ? 2 * tiles : tiles;
+}
+template <int kTileK>
+__device__ inline KTileSource k_tile_source(const GroupedTile& t, int kt) {
+  const int first_tiles = (t.k + kTileK - 1) / kTileK;
+  if (kt < first_tiles) return {t.a, t.b, kt * kTileK};
+  return {t.a2, t.b2, (kt - first_tiles) * kTileK};
+}
+
+template <bool kWeightGrad>
+__device__ inline GroupedTile locate_tile(const GroupedMmaParams& p) {
+  // This block's group: the last whose first block is at most blockIdx.x (empty groups have none).
+  const int block = static_cast<int>(blockIdx.x);
+  int g = 0;
+  for (int hi = p.groups; hi - g > 1;) {
+    const int mid = (g + hi) / 2;
+    if (p.tile_start[mid] <= block) {
+      g = mid;
+    } else {
+      hi = mid;
+    }
+  }
+  const int first = p.offsets[g], count = p.offsets[g + 1] - first;
+  GroupedTile t;
+  t.m = kWeightGrad ? p.m : count;
+  t.k = kWeightGrad ? count : p.k;
+  t.n = p.n;
+  const int tiles_n = (t.n + kGroupedTileN - 1) / kGroupedTileN, index = block - p.tile_start[g];
+  t.m0 = index / tiles_n * kGroupedTileM;
+  t.n0 = index % tiles_n * kGroupedTileN;
+  t.a = p.a + int64_t{first} * p.lda;
+  t.b = kWeightGrad ? p.b + int64_t{first} * p.ldb : p.b + g * p.b_group_stride;
+  t.a2 = kWeightGrad || !p.a2 ? nullptr : p.a2 + int64_t{first} * p.lda;
+  t.b2 = kWeightGrad || !p.b2 ? nullptr : p.b2 + g * p.b_group_stride;
+  t.c = kWeightGrad ? p.c + g * p.c_group_stride : p.c + int64_t{first} * p.ldc;
+  return t;
+}
+
+__device__ inline void cp_async_16(uint32_t shared_address, const void* global, int src_bytes) {
+  // src_bytes 0 fills the 16 bytes with zeros (rows and columns past the matrix).
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared_address), "l"(global),
+               "r"(src_bytes)
+               : "memory");
+}
+__device__ inline void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int kPending>
+__device__ inline void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
+}
+
+// Copies the 8 bf16 at (row, column) of a row-major matrix (row length ld, rows × cols valid, cols a
+// multiple of 8) to shared memory, or zeros when they are outside it.
+__device__ inline void copy_chunk(uint32_t shared_address, const __nv_bfloat16* base, int ld, int row, int rows,
+                                  int column, int cols) {
+  const bool inside = row < rows && column < cols;
+  cp_async_16(shared_address, inside ? base + int64_t{row} * ld + column : base, inside ? 16 : 0);
+}
+
+// The launch of the Hopper kernel (grouped_wgmma.cu), for a table filled like grouped_mma.cu's.
+void launch_grouped_wgmma(const GroupedMmaParams& p, bool weight_grad, bool b_rows_k);
+
+}  // namespace engram::kernels::cuda
