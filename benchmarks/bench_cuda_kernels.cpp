@@ -109,9 +109,11 @@ BENCHMARK(BM_grouped_weight_gradient)->ArgsProduct({{0, 1}, {0, 1}})->Unit(bench
 constexpr int64_t kBatch = 8, kSeq = 2048, kHeads = 12, kHeadDim = 64;
 constexpr double kAttentionForwardFlops = 2.0 * kBatch * kHeads * kSeq * kSeq * kHeadDim;
 
+// q, k, v, dout in bf16, as the model gives them to the tensor-core kernels.
 struct AttentionTensors {
-  Tensor q = random_on_device({kBatch, kSeq, kHeads, kHeadDim}, 7), k = random_on_device(q.shape(), 8);
-  Tensor v = random_on_device(q.shape(), 9), dout = random_on_device(q.shape(), 10);
+  Tensor q = random_on_device({kBatch, kSeq, kHeads, kHeadDim}, 7, DType::BF16);
+  Tensor k = random_on_device(q.shape(), 8, DType::BF16), v = random_on_device(q.shape(), 9, DType::BF16);
+  Tensor dout = random_on_device(q.shape(), 10, DType::BF16);
   Tensor out = Tensor::empty(q.shape(), DType::F32, Device::CUDA);
   Tensor lse = Tensor::empty({kBatch, kHeads, kSeq}, DType::F32, Device::CUDA);
   Tensor dq = Tensor::empty(q.shape(), DType::F32, Device::CUDA), dk = dq.clone(), dv = dq.clone();

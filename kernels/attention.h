@@ -2,10 +2,20 @@
 // Causal multi-head attention core: o = softmax(q·kᵀ/√d_h + causal mask)·v, per (batch, head).
 // Layout [B, T, H, d_h] for q, k, v, o (what x·Wᵀ gives after viewing [B, T, D] as heads).
 // CUDA: float32 flash kernels; under MatmulPrecision::BF16 and d_h 64 or 128, tensor-core kernels
-// that round q, k, v, dO, P and dS to bf16 for their products (softmax and outputs stay float32).
+// that read q, k, v, dO in bf16 (rounding f32 ones to a copy first) and round P and dS to bf16 for
+// their products (softmax and outputs stay float32).
 #include "kernels/dispatch.h"
+#include "kernels/matmul_precision.h"
 
 namespace engram::kernels {
+
+// The dtype to give the attention q, k, v and dout in on `device`, heads of head_dim: BF16 where the
+// CUDA tensor-core kernels run (MatmulPrecision::BF16, head_dim 64 or 128), which then skip their own
+// rounding copies; F32 elsewhere, the only dtype the CPU and the float32 kernels take.
+inline DType attention_operand_dtype(Device device, int64_t head_dim) {
+  const bool tensor_core_instance = head_dim == 64 || head_dim == 128;
+  return matmul_operand_dtype(device) == DType::BF16 && tensor_core_instance ? DType::BF16 : DType::F32;
+}
 namespace cpu {
 // out written; lse [B, H, T] written: log-sum-exp of each row of scaled, masked scores.
 void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, Tensor& lse);
@@ -16,6 +26,7 @@ void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, co
 #ifdef ENGRAM_HAVE_CUDA
 namespace cuda {
 // Fused (flash-attention style): the [T, T] scores never reach global memory. head_dim <= 256.
+// q, k, v (and dout) f32, or all bf16 where attention_operand_dtype says BF16.
 void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, Tensor& lse);
 // Deterministic (no atomics): dK, dV per key tile and dQ per query tile are separate kernels.
 void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,

@@ -7,10 +7,12 @@ namespace engram::kernels::checks {
 
 namespace {
 
-void check_f32_like(const Tensor& t, const Tensor& like, const char* what) {
-  check_dtype(t, DType::F32, what);
+void check_like(const Tensor& t, DType dtype, const Tensor& like, const char* what) {
+  check_dtype(t, dtype, what);
   check_shape(t, like.shape(), what);
 }
+
+void check_f32_like(const Tensor& t, const Tensor& like, const char* what) { check_like(t, DType::F32, like, what); }
 
 ConvDims conv_dims(const Tensor& x, const Tensor& w, int dilation, const char* what) {
   check_dtype(x, DType::F32, what);
@@ -46,13 +48,13 @@ void gate_arguments(const char* kernel, const Tensor& qn, std::initializer_list<
 }
 
 AttentionDims attention_tensors(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
-                                const Tensor& lse, const char* kernel) {
-  check_dtype(q, DType::F32, "attention q");
+                                const Tensor& lse, DType operands, const char* kernel) {
+  check_dtype(q, operands, "attention q");
   EG_ASSERT(q.ndim() == 4 && q.dim(3) >= 1, kernel, ": q must be [B, T, H, d_h] with d_h >= 1, got ",
             shape_str(q.shape()));
-  check_f32_like(k, q, "attention k");
-  check_f32_like(v, q, "attention v");
-  check_f32_like(out, q, "attention out");
+  check_like(k, operands, q, "attention k");
+  check_like(v, operands, q, "attention v");
+  check_like(out, DType::F32, q, "attention out");
   check_dtype(lse, DType::F32, "attention lse");
   check_shape(lse, {q.dim(0), q.dim(2), q.dim(1)}, "attention lse");
   return {q.dim(0), q.dim(1), q.dim(2), q.dim(3)};
@@ -193,21 +195,31 @@ void ngram_hash(const Tensor& ids_c, int64_t pad_c, const Tensor& multipliers, c
 }
 
 AttentionDims attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
-                                const Tensor& lse) {
-  return attention_tensors(q, k, v, out, lse, "attention_forward");
+                                const Tensor& lse, DType operands) {
+  return attention_tensors(q, k, v, out, lse, operands, "attention_forward");
 }
 
 AttentionDims attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
                                  const Tensor& out, const Tensor& lse, const Tensor& dq, const Tensor& dk,
-                                 const Tensor& dv) {
-  const AttentionDims dims = attention_tensors(q, k, v, out, lse, "attention_backward");
-  check_f32_like(dout, q, "attention dout");
-  check_f32_like(dq, q, "attention dq");
-  check_f32_like(dk, q, "attention dk");
-  check_f32_like(dv, q, "attention dv");
+                                 const Tensor& dv, DType operands) {
+  const AttentionDims dims = attention_tensors(q, k, v, out, lse, operands, "attention_backward");
+  check_like(dout, operands, q, "attention dout");
+  check_like(dq, DType::F32, q, "attention dq");
+  check_like(dk, DType::F32, q, "attention dk");
+  check_like(dv, DType::F32, q, "attention dv");
   return dims;
 }
-
+int64_t rope_apply(const Tensor& x, const Tensor& cos, const Tensor& sin, const Tensor& out, DType out_dtype) {
+  check_dtype(x, DType::F32, "rope_apply x");
+  EG_ASSERT(x.ndim() == 4, "rope_apply: x must be [B, T, H, d_h], got ", shape_str(x.shape()));
+  const int64_t seq = x.dim(1), half = x.dim(3) / 2;
+  EG_ASSERT(x.dim(3) % 2 == 0, "rope_apply: odd head_dim in ", shape_str(x.shape()));
+  EG_ASSERT(cos.ndim() == 2 && cos.dim(0) >= seq && cos.dim(1) == half && sin.shape() == cos.shape(),
+            "rope_apply: tables cos ", shape_str(cos.shape()), ", sin ", shape_str(sin.shape()), " for x ",
+            shape_str(x.shape()));
+  check_like(out, out_dtype, x, "rope_apply out");
+  return half;
+}
 
 void router_scores(const Tensor& logits, const Tensor& scores) {
   const int64_t n = logits.rows(), e = logits.cols();

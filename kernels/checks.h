@@ -54,17 +54,22 @@ void compress_ids(const Tensor& ids, const Tensor& compress, const Tensor& out);
 void ngram_hash(const Tensor& ids_c, int64_t pad_c, const Tensor& multipliers, const Tensor& primes,
                 const Tensor& offsets, int max_ngram, int heads, const Tensor& rows);
 
-// Sizes of causal attention over q, k, v, out [B, T, H, d_h] (f32) and lse [B, H, T] (f32).
+// Sizes of causal attention over q, k, v (and dout) [B, T, H, d_h] in the dtype `operands`, out (and
+// dq, dk, dv) of that shape in f32, and lse [B, H, T] (f32).
 struct AttentionDims {
   int64_t batch, seq, heads, head_dim;
   // Offset of (b, t, h, 0) in a [B, T, H, d_h] tensor.
   int64_t at(int64_t b, int64_t t, int64_t h) const { return ((b * seq + t) * heads + h) * head_dim; }
 };
 AttentionDims attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
-                                const Tensor& lse);
+                                const Tensor& lse, DType operands);
 AttentionDims attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
                                  const Tensor& out, const Tensor& lse, const Tensor& dq, const Tensor& dk,
-                                 const Tensor& dv);
+                                 const Tensor& dv, DType operands);
+
+// RoPE (kernels/rope.h): x [B, T, H, d_h] f32 with d_h even, tables [>= T, d_h/2], out of x's shape
+// in `out_dtype`; returns the half head dim.
+int64_t rope_apply(const Tensor& x, const Tensor& cos, const Tensor& sin, const Tensor& out, DType out_dtype);
 
 // Router (kernels/router.h): shapes and dtypes; the expert ids in topk_idx are checked by each backend.
 void router_scores(const Tensor& logits, const Tensor& scores);

@@ -5,6 +5,7 @@
 
 #include "kernels/attention.h"
 #include "kernels/gemm.h"
+#include "kernels/matmul_precision.h"
 
 namespace engram {
 
@@ -46,17 +47,21 @@ Tensor Attention::forward(const Tensor& x) {
   wk_operand_ = kernels::matmul_operand(wk_.value);
   wv_operand_ = kernels::matmul_operand(wv_.value);
   wo_operand_ = kernels::matmul_operand(wo_.value);
-  q_ = Tensor::empty(x.shape(), DType::F32, x.device());
-  k_ = Tensor::empty(x.shape(), DType::F32, x.device());
-  v_ = Tensor::empty(x.shape(), DType::F32, x.device());
-  kernels::gemm(x_, false, wq_operand_, true, q_);
-  kernels::gemm(x_, false, wk_operand_, true, k_);
+  // q and k are rotated in f32, then written in the dtype the attention reads (bf16 for the CUDA
+  // tensor-core kernels: rounded once rotated, where those kernels would round them); v goes there
+  // straight from its product.
+  const DType operands = kernels::attention_operand_dtype(x.device(), head_dim_);
+  Tensor q_rows = Tensor::empty(x.shape(), DType::F32, x.device());
+  Tensor k_rows = Tensor::empty(x.shape(), DType::F32, x.device());
+  v_ = Tensor::empty(x.shape(), operands, x.device());
+  kernels::gemm(x_, false, wq_operand_, true, q_rows);
+  kernels::gemm(x_, false, wk_operand_, true, k_rows);
   kernels::gemm(x_, false, wv_operand_, true, v_);
-  q_ = q_.view(heads_shape);
-  k_ = k_.view(heads_shape);
+  q_ = Tensor::empty(heads_shape, operands, x.device());
+  k_ = Tensor::empty(heads_shape, operands, x.device());
   v_ = v_.view(heads_shape);
-  kernels::rope_apply(q_, rope.cos, rope.sin, false);
-  kernels::rope_apply(k_, rope.cos, rope.sin, false);
+  kernels::rope_apply_to(q_rows.view(heads_shape), rope.cos, rope.sin, false, q_);
+  kernels::rope_apply_to(k_rows.view(heads_shape), rope.cos, rope.sin, false, k_);
 
   o_ = Tensor::empty(heads_shape, DType::F32, x.device());
   lse_ = Tensor::empty({batch, n_heads_, seq}, DType::F32, x.device());
@@ -74,7 +79,7 @@ Tensor Attention::backward(const Tensor& dy_in) {
   const Tensor dy = kernels::matmul_operand(dy_in);
   const Tensor o = o_.view(model_shape);
   kernels::gemm(dy, true, o, false, wo_.grad, 1.0f, 1.0f);
-  Tensor d_o = Tensor::empty(q_.shape(), DType::F32, dy.device());
+  Tensor d_o = Tensor::empty(q_.shape(), q_.dtype(), dy.device());  // the attention's operand dtype
   Tensor d_o_rows = d_o.view(model_shape);
   kernels::gemm(dy, false, wo_operand_, false, d_o_rows);
 
@@ -82,13 +87,15 @@ Tensor Attention::backward(const Tensor& dy_in) {
   Tensor dk = Tensor::empty(k_.shape(), DType::F32, dy.device());
   Tensor dv = Tensor::empty(v_.shape(), DType::F32, dy.device());
   kernels::attention_backward(d_o, q_, k_, v_, o_, lse_, dq, dk, dv);
-  // RoPE is a rotation per position: its backward rotates the gradient back by the same angle.
+  // RoPE is a rotation per position: its backward rotates the gradient back by the same angle, here
+  // into the dtype the products take (rounded once rotated, as matmul_operand would).
   const kernels::RopeTables& rope = rope_tables(model_shape[1], dy.device());
-  kernels::rope_apply(dq, rope.cos, rope.sin, true);
-  kernels::rope_apply(dk, rope.cos, rope.sin, true);
-
-  const Tensor dq_rows = kernels::matmul_operand(dq.view(model_shape));
-  const Tensor dk_rows = kernels::matmul_operand(dk.view(model_shape));
+  const DType operands = kernels::matmul_operand_dtype(dy.device());
+  Tensor dq_rows = Tensor::empty(model_shape, operands, dy.device());
+  Tensor dk_rows = Tensor::empty(model_shape, operands, dy.device());
+  Tensor dq_heads = dq_rows.view(q_.shape()), dk_heads = dk_rows.view(k_.shape());
+  kernels::rope_apply_to(dq, rope.cos, rope.sin, true, dq_heads);
+  kernels::rope_apply_to(dk, rope.cos, rope.sin, true, dk_heads);
   const Tensor dv_rows = kernels::matmul_operand(dv.view(model_shape));
   kernels::gemm(dq_rows, true, x_, false, wq_.grad, 1.0f, 1.0f);
   kernels::gemm(dk_rows, true, x_, false, wk_.grad, 1.0f, 1.0f);

@@ -61,7 +61,7 @@ void masked_row_logsumexp(const Tensor& scores, float* lse) {
 }  // namespace
 
 void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, Tensor& lse) {
-  const AttentionDims l = checks::attention_forward(q, k, v, out, lse);
+  const AttentionDims l = checks::attention_forward(q, k, v, out, lse, DType::F32);
   const float scale = 1.0f / std::sqrt(static_cast<float>(l.head_dim));
   Tensor q_h = Tensor::empty({l.seq, l.head_dim}), k_h = Tensor::empty({l.seq, l.head_dim});
   Tensor v_h = Tensor::empty({l.seq, l.head_dim}), o_h = Tensor::empty({l.seq, l.head_dim});
@@ -84,7 +84,7 @@ void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, Tensor
 
 void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
                         const Tensor& out, const Tensor& lse, Tensor& dq, Tensor& dk, Tensor& dv) {
-  const AttentionDims l = checks::attention_backward(dout, q, k, v, out, lse, dq, dk, dv);
+  const AttentionDims l = checks::attention_backward(dout, q, k, v, out, lse, dq, dk, dv, DType::F32);
   const float scale = 1.0f / std::sqrt(static_cast<float>(l.head_dim));
   const Shape head_shape{l.seq, l.head_dim};
   Tensor q_h = Tensor::empty(head_shape), k_h = Tensor::empty(head_shape), v_h = Tensor::empty(head_shape);

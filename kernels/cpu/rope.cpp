@@ -3,6 +3,8 @@
 
 #include <cmath>
 
+#include "kernels/checks.h"
+
 namespace engram::kernels {
 
 RopeTables make_rope_tables(int64_t seq_len, int64_t head_dim, double theta) {
@@ -27,33 +29,32 @@ RopeTables make_rope_tables(int64_t seq_len, int64_t head_dim, double theta) {
 namespace cpu {
 
 // Tables may be longer than the sequence (made once for the longest one): rows 0..T−1 are used.
-void rope_apply(Tensor& x, const Tensor& cos, const Tensor& sin, bool inverse) {
-  EG_ASSERT(x.ndim() == 4, "rope_apply: x must be [B, T, H, d_h], got ", shape_str(x.shape()));
+void rope_apply_to(const Tensor& x, const Tensor& cos, const Tensor& sin, bool inverse, Tensor& out) {
+  const int64_t half = checks::rope_apply(x, cos, sin, out, DType::F32);
   const int64_t batch = x.dim(0), seq = x.dim(1), heads = x.dim(2), head_dim = x.dim(3);
-  const int64_t half = head_dim / 2;
-  EG_ASSERT(head_dim % 2 == 0, "rope_apply: odd head_dim in ", shape_str(x.shape()));
-  EG_ASSERT(cos.ndim() == 2 && cos.dim(0) >= seq && cos.dim(1) == half && sin.shape() == cos.shape(),
-            "rope_apply: tables cos ", shape_str(cos.shape()), ", sin ", shape_str(sin.shape()), " for x ",
-            shape_str(x.shape()));
   const float* cos_p = cos.data<float>();
   const float* sin_p = sin.data<float>();
   const float sign = inverse ? -1.0f : 1.0f;  // rotating by −angle: cos unchanged, sin negated
-  float* xp = x.data<float>();
+  const float* xp = x.data<float>();
+  float* op = out.data<float>();
   for (int64_t b = 0; b < batch; ++b) {
     for (int64_t t = 0; t < seq; ++t) {
       const float* c = cos_p + t * half;
       const float* s = sin_p + t * half;
       for (int64_t h = 0; h < heads; ++h) {
-        float* lo = xp + ((b * seq + t) * heads + h) * head_dim;
-        float* hi = lo + half;
+        const int64_t lo = ((b * seq + t) * heads + h) * head_dim, hi = lo + half;
         for (int64_t i = 0; i < half; ++i) {
-          const float a = lo[i], z = hi[i], sn = sign * s[i];
-          lo[i] = a * c[i] - z * sn;
-          hi[i] = a * sn + z * c[i];
+          const float a = xp[lo + i], z = xp[hi + i], sn = sign * s[i];
+          op[lo + i] = a * c[i] - z * sn;
+          op[hi + i] = a * sn + z * c[i];
         }
       }
     }
   }
+}
+
+void rope_apply(Tensor& x, const Tensor& cos, const Tensor& sin, bool inverse) {
+  rope_apply_to(x, cos, sin, inverse, x);
 }
 
 }  // namespace cpu

@@ -9,10 +9,10 @@
 // owner thread that sums in a fixed order, so results repeat bitwise from run to run (no atomics).
 //
 // Two paths. Under MatmulPrecision::BF16, head dims 64 and 128 run the bf16 tensor-core kernels of
-// attention_tensor_core.cuh (q, k, v, dO, P and dS rounded to bf16 as products read them). Everything
-// else, including other head dims under BF16, runs the float32 kernels here on CUDA cores (the parity
-// mode): instantiated for head dims up to 64, 128 and 256 (a head of d_h runs in the smallest that
-// holds it, zero-padded to its bound).
+// attention_tensor_core.cuh (q, k, v, dO read in bf16, P and dS rounded to bf16 as products read
+// them). Everything else, including other head dims under BF16, runs the float32 kernels here on CUDA
+// cores (the parity mode): instantiated for head dims up to 64, 128 and 256 (a head of d_h runs in the
+// smallest that holds it, zero-padded to its bound).
 #include <cmath>
 #include <type_traits>
 
@@ -21,7 +21,6 @@
 #include "kernels/cuda/attention_common.cuh"
 #include "kernels/cuda/attention_tensor_core.cuh"
 #include "kernels/cuda/common.cuh"
-#include "kernels/matmul_precision.h"
 
 namespace engram::kernels::cuda {
 
@@ -397,14 +396,21 @@ void with_head_dim_instance(int64_t head_dim, const char* kernel, Launch&& launc
 
 // Whether the tensor-core path runs a problem of this head dim (see the head comment).
 bool uses_tensor_cores(const AttentionDims& d) {
-  return matmul_precision() == MatmulPrecision::BF16 && has_mma_instance(d.head_dim);
+  return attention_operand_dtype(Device::CUDA, d.head_dim) == DType::BF16;
+}
+
+// The dtype q, k, v and dout may have: bf16 where the tensor-core path runs, else f32 (which that
+// path also takes, rounding it itself).
+DType accepted_operand_dtype(const Tensor& q) {
+  const bool bf16_allowed = q.ndim() == 4 && attention_operand_dtype(Device::CUDA, q.dim(3)) == DType::BF16;
+  return q.dtype() == DType::BF16 && bf16_allowed ? DType::BF16 : DType::F32;
 }
 
 }  // namespace
 
 void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, Tensor& lse) {
   check_on_cuda("attention_forward", q, k, v, out, lse);
-  const AttentionDims dims = checks::attention_forward(q, k, v, out, lse);
+  const AttentionDims dims = checks::attention_forward(q, k, v, out, lse, accepted_operand_dtype(q));
   const Geometry g = geometry_of(dims, "attention_forward");
   if (dims.batch == 0 || dims.seq == 0 || dims.heads == 0) return;
   if (uses_tensor_cores(dims)) return attention_forward_mma(q, k, v, out, lse, dims, g);
@@ -419,19 +425,19 @@ void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, Tensor
 void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                         const Tensor& lse, Tensor& dq, Tensor& dk, Tensor& dv) {
   check_on_cuda("attention_backward", dout, q, k, v, out, lse, dq, dk, dv);
-  const AttentionDims dims = checks::attention_backward(dout, q, k, v, out, lse, dq, dk, dv);
+  const AttentionDims dims = checks::attention_backward(dout, q, k, v, out, lse, dq, dk, dv, accepted_operand_dtype(q));
   const Geometry g = geometry_of(dims, "attention_backward");
   if (dims.batch == 0 || dims.seq == 0 || dims.heads == 0) return;
   if (uses_tensor_cores(dims)) return attention_backward_mma(dout, q, k, v, out, lse, dq, dk, dv, dims, g);
   with_head_dim_instance(dims.head_dim, "attention_backward", [&](auto instance) {
     constexpr int kDim = decltype(instance)::value;
-    const Tensor delta = row_deltas(dout, out, dims, g, /*round_dout=*/false);
-    launch_on_tiles(attention_dkdv_kernel<kDim>, Tiles<kDim>::kOwned, kBlockThreads,
-                    KeyValueGradShared<kDim>::kBytes, dims, dout.data<float>(), q.data<float>(), k.data<float>(),
-                    v.data<float>(), lse.data<float>(), delta.data<float>(), g, dk.data<float>(), dv.data<float>());
-    EG_CUDA_CHECK_LAUNCH("attention_dkdv_kernel");
-    launch_on_tiles(attention_dq_kernel<kDim>, Tiles<kDim>::kOwned, kBlockThreads, QueryGradShared<kDim>::kBytes,
+    const Tensor delta = row_deltas(dout, out, dims, g);
+    launch_on_tiles(attention_dkdv_kernel<kDim>, Tiles<kDim>::kOwned, kBlockThreads, KeyValueGradShared<kDim>::kBytes,
                     dims, dout.data<float>(), q.data<float>(), k.data<float>(), v.data<float>(), lse.data<float>(),
+                    delta.data<float>(), g, dk.data<float>(), dv.data<float>());
+    EG_CUDA_CHECK_LAUNCH("attention_dkdv_kernel");
+    launch_on_tiles(attention_dq_kernel<kDim>, Tiles<kDim>::kOwned, kBlockThreads, QueryGradShared<kDim>::kBytes, dims,
+                    dout.data<float>(), q.data<float>(), k.data<float>(), v.data<float>(), lse.data<float>(),
                     delta.data<float>(), g, dq.data<float>());
     EG_CUDA_CHECK_LAUNCH("attention_dq_kernel");
   });

@@ -5,38 +5,41 @@
 // key tile and dQ per query tile in separate kernels, P recomputed; no atomics, so results repeat
 // bitwise), with the tile products on tensor cores:
 //
-// - q, k, v, dO are rounded to bf16 (nearest even) as their tiles are loaded into shared memory;
-//   P and dS are rounded to bf16 as they enter the products P·V, Pᵀ·dO, dS·K and dSᵀ·Q. Every product
-//   accumulates in float32; masking, softmax, lse and D_i = Σ_d dO_id·O_id (of the rounded dO) are
-//   float32 (D in double), outputs float32.
-// - Each warp owns 16 rows of the block's 64 (queries in the forward and dQ kernels, keys in the dK/dV
-//   kernel) and computes all their products with mma.sync m16n8k16 (bf16 in, f32 accumulate, sm_80+),
-//   so scores, P and dS never leave its registers: an accumulator fragment of S (16 × 16 columns) is
-//   the A fragment of the next product after rounding (the FlashAttention-2 register layout).
+// - The kernels read q, k, v, dO in bf16 (the model writes them so: kernels::attention_operand_dtype;
+//   attention.cu rounds f32 ones to a bf16 copy first, nearest even). P and dS are rounded to bf16 as
+//   they enter the products P·V, Pᵀ·dO, dS·K and dSᵀ·Q. Every product accumulates in float32; masking,
+//   softmax, lse and D_i = Σ_d dO_id·O_id are float32 (D in double), outputs float32.
+// - Each warp owns 16 rows of the block's 128 (queries in the forward and dQ kernels, keys in the
+//   dK/dV kernel) and computes all their products with mma.sync m16n8k16 (bf16 in, f32 accumulate,
+//   sm_80+), so scores, P and dS never leave its registers: an accumulator fragment of S (16 × 16
+//   columns) is the A fragment of the next product after rounding (the FlashAttention-2 register
+//   layout). 8 warps share each streamed tile, so a tile read from global memory feeds 128 rows.
 // - Fragments come from shared memory with ldmatrix; rows are padded by 8 bf16 (16 bytes), so the 8
 //   rows of an 8×8 matrix fall in distinct banks.
-// - Streamed tiles pass through registers, so that global latency hides behind the tensor cores:
-//   a thread reads its float32 share of the tile needed next before a product and writes it to
-//   shared memory (as bf16) after, one tile per half of the loop body, two barriers per step
-//   (cp.async would need float32 staging in shared memory). Forward: V during q·kᵀ and the softmax,
-//   the next K during P·V. dQ: K during dO·vᵀ, the next V during q·kᵀ and dS·K. dK/dV: dO during k·qᵀ,
-//   the next q (with its lse and delta) during the other three; q, read on both sides of the step's
-//   first barrier, has two buffers, the next one written while the current one is read.
+// - Tiles go from global to shared memory by cp.async (16 bytes a copy, no registers on the way), in
+//   two stages: after the step's one barrier the block starts copying the next step's tiles into the
+//   other stage, then computes on this one (forward and dQ: a key and a value tile; dK/dV: a query
+//   and an output-gradient tile, with the queries' lse and delta read through registers).
+// - A warp skips the tiles that lie wholly on the far side of the diagonal from its rows (and every
+//   tile when its rows all lie past T): they would add exact zeros. So each warp computes what it did
+//   in blocks of 64 rows, in the same order, and results are those of 64-row blocks bit for bit.
 // - Exponentials in base 2, one fma and one MUFU op each: exp(scale·s − c) = 2^(s·(scale·log2 e) −
 //   c·log2 e), c the running row max or lse. lse stays a natural log in memory (the CPU and the float32
 //   kernels read it), converted on the way.
 // - The causal mask (and the one of keys or queries past T) only on the tiles a warp has across the
 //   diagonal or T; tiles below it skip the per-element selects.
-// - Blocks of 4 warps; shared memory per block for d_h 64 / 128: forward 27 / 51 KB (q, k, v tiles),
-//   dK/dV 46 / 60 KB, dQ 36 / 68 KB.
-// - mma.sync with bf16 and ldmatrix need sm_80 or newer (the project builds for 80 and 90).
+// - Blocks of 8 warps; shared memory per block for d_h 64 / 128: forward 54 / 102 KB (the queries, two
+//   stages of key and value tiles), dK/dV 73 / 103 KB, dQ 72 / 136 KB.
+// - mma.sync with bf16, ldmatrix and cp.async need sm_80 or newer (the project builds for 80 and 90).
 #include <cuda_bf16.h>
 
 #include <cstdint>
 #include <type_traits>
 
 #include "kernels/cuda/attention_common.cuh"
+#include "kernels/cuda/cp_async.cuh"
 #include "kernels/cuda/mma_fragments.cuh"
+#include "kernels/gemm.h"
 
 namespace engram::kernels::cuda {
 
@@ -44,59 +47,84 @@ namespace {
 
 // ---- Layout ---------------------------------------------------------------------------------------
 
-constexpr int kMmaWarps = 4;
+constexpr int kMmaWarps = 8;
 constexpr int kMmaThreads = kMmaWarps * kWarpSize;
 constexpr int kWarpRows = 16;                          // the M of an mma tile
-constexpr int kMmaOwned = kMmaWarps * kWarpRows;       // rows a block keeps: 16 per warp
+constexpr int kMmaOwned = kMmaWarps * kWarpRows;       // rows a block keeps: 16 per warp, 128
 constexpr int kMmaKeys = 64;                           // keys per streamed tile (forward, dQ)
 template <int kDim>
 constexpr int kMmaQueries = kDim <= 64 ? 64 : 32;      // queries per streamed tile (dK/dV): fewer for
                                                        // wide heads, whose dK and dV fill the registers
 constexpr float kLog2e = 1.4426950408889634f;
 
-// ---- Tiles: float32 in global memory, through registers, to bf16 in shared memory -----------------
+// ---- Tiles: bf16 in global memory, by cp.async to shared memory ---------------------------------
 
-// A thread's share of rows row0 … row0+kRows−1 of head (b, h) of a source [B, T, H, kDim], held as
-// float32 from the global read to the shared-memory write (rounding to bf16): a kernel reads the tile
-// it needs next, computes on the tiles it has, then writes it, so the read's latency hides behind the
-// products. Thread i holds column quad i % (kDim/4) of rows i / (kDim/4) + kRowStep·n: a warp reads
-// whole rows. Zeros past the sequence; float4 reads when the source allows it (a view may start at
-// any float).
+// Starts copying rows row0 … row0+kRows−1 of head (b, h) of x [B, T, H, kDim] (bf16, 16-byte aligned)
+// into a tile, zeros past T (padding rows then add exact zeros to every product). The caller commits
+// the group and waits for it.
 template <int kRows, int kDim>
-struct TileInRegisters {
-  static constexpr int kQuads = kDim / 4;                // float4 per row
-  static constexpr int kRowStep = kMmaThreads / kQuads;  // rows between a thread's quads
-  static constexpr int kPerThread = kRows / kRowStep;
-  static_assert(kMmaThreads % kQuads == 0 && kRows % kRowStep == 0);
-  float4 quads[kPerThread];
-
-  __device__ static int first_row() { return static_cast<int>(threadIdx.x) / kQuads; }
-  __device__ static int column() { return 4 * (static_cast<int>(threadIdx.x) % kQuads); }
-
-  __device__ void read(const float* x, const Geometry& g, int b, int h, int row0) {
-    const bool aligned = reinterpret_cast<uintptr_t>(x) % sizeof(float4) == 0;
-    const int t0 = row0 + first_row();
-    const float* src = x + g.at(b, t0, h) + column();  // dereferenced only within T
-    // Opaque to the compiler, which would otherwise keep a 64-bit pointer per quad and source alive
-    // across the kernels' loops (up to 32 registers) instead of stepping one.
-    int step = kRowStep * g.heads * kDim;
-    asm volatile("" : "+r"(step));
+__device__ void copy_rows_async(Bf16Tile<kRows, kDim> tile, const __nv_bfloat16* x, const Geometry& g, int b, int h,
+                                int row0) {
+  constexpr int kChunksPerRow = kDim / 8, kChunks = kRows * kChunksPerRow;  // 16 bytes each
+  static_assert(kChunks % kMmaThreads == 0);
+  const __nv_bfloat16* head = x + g.at(b, 0, h);
+  const int64_t row_stride = int64_t{g.heads} * kDim;
 #pragma unroll
-    for (int n = 0; n < kPerThread; ++n, src += step)
-      quads[n] = t0 + kRowStep * n >= g.seq ? make_float4(0.0f, 0.0f, 0.0f, 0.0f)
-                 : aligned                  ? *reinterpret_cast<const float4*>(src)
-                                            : make_float4(src[0], src[1], src[2], src[3]);
+  for (int n = 0; n < kChunks / kMmaThreads; ++n) {
+    const int i = static_cast<int>(threadIdx.x) + n * kMmaThreads;
+    const int r = i / kChunksPerRow, c = i % kChunksPerRow * 8, t = row0 + r;
+    const bool inside = t < g.seq;
+    cp_async_16(tile.address(r, c), inside ? head + t * row_stride + c : head, inside ? 16 : 0);
   }
+}
 
-  __device__ void write(Bf16Tile<kRows, kDim> tile) const {
-    constexpr int kStride = Bf16Tile<kRows, kDim>::kStride;
-    __nv_bfloat16* first = tile.data + first_row() * kStride + column();
-#pragma unroll
-    for (int n = 0; n < kPerThread; ++n)
-      *reinterpret_cast<uint2*>(first + n * kRowStep * kStride) =
-          make_uint2(bf16_pair(quads[n].x, quads[n].y), bf16_pair(quads[n].z, quads[n].w));
+// Two buffers of a kernel's streamed tiles in shared memory, from `base`: step i computes on stage
+// i % 2 while the copies of step i + 1 fill the other.
+template <class Stage>
+struct TwoStages {
+  static constexpr size_t kBytes = 2 * Stage::kBytes;
+  __nv_bfloat16* base;
+  __device__ Stage operator[](int step) const {
+    return Stage(base + step % 2 * (Stage::kBytes / sizeof(__nv_bfloat16)));
   }
 };
+
+// A key tile and its value tile: the stage of the forward and dQ kernels.
+template <int kDim>
+struct KeyValueStage {
+  using Tile = Bf16Tile<kMmaKeys, kDim>;
+  static constexpr size_t kBytes = 2 * Tile::kBytes;
+  Tile k, v;
+  __device__ explicit KeyValueStage(__nv_bfloat16* base) : k{base}, v{k.end()} {}
+  // Starts copying keys and values k0 … of head (b, h).
+  __device__ void copy_async(const __nv_bfloat16* keys, const __nv_bfloat16* values, const Geometry& g, int b,
+                             int h, int k0) const {
+    copy_rows_async(k, keys, g, b, h, k0);
+    copy_rows_async(v, values, g, b, h, k0);
+  }
+};
+
+// The key-tile loop of the forward and dQ kernels, for the block of queries q0 … (the warp's from t0),
+// once the copies of key tile 0 into stage 0 are committed. Per tile: one barrier (its stage has
+// landed everywhere, and no thread still reads the other stage), the copies of the next key and
+// value tiles into the other stage, then step(k0, stage) where the warp has something to add: not on
+// tiles wholly past its last row, nor when every row of it lies past T. Key 0 is visible to every
+// row, so a warp's first step is on tile 0.
+template <int kDim, class Step>
+__device__ __forceinline__ void for_each_key_tile(const TwoStages<KeyValueStage<kDim>>& stages,
+                                                  const __nv_bfloat16* k, const __nv_bfloat16* v, const Geometry& g,
+                                                  int b, int h, int q0, int t0, Step&& step) {
+  const int last_key = min(g.seq - 1, q0 + kMmaOwned - 1);
+  for (int k0 = 0, i = 0; k0 <= last_key; k0 += kMmaKeys, ++i) {
+    cp_async_wait<0>();  // this thread's copies of tile i have landed
+    __syncthreads();     // every thread's have, and step i − 1 is done with the other stage
+    if (k0 + kMmaKeys <= last_key) {
+      stages[i + 1].copy_async(k, v, g, b, h, k0 + kMmaKeys);
+      cp_async_commit();
+    }
+    if (t0 < g.seq && k0 <= t0 + kWarpRows - 1) step(k0, stages[i]);
+  }
+}
 
 // ---- Warp products --------------------------------------------------------------------------------
 
@@ -181,14 +209,15 @@ __device__ void store_warp_rows(const float (&acc)[kDim / 8][4], float scale, fl
 
 // ---- Forward --------------------------------------------------------------------------------------
 
+// The block's queries, then two stages of key and value tiles.
 template <int kDim>
 struct MmaForwardShared {
   using QueryTile = Bf16Tile<kMmaOwned, kDim>;
-  using KeyTile = Bf16Tile<kMmaKeys, kDim>;
-  static constexpr size_t kBytes = QueryTile::kBytes + 2 * KeyTile::kBytes;
+  using Stages = TwoStages<KeyValueStage<kDim>>;
+  static constexpr size_t kBytes = QueryTile::kBytes + Stages::kBytes;
   QueryTile q;
-  KeyTile k, v;
-  __device__ explicit MmaForwardShared(__nv_bfloat16* base) : q{base}, k{q.end()}, v{k.end()} {}
+  Stages stages;
+  __device__ explicit MmaForwardShared(__nv_bfloat16* base) : q{base}, stages{q.end()} {}
 };
 
 // −∞ for the keys past each of the warp's rows t0 + (g, g+8) and past T, in its score tiles of keys
@@ -246,53 +275,37 @@ __device__ void online_softmax_step(float (&score)[kKeys / 8][4], float (&row_ma
 }
 
 // Block (x, h, b): query tile gridDim.x − 1 − x (the longest rows first); warp w its rows 16w … 16w+15.
-// Per key tile: read the value tile while computing the scores, then the next key tile while
-// computing P·V (each written to shared memory after its product, between the two barriers).
+// Per key tile (for_each_key_tile): the warp's scores, softmax and P·V.
 template <int kDim>
 __global__ void __launch_bounds__(kMmaThreads)
-    attention_forward_mma_kernel(const float* q, const float* k, const float* v, Geometry g, float* out,
-                                 float* lse) {
+    attention_forward_mma_kernel(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v, Geometry g,
+                                 float* out, float* lse) {
   extern __shared__ __align__(16) __nv_bfloat16 mma_shared[];
   const MmaForwardShared<kDim> s(mma_shared);
   const int b = blockIdx.z, h = blockIdx.y, r0 = static_cast<int>(threadIdx.x) / kWarpSize * kWarpRows;
-  const int q0 = static_cast<int>(gridDim.x - 1 - blockIdx.x) * kMmaOwned;
+  const int q0 = static_cast<int>(gridDim.x - 1 - blockIdx.x) * kMmaOwned, t0 = q0 + r0;  // t0: the warp's first row
   const float scale_log2 = g.scale * kLog2e;
 
-  {
-    TileInRegisters<kMmaOwned, kDim> query_rows;
-    TileInRegisters<kMmaKeys, kDim> key_rows;
-    query_rows.read(q, g, b, h, q0);
-    key_rows.read(k, g, b, h, 0);
-    query_rows.write(s.q);
-    key_rows.write(s.k);
-  }
-  __syncthreads();
+  copy_rows_async(s.q, q, g, b, h, q0);
+  s.stages[0].copy_async(k, v, g, b, h, 0);
+  cp_async_commit();
   // Rows g and g + 8 of the warp's 16: running max, sum and output (accumulator halves 0 and 1).
   float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f}, acc[kDim / 8][4] = {};
-  TileInRegisters<kMmaKeys, kDim> next;  // the value tile, then the next key tile
 
-  const int last_key = min(g.seq - 1, q0 + kMmaOwned - 1);
-  for (int k0 = 0; k0 <= last_key; k0 += kMmaKeys) {
-    const bool more = k0 + kMmaKeys <= last_key;
-    next.read(v, g, b, h, k0);
+  for_each_key_tile(s.stages, k, v, g, b, h, q0, t0, [&](int k0, const KeyValueStage<kDim>& stage) {
     float score[kMmaKeys / 8][4];
-    multiply_by_transpose<kMmaKeys>(score, s.q, r0, s.k);
+    multiply_by_transpose<kMmaKeys>(score, s.q, r0, stage.k);
     // Key j is visible to row t when j <= t and j < T: the mask is needed only where the tile's last
     // key lies past the warp's first row or past T.
-    if (k0 + kMmaKeys - 1 > q0 + r0 || k0 + kMmaKeys > g.seq) mask_future_keys<kMmaKeys>(score, g, k0, q0 + r0);
+    if (k0 + kMmaKeys - 1 > t0 || k0 + kMmaKeys > g.seq) mask_future_keys<kMmaKeys>(score, g, k0, t0);
     online_softmax_step<kMmaKeys, kDim>(score, row_max, row_sum, acc, scale_log2);
-    next.write(s.v);  // the previous value tile was read before the last barrier
-    __syncthreads();  // the value tile is written, the key tile read
-    if (more) next.read(k, g, b, h, k0 + kMmaKeys);
-    accumulate_mma_product<kMmaKeys>(acc, score, s.v);
-    if (more) next.write(s.k);
-    __syncthreads();  // the next key tile is written, the value tile read
-  }
+    accumulate_mma_product<kMmaKeys>(acc, score, stage.v);
+  });
 
   const int64_t lse_row0 = g.row_stats(b, h);
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
-    const int t = q0 + r0 + fragment_row() + 8 * half;
+    const int t = t0 + fragment_row() + 8 * half;
     if (t >= g.seq) continue;
 #pragma unroll
     for (int n = 0; n < kDim / 8; ++n) {
@@ -302,7 +315,7 @@ __global__ void __launch_bounds__(kMmaThreads)
     // The natural log, as the CPU and the float32 kernels keep it.
     if (fragment_col() == 0) lse[lse_row0 + t] = row_max[half] * g.scale + logf(row_sum[half]);
   }
-  store_warp_rows<kDim>(acc, 1.0f, out, g, b, h, q0 + r0);
+  store_warp_rows<kDim>(acc, 1.0f, out, g, b, h, t0);
 }
 
 // ---- Backward -------------------------------------------------------------------------------------
@@ -341,21 +354,28 @@ __device__ void recompute_p_and_ds_fragments(bool masked, float (&s)[kTiles][4],
     recompute_p_and_ds<false>(s, dp, g, scale_log2, coordinates);
 }
 
-// One query tile of the dK/dV kernel with its rows' lse·log2 e and delta.
+// One query tile of the dK/dV kernel, its output gradient, and its rows' lse·log2 e and delta: the
+// stage of that kernel.
 template <int kDim>
-struct MmaQuerySlot {
+struct QueryStage {
   static constexpr int kQueries = kMmaQueries<kDim>;
-  using QueryTile = Bf16Tile<kQueries, kDim>;
-  static constexpr size_t kBytes = QueryTile::kBytes + 2 * kQueries * sizeof(float);
-  static_assert(kBytes % 16 == 0, "slots follow each other, 16-byte aligned for ldmatrix");
-  QueryTile q;
+  using Tile = Bf16Tile<kQueries, kDim>;
+  static constexpr size_t kBytes = 2 * Tile::kBytes + 2 * kQueries * sizeof(float);
+  static_assert(kBytes % 16 == 0, "stages follow each other, 16-byte aligned for cp.async and ldmatrix");
+  Tile q, dout;
   float *lse_log2, *delta;
-  __device__ explicit MmaQuerySlot(__nv_bfloat16* base)
-      : q{base}, lse_log2{reinterpret_cast<float*>(q.end())}, delta{lse_log2 + kQueries} {}
+  __device__ explicit QueryStage(__nv_bfloat16* base)
+      : q{base}, dout{q.end()}, lse_log2{reinterpret_cast<float*>(dout.end())}, delta{lse_log2 + kQueries} {}
+  // Starts copying queries and output gradients q0 … of head (b, h).
+  __device__ void copy_async(const __nv_bfloat16* queries, const __nv_bfloat16* dout_rows, const Geometry& g, int b,
+                             int h, int q0) const {
+    copy_rows_async(q, queries, g, b, h, q0);
+    copy_rows_async(dout, dout_rows, g, b, h, q0);
+  }
 };
 
 // lse and delta of query q0 + i, held by thread i < kQueries from the global read to the write into a
-// query slot (0 past T).
+// query stage (0 past T).
 template <int kDim>
 struct QueryStatsInRegisters {
   static constexpr int kQueries = kMmaQueries<kDim>;
@@ -366,175 +386,144 @@ struct QueryStatsInRegisters {
     lse = in_sequence ? lse_rows[g.row_stats(b, h) + t] : 0.0f;
     delta = in_sequence ? delta_rows[g.row_stats(b, h) + t] : 0.0f;
   }
-  __device__ void write(const MmaQuerySlot<kDim>& slot) const {
+  __device__ void write(const QueryStage<kDim>& stage) const {
     if (threadIdx.x >= kQueries) return;
-    slot.lse_log2[threadIdx.x] = lse * kLog2e;
-    slot.delta[threadIdx.x] = delta;
+    stage.lse_log2[threadIdx.x] = lse * kLog2e;
+    stage.delta[threadIdx.x] = delta;
   }
 };
 
-// The block's keys and values, the current output-gradient tile, and two query slots: the current
-// query tile's and the next one's, written while the current one is still read.
+// The block's keys and values, then two stages of query tiles.
 template <int kDim>
 struct MmaKeyValueGradShared {
   using KeyTile = Bf16Tile<kMmaOwned, kDim>;
-  using Slot = MmaQuerySlot<kDim>;
-  using QueryTile = typename Slot::QueryTile;
-  static constexpr size_t kBytes = 2 * KeyTile::kBytes + QueryTile::kBytes + 2 * Slot::kBytes;
+  using Stages = TwoStages<QueryStage<kDim>>;
+  static constexpr size_t kBytes = 2 * KeyTile::kBytes + Stages::kBytes;
   KeyTile k, v;
-  QueryTile dout;
-  __nv_bfloat16* slots;
-  __device__ explicit MmaKeyValueGradShared(__nv_bfloat16* base)
-      : k{base}, v{k.end()}, dout{v.end()}, slots{dout.end()} {}
-  // The slot of the block's query tile i (counted from its first).
-  __device__ Slot slot(int i) const { return Slot(slots + i % 2 * (Slot::kBytes / sizeof(__nv_bfloat16))); }
+  Stages stages;
+  __device__ explicit MmaKeyValueGradShared(__nv_bfloat16* base) : k{base}, v{k.end()}, stages{v.end()} {}
 };
 
-// Block (x, h, b): keys 64x …, warp w its keys 64x + 16w …; dV = Σ Pᵀ·dO and dK = scale·Σ dSᵀ·Q over
+// Block (x, h, b): keys 128x …, warp w its keys 128x + 16w …; dV = Σ Pᵀ·dO and dK = scale·Σ dSᵀ·Q over
 // the query tiles from the block's first key on. The warp computes Pᵀ and dSᵀ directly (as k·qᵀ and
-// v·dOᵀ) so that they are A fragments of those products. Per query tile: read its output gradient
-// while computing k·qᵀ, then the next query tile and stats during the other three products.
+// v·dOᵀ) so that they are A fragments of those products. Per query tile: one barrier, the copies of
+// the next query and output-gradient tiles (and the read of their stats) started, the four products;
+// the stats are written into the other stage at the end (it was read before the barrier).
 template <int kDim>
 __global__ void __launch_bounds__(kMmaThreads)
-    attention_dkdv_mma_kernel(const float* dout, const float* q, const float* k, const float* v, const float* lse,
-                              const float* delta, Geometry g, float* dk, float* dv) {
+    attention_dkdv_mma_kernel(const __nv_bfloat16* dout, const __nv_bfloat16* q, const __nv_bfloat16* k,
+                              const __nv_bfloat16* v, const float* lse, const float* delta, Geometry g, float* dk,
+                              float* dv) {
   constexpr int kQueries = kMmaQueries<kDim>;
   extern __shared__ __align__(16) __nv_bfloat16 mma_shared[];
   const MmaKeyValueGradShared<kDim> s(mma_shared);
   const int b = blockIdx.z, h = blockIdx.y, r0 = static_cast<int>(threadIdx.x) / kWarpSize * kWarpRows;
-  const int k0 = static_cast<int>(blockIdx.x) * kMmaOwned;
+  const int k0 = static_cast<int>(blockIdx.x) * kMmaOwned, key0 = k0 + r0;  // key0: the warp's first key
   const float scale_log2 = g.scale * kLog2e;
 
   // k0 is a multiple of kQueries: earlier queries see none of the block's keys.
+  copy_rows_async(s.k, k, g, b, h, k0);
+  copy_rows_async(s.v, v, g, b, h, k0);
+  s.stages[0].copy_async(q, dout, g, b, h, k0);
+  cp_async_commit();
   {
-    TileInRegisters<kMmaOwned, kDim> key_rows, value_rows;
-    TileInRegisters<kQueries, kDim> query_rows;
     QueryStatsInRegisters<kDim> stats;
-    key_rows.read(k, g, b, h, k0);
-    value_rows.read(v, g, b, h, k0);
-    query_rows.read(q, g, b, h, k0);
     stats.read(lse, delta, g, b, h, k0);
-    key_rows.write(s.k);
-    value_rows.write(s.v);
-    query_rows.write(s.slot(0).q);
-    stats.write(s.slot(0));
+    stats.write(s.stages[0]);
   }
-  __syncthreads();
   float dk_acc[kDim / 8][4] = {}, dv_acc[kDim / 8][4] = {};
-  TileInRegisters<kQueries, kDim> next;  // the output-gradient tile, then the next query tile
   QueryStatsInRegisters<kDim> next_stats;
 
   for (int q0 = k0, i = 0; q0 < g.seq; q0 += kQueries, ++i) {
     const bool more = q0 + kQueries < g.seq;
-    const MmaQuerySlot<kDim> slot = s.slot(i);
-    next.read(dout, g, b, h, q0);
-    float p[kQueries / 8][4], ds[kQueries / 8][4];  // Pᵀ and dSᵀ: the warp's keys × the tile's queries
-    multiply_by_transpose<kQueries>(p, s.k, r0, slot.q);
-    next.write(s.dout);  // the previous output-gradient tile was read before the last barrier
-    __syncthreads();     // the output-gradient tile is written
+    cp_async_wait<0>();  // this thread's copies of step i's tiles have landed
+    __syncthreads();     // every thread's have (and its stats), and step i − 1 is done with the other stage
     if (more) {
-      next.read(q, g, b, h, q0 + kQueries);
+      s.stages[i + 1].copy_async(q, dout, g, b, h, q0 + kQueries);
+      cp_async_commit();
       next_stats.read(lse, delta, g, b, h, q0 + kQueries);
     }
-    multiply_by_transpose<kQueries>(ds, s.v, r0, s.dout);
-    // Key j is visible to query t when j <= t < T: masks only where the warp's last key lies past the
-    // tile's first query, or the tile reaches past T.
-    const bool masked = k0 + r0 + kWarpRows - 1 > q0 || q0 + kQueries > g.seq;
-    const auto* lse_pairs = reinterpret_cast<const float2*>(slot.lse_log2);
-    const auto* delta_pairs = reinterpret_cast<const float2*>(slot.delta);
-    recompute_p_and_ds_fragments(masked, p, ds, g, scale_log2, [&](int n, int e) {
-      // Columns 8n + fragment_col() and the one after: one float2 of each stat.
-      const int column = 8 * n + fragment_col();
-      const float2 lse_pair = lse_pairs[column / 2], delta_pair = delta_pairs[column / 2];
-      return ScoreCoordinates{q0 + column + e % 2, k0 + r0 + fragment_row() + 8 * (e / 2),
-                              e % 2 ? lse_pair.y : lse_pair.x, e % 2 ? delta_pair.y : delta_pair.x};
-    });
-    accumulate_mma_product<kQueries>(dv_acc, p, s.dout);
-    accumulate_mma_product<kQueries>(dk_acc, ds, slot.q);
-    if (more) {  // into the other slot, whose tile was read before the last barrier
-      next.write(s.slot(i + 1).q);
-      next_stats.write(s.slot(i + 1));
+    // Queries all before the warp's first key, or keys all past T: nothing to add.
+    if (key0 < g.seq && key0 <= q0 + kQueries - 1) {
+      const QueryStage<kDim> stage = s.stages[i];
+      float p[kQueries / 8][4], ds[kQueries / 8][4];  // Pᵀ and dSᵀ: the warp's keys × the tile's queries
+      multiply_by_transpose<kQueries>(p, s.k, r0, stage.q);
+      multiply_by_transpose<kQueries>(ds, s.v, r0, stage.dout);
+      // Key j is visible to query t when j <= t < T: masks only where the warp's last key lies past the
+      // tile's first query, or the tile reaches past T.
+      const bool masked = key0 + kWarpRows - 1 > q0 || q0 + kQueries > g.seq;
+      const auto* lse_pairs = reinterpret_cast<const float2*>(stage.lse_log2);
+      const auto* delta_pairs = reinterpret_cast<const float2*>(stage.delta);
+      recompute_p_and_ds_fragments(masked, p, ds, g, scale_log2, [&](int n, int e) {
+        // Columns 8n + fragment_col() and the one after: one float2 of each stat.
+        const int column = 8 * n + fragment_col();
+        const float2 lse_pair = lse_pairs[column / 2], delta_pair = delta_pairs[column / 2];
+        return ScoreCoordinates{q0 + column + e % 2, key0 + fragment_row() + 8 * (e / 2),
+                                e % 2 ? lse_pair.y : lse_pair.x, e % 2 ? delta_pair.y : delta_pair.x};
+      });
+      accumulate_mma_product<kQueries>(dv_acc, p, stage.dout);
+      accumulate_mma_product<kQueries>(dk_acc, ds, stage.q);
     }
-    __syncthreads();  // the next query tile is written, the output-gradient tile read
+    if (more) next_stats.write(s.stages[i + 1]);
   }
-  store_warp_rows<kDim>(dk_acc, g.scale, dk, g, b, h, k0 + r0);
-  store_warp_rows<kDim>(dv_acc, 1.0f, dv, g, b, h, k0 + r0);
+  store_warp_rows<kDim>(dk_acc, g.scale, dk, g, b, h, key0);
+  store_warp_rows<kDim>(dv_acc, 1.0f, dv, g, b, h, key0);
 }
 
-// The block's queries with their output gradient, and one key tile and one value tile.
+// The block's queries with their output gradient, then two stages of key and value tiles.
 template <int kDim>
 struct MmaQueryGradShared {
   using QueryTile = Bf16Tile<kMmaOwned, kDim>;
-  using KeyTile = Bf16Tile<kMmaKeys, kDim>;
-  static constexpr size_t kBytes = 2 * QueryTile::kBytes + 2 * KeyTile::kBytes;
+  using Stages = TwoStages<KeyValueStage<kDim>>;
+  static constexpr size_t kBytes = 2 * QueryTile::kBytes + Stages::kBytes;
   QueryTile q, dout;
-  KeyTile k, v;
-  __device__ explicit MmaQueryGradShared(__nv_bfloat16* base) : q{base}, dout{q.end()}, k{dout.end()}, v{k.end()} {}
+  Stages stages;
+  __device__ explicit MmaQueryGradShared(__nv_bfloat16* base) : q{base}, dout{q.end()}, stages{dout.end()} {}
 };
 
 // Block (x, h, b): query tile gridDim.x − 1 − x, warp w its rows 16w …; dQ = scale·Σ_j dS·K over the
-// key tiles up to the causal limit. Per key tile: read it while computing dO·vᵀ, then the next value
-// tile during q·kᵀ and dS·K (so each tile is read on one side of the step's first barrier only).
+// key tiles up to the causal limit. Per key tile (for_each_key_tile): dO·vᵀ, q·kᵀ and dS·K.
 template <int kDim>
 __global__ void __launch_bounds__(kMmaThreads)
-    attention_dq_mma_kernel(const float* dout, const float* q, const float* k, const float* v, const float* lse,
-                            const float* delta, Geometry g, float* dq) {
+    attention_dq_mma_kernel(const __nv_bfloat16* dout, const __nv_bfloat16* q, const __nv_bfloat16* k,
+                            const __nv_bfloat16* v, const float* lse, const float* delta, Geometry g, float* dq) {
   extern __shared__ __align__(16) __nv_bfloat16 mma_shared[];
   const MmaQueryGradShared<kDim> s(mma_shared);
   const int b = blockIdx.z, h = blockIdx.y, r0 = static_cast<int>(threadIdx.x) / kWarpSize * kWarpRows;
-  const int q0 = static_cast<int>(gridDim.x - 1 - blockIdx.x) * kMmaOwned;
+  const int q0 = static_cast<int>(gridDim.x - 1 - blockIdx.x) * kMmaOwned, t0 = q0 + r0;  // t0: the warp's first row
   const float scale_log2 = g.scale * kLog2e;
 
+  copy_rows_async(s.q, q, g, b, h, q0);
+  copy_rows_async(s.dout, dout, g, b, h, q0);
+  s.stages[0].copy_async(k, v, g, b, h, 0);
+  cp_async_commit();
   // lse·log2 e and delta of rows g and g + 8 of the warp's 16 (0 past T).
   float row_lse_log2[2], row_delta[2], dq_acc[kDim / 8][4] = {};
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
-    const int t = q0 + r0 + fragment_row() + 8 * half;
+    const int t = t0 + fragment_row() + 8 * half;
     row_lse_log2[half] = t < g.seq ? lse[g.row_stats(b, h) + t] * kLog2e : 0.0f;
     row_delta[half] = t < g.seq ? delta[g.row_stats(b, h) + t] : 0.0f;
   }
-  {
-    TileInRegisters<kMmaOwned, kDim> query_rows, dout_rows;
-    TileInRegisters<kMmaKeys, kDim> value_rows;
-    query_rows.read(q, g, b, h, q0);
-    dout_rows.read(dout, g, b, h, q0);
-    value_rows.read(v, g, b, h, 0);
-    query_rows.write(s.q);
-    dout_rows.write(s.dout);
-    value_rows.write(s.v);
-  }
-  __syncthreads();
-  TileInRegisters<kMmaKeys, kDim> next;  // the key tile, then the next value tile
 
-  const int last_key = min(g.seq - 1, q0 + kMmaOwned - 1);
-  for (int k0 = 0; k0 <= last_key; k0 += kMmaKeys) {
-    const bool more = k0 + kMmaKeys <= last_key;
-    next.read(k, g, b, h, k0);
+  for_each_key_tile(s.stages, k, v, g, b, h, q0, t0, [&](int k0, const KeyValueStage<kDim>& stage) {
     float p[kMmaKeys / 8][4], ds[kMmaKeys / 8][4];
-    multiply_by_transpose<kMmaKeys>(ds, s.dout, r0, s.v);  // dP, made dS below
-    next.write(s.k);  // the previous key tile was read before the last barrier
-    __syncthreads();  // the key tile is written, the value tile read
-    if (more) next.read(v, g, b, h, k0 + kMmaKeys);
-    multiply_by_transpose<kMmaKeys>(p, s.q, r0, s.k);
+    multiply_by_transpose<kMmaKeys>(ds, s.dout, r0, stage.v);  // dP, made dS below
+    multiply_by_transpose<kMmaKeys>(p, s.q, r0, stage.k);
     // Key j is visible to query t when j <= t < T: masks only where the tile's last key lies past the
     // warp's first query, or the warp's rows reach past T.
-    const bool masked = k0 + kMmaKeys - 1 > q0 + r0 || q0 + r0 + kWarpRows > g.seq;
+    const bool masked = k0 + kMmaKeys - 1 > t0 || t0 + kWarpRows > g.seq;
     recompute_p_and_ds_fragments(masked, p, ds, g, scale_log2, [&](int n, int e) {
       const int half = e / 2;
-      return ScoreCoordinates{q0 + r0 + fragment_row() + 8 * half, k0 + 8 * n + fragment_col() + e % 2,
+      return ScoreCoordinates{t0 + fragment_row() + 8 * half, k0 + 8 * n + fragment_col() + e % 2,
                               row_lse_log2[half], row_delta[half]};
     });
-    accumulate_mma_product<kMmaKeys>(dq_acc, ds, s.k);
-    if (more) next.write(s.v);
-    __syncthreads();  // the next value tile is written, the key tile read
-  }
-  store_warp_rows<kDim>(dq_acc, g.scale, dq, g, b, h, q0 + r0);
+    accumulate_mma_product<kMmaKeys>(dq_acc, ds, stage.k);
+  });
+  store_warp_rows<kDim>(dq_acc, g.scale, dq, g, b, h, t0);
 }
 
 // ---- Launches -------------------------------------------------------------------------------------
-
-// Whether a head of head_dim has a tensor-core instance.
-bool has_mma_instance(int64_t head_dim) { return head_dim == 64 || head_dim == 128; }
 
 // Calls launch(std::integral_constant<int, head_dim>) for a head dim with a tensor-core instance.
 template <class Launch>
@@ -544,28 +533,39 @@ void with_mma_instance(int64_t head_dim, Launch&& launch) {
   launch(std::integral_constant<int, 128>{});
 }
 
-void attention_forward_mma(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, Tensor& lse,
+// x as the tensor-core kernels read it: bf16, 16-byte aligned for cp.async. An f32 x is rounded to a
+// bf16 copy (nearest even: matmul_operand under BF16); a bf16 view that starts off a 16-byte boundary
+// (a view may start at any element) is copied.
+Tensor bf16_rows(const Tensor& x) {
+  if (x.dtype() == DType::F32) return matmul_operand(x);
+  return reinterpret_cast<uintptr_t>(x.raw()) % 16 == 0 ? x : x.clone();
+}
+const __nv_bfloat16* bf16_data(const Tensor& x) { return static_cast<const __nv_bfloat16*>(x.raw()); }
+
+void attention_forward_mma(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, Tensor& out, Tensor& lse,
                            const AttentionDims& dims, const Geometry& g) {
+  const Tensor q = bf16_rows(q_in), k = bf16_rows(k_in), v = bf16_rows(v_in);
   with_mma_instance(dims.head_dim, [&](auto instance) {
     constexpr int kDim = decltype(instance)::value;
     launch_on_tiles(attention_forward_mma_kernel<kDim>, kMmaOwned, kMmaThreads, MmaForwardShared<kDim>::kBytes, dims,
-                    q.data<float>(), k.data<float>(), v.data<float>(), g, out.data<float>(), lse.data<float>());
+                    bf16_data(q), bf16_data(k), bf16_data(v), g, out.data<float>(), lse.data<float>());
     EG_CUDA_CHECK_LAUNCH("attention_forward_mma_kernel");
   });
 }
 
-void attention_backward_mma(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
-                            const Tensor& lse, Tensor& dq, Tensor& dk, Tensor& dv, const AttentionDims& dims,
-                            const Geometry& g) {
+void attention_backward_mma(const Tensor& dout_in, const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
+                            const Tensor& out, const Tensor& lse, Tensor& dq, Tensor& dk, Tensor& dv,
+                            const AttentionDims& dims, const Geometry& g) {
+  const Tensor dout = bf16_rows(dout_in), q = bf16_rows(q_in), k = bf16_rows(k_in), v = bf16_rows(v_in);
   with_mma_instance(dims.head_dim, [&](auto instance) {
     constexpr int kDim = decltype(instance)::value;
-    const Tensor delta = row_deltas(dout, out, dims, g, /*round_dout=*/true);
+    const Tensor delta = row_deltas(dout, out, dims, g);  // of the bf16 dO the products read
     launch_on_tiles(attention_dkdv_mma_kernel<kDim>, kMmaOwned, kMmaThreads, MmaKeyValueGradShared<kDim>::kBytes,
-                    dims, dout.data<float>(), q.data<float>(), k.data<float>(), v.data<float>(), lse.data<float>(),
+                    dims, bf16_data(dout), bf16_data(q), bf16_data(k), bf16_data(v), lse.data<float>(),
                     delta.data<float>(), g, dk.data<float>(), dv.data<float>());
     EG_CUDA_CHECK_LAUNCH("attention_dkdv_mma_kernel");
     launch_on_tiles(attention_dq_mma_kernel<kDim>, kMmaOwned, kMmaThreads, MmaQueryGradShared<kDim>::kBytes, dims,
-                    dout.data<float>(), q.data<float>(), k.data<float>(), v.data<float>(), lse.data<float>(),
+                    bf16_data(dout), bf16_data(q), bf16_data(k), bf16_data(v), lse.data<float>(),
                     delta.data<float>(), g, dq.data<float>());
     EG_CUDA_CHECK_LAUNCH("attention_dq_mma_kernel");
   });

@@ -1,5 +1,8 @@
 // Rotary position embedding on the GPU, the CUDA side of kernels/rope.h: one thread per rotated
-// pair (lo[i], hi[i]) of a head, with the host-made cos/sin tables (device copies).
+// pair (lo[i], hi[i]) of a head, with the host-made cos/sin tables (device copies). The output may be
+// x itself, or bf16 (kernels::attention_operand_dtype: the attention's q and k, which only its
+// products read), rounded to nearest even once rotated.
+#include "kernels/checks.h"
 #include "kernels/cuda/common.cuh"
 #include "kernels/rope.h"
 
@@ -7,36 +10,38 @@ namespace engram::kernels::cuda {
 
 namespace {
 
-// n = B·T·H·half pairs; pair p is (row = p / half, i = p % half) with row = (b·T + t)·H + h.
-__global__ void rope_kernel(float* x, const float* cos, const float* sin, int64_t seq, int64_t heads, int64_t half,
-                            float sign, int64_t n) {
+// n = B·T·H·half pairs; pair p is (row = p / half, i = p % half) with row = (b·T + t)·H + h. Each
+// thread reads its pair before writing it, so out may be x.
+template <class Out>
+__global__ void rope_kernel(const float* x, const float* cos, const float* sin, int64_t seq, int64_t heads,
+                            int64_t half, float sign, int64_t n, Out* out) {
   for (int64_t p = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; p < n; p += int64_t{gridDim.x} * blockDim.x) {
     const int64_t row = p / half, i = p % half;
     const int64_t t = (row / heads) % seq;
-    float* lo = x + row * 2 * half;
-    float* hi = lo + half;
+    const int64_t lo = row * 2 * half + i, hi = lo + half;
     const float c = cos[t * half + i], sn = sign * sin[t * half + i];
-    const float a = lo[i], z = hi[i];
-    lo[i] = a * c - z * sn;
-    hi[i] = a * sn + z * c;
+    const float a = x[lo], z = x[hi];
+    out[lo] = static_cast<Out>(a * c - z * sn);
+    out[hi] = static_cast<Out>(a * sn + z * c);
   }
 }
 
 }  // namespace
 
-void rope_apply(Tensor& x, const Tensor& cos, const Tensor& sin, bool inverse) {
-  check_on_cuda("rope_apply", x, cos, sin);
-  EG_ASSERT(x.ndim() == 4, "rope_apply: x must be [B, T, H, d_h], got ", shape_str(x.shape()));
-  const int64_t seq = x.dim(1), heads = x.dim(2), head_dim = x.dim(3), half = head_dim / 2;
-  EG_ASSERT(head_dim % 2 == 0, "rope_apply: odd head_dim in ", shape_str(x.shape()));
-  EG_ASSERT(cos.ndim() == 2 && cos.dim(0) >= seq && cos.dim(1) == half && sin.shape() == cos.shape(),
-            "rope_apply: tables cos ", shape_str(cos.shape()), ", sin ", shape_str(sin.shape()), " for x ",
-            shape_str(x.shape()));
+void rope_apply_to(const Tensor& x, const Tensor& cos, const Tensor& sin, bool inverse, Tensor& out) {
+  check_on_cuda("rope_apply", x, cos, sin, out);
+  const int64_t half = checks::rope_apply(x, cos, sin, out, out.dtype() == DType::BF16 ? DType::BF16 : DType::F32);
   const int64_t n = x.numel() / 2;
   if (n == 0) return;
-  rope_kernel<<<grid_for(n), kThreads, 0, compute_stream()>>>(x.data<float>(), cos.data<float>(), sin.data<float>(),
-                                                               seq, heads, half, inverse ? -1.0f : 1.0f, n);
+  with_f32_or_bf16(out, "rope_apply out", [&](auto* o) {
+    rope_kernel<<<grid_for(n), kThreads, 0, compute_stream()>>>(x.data<float>(), cos.data<float>(), sin.data<float>(),
+                                                                x.dim(1), x.dim(2), half, inverse ? -1.0f : 1.0f, n, o);
+  });
   EG_CUDA_CHECK_LAUNCH("rope_kernel");
+}
+
+void rope_apply(Tensor& x, const Tensor& cos, const Tensor& sin, bool inverse) {
+  rope_apply_to(x, cos, sin, inverse, x);
 }
 
 }  // namespace engram::kernels::cuda

@@ -2,9 +2,10 @@
 // on random inputs with NaN-poisoned outputs, in both matmul precisions. Float32 (the parity mode):
 // head dims in each kernel instance (up to 64, 128, 256; odd ones zero-padded), T = 1 and T not a
 // multiple of any tile. BF16 (the tensor-core path, head dims 64 and 128): T = 1, 67, 200, 512 and
-// the tile edges (64, 65, 96, 129), and inputs that are not 16-byte aligned. Then bitwise repeatability
-// in both modes, the float32 fallback of other head dims under BF16, and the error past the largest
-// instance.
+// the tile edges (64, 65, 96, 128, 129, 257, 300), inputs that are not 16-byte aligned, and bf16
+// inputs (what the model gives that path), which must give the results of their f32 values bit for
+// bit, and are an error where that path does not run. Then bitwise repeatability in both modes, the
+// float32 fallback of other head dims under BF16, and the error past the largest instance.
 //
 // Tolerance, Float32: both sides compute in float32 but sum in different orders (the CPU: sgemm over
 // the full masked [T, T] scores, exp(s − lse) with lse from a double sum; the GPU: an online softmax
@@ -31,6 +32,7 @@
 #include <cmath>
 #include <random>
 #include <string>
+#include <utility>
 
 #include "kernels/attention.h"
 #include "kernels/matmul_precision.h"
@@ -55,8 +57,8 @@ struct Dims {
   Shape shape() const { return {batch, seq, heads, head_dim}; }
   Shape lse_shape() const { return {batch, heads, seq}; }
   std::string name() const {
-    return "B " + std::to_string(batch) + ", T " + std::to_string(seq) + ", H " + std::to_string(heads) +
-           ", d_h " + std::to_string(head_dim);
+    return "B " + std::to_string(batch) + ", T " + std::to_string(seq) + ", H " + std::to_string(heads) + ", d_h " +
+           std::to_string(head_dim);
   }
 };
 
@@ -94,24 +96,27 @@ Results cpu_results(const Inputs& in, const Dims& d) {
   return r;
 }
 
-// Where the GPU's inputs lie: in fresh allocations, or in views one float into a buffer (a view may
-// start at any float), so not 16-byte aligned.
-enum class Placement { kFresh, kOneFloatIn };
+// Where the GPU's inputs lie: in fresh allocations, or in views one element into a buffer (a view may
+// start at any element), so not 16-byte aligned.
+enum class Placement { kFresh, kOneElementIn };
 
-Tensor on_gpu(const Tensor& host, Placement placement = Placement::kFresh) {
-  if (placement == Placement::kFresh) return host.copy_to(Device::CUDA);
-  const Tensor buffer = Tensor::empty({host.numel() + 1}, DType::F32, Device::CUDA);
-  Tensor view = buffer.slice(1, host.numel() + 1).view(host.shape());
-  view.copy_from(host);
+// A host f32 tensor on the GPU in `dtype` (bf16: rounded to nearest even), placed as `placement` says.
+Tensor on_gpu(const Tensor& host, Placement placement = Placement::kFresh, DType dtype = DType::F32) {
+  const Tensor values = dtype == DType::BF16 ? round_to_bf16(host).bf16 : host;
+  if (placement == Placement::kFresh) return values.copy_to(Device::CUDA);
+  const Tensor buffer = Tensor::empty({values.numel() + 1}, dtype, Device::CUDA);
+  Tensor view = buffer.slice(1, values.numel() + 1).view(values.shape());
+  view.copy_from(values);
   return view;
 }
 
-// The GPU's results (NaN-poisoned outputs), its backward from `saved`'s out and lse when given (the
-// CPU's, so that both sides' gradients start from the same values), else from its own.
+// The GPU's results (NaN-poisoned outputs) on q, k, v, dout given in `inputs`, its backward from
+// `saved`'s out and lse when given (the CPU's, so that both sides' gradients start from the same
+// values), else from its own.
 Results gpu_results(const Inputs& in, const Dims& d, const Results* saved = nullptr,
-                    Placement placement = Placement::kFresh) {
-  const Tensor q = on_gpu(in.q, placement), k = on_gpu(in.k, placement), v = on_gpu(in.v, placement);
-  const Tensor dout = on_gpu(in.dout, placement);
+                    Placement placement = Placement::kFresh, DType inputs = DType::F32) {
+  const Tensor q = on_gpu(in.q, placement, inputs), k = on_gpu(in.k, placement, inputs);
+  const Tensor v = on_gpu(in.v, placement, inputs), dout = on_gpu(in.dout, placement, inputs);
   const Results poisoned = nan_results(d);
   Tensor out = on_gpu(poisoned.out), lse = on_gpu(poisoned.lse);
   Tensor dq = on_gpu(poisoned.dq), dk = on_gpu(poisoned.dk), dv = on_gpu(poisoned.dv);
@@ -150,9 +155,8 @@ void expect_results_bitwise_equal(const Results& a, const Results& b, const std:
 TEST_F(CudaAttention, ForwardAndBackwardMatchTheCpu) {
   std::mt19937 gen(77);
   const Dims cases[] = {
-      {1, 1, 1, 64},    {2, 1, 3, 128},   {2, 200, 3, 64},  {1, 200, 2, 128}, {1, 64, 2, 128},
-      {2, 67, 2, 72},   {1, 130, 1, 1},   {3, 33, 2, 8},    {1, 70, 2, 24},   {1, 100, 2, 256},
-      {1, 45, 1, 200},
+      {1, 1, 1, 64},  {2, 1, 3, 128}, {2, 200, 3, 64}, {1, 200, 2, 128}, {1, 64, 2, 128}, {2, 67, 2, 72},
+      {1, 130, 1, 1}, {3, 33, 2, 8},  {1, 70, 2, 24},  {1, 100, 2, 256}, {1, 45, 1, 200},
   };
   for (const Dims& d : cases) {
     const Inputs in = random_inputs(d, gen);
@@ -166,8 +170,9 @@ TEST_F(CudaAttention, ForwardAndBackwardMatchTheCpu) {
 TEST_F(CudaAttention, Bf16TensorCorePathMatchesTheCpuOnRoundedInputs) {
   std::mt19937 gen(79);
   const Dims cases[] = {
-      {1, 1, 1, 64},   {2, 1, 3, 128},  {2, 67, 3, 64},  {1, 67, 2, 128}, {2, 200, 3, 64},  {1, 200, 2, 128},
-      {1, 512, 2, 64}, {1, 512, 1, 128}, {1, 64, 2, 64}, {1, 65, 1, 64},  {1, 96, 1, 128},  {1, 129, 1, 128},
+      {1, 1, 1, 64},    {2, 1, 3, 128},   {2, 67, 3, 64},   {1, 67, 2, 128}, {2, 200, 3, 64},
+      {1, 200, 2, 128}, {1, 512, 2, 64},  {1, 512, 1, 128}, {1, 64, 2, 64},  {1, 65, 1, 64},
+      {1, 96, 1, 128},  {1, 129, 1, 128}, {1, 128, 1, 64},  {1, 257, 2, 64}, {2, 300, 1, 128},
   };
   const ScopedMatmulPrecision bf16(kernels::MatmulPrecision::BF16);
   for (const Dims& d : cases) {
@@ -202,8 +207,38 @@ TEST_F(CudaAttention, Bf16PathReadsInputsAtAnyAlignment) {
   const Dims d{2, 67, 2, 64};
   const Inputs in = random_inputs(d, gen);
   const ScopedMatmulPrecision bf16(kernels::MatmulPrecision::BF16);
-  expect_results_bitwise_equal(gpu_results(in, d, nullptr, Placement::kOneFloatIn), gpu_results(in, d),
+  expect_results_bitwise_equal(gpu_results(in, d, nullptr, Placement::kOneElementIn), gpu_results(in, d),
                                "bf16, unaligned inputs, " + d.name());
+}
+
+// The model gives the tensor-core path bf16 q, k, v, dout (kernels::attention_operand_dtype): the
+// results are those of the f32 inputs the path rounds itself, bit for bit, wherever the bf16 inputs
+// start (a view off a 16-byte boundary is copied for cp.async).
+TEST_F(CudaAttention, Bf16InputsGiveTheResultsOfTheirF32Values) {
+  std::mt19937 gen(83);
+  const ScopedMatmulPrecision bf16(kernels::MatmulPrecision::BF16);
+  for (const Dims& d : {Dims{2, 67, 2, 64}, Dims{1, 200, 2, 128}}) {
+    const Inputs in = random_inputs(d, gen);
+    const Results from_f32 = gpu_results(in, d);
+    for (Placement placement : {Placement::kFresh, Placement::kOneElementIn})
+      expect_results_bitwise_equal(
+          gpu_results(in, d, nullptr, placement, DType::BF16), from_f32,
+          std::string("bf16 inputs") + (placement == Placement::kFresh ? ", " : ", unaligned, ") + d.name());
+  }
+}
+
+// bf16 inputs only where the tensor-core path runs: the float32 kernels take f32.
+TEST_F(CudaAttention, Bf16InputsOutsideTheTensorCorePathAreAnError) {
+  const std::pair<kernels::MatmulPrecision, int64_t> cases[] = {{kernels::MatmulPrecision::Float32, 64},
+                                                                {kernels::MatmulPrecision::BF16, 72}};
+  for (const auto& [precision, head_dim] : cases) {
+    const ScopedMatmulPrecision scoped(precision);
+    const Dims d{1, 4, 1, head_dim};
+    const Tensor x = Tensor::zeros(d.shape(), DType::BF16, Device::CUDA);
+    Tensor out = Tensor::empty(d.shape(), DType::F32, Device::CUDA);
+    Tensor lse = Tensor::empty(d.lse_shape(), DType::F32, Device::CUDA);
+    EXPECT_THROW(kernels::attention_forward(x, x, x, out, lse), Error) << d.name();
+  }
 }
 
 TEST_F(CudaAttention, TwoRunsAreBitwiseIdentical) {

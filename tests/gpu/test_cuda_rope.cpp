@@ -1,5 +1,6 @@
 // CUDA RoPE against the CPU one: forward and inverse rotation with tables longer than the sequence
-// (rows 0..T−1 used). The GPU fuses the multiply-adds of each rotation: rtol 1e-6, atol 1e-6.
+// (rows 0..T−1 used). The GPU fuses the multiply-adds of each rotation: rtol 1e-6, atol 1e-6. The
+// rotation into a bf16 tensor holds the GPU's f32 rotation rounded to nearest even, bit for bit.
 #include <gtest/gtest.h>
 
 #include <random>
@@ -23,6 +24,21 @@ TEST_F(CudaRope, ForwardAndInverseMatchTheCpu) {
     kernels::rope_apply(x.cpu, cos.cpu, sin.cpu, inverse);
     kernels::rope_apply(x.gpu, cos.gpu, sin.gpu, inverse);
     expect_close_to_cpu(x.gpu, x.cpu, 1e-6, 1e-6, inverse ? "inverse rotation" : "rotation");
+  }
+}
+
+TEST_F(CudaRope, RotationIntoBf16IsTheF32RotationRounded) {
+  std::mt19937 gen(42);
+  const kernels::RopeTables tables = kernels::make_rope_tables(/*seq_len=*/40, /*head_dim=*/64, 10000.0);
+  const HostDevice cos = on_both(tables.cos), sin = on_both(tables.sin);
+  for (bool inverse : {false, true}) {
+    const Tensor x = random_uniform({2, 37, 3, 64}, gen, -4.0f, 4.0f).copy_to(Device::CUDA);
+    Tensor rotated = x.clone();
+    kernels::rope_apply(rotated, cos.gpu, sin.gpu, inverse);
+    Tensor rotated_bf16 = Tensor::empty(x.shape(), DType::BF16, Device::CUDA);
+    kernels::rope_apply_to(x, cos.gpu, sin.gpu, inverse, rotated_bf16);
+    EXPECT_TRUE(bitwise_equal(rotated_bf16.copy_to(Device::CPU), round_to_bf16(rotated.copy_to(Device::CPU)).bf16))
+        << (inverse ? "inverse rotation" : "rotation");
   }
 }
 

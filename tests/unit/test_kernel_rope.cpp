@@ -108,6 +108,23 @@ TEST(KernelRope, InverseIsTheAdjoint) {
   EXPECT_NEAR(dot(to_double(dy), to_double(rx)), dot(to_double(rt_dy), to_double(x)), 1e-4);
 }
 
+// rope_apply_to writes into another tensor what rope_apply writes in place, and leaves x as it was.
+TEST(KernelRope, ApplyToAnotherTensorMatchesInPlace) {
+  std::mt19937 gen(6);
+  kernels::RopeTables tables = kernels::make_rope_tables(11, 6, 10000.0);
+  const Tensor x = random_uniform({2, 11, 3, 6}, gen);
+  for (bool inverse : {false, true}) {
+    Tensor in_place = x.clone(), out = nan_tensor(x.shape());
+    const Tensor before = x.clone();
+    kernels::rope_apply(in_place, tables.cos, tables.sin, inverse);
+    kernels::rope_apply_to(x, tables.cos, tables.sin, inverse, out);
+    EXPECT_TRUE(bitwise_equal(out, in_place)) << "inverse " << inverse;
+    EXPECT_TRUE(bitwise_equal(x, before)) << "inverse " << inverse;
+  }
+  Tensor wrong_shape = Tensor::zeros({2, 11, 3, 4});
+  EXPECT_THROW(kernels::rope_apply_to(x, tables.cos, tables.sin, false, wrong_shape), Error);
+}
+
 TEST(KernelRope, OddHeadDimIsRejected) {
   EXPECT_THROW(kernels::make_rope_tables(8, 7, 10000.0), Error);
   kernels::RopeTables tables = kernels::make_rope_tables(4, 4, 10000.0);
