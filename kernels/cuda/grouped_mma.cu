@@ -8,8 +8,10 @@
 // bit; no split-k, no atomics.
 #include <cuda_bf16.h>
 
+#include <algorithm>
 #include <climits>
 #include <cstdint>
+#include <numeric>
 #include <type_traits>
 
 #include "kernels/cuda/common.cuh"
@@ -161,13 +163,19 @@ bool takes(const Tensor& x, const Tensor& y, const Tensor& out, const std::vecto
          x.numel() < INT_MAX && y.numel() < INT_MAX && out.numel() < INT_MAX;
 }
 
-// The group table: offsets as int, and each group's first block given its number of blocks.
+// The group table: offsets as int, and the groups' first blocks given their numbers of blocks. With
+// longest_first the groups with the most rows come first (ties in group order): weight gradients,
+// whose blocks take as long as their group has rows, then end together instead of waiting for the
+// largest group's blocks to start last.
 template <class TilesOf>
-void fill_groups(GroupedMmaParams& p, const std::vector<int64_t>& offsets, TilesOf&& tiles_of) {
+void fill_groups(GroupedMmaParams& p, const std::vector<int64_t>& offsets, TilesOf&& tiles_of, bool longest_first) {
   p.groups = static_cast<int>(offsets.size()) - 1;
-  p.tile_start[0] = 0;
   for (int g = 0; g <= p.groups; ++g) p.offsets[g] = static_cast<int>(offsets[g]);
-  for (int g = 0; g < p.groups; ++g) p.tile_start[g + 1] = p.tile_start[g] + tiles_of(p.offsets[g + 1] - p.offsets[g]);
+  const auto rows = [&](int g) { return p.offsets[g + 1] - p.offsets[g]; };
+  std::iota(p.order, p.order + p.groups, 0);
+  if (longest_first) std::stable_sort(p.order, p.order + p.groups, [&](int x, int y) { return rows(x) > rows(y); });
+  p.tile_start[0] = 0;
+  for (int i = 0; i < p.groups; ++i) p.tile_start[i + 1] = p.tile_start[i] + tiles_of(rows(p.order[i]));
 }
 
 int tiles(int rows, int tile) { return (rows + tile - 1) / tile; }
@@ -221,7 +229,7 @@ bool products(const Tensor& a, const Tensor& b, const Tensor* a2, const Tensor* 
   p.b_group_stride = b.dim(1) * b.dim(2);
   p.beta = beta;
   const int tiles_n = tiles(p.n, kTileN);
-  fill_groups(p, offsets, [&](int rows) { return tiles(rows, kTileM) * tiles_n; });
+  fill_groups(p, offsets, [&](int rows) { return tiles(rows, kTileM) * tiles_n; }, false);
   launch(p, false, !trans_b, kernel);
   return true;
 }
@@ -271,7 +279,7 @@ bool grouped_mma_wgrad(const Tensor& dc, const Tensor& a, Tensor& db, const std:
   p.c_group_stride = db.dim(1) * db.dim(2);
   p.beta = 1.0f;
   const int per_group = tiles(p.m, kTileM) * tiles(p.n, kTileN);
-  fill_groups(p, offsets, [&](int rows) { return rows > 0 ? per_group : 0; });
+  fill_groups(p, offsets, [&](int rows) { return rows > 0 ? per_group : 0; }, true);
   launch(p, true, true, kernel);
   return true;
 }

@@ -1,6 +1,6 @@
 #pragma once
 // What the two grouped-product kernels share (included by grouped_mma.cu and grouped_wgmma.cu only):
-// the group table in the kernel parameters, how a block finds its group and tile, and cp.async.
+// the group table in the kernel parameters, how a block finds its group and tile, and its copies.
 // Both kernels cut every group's output into 128 × 128 tiles, one block each, so one table of first
 // blocks serves both.
 //
@@ -13,6 +13,7 @@
 
 #include <cstdint>
 
+#include "kernels/cuda/cp_async.cuh"
 #include "kernels/cuda/grouped_mma.h"
 
 namespace engram::kernels::cuda {
@@ -32,7 +33,8 @@ struct GroupedMmaParams {
   float beta;
   int groups;
   int offsets[kGroupedMmaMaxGroups + 1];     // the groups' first rows
-  int tile_start[kGroupedMmaMaxGroups + 1];  // the groups' first blocks
+  int order[kGroupedMmaMaxGroups];           // the groups in the order their blocks come
+  int tile_start[kGroupedMmaMaxGroups + 1];  // the first block of each group in that order
 };
 
 // The tile a block computes: its group's sizes, the tile's first row and column of the group's
@@ -67,23 +69,25 @@ __device__ inline KTileSource k_tile_source(const GroupedTile& t, int kt) {
 
 template <bool kWeightGrad>
 __device__ inline GroupedTile locate_tile(const GroupedMmaParams& p) {
-  // This block's group: the last whose first block is at most blockIdx.x (empty groups have none).
+  // This block's place in the order: the last whose first block is at most blockIdx.x (empty groups
+  // have none).
   const int block = static_cast<int>(blockIdx.x);
-  int g = 0;
-  for (int hi = p.groups; hi - g > 1;) {
-    const int mid = (g + hi) / 2;
+  int place = 0;
+  for (int hi = p.groups; hi - place > 1;) {
+    const int mid = (place + hi) / 2;
     if (p.tile_start[mid] <= block) {
-      g = mid;
+      place = mid;
     } else {
       hi = mid;
     }
   }
+  const int g = p.order[place];
   const int first = p.offsets[g], count = p.offsets[g + 1] - first;
   GroupedTile t;
   t.m = kWeightGrad ? p.m : count;
   t.k = kWeightGrad ? count : p.k;
   t.n = p.n;
-  const int tiles_n = (t.n + kGroupedTileN - 1) / kGroupedTileN, index = block - p.tile_start[g];
+  const int tiles_n = (t.n + kGroupedTileN - 1) / kGroupedTileN, index = block - p.tile_start[place];
   t.m0 = index / tiles_n * kGroupedTileM;
   t.n0 = index % tiles_n * kGroupedTileN;
   t.a = p.a + int64_t{first} * p.lda;
@@ -92,18 +96,6 @@ __device__ inline GroupedTile locate_tile(const GroupedMmaParams& p) {
   t.b2 = kWeightGrad || !p.b2 ? nullptr : p.b2 + g * p.b_group_stride;
   t.c = kWeightGrad ? p.c + g * p.c_group_stride : p.c + int64_t{first} * p.ldc;
   return t;
-}
-
-__device__ inline void cp_async_16(uint32_t shared_address, const void* global, int src_bytes) {
-  // src_bytes 0 fills the 16 bytes with zeros (rows and columns past the matrix).
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared_address), "l"(global),
-               "r"(src_bytes)
-               : "memory");
-}
-__device__ inline void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int kPending>
-__device__ inline void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
 }
 
 // Copies the 8 bf16 at (row, column) of a row-major matrix (row length ld, rows × cols valid, cols a

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <random>
+#include <string>
 
 #include "kernels/cross_entropy.h"
 #include "tests/gpu/cuda_test_util.h"
@@ -16,36 +17,40 @@ using namespace testing_util;
 
 using CudaCrossEntropy = CudaTest;
 
+// A vocabulary of 3001 is read a logit at a time, one of 3000 four at a time.
 TEST_F(CudaCrossEntropy, LossesAndGradientsMatchTheCpu) {
   std::mt19937 gen(51);
-  const int64_t rows = 37, vocab = 3001;
-  const HostDevice logits = random_on_both({rows, vocab}, gen, -6.0f, 6.0f);
-  const HostDevice targets = on_both(random_ids<int32_t>({rows}, vocab, gen));
-  HostDevice losses = nan_on_both({rows});
-  kernels::cross_entropy_forward(logits.cpu, targets.cpu, losses.cpu);
-  kernels::cross_entropy_forward(logits.gpu, targets.gpu, losses.gpu);
-  expect_close_to_cpu(losses.gpu, losses.cpu, 1e-6, 1e-6, "forward losses");
+  for (const int64_t vocab : {3001, 3000}) {
+    SCOPED_TRACE("vocab " + std::to_string(vocab));
+    const int64_t rows = 37;
+    const HostDevice logits = random_on_both({rows, vocab}, gen, -6.0f, 6.0f);
+    const HostDevice targets = on_both(random_ids<int32_t>({rows}, vocab, gen));
+    HostDevice losses = nan_on_both({rows});
+    kernels::cross_entropy_forward(logits.cpu, targets.cpu, losses.cpu);
+    kernels::cross_entropy_forward(logits.gpu, targets.gpu, losses.gpu);
+    expect_close_to_cpu(losses.gpu, losses.cpu, 1e-6, 1e-6, "forward losses");
 
-  HostDevice fb_losses = nan_on_both({rows}), dlogits = nan_on_both({rows, vocab});
-  kernels::cross_entropy_forward_backward(logits.cpu, targets.cpu, 0.25f, fb_losses.cpu, dlogits.cpu);
-  kernels::cross_entropy_forward_backward(logits.gpu, targets.gpu, 0.25f, fb_losses.gpu, dlogits.gpu);
-  expect_close_to_cpu(fb_losses.gpu, fb_losses.cpu, 1e-6, 1e-6, "losses");
-  expect_close_to_cpu(dlogits.gpu, dlogits.cpu, 1e-5, 1e-9, "dlogits");
+    HostDevice fb_losses = nan_on_both({rows}), dlogits = nan_on_both({rows, vocab});
+    kernels::cross_entropy_forward_backward(logits.cpu, targets.cpu, 0.25f, fb_losses.cpu, dlogits.cpu);
+    kernels::cross_entropy_forward_backward(logits.gpu, targets.gpu, 0.25f, fb_losses.gpu, dlogits.gpu);
+    expect_close_to_cpu(fb_losses.gpu, fb_losses.cpu, 1e-6, 1e-6, "losses");
+    expect_close_to_cpu(dlogits.gpu, dlogits.cpu, 1e-5, 1e-9, "dlogits");
 
-  // dlogits written over the logits themselves.
-  Tensor in_place = logits.gpu.clone();
-  HostDevice in_place_losses = nan_on_both({rows});
-  kernels::cross_entropy_forward_backward(in_place, targets.gpu, 0.25f, in_place_losses.gpu, in_place);
-  expect_close_to_cpu(in_place_losses.gpu, fb_losses.cpu, 1e-6, 1e-6, "in-place losses");
-  expect_close_to_cpu(in_place, dlogits.cpu, 1e-5, 1e-9, "in-place dlogits");
+    // dlogits written over the logits themselves.
+    Tensor in_place = logits.gpu.clone();
+    HostDevice in_place_losses = nan_on_both({rows});
+    kernels::cross_entropy_forward_backward(in_place, targets.gpu, 0.25f, in_place_losses.gpu, in_place);
+    expect_close_to_cpu(in_place_losses.gpu, fb_losses.cpu, 1e-6, 1e-6, "in-place losses");
+    expect_close_to_cpu(in_place, dlogits.cpu, 1e-5, 1e-9, "in-place dlogits");
 
-  // bf16 dlogits (what the head's products take): the f32 ones rounded to nearest even, bit for bit.
-  Tensor bf16_dlogits = Tensor::empty({rows, vocab}, DType::BF16, Device::CUDA);
-  HostDevice bf16_losses = nan_on_both({rows});
-  kernels::cross_entropy_forward_backward(logits.gpu, targets.gpu, 0.25f, bf16_losses.gpu, bf16_dlogits);
-  EXPECT_TRUE(device_bitwise_equal(bf16_losses.gpu, fb_losses.gpu)) << "losses with bf16 dlogits";
-  EXPECT_TRUE(bitwise_equal(bf16_dlogits.copy_to(Device::CPU), round_to_bf16(dlogits.gpu.copy_to(Device::CPU)).bf16))
-      << "bf16 dlogits";
+    // bf16 dlogits (what the head's products take): the f32 ones rounded to nearest even, bit for bit.
+    Tensor bf16_dlogits = Tensor::empty({rows, vocab}, DType::BF16, Device::CUDA);
+    HostDevice bf16_losses = nan_on_both({rows});
+    kernels::cross_entropy_forward_backward(logits.gpu, targets.gpu, 0.25f, bf16_losses.gpu, bf16_dlogits);
+    EXPECT_TRUE(device_bitwise_equal(bf16_losses.gpu, fb_losses.gpu)) << "losses with bf16 dlogits";
+    EXPECT_TRUE(bitwise_equal(bf16_dlogits.copy_to(Device::CPU), round_to_bf16(dlogits.gpu.copy_to(Device::CPU)).bf16))
+        << "bf16 dlogits";
+  }
 }
 
 TEST_F(CudaCrossEntropy, ATargetOutsideTheVocabularyIsTheCpuError) {
