@@ -1,5 +1,7 @@
 #pragma once
 // Small elementwise and reduction kernels (F32). Outputs written unless said "accumulated".
+#include <vector>
+
 #include "kernels/dispatch.h"
 
 namespace engram::kernels {
@@ -11,6 +13,7 @@ void silu_backward(const Tensor& dy, const Tensor& x, Tensor& dx);  // dx = dy·
 void add_bias_rows(Tensor& y, const Tensor& bias);           // y[r, :] += bias, y [N, C], bias [C]
 void bias_grad(const Tensor& dy, Tensor& dbias);             // dbias += Σ_r dy[r, :] (accumulated)
 double sum_squares(const Tensor& x);                          // Σ x², accumulated in double in index order
+std::vector<double> sum_squares_each(const std::vector<Tensor>& xs);  // sum_squares of each
 }  // namespace cpu
 #ifdef ENGRAM_HAVE_CUDA
 namespace cuda {  // kernels/cuda/elementwise.cu, the contracts of cpu:: above
@@ -21,6 +24,7 @@ void silu_backward(const Tensor& dy, const Tensor& x, Tensor& dx);
 void add_bias_rows(Tensor& y, const Tensor& bias);
 void bias_grad(const Tensor& dy, Tensor& dbias);
 double sum_squares(const Tensor& x);  // waits for the device (the result is a host value)
+std::vector<double> sum_squares_each(const std::vector<Tensor>& xs);  // one wait for them all
 }  // namespace cuda
 #endif
 EG_KERNEL(add_)
@@ -30,4 +34,15 @@ EG_KERNEL(silu_backward)
 EG_KERNEL(add_bias_rows)
 EG_KERNEL(bias_grad)
 EG_KERNEL(sum_squares)
+
+// sum_squares of each tensor (all on one device), bitwise as one call each would give; on CUDA one
+// wait for them all instead of one per tensor (the gradient norm takes every parameter's).
+inline std::vector<double> sum_squares_each(const std::vector<Tensor>& xs) {
+  if (xs.empty() || xs.front().device() == Device::CPU) return cpu::sum_squares_each(xs);
+#ifdef ENGRAM_HAVE_CUDA
+  return cuda::sum_squares_each(xs);
+#else
+  EG_FAIL("sum_squares_each: tensor is on cuda but this build has no CUDA backend");
+#endif
+}
 }  // namespace engram::kernels

@@ -32,6 +32,22 @@ RowGrads merge(const std::vector<RowGrads>& entries, const std::string& name) {
   return kernels::reduce_rows(values, rows);
 }
 
+// The tensor p's gradient is counted from: the dense grad, the merged row grads' values, or none.
+const Tensor* counted_grad(const Parameter& p) {
+  switch (p.group) {
+    case OptimGroup::Decay:
+    case OptimGroup::NoDecay:
+      return &p.grad;
+    case OptimGroup::SparseTable:
+      EG_ASSERT(p.row_grads.size() <= 1, p.name, " has ", p.row_grads.size(),
+                " row-grad entries; call merge_row_grads before global_grad_norm");
+      return p.row_grads.empty() ? nullptr : &p.row_grads.front().values;
+    case OptimGroup::NotTrained:
+      return nullptr;
+  }
+  return nullptr;
+}
+
 }  // namespace
 
 void merge_row_grads(ParameterRegistry& params) {
@@ -43,25 +59,18 @@ void merge_row_grads(ParameterRegistry& params) {
   }
 }
 
-double grad_sum_squares(const Parameter& p) {
-  switch (p.group) {
-    case OptimGroup::Decay:
-    case OptimGroup::NoDecay:
-      return kernels::sum_squares(p.grad);
-    case OptimGroup::SparseTable:
-      EG_ASSERT(p.row_grads.size() <= 1, p.name, " has ", p.row_grads.size(),
-                " row-grad entries; call merge_row_grads before global_grad_norm");
-      return p.row_grads.empty() ? 0.0 : kernels::sum_squares(p.row_grads.front().values);
-    case OptimGroup::NotTrained:
-      return 0.0;
+double grad_sum_squares(const std::vector<const Parameter*>& params) {
+  std::vector<Tensor> grads;
+  for (const Parameter* p : params) {
+    if (const Tensor* g = counted_grad(*p)) grads.push_back(*g);
   }
-  return 0.0;
+  double sum = 0.0;
+  for (const double s : kernels::sum_squares_each(grads)) sum += s;  // in parameter order, as before
+  return sum;
 }
 
 double global_grad_norm(const ParameterRegistry& params) {
-  double sum = 0.0;
-  for (const Parameter* p : params.all()) sum += grad_sum_squares(*p);
-  return std::sqrt(sum);
+  return std::sqrt(grad_sum_squares({params.all().begin(), params.all().end()}));
 }
 
 float clip_factor(double norm, float max_norm) {

@@ -1,6 +1,8 @@
 #pragma once
 // Global-norm gradient clipping (MODEL.md §6): one L2 norm over every trained parameter, dense
 // groups and Engram tables together, turned into one factor that scales all updates alike.
+#include <vector>
+
 #include "runtime/parameters.h"
 
 namespace engram {
@@ -10,9 +12,9 @@ namespace engram {
 // steps it. Entries are combined in list order; no-op for 0 or 1 entries.
 void merge_row_grads(ParameterRegistry& params);
 
-// Σ g² of one parameter's gradient as global_grad_norm counts it (0 for NotTrained), in double.
-// Needs merge_row_grads first.
-double grad_sum_squares(const Parameter& p);
+// Σ g² over these parameters' gradients as global_grad_norm counts them (NotTrained ones add 0), in
+// double; on the GPU with one wait for all of them. Needs merge_row_grads first.
+double grad_sum_squares(const std::vector<const Parameter*>& params);
 
 // sqrt of Σ g² over the dense grads of Decay/NoDecay parameters and the merged row grads of
 // SparseTable parameters (each table row once); NotTrained parameters are excluded.

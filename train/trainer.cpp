@@ -137,14 +137,13 @@ double Trainer::grad_norm() const {
   // Each copy counted once: replicated ones on world rank 0, expert blocks on the first rank of their
   // expert-data-parallel group, table rows on their owner.
   const ParallelLayout& layout = groups_->layout();
-  double sum = 0.0;
+  std::vector<const Parameter*> counted;
   for (const Parameter* p : model_.params().all()) {
-    const bool counted = p->shard == ShardKind::Rows ||
-                         (p->shard == ShardKind::Experts && layout.edp_rank == 0) ||
-                         (p->shard == ShardKind::Replicated && layout.rank == 0);
-    if (counted) sum += grad_sum_squares(*p);
+    if (p->shard == ShardKind::Rows || (p->shard == ShardKind::Experts && layout.edp_rank == 0) ||
+        (p->shard == ShardKind::Replicated && layout.rank == 0))
+      counted.push_back(p);
   }
-  return std::sqrt(groups_->world().all_reduce_sum(sum));
+  return std::sqrt(groups_->world().all_reduce_sum(grad_sum_squares(counted)));
 }
 
 void Trainer::apply_updates(float lr, float grad_scale) {

@@ -79,4 +79,10 @@ double sum_squares(const Tensor& x) {
   return sum;
 }
 
+std::vector<double> sum_squares_each(const std::vector<Tensor>& xs) {
+  std::vector<double> sums;
+  for (const Tensor& x : xs) sums.push_back(sum_squares(x));
+  return sums;
+}
+
 }  // namespace engram::kernels::cpu

@@ -2,6 +2,8 @@
 // Column sums (bias_grad) add in double in a fixed order of row chunks (add_column_sums), and
 // sum_squares reduces in a fixed tree: both repeat bitwise but differ from the CPU's row- or
 // index-order sums by rounding.
+#include <vector>
+
 #include "kernels/cuda/common.cuh"
 #include "kernels/elementwise.h"
 
@@ -48,7 +50,7 @@ struct RowValue {
   __device__ double operator()(int64_t row, int64_t col) const { return dy[row * cols + col]; }
 };
 
-// Pass 1: one double partial per block (grid-stride); pass 2 (sum_to_host) sums the partials.
+// Pass 1: one double partial per block (grid-stride); pass 2 (sum_in_fixed_order_kernel) sums them.
 __global__ void sum_squares_partials_kernel(const float* x, int64_t n, double* partials) {
   double sum = 0.0;
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x)
@@ -109,14 +111,25 @@ void bias_grad(const Tensor& dy, Tensor& dbias) {
   add_column_sums(SumOfRowTerms<RowValue>{{dy.data<float>(), cols}}, dy.rows(), cols, dbias.data<float>());
 }
 
-double sum_squares(const Tensor& x) {
-  check_on_cuda("sum_squares", x);
+double sum_squares(const Tensor& x) { return sum_squares_each({x}).front(); }
+
+std::vector<double> sum_squares_each(const std::vector<Tensor>& xs) {
+  std::vector<double> sums(xs.size(), 0.0);
+  if (xs.empty()) return sums;
   constexpr int kPartials = 1024;  // fixed, so the summation order does not depend on the device
-  const Tensor partials = device_doubles(kPartials);
-  sum_squares_partials_kernel<<<kPartials, kThreads, 0, compute_stream()>>>(x.data<float>(), x.numel(),
-                                                                            doubles(partials));
-  EG_CUDA_CHECK_LAUNCH("sum_squares_partials_kernel");
-  return sum_to_host(doubles(partials), kPartials);
+  const int64_t n = static_cast<int64_t>(xs.size());
+  const Tensor partials = device_doubles(kPartials * n), totals = device_doubles(n);
+  for (int64_t i = 0; i < n; ++i) {
+    const Tensor& x = xs[i];
+    check_on_cuda("sum_squares", x);
+    double* mine = doubles(partials) + i * kPartials;
+    sum_squares_partials_kernel<<<kPartials, kThreads, 0, compute_stream()>>>(x.data<float>(), x.numel(), mine);
+    EG_CUDA_CHECK_LAUNCH("sum_squares_partials_kernel");
+    sum_in_fixed_order_kernel<<<1, kThreads, 0, compute_stream()>>>(mine, int64_t{kPartials}, doubles(totals) + i);
+    EG_CUDA_CHECK_LAUNCH("sum_in_fixed_order_kernel");
+  }
+  copy_to_host_and_wait(sums.data(), totals.raw(), totals.nbytes());
+  return sums;
 }
 
 }  // namespace engram::kernels::cuda
