@@ -196,7 +196,9 @@ void launch_mma_sync(const GroupedMmaParams& p) {
 
 void launch(const GroupedMmaParams& p, bool weight_grad, bool b_rows_k, GroupedMmaKernel kernel) {
   if (p.tile_start[p.groups] == 0) return;
-  if (kernel == GroupedMmaKernel::Fastest && grouped_wgmma_available()) return launch_grouped_wgmma(p, weight_grad, b_rows_k);
+  if (kernel == GroupedMmaKernel::Fastest && grouped_wgmma_available()) {
+    return launch_grouped_wgmma(p, weight_grad, b_rows_k);
+  }
   if (weight_grad) return launch_mma_sync<true, true>(p);
   if (b_rows_k) return launch_mma_sync<false, true>(p);
   launch_mma_sync<false, false>(p);

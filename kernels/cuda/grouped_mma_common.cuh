@@ -26,10 +26,10 @@ struct GroupedMmaParams {
   const __nv_bfloat16* a2;  // products only: null, or the second pair of operands (shaped like a, b)
   const __nv_bfloat16* b2;  // whose product is added (grouped_mma_pair)
   float* c;
-  int m, n, k;                // the fixed ones of the layout (m of weight gradients, k of products)
-  int lda, ldb, ldc;          // row lengths in elements
-  int64_t b_group_stride;     // products: elements between b[g] and b[g+1]
-  int64_t c_group_stride;     // weight gradients: elements between db[g] and db[g+1]
+  int m, n, k;             // the fixed ones of the layout (m of weight gradients, k of products)
+  int lda, ldb, ldc;       // row lengths in elements
+  int64_t b_group_stride;  // products: elements between b[g] and b[g+1]
+  int64_t c_group_stride;  // weight gradients: elements between db[g] and db[g+1]
   float beta;
   int groups;
   int offsets[kGroupedMmaMaxGroups + 1];     // the groups' first rows

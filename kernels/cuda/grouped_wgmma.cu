@@ -35,10 +35,10 @@ namespace {
 
 constexpr int kTileK = 64;
 constexpr int kStages = 3;
-constexpr int kThreadsPerBlock = 128;  // one warpgroup
+constexpr int kThreadsPerBlock = 128;                                                   // one warpgroup
 constexpr uint32_t kOperandTileBytes = kGroupedTileM * kTileK * sizeof(__nv_bfloat16);  // 16 KB, a or b
 constexpr uint32_t kStageBytes = 2 * kOperandTileBytes;
-constexpr uint32_t kAtomBytes = 1024;  // 8 rows of 128 bytes: the swizzle's repeat
+constexpr uint32_t kAtomBytes = 1024;      // 8 rows of 128 bytes: the swizzle's repeat
 constexpr uint32_t kHalfBytes = 64 * 128;  // 64 rows (K-major) or 64 columns (MN-major) of a tile
 constexpr size_t kSharedBytes = kStages * kStageBytes + kAtomBytes;  // + room to align the stages
 static_assert(kGroupedTileM == 128 && kGroupedTileN == 128, "two m64n128 products per 16 of k");
@@ -76,8 +76,8 @@ __device__ inline void load_mn_major(uint32_t tile, const __nv_bfloat16* base, i
 // stride byte offsets (each in 16-byte units), 128-byte swizzle (mode 1 in bits 62–63). Base offset
 // 0: every atom starts on a 1024-byte boundary.
 __device__ inline uint64_t descriptor(uint32_t address, uint32_t leading_bytes, uint32_t stride_bytes) {
-  return uint64_t{(address & 0x3FFFF) >> 4} | uint64_t{leading_bytes >> 4} << 16 |
-         uint64_t{stride_bytes >> 4} << 32 | uint64_t{1} << 62;
+  return uint64_t{(address & 0x3FFFF) >> 4} | uint64_t{leading_bytes >> 4} << 16 | uint64_t{stride_bytes >> 4} << 32 |
+         uint64_t{1} << 62;
 }
 // Operand descriptors for 16 of k from `step`·16 on, and (A) rows 64·half on.
 template <bool kMnMajor>
@@ -111,15 +111,18 @@ __device__ inline void wgmma_m64n128k16(float (&d)[64], uint64_t a, uint64_t b) 
   asm volatile(
       "{\n.reg .pred accumulate;\nsetp.ne.b32 accumulate, %68, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
-      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, accumulate, 1, 1, %66, %67;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
-        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, "
+      "%24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, "
+      "%46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, "
+      "accumulate, 1, 1, %66, %67;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]),
+        "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]),
+        "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]),
+        "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]),
+        "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]),
+        "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]),
+        "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]),
+        "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
       : "l"(a), "l"(b), "n"(kTransA), "n"(kTransB), "r"(1));
 #endif
 }
@@ -208,7 +211,8 @@ __global__ void __launch_bounds__(kThreadsPerBlock, 2)
     for (int j = 0; j < 16; ++j)
 #pragma unroll
       for (int half = 0; half < 2; ++half)
-        if (float2* out = pair_at(h, j, half)) *out = make_float2(acc[h][4 * j + 2 * half], acc[h][4 * j + 2 * half + 1]);
+        if (float2* out = pair_at(h, j, half))
+          *out = make_float2(acc[h][4 * j + 2 * half], acc[h][4 * j + 2 * half + 1]);
 #else
   __trap();  // launched only where grouped_wgmma_available(): sm_90a code on a 9.0 device
 #endif
@@ -219,7 +223,8 @@ void launch(const GroupedMmaParams& p) {
   const auto kernel = grouped_wgmma_kernel<kWeightGrad, kBRowsK>;
   // Once per process (one device per process): more than the default 48 KB of shared memory.
   static const bool configured = [&] {
-    EG_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSharedBytes)));
+    EG_CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSharedBytes)));
     return true;
   }();
   (void)configured;

@@ -231,9 +231,9 @@ void combine_expert_outputs(const Tensor& expert_out, const Tensor& position, co
   if (n * d == 0) return;
   const bool vectors = four_columns(d, {expert_out.raw(), y.raw()});
   const auto kernel = vectors ? combine_kernel<4> : combine_kernel<1>;
-  kernel<<<grid_for(n * d / (vectors ? 4 : 1)), kThreads, 0, compute_stream()>>>(expert_out.data<float>(), position.data<int32_t>(),
-                                                             topk_w.data<float>(), n, k, d, bad_position,
-                                                             y.data<float>());
+  kernel<<<grid_for(n * d / (vectors ? 4 : 1)), kThreads, 0, compute_stream()>>>(
+      expert_out.data<float>(), position.data<int32_t>(), topk_w.data<float>(), n, k, d, bad_position,
+      y.data<float>());
   EG_CUDA_CHECK_LAUNCH("combine_kernel");
 }
 
