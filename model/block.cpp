@@ -11,10 +11,10 @@ namespace engram {
 namespace {
 
 // h + branch as a new tensor: modules keep handles to their inputs for backward, so the residual
-// stream is never updated in place.
+// stream is never updated in place. One pass (read both, write the sum), not a copy then an add.
 Tensor residual_add(const Tensor& h, const Tensor& branch) {
-  Tensor sum = h.clone();
-  kernels::add_(sum, branch);
+  Tensor sum = Tensor::empty(h.shape(), DType::F32, h.device());
+  kernels::add(h, branch, sum);
   return sum;
 }
 
