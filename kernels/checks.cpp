@@ -152,9 +152,10 @@ void rmsnorm_forward(const Tensor& x, const Tensor& g, const Tensor& y, const Te
 }
 
 void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& g, const Tensor& rstd, const Tensor& dx,
-                      const Tensor& dg) {
+                      const Tensor& dg, const Tensor& dx_residual) {
   check_shape(dy, x.shape(), "rmsnorm_backward dy");
   check_shape(dx, x.shape(), "rmsnorm_backward dx");
+  if (dx_residual.defined()) check_shape(dx_residual, x.shape(), "rmsnorm_backward dx_residual");
   check_shape(g, {x.cols()}, "rmsnorm_backward g");
   check_shape(dg, {x.cols()}, "rmsnorm_backward dg");
   EG_ASSERT(rstd.numel() == x.rows(), "rmsnorm_backward: rstd ", shape_str(rstd.shape()), " for ", x.rows(),

@@ -45,7 +45,7 @@ void engram_gate_backward(const Tensor& du, const Tensor& qn, const Tensor& kn, 
 
 void rmsnorm_forward(const Tensor& x, const Tensor& g, const Tensor& y, const Tensor& rstd);
 void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& g, const Tensor& rstd, const Tensor& dx,
-                      const Tensor& dg);
+                      const Tensor& dg, const Tensor& dx_residual);  // dx_residual may be undefined
 
 // Returns the vocabulary size. dlogits may be null (forward only).
 int64_t cross_entropy(const Tensor& logits, const Tensor& targets, const Tensor& losses, const Tensor* dlogits);

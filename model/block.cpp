@@ -63,27 +63,24 @@ Tensor Block::forward(const Tensor& h, const Tensor& ids_c, const LossWeights& w
 }
 
 Tensor Block::backward(const Tensor& dh) {
-  // Each residual gradient flows both through its branch and straight past it.
+  // Each residual gradient flows both through its branch and straight past it; the norms (and the
+  // Engram module) add the part that goes past as they write their input gradient.
   Tensor dh_mid;
   {
     const TraceRange range(ranges_.ffn_backward.c_str());
     const Tensor d_rows = dh.view({dh.rows(), dh.cols()});
     const Tensor d_ffn_in = mlp_ ? mlp_->backward(d_rows) : moe_->backward(d_rows);
-    dh_mid = ffn_norm_.backward(d_ffn_in.view(dh.shape()));
-    kernels::add_(dh_mid, dh);
+    dh_mid = ffn_norm_.backward(d_ffn_in.view(dh.shape()), /*dx_residual=*/dh);
   }
   Tensor dh_in;
   {
     const TraceRange range(ranges_.attn_backward.c_str());
-    dh_in = attn_norm_.backward(attn_.backward(dh_mid));
-    kernels::add_(dh_in, dh_mid);
+    dh_in = attn_norm_.backward(attn_.backward(dh_mid), /*dx_residual=*/dh_mid);
   }
   if (!engram_) return dh_in;
 
   const TraceRange range(ranges_.engram_backward.c_str());
-  Tensor dh_prev = engram_->backward(dh_in);
-  kernels::add_(dh_prev, dh_in);
-  return dh_prev;
+  return engram_->backward(dh_in, /*dh_residual=*/dh_in);
 }
 
 }  // namespace engram

@@ -13,9 +13,9 @@ Tensor RMSNormModule::forward(const Tensor& x) {
   return y;
 }
 
-Tensor RMSNormModule::backward(const Tensor& dy) {
+Tensor RMSNormModule::backward(const Tensor& dy, const Tensor& dx_residual) {
   Tensor dx = Tensor::empty(dy.shape(), DType::F32, dy.device());
-  kernels::rmsnorm_backward(dy, x_, gain_.value, rstd_, dx, gain_.grad);
+  kernels::rmsnorm_backward(dy, x_, gain_.value, rstd_, dx, gain_.grad, dx_residual);
   return dx;
 }
 

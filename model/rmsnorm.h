@@ -13,8 +13,9 @@ class RMSNormModule {
 
   // x [..., D] -> y (same shape), saving x and rstd for backward.
   Tensor forward(const Tensor& x);
-  // Returns dx; accumulates the gain gradient.
-  Tensor backward(const Tensor& dy);
+  // Returns dx, plus `dx_residual` when given (the gradient reaching x past the norm); accumulates
+  // the gain gradient.
+  Tensor backward(const Tensor& dy, const Tensor& dx_residual = Tensor());
 
  private:
   Parameter& gain_;

@@ -22,9 +22,10 @@ __global__ void rmsnorm_forward_kernel(const float* x, const float* g, float eps
   for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) yr[j] = xr[j] * rs * g[j];
 }
 
-// dx_k = rs·g_k·dy_k − rs³·x_k/D · Σ_j dy_j·g_j·x_j (see kernels/cpu/rmsnorm.cpp).
+// dx_k = rs·g_k·dy_k − rs³·x_k/D · Σ_j dy_j·g_j·x_j (see kernels/cpu/rmsnorm.cpp), plus
+// dx_residual_k when given (null: none), added after the float rounding as on the CPU.
 __global__ void rmsnorm_dx_kernel(const float* dy, const float* x, const float* g, const float* rstd, int64_t dim,
-                                  float* dx) {
+                                  const float* dx_residual, float* dx) {
   const int64_t row = blockIdx.x;
   const float* dyr = dy + row * dim;
   const float* xr = x + row * dim;
@@ -34,7 +35,11 @@ __global__ void rmsnorm_dx_kernel(const float* dy, const float* x, const float* 
   const double rs = rstd[row];
   const double coef = rs * rs * rs * dot / static_cast<double>(dim);
   float* dxr = dx + row * dim;
-  for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) dxr[j] = static_cast<float>(rs * g[j] * dyr[j] - coef * xr[j]);
+  const float* resr = dx_residual ? dx_residual + row * dim : nullptr;
+  for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) {
+    const float norm_dx = static_cast<float>(rs * g[j] * dyr[j] - coef * xr[j]);
+    dxr[j] = resr ? norm_dx + resr[j] : norm_dx;
+  }
 }
 
 // dg's term: dy·x·rstd of the row, in double as on the CPU.
@@ -59,13 +64,14 @@ void rmsnorm_forward(const Tensor& x, const Tensor& g, float eps, Tensor& y, Ten
 }
 
 void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& g, const Tensor& rstd, Tensor& dx,
-                      Tensor& dg) {
-  check_on_cuda("rmsnorm_backward", dy, x, g, rstd, dx, dg);
+                      Tensor& dg, const Tensor& dx_residual) {
+  check_on_cuda("rmsnorm_backward", dy, x, g, rstd, dx, dg, dx_residual);
   const int64_t rows = x.rows(), dim = x.cols();
-  checks::rmsnorm_backward(dy, x, g, rstd, dx, dg);
+  checks::rmsnorm_backward(dy, x, g, rstd, dx, dg, dx_residual);
   if (rows == 0) return;
+  const float* residual = dx_residual.defined() ? dx_residual.data<float>() : nullptr;
   rmsnorm_dx_kernel<<<static_cast<unsigned>(rows), kThreads, 0, compute_stream()>>>(
-      dy.data<float>(), x.data<float>(), g.data<float>(), rstd.data<float>(), dim, dx.data<float>());
+      dy.data<float>(), x.data<float>(), g.data<float>(), rstd.data<float>(), dim, residual, dx.data<float>());
   EG_CUDA_CHECK_LAUNCH("rmsnorm_dx_kernel");
   add_column_sums(SumOfRowTerms<DgTerm>{{dy.data<float>(), x.data<float>(), rstd.data<float>(), dim}}, rows, dim,
                   dg.data<float>());
