@@ -91,8 +91,8 @@ void rows_per_id(const Tensor& rows, const Tensor& ids, int64_t width, const cha
 }
 
 void table_rows_per_id(const Tensor& table, const Tensor& ids, const Tensor& rows, const char* kernel,
-                       DType rows_dtype) {
-  check_dtype(table, DType::F32, kernel);
+                       DType rows_dtype, DType table_dtype) {
+  check_dtype(table, table_dtype, kernel);
   EG_ASSERT(table.ndim() == 2, kernel, ": table must be [R, C], got ", table.describe());
   rows_per_id(rows, ids, table.dim(1), kernel, rows_dtype);
 }

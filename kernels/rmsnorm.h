@@ -13,7 +13,8 @@ void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& g, const 
                       Tensor& dg, const Tensor& dx_residual = Tensor());
 }  // namespace cpu
 #ifdef ENGRAM_HAVE_CUDA
-namespace cuda {  // kernels/cuda/rmsnorm.cu, the contracts of cpu:: above
+namespace cuda {  // kernels/cuda/rmsnorm.cu, the contracts of cpu:: above; y may also be bf16 (rounded
+                  // to nearest even: the dtype of kernels::matmul_operand_dtype)
 void rmsnorm_forward(const Tensor& x, const Tensor& g, float eps, Tensor& y, Tensor& rstd);
 void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& g, const Tensor& rstd, Tensor& dx,
                       Tensor& dg, const Tensor& dx_residual = Tensor());

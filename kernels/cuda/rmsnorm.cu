@@ -1,6 +1,8 @@
 // RMSNorm on the GPU, the CUDA side of kernels/rmsnorm.h. One block per row; the row's sum of squares
 // and the backward's dot product are reduced in double (fixed tree order), rstd is rounded to float
 // once and saved, and dg's column sums add in double in a fixed order of row chunks (add_column_sums).
+// y may be bf16 (kernels::matmul_operand_dtype): a norm whose output only products read writes it in
+// the dtype they take instead of f32 then a rounded copy (the backward reads x, never y).
 #include "kernels/checks.h"
 #include "kernels/cuda/common.cuh"
 #include "kernels/rmsnorm.h"
@@ -9,8 +11,9 @@ namespace engram::kernels::cuda {
 
 namespace {
 
-__global__ void rmsnorm_forward_kernel(const float* x, const float* g, float eps, int64_t dim, float* y,
-                                       float* rstd) {
+// y is f32 or bf16 (rounded to nearest even from the f32 value).
+template <class Out>
+__global__ void rmsnorm_forward_kernel(const float* x, const float* g, float eps, int64_t dim, Out* y, float* rstd) {
   const int64_t row = blockIdx.x;
   const float* xr = x + row * dim;
   double sum_sq = 0.0;
@@ -18,8 +21,8 @@ __global__ void rmsnorm_forward_kernel(const float* x, const float* g, float eps
   sum_sq = block_reduce(sum_sq, Sum{}, 0.0);
   const float rs = static_cast<float>(1.0 / sqrt(sum_sq / static_cast<double>(dim) + eps));
   if (threadIdx.x == 0) rstd[row] = rs;
-  float* yr = y + row * dim;
-  for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) yr[j] = xr[j] * rs * g[j];
+  Out* yr = y + row * dim;
+  for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) yr[j] = static_cast<Out>(xr[j] * rs * g[j]);
 }
 
 // dx_k = rs·g_k·dy_k − rs³·x_k/D · Σ_j dy_j·g_j·x_j (see kernels/cpu/rmsnorm.cpp), plus
@@ -58,8 +61,10 @@ void rmsnorm_forward(const Tensor& x, const Tensor& g, float eps, Tensor& y, Ten
   const int64_t rows = x.rows(), dim = x.cols();
   checks::rmsnorm_forward(x, g, y, rstd);
   if (rows == 0) return;
-  rmsnorm_forward_kernel<<<static_cast<unsigned>(rows), kThreads, 0, compute_stream()>>>(
-      x.data<float>(), g.data<float>(), eps, dim, y.data<float>(), rstd.data<float>());
+  with_f32_or_bf16(y, "rmsnorm_forward y", [&](auto* out) {
+    rmsnorm_forward_kernel<<<static_cast<unsigned>(rows), kThreads, 0, compute_stream()>>>(
+        x.data<float>(), g.data<float>(), eps, dim, out, rstd.data<float>());
+  });
   EG_CUDA_CHECK_LAUNCH("rmsnorm_forward_kernel");
 }
 

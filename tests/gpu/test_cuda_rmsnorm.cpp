@@ -1,6 +1,6 @@
 // CUDA RMSNorm against the CPU one, forward and backward, on odd sizes with NaN-poisoned outputs, and
-// dg over many rows (its column sums go by chunks of rows) with a bitwise repeat, and the backward's
-// residual-gradient input.
+// dg over many rows (its column sums go by chunks of rows) with a bitwise repeat; the backward's
+// residual-gradient input, and the bf16 forward output (bitwise the f32 output rounded).
 // Both accumulate in double; they differ in summation order, so rstd may differ by an ulp
 // (rtol 2e-6 on y, rstd and dg) and dx, which subtracts two close terms, by a little more
 // (rtol 1e-5 with atol 1e-6). Over 16k rows dg's column sums reach ~250, where the float rounding of
@@ -66,6 +66,27 @@ TEST_F(CudaRmsnorm, BackwardAddsTheResidualGradient) {
   kernels::add_(dx_then_add, residual.gpu);
   EXPECT_TRUE(device_bitwise_equal(dx.gpu, dx_then_add)) << "differs from dx then add_";
   EXPECT_TRUE(device_bitwise_equal(dg.gpu, dg_alone)) << "dg changed";
+}
+
+// A bf16 y (what the products take) holds the f32 y rounded to nearest even, bit for bit, with the
+// same rstd.
+TEST_F(CudaRmsnorm, Bf16OutputIsTheF32OutputRounded) {
+  std::mt19937 gen(24);
+  for (int64_t dim : {int64_t{1}, int64_t{67}, int64_t{768}, int64_t{1031}}) {
+    const std::string what = "dim " + std::to_string(dim);
+    const Shape shape{7, 11, dim};
+    const Tensor x = random_uniform(shape, gen, -3.0f, 3.0f).copy_to(Device::CUDA);
+    const Tensor g = random_uniform({dim}, gen, 0.5f, 1.5f).copy_to(Device::CUDA);
+    Tensor y = Tensor::empty(shape, DType::F32, Device::CUDA), rstd = Tensor::empty({77}, DType::F32, Device::CUDA);
+    Tensor y_bf16 = Tensor::empty(shape, DType::BF16, Device::CUDA), rstd_bf16 = rstd.clone();
+    kernels::rmsnorm_forward(x, g, 1e-6f, y, rstd);
+    kernels::rmsnorm_forward(x, g, 1e-6f, y_bf16, rstd_bf16);
+    EXPECT_TRUE(bitwise_equal(y_bf16.copy_to(Device::CPU), round_to_bf16(y.copy_to(Device::CPU)).bf16)) << what;
+    EXPECT_TRUE(device_bitwise_equal(rstd_bf16, rstd)) << what;
+  }
+  const Tensor x = Tensor::zeros({2, 3}, DType::F32, Device::CUDA), g = Tensor::zeros({3}, DType::F32, Device::CUDA);
+  Tensor y_i32 = Tensor::empty({2, 3}, DType::I32, Device::CUDA), rstd = Tensor::empty({2}, DType::F32, Device::CUDA);
+  EXPECT_THROW(kernels::rmsnorm_forward(x, g, 1e-6f, y_i32, rstd), Error);
 }
 
 // Row counts around dg's chunking (exactly 256 chunks of 64 rows; 65-row chunks with a short last one).
