@@ -93,8 +93,8 @@ void rows_per_id(const Tensor& rows, const Tensor& ids, int64_t width, const cha
 }
 
 void table_rows_per_id(const Tensor& table, const Tensor& ids, const Tensor& rows, const char* kernel,
-                       DType rows_dtype) {
-  check_dtype(table, DType::F32, kernel);
+                       DType rows_dtype, DType table_dtype) {
+  check_dtype(table, table_dtype, kernel);
   EG_ASSERT(table.ndim() == 2, kernel, ": table must be [R, C], got ", table.describe());
   rows_per_id(rows, ids, table.dim(1), kernel, rows_dtype);
 }
@@ -154,9 +154,10 @@ void rmsnorm_forward(const Tensor& x, const Tensor& g, const Tensor& y, const Te
 }
 
 void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& g, const Tensor& rstd, const Tensor& dx,
-                      const Tensor& dg) {
+                      const Tensor& dg, const Tensor& dx_residual) {
   check_shape(dy, x.shape(), "rmsnorm_backward dy");
   check_shape(dx, x.shape(), "rmsnorm_backward dx");
+  if (dx_residual.defined()) check_shape(dx_residual, x.shape(), "rmsnorm_backward dx_residual");
   check_shape(g, {x.cols()}, "rmsnorm_backward g");
   check_shape(dg, {x.cols()}, "rmsnorm_backward dg");
   EG_ASSERT(rstd.numel() == x.rows(), "rmsnorm_backward: rstd ", shape_str(rstd.shape()), " for ", x.rows(),

@@ -20,9 +20,9 @@ void visit_ids(const Tensor& ids, const char* what, F&& f) {
 // `rows` holds one row of `width` per id, of rows_dtype.
 void rows_per_id(const Tensor& rows, const Tensor& ids, int64_t width, const char* what,
                  DType rows_dtype = DType::F32);
-// table is f32 [R, C] and `rows` holds one row of it per id (kernel names the call in messages).
+// table is [R, C] of table_dtype and `rows` holds one row of it per id (kernel names the call in messages).
 void table_rows_per_id(const Tensor& table, const Tensor& ids, const Tensor& rows, const char* kernel,
-                       DType rows_dtype = DType::F32);
+                       DType rows_dtype = DType::F32, DType table_dtype = DType::F32);
 // The error for an id outside a table's [0, n_rows).
 [[noreturn]] void id_outside_table(int64_t id, int64_t position, int64_t n_rows);
 
@@ -45,7 +45,7 @@ void engram_gate_backward(const Tensor& du, const Tensor& qn, const Tensor& kn, 
 
 void rmsnorm_forward(const Tensor& x, const Tensor& g, const Tensor& y, const Tensor& rstd);
 void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& g, const Tensor& rstd, const Tensor& dx,
-                      const Tensor& dg);
+                      const Tensor& dg, const Tensor& dx_residual);  // dx_residual may be undefined
 
 // Returns the vocabulary size. dlogits may be null (forward only).
 int64_t cross_entropy(const Tensor& logits, const Tensor& targets, const Tensor& losses, const Tensor* dlogits);

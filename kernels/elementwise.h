@@ -7,6 +7,7 @@
 namespace engram::kernels {
 namespace cpu {
 void add_(Tensor& y, const Tensor& x, float alpha = 1.0f);   // y += alpha·x (same numel)
+void add(const Tensor& a, const Tensor& b, Tensor& out);     // out = a + b (same numel; out may be a or b)
 void scale_(Tensor& y, float alpha);                         // y *= alpha
 void silu_forward(const Tensor& x, Tensor& y);                // y = x·sigmoid(x)
 void silu_backward(const Tensor& dy, const Tensor& x, Tensor& dx);  // dx = dy·silu'(x)
@@ -18,6 +19,7 @@ std::vector<double> sum_squares_each(const std::vector<Tensor>& xs);  // sum_squ
 #ifdef ENGRAM_HAVE_CUDA
 namespace cuda {  // kernels/cuda/elementwise.cu, the contracts of cpu:: above
 void add_(Tensor& y, const Tensor& x, float alpha = 1.0f);
+void add(const Tensor& a, const Tensor& b, Tensor& out);
 void scale_(Tensor& y, float alpha);
 void silu_forward(const Tensor& x, Tensor& y);
 void silu_backward(const Tensor& dy, const Tensor& x, Tensor& dx);
@@ -28,6 +30,7 @@ std::vector<double> sum_squares_each(const std::vector<Tensor>& xs);  // one wai
 }  // namespace cuda
 #endif
 EG_KERNEL(add_)
+EG_KERNEL(add)
 EG_KERNEL(scale_)
 EG_KERNEL(silu_forward)
 EG_KERNEL(silu_backward)

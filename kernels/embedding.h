@@ -18,7 +18,8 @@ RowGrads reduce_rows(const Tensor& dout, const Tensor& ids);
 }  // namespace cpu
 #ifdef ENGRAM_HAVE_CUDA
 namespace cuda {  // kernels/cuda/embedding.cu, the contracts of cpu:: above
-// out may also be bf16: the rows rounded to nearest even (kernels::matmul_operand_dtype).
+// out may also be bf16: the rows rounded to nearest even (kernels::matmul_operand_dtype); then the
+// table may be bf16 too (rows copied as they are).
 void embedding_gather(const Tensor& table, const Tensor& ids, Tensor& out);
 void embedding_scatter_add(const Tensor& dout, const Tensor& ids, Tensor& dtable);
 RowGrads reduce_rows(const Tensor& dout, const Tensor& ids);  // rows and values on the device

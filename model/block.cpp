@@ -4,6 +4,7 @@
 #include <string>
 
 #include "kernels/elementwise.h"
+#include "kernels/matmul_precision.h"
 #include "runtime/trace_range.h"
 
 namespace engram {
@@ -11,10 +12,10 @@ namespace engram {
 namespace {
 
 // h + branch as a new tensor: modules keep handles to their inputs for backward, so the residual
-// stream is never updated in place.
+// stream is never updated in place. One pass (read both, write the sum), not a copy then an add.
 Tensor residual_add(const Tensor& h, const Tensor& branch) {
-  Tensor sum = h.clone();
-  kernels::add_(sum, branch);
+  Tensor sum = Tensor::empty(h.shape(), DType::F32, h.device());
+  kernels::add(h, branch, sum);
   return sum;
 }
 
@@ -50,40 +51,41 @@ Tensor Block::forward(const Tensor& h, const Tensor& ids_c, const LossWeights& w
     const TraceRange range(ranges_.engram_forward.c_str());
     h_in = residual_add(h, engram_->forward(h, ids_c));
   }
+  // Only products read the attention's normed input, and only products and the MoE's expert gather
+  // the FFN's: the norms write them in the dtype the products take (no f32 copy to round).
+  const DType operand_dtype = kernels::matmul_operand_dtype(h.device());
   Tensor h_mid;
   {
     const TraceRange range(ranges_.attn_forward.c_str());
-    h_mid = residual_add(h_in, attn_.forward(attn_norm_.forward(h_in)));
+    h_mid = residual_add(h_in, attn_.forward(attn_norm_.forward(h_in, operand_dtype)));
   }
   const TraceRange range(ranges_.ffn_forward.c_str());
   // The FFN works on token rows [B·T, D].
-  const Tensor ffn_in = ffn_norm_.forward(h_mid).view({h.rows(), h.cols()});
+  const Tensor ffn_in =
+      ffn_norm_.forward(h_mid, moe_ ? moe_->input_dtype(h.device()) : operand_dtype).view({h.rows(), h.cols()});
   const Tensor ffn_out = mlp_ ? mlp_->forward(ffn_in) : moe_->forward(ffn_in, w);
   return residual_add(h_mid, ffn_out.view(h.shape()));
 }
 
 Tensor Block::backward(const Tensor& dh) {
-  // Each residual gradient flows both through its branch and straight past it.
+  // Each residual gradient flows both through its branch and straight past it; the norms (and the
+  // Engram module) add the part that goes past as they write their input gradient.
   Tensor dh_mid;
   {
     const TraceRange range(ranges_.ffn_backward.c_str());
     const Tensor d_rows = dh.view({dh.rows(), dh.cols()});
     const Tensor d_ffn_in = mlp_ ? mlp_->backward(d_rows) : moe_->backward(d_rows);
-    dh_mid = ffn_norm_.backward(d_ffn_in.view(dh.shape()));
-    kernels::add_(dh_mid, dh);
+    dh_mid = ffn_norm_.backward(d_ffn_in.view(dh.shape()), /*dx_residual=*/dh);
   }
   Tensor dh_in;
   {
     const TraceRange range(ranges_.attn_backward.c_str());
-    dh_in = attn_norm_.backward(attn_.backward(dh_mid));
-    kernels::add_(dh_in, dh_mid);
+    dh_in = attn_norm_.backward(attn_.backward(dh_mid), /*dx_residual=*/dh_mid);
   }
   if (!engram_) return dh_in;
 
   const TraceRange range(ranges_.engram_backward.c_str());
-  Tensor dh_prev = engram_->backward(dh_in);
-  kernels::add_(dh_prev, dh_in);
-  return dh_prev;
+  return engram_->backward(dh_in, /*dh_residual=*/dh_in);
 }
 
 }  // namespace engram

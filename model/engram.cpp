@@ -193,11 +193,12 @@ const Tensor& EngramModule::last_scores() const {
   return saved_->score;
 }
 
-Tensor EngramModule::backward(const Tensor& dy) {
+Tensor EngramModule::backward(const Tensor& dy, const Tensor& dh_residual) {
   EG_ASSERT(saved_ != nullptr, "EngramModule::backward without forward");
   const Saved& s = *saved_;
   const auto& g = cfg_.engram();
   check_shape(dy, s.h_shape, "Engram backward dy");
+  if (dh_residual.defined()) check_shape(dh_residual, s.h_shape, "Engram backward dh_residual");
   const int64_t n = s.u.rows(), d = cfg_.d_model();
   const Device dev = dy.device();
 
@@ -206,14 +207,14 @@ Tensor EngramModule::backward(const Tensor& dy) {
   kernels::silu_backward(dy, s.c, dc);
   Tensor dr = Tensor::empty(s.h_shape, DType::F32, dev);
   kernels::causal_conv_backward(dc, s.r, conv_.value, g.max_ngram(), dr, conv_.grad);
-  Tensor du = conv_norm_.backward(dr.view({n, d}));
-  kernels::add_(du, dy);
+  const Tensor du = conv_norm_.backward(dr.view({n, d}), /*dx_residual=*/dy.view({n, d}));
 
   Tensor dqn = Tensor::empty({n, d}, DType::F32, dev);
   Tensor dkn = Tensor::empty({n, d}, DType::F32, dev);
   Tensor dv_f32 = Tensor::empty({n, d}, DType::F32, dev);
   kernels::engram_gate_backward(du, s.qn, s.kn, s.v, s.score, s.alpha, dqn, dkn, dv_f32);
-  Tensor dh = q_norm_.backward(dqn).view(s.h_shape);
+  const Tensor residual_rows = dh_residual.defined() ? dh_residual.view({n, d}) : Tensor();
+  Tensor dh = q_norm_.backward(dqn, residual_rows).view(s.h_shape);
   const Tensor dk_f32 = k_norm_.backward(dkn);
 
   // Projections.

@@ -48,9 +48,10 @@ class EngramModule {
   // u + SiLU(conv), without the residual). Uses the lookup started for these ids (the same tensor),
   // or starts one. Saves what backward needs.
   Tensor forward(const Tensor& h, const Tensor& ids_c);
-  // dy [B, T, D] -> dh [B, T, D] (through the query norm); accumulates dense parameter gradients
-  // and appends this micro-batch's table row gradients to the table's Parameter::row_grads.
-  Tensor backward(const Tensor& dy);
+  // dy [B, T, D] -> dh [B, T, D] (through the query norm), plus `dh_residual` when given (the
+  // gradient reaching h past the module: the residual connection); accumulates dense parameter
+  // gradients and appends this micro-batch's table row gradients to the table's Parameter::row_grads.
+  Tensor backward(const Tensor& dy, const Tensor& dh_residual = Tensor());
 
   // Mean α over the last forward's tokens, read when asked (after the step's work is queued, so a
   // GPU forward does not stop for it).

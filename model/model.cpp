@@ -140,8 +140,9 @@ Model::Activations Model::forward_to_logits(const Batch& batch, const LossWeight
 
   const TraceRange range("head forward");
   Activations a;
-  a.normed = kernels::matmul_operand(final_norm_.forward(h));  // taken by the logits and their weight gradient
-  a.output = kernels::matmul_operand(output_.value);            // taken by the logits and their input gradient
+  // Only the logits and their weight gradient take the normed rows: written in the products' dtype.
+  a.normed = final_norm_.forward(h, kernels::matmul_operand_dtype(h.device()));
+  a.output = kernels::matmul_operand(output_.value);  // taken by the logits and their input gradient
   // All B·T rows of logits at once; chunking over tokens is a later memory optimization.
   a.logits = Tensor::empty({inputs.numel(), cfg_.vocab_size()}, DType::F32, inputs.device());
   kernels::gemm(a.normed, false, a.output, true, a.logits);

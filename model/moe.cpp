@@ -124,6 +124,10 @@ Tensor MoELayer::experts_backward(const Tensor& d_out_in, const std::vector<int6
   return d_rows;
 }
 
+DType MoELayer::input_dtype(Device device) const {
+  return dispatcher_ ? DType::F32 : kernels::matmul_operand_dtype(device);
+}
+
 Tensor MoELayer::forward(const Tensor& x_in, const LossWeights& weights) {
   const auto& moe = cfg_.moe();
   const int64_t n = x_in.rows(), d = cfg_.d_model(), n_experts = moe.n_routed_experts(), k = moe.top_k();

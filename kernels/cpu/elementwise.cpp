@@ -24,6 +24,15 @@ void add_(Tensor& y, const Tensor& x, float alpha) {
   for (int64_t i = 0; i < y.numel(); ++i) yp[i] += alpha * xp[i];
 }
 
+void add(const Tensor& a, const Tensor& b, Tensor& out) {
+  check_same_numel(a, b, "add");
+  check_same_numel(out, a, "add out");
+  const float* ap = a.data<float>();
+  const float* bp = b.data<float>();
+  float* op = out.data<float>();
+  for (int64_t i = 0; i < out.numel(); ++i) op[i] = ap[i] + bp[i];
+}
+
 void scale_(Tensor& y, float alpha) {
   float* yp = y.data<float>();
   for (int64_t i = 0; i < y.numel(); ++i) yp[i] *= alpha;

@@ -30,14 +30,15 @@ void rmsnorm_forward(const Tensor& x, const Tensor& g, float eps, Tensor& y, Ten
 }
 
 void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& g, const Tensor& rstd, Tensor& dx,
-                      Tensor& dg) {
+                      Tensor& dg, const Tensor& dx_residual) {
   const int64_t rows = x.rows(), dim = x.cols();
-  checks::rmsnorm_backward(dy, x, g, rstd, dx, dg);
+  checks::rmsnorm_backward(dy, x, g, rstd, dx, dg, dx_residual);
   const float* dyp = dy.data<float>();
   const float* xp = x.data<float>();
   const float* gp = g.data<float>();
   const float* rp = rstd.data<float>();
   float* dxp = dx.data<float>();
+  const float* resp = dx_residual.defined() ? dx_residual.data<float>() : nullptr;
   std::vector<double> dg_sum(static_cast<size_t>(dim), 0.0);
   for (int64_t r = 0; r < rows; ++r) {
     const float* dyr = dyp + r * dim;
@@ -49,9 +50,11 @@ void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& g, const 
     for (int64_t j = 0; j < dim; ++j) dot += static_cast<double>(dyr[j]) * gp[j] * xr[j];
     const double coef = rs * rs * rs * dot / static_cast<double>(dim);
     float* dxr = dxp + r * dim;
+    const float* resr = resp ? resp + r * dim : nullptr;
     for (int64_t j = 0; j < dim; ++j) {
       dg_sum[j] += static_cast<double>(dyr[j]) * xr[j] * rs;
-      dxr[j] = static_cast<float>(rs * gp[j] * dyr[j] - coef * xr[j]);
+      const float norm_dx = static_cast<float>(rs * gp[j] * dyr[j] - coef * xr[j]);
+      dxr[j] = resr ? norm_dx + resr[j] : norm_dx;  // rounded to float first: the sum add_ would make
     }
   }
   float* dgp = dg.data<float>();

@@ -21,6 +21,11 @@ __global__ void add_kernel(float* y, const float* x, float alpha, int64_t n) {
     y[i] += alpha * x[i];
 }
 
+__global__ void add_out_of_place_kernel(const float* a, const float* b, float* out, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x)
+    out[i] = a[i] + b[i];
+}
+
 __global__ void scale_kernel(float* y, float alpha, int64_t n) {
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x)
     y[i] *= alpha;
@@ -67,6 +72,15 @@ void add_(Tensor& y, const Tensor& x, float alpha) {
   add_kernel<<<grid_for(y.numel()), kThreads, 0, compute_stream()>>>(y.data<float>(), x.data<float>(), alpha,
                                                                       y.numel());
   EG_CUDA_CHECK_LAUNCH("add_kernel");
+}
+
+void add(const Tensor& a, const Tensor& b, Tensor& out) {
+  check_on_cuda("add", a, b, out);
+  check_same_numel(a, b, "add");
+  check_same_numel(out, a, "add out");
+  add_out_of_place_kernel<<<grid_for(out.numel()), kThreads, 0, compute_stream()>>>(
+      a.data<float>(), b.data<float>(), out.data<float>(), out.numel());
+  EG_CUDA_CHECK_LAUNCH("add_out_of_place_kernel");
 }
 
 void scale_(Tensor& y, float alpha) {

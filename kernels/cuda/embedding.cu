@@ -19,8 +19,8 @@ namespace {
 
 // One warp per output row: the id is read once and the row copied with coalesced lane-strided
 // reads (an element-wise grid would divide by c for every element).
-template <class Id, class Out>
-__global__ void gather_kernel(const float* table, const Id* ids, int64_t n_rows, int64_t c, Out* out, int64_t n_ids,
+template <class Id, class In, class Out>
+__global__ void gather_kernel(const In* table, const Id* ids, int64_t n_rows, int64_t c, Out* out, int64_t n_ids,
                               unsigned long long* bad_id) {
   for (int64_t i = first_warp_row(); i < n_ids; i += warp_row_stride()) {
     const int64_t id = ids[i];
@@ -28,7 +28,7 @@ __global__ void gather_kernel(const float* table, const Id* ids, int64_t n_rows,
       if (lane_id() == 0) report_bad_position(bad_id, i);
       continue;
     }
-    const float* src = table + id * c;
+    const In* src = table + id * c;
     Out* dst = out + i * c;
     for (int64_t e = lane_id(); e < c; e += kWarpSize) dst[e] = static_cast<Out>(src[e]);  // to bf16: nearest even
   }
@@ -146,17 +146,22 @@ void segment_sum(const Tensor& src, int64_t c, const Segments& s, bool into_tabl
 void embedding_gather(const Tensor& table, const Tensor& ids, Tensor& out) {
   check_on_cuda("embedding_gather", table, ids, out);
   // out may also be bf16 (the MoE gathers its experts' operands straight into the dtype their
-  // products take).
-  const bool bf16_out = out.dtype() == DType::BF16;
-  checks::table_rows_per_id(table, ids, out, "embedding_gather", bf16_out ? DType::BF16 : DType::F32);
+  // products take), and then the table too (the MoE's input, written in that dtype by its norm):
+  // its rows are copied as they are.
+  const bool bf16_out = out.dtype() == DType::BF16, bf16_table = bf16_out && table.dtype() == DType::BF16;
+  checks::table_rows_per_id(table, ids, out, "embedding_gather", bf16_out ? DType::BF16 : DType::F32,
+                            bf16_table ? DType::BF16 : DType::F32);
   const int64_t n_rows = table.dim(0), c = table.dim(1);
   if (out.numel() == 0) return;
   FirstBadPosition bad_id;
+  const auto launch = [&](const auto* rows, const auto* id, auto* o) {
+    gather_kernel<<<grid_for_rows(ids.numel()), kThreads, 0, compute_stream()>>>(rows, id, n_rows, c, o, ids.numel(),
+                                                                                bad_id.slot());
+  };
   checks::visit_ids(ids, "embedding_gather ids", [&](const auto* id) {
-    with_f32_or_bf16(out, "embedding_gather out", [&](auto* o) {
-      gather_kernel<<<grid_for_rows(ids.numel()), kThreads, 0, compute_stream()>>>(table.data<float>(), id, n_rows,
-                                                                                  c, o, ids.numel(), bad_id.slot());
-    });
+    if (bf16_table)
+      return launch(static_cast<const __nv_bfloat16*>(table.raw()), id, static_cast<__nv_bfloat16*>(out.raw()));
+    with_f32_or_bf16(out, "embedding_gather out", [&](auto* o) { launch(table.data<float>(), id, o); });
   });
   EG_CUDA_CHECK_LAUNCH("gather_kernel");
   const int64_t i = bad_id.position();

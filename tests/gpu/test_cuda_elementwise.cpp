@@ -32,6 +32,18 @@ TEST_F(CudaElementwise, AddAndScaleMatchTheCpu) {
   expect_close_to_cpu(y.gpu, y.cpu, 1e-6, 1e-7, "scale_");
 }
 
+// The sum of two floats is one correctly rounded addition on both: bitwise equal.
+TEST_F(CudaElementwise, AddOutOfPlaceMatchesTheCpuBitwise) {
+  std::mt19937 gen(16);
+  for (int64_t n : {int64_t{1}, int64_t{4771}, int64_t{300007}}) {
+    const HostDevice a = random_on_both({n}, gen, -4.0f, 4.0f), b = random_on_both({n}, gen, -4.0f, 4.0f);
+    HostDevice out = nan_on_both({n});
+    kernels::add(a.cpu, b.cpu, out.cpu);
+    kernels::add(a.gpu, b.gpu, out.gpu);
+    expect_bitwise_equal_to_cpu(out.gpu, out.cpu, "add, " + std::to_string(n) + " elements");
+  }
+}
+
 TEST_F(CudaElementwise, SiluForwardAndBackwardMatchTheCpu) {
   std::mt19937 gen(12);
   const HostDevice x = random_on_both({1001}, gen, -8.0f, 8.0f);

@@ -45,6 +45,22 @@ TEST_F(CudaEmbedding, GatherIntoBf16RoundsTheCpuRows) {
   expect_error([&] { kernels::embedding_gather(table.gpu, ids.gpu, wrong); }, {"embedding_gather has dtype i32, expected f32"});
 }
 
+// A bf16 table (the MoE's input, written in bf16 by its norm) gathered into bf16: its rows copied,
+// the CPU's f32 rows rounded to nearest even, bit for bit. Into f32 it is refused.
+TEST_F(CudaEmbedding, GatherFromABf16TableCopiesItsRows) {
+  std::mt19937 gen(63);
+  const Tensor table = random_uniform({53, 37}, gen);
+  const Tensor ids = random_ids<int32_t>({29}, 53, gen);
+  Tensor expected = nan_tensor({29, 37});
+  kernels::embedding_gather(table, ids, expected);
+  const Tensor table_bf16 = round_to_bf16(table).bf16.copy_to(Device::CUDA), ids_gpu = ids.copy_to(Device::CUDA);
+  Tensor out = Tensor::empty({29, 37}, DType::BF16, Device::CUDA);
+  kernels::embedding_gather(table_bf16, ids_gpu, out);
+  EXPECT_TRUE(bitwise_equal(out.copy_to(Device::CPU), round_to_bf16(expected).bf16));
+  Tensor f32_out = Tensor::empty({29, 37}, DType::F32, Device::CUDA);
+  EXPECT_THROW(kernels::embedding_gather(table_bf16, ids_gpu, f32_out), Error);
+}
+
 TEST_F(CudaEmbedding, AnIdOutsideTheTableIsTheCpuError) {
   const Tensor table = Tensor::zeros({4, 3}, DType::F32, Device::CUDA);
   const Tensor ids = Tensor::from_vector<int64_t>({0, 3, -1, 9}, {4}).copy_to(Device::CUDA);

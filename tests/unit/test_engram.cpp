@@ -1,8 +1,8 @@
 // Engram: the hashing constants of a 2-layer config (against MODEL.md's example and a naive
 // SplitMix64 / prime walk), the module forward against a naive double-precision reference (hash,
 // lookup, projections, gate, conv-norm with its own eps, conv), the W_c = 0 and zero-table special
-// cases, a lookup started ahead of its forward, parameter registration, and the row gradients of a
-// batch with repeated n-grams.
+// cases, a lookup started ahead of its forward, parameter registration, the row gradients of a
+// batch with repeated n-grams, and the residual gradient added by backward.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -11,6 +11,7 @@
 #include <set>
 #include <vector>
 
+#include "kernels/elementwise.h"
 #include "kernels/ngram_hash.h"
 #include "model/engram.h"
 #include "tests/test_util.h"
@@ -349,6 +350,25 @@ TEST(EngramModule, RowGradsListEachTouchedRowOnce) {
   EXPECT_EQ(std::set<int64_t>(rows.begin(), rows.end()), ref.rows);
   EXPECT_LT(static_cast<int64_t>(rows.size()), ref.lookups / 4);  // heavily repeated
   for (float v : table.row_grads[0].values.to_vector<float>()) ASSERT_TRUE(std::isfinite(v));
+}
+
+// The residual gradient given to backward is added to dh as the query norm writes it: the same
+// float additions as adding it to the returned dh.
+TEST(EngramModule, BackwardAddsTheResidualGradient) {
+  EngramFixture fx(kSmall, 17, 1);
+  std::mt19937 rng(6);
+  for (Parameter* p : fx.params.all()) fill(p->value, rng, -1.0, 1.0);
+  const Tensor ids = random_ids(2, 5, 17, rng);
+  Tensor h = Tensor::empty({2, 5, 7}), dy = Tensor::empty({2, 5, 7}), residual = Tensor::empty({2, 5, 7});
+  fill(h, rng, -1.0, 1.0);
+  fill(dy, rng, -1.0, 1.0);
+  fill(residual, rng, -1.0, 1.0);
+  fx.module.forward(h, ids);
+  Tensor dh = fx.module.backward(dy);
+  const Tensor dh_with = fx.module.backward(dy, residual);
+  kernels::add_(dh, residual);
+  EXPECT_TRUE(testing_util::bitwise_equal(dh_with, dh));
+  EXPECT_THROW(fx.module.backward(dy, Tensor::zeros({2, 5, 6})), Error);
 }
 
 }  // namespace

@@ -24,6 +24,29 @@ TEST(KernelElementwise, AddScalesAndAccumulates) {
   expect_close(y, expected, 0.0, 1e-6, "y");
 }
 
+TEST(KernelElementwise, AddWritesTheSumOutOfPlace) {
+  std::mt19937 gen(7);
+  const Tensor a = random_uniform({3, 7}, gen), b = random_uniform({21}, gen);
+  const Tensor a_before = a.clone(), b_before = b.clone();
+  std::vector<double> expected(21);
+  for (int i = 0; i < 21; ++i) expected[i] = double(a.data<float>()[i]) + b.data<float>()[i];
+  Tensor out = nan_tensor({3, 7});
+  kernels::add(a, b, out);
+  expect_close(out, expected, 0.0, 1e-6, "out");
+  EXPECT_TRUE(bitwise_equal(a, a_before)) << "a changed";
+  EXPECT_TRUE(bitwise_equal(b, b_before)) << "b changed";
+  // The same float additions as adding in place (the residual stream relies on it).
+  Tensor in_place = a.clone();
+  kernels::add_(in_place, b);
+  EXPECT_TRUE(bitwise_equal(out.view({21}), in_place.view({21}))) << "differs from add_";
+  Tensor aliased = a.clone();
+  kernels::add(aliased, b, aliased);
+  EXPECT_TRUE(bitwise_equal(aliased, out)) << "out = a";
+  Tensor wrong = Tensor::empty({20});
+  EXPECT_THROW(kernels::add(a, b, wrong), Error);
+  EXPECT_THROW(kernels::add(a, wrong, out), Error);
+}
+
 TEST(KernelElementwise, ScaleMultipliesInPlace) {
   std::mt19937 gen(2);
   Tensor y = random_uniform({13}, gen);

@@ -1,10 +1,12 @@
-// RMSNorm forward/backward against a naive double-precision reference and finite differences.
+// RMSNorm forward/backward against a naive double-precision reference and finite differences, and
+// the backward's residual-gradient input.
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <random>
 #include <vector>
 
+#include "kernels/elementwise.h"
 #include "kernels/rmsnorm.h"
 #include "tests/test_util.h"
 
@@ -94,6 +96,32 @@ TEST(KernelRmsnorm, BackwardMatchesNaiveAndFiniteDifferences) {
     expect_close(dx, dx_num, 0.0, 1e-4, "dx vs finite differences");
     expect_close(dg, dg_num, 0.0, 1e-4, "dg vs finite differences");
   }
+}
+
+// The residual gradient is added as dx is written: the same float additions as adding it after.
+TEST(KernelRmsnorm, BackwardAddsTheResidualGradientAsItWritesDx) {
+  std::mt19937 gen(3);
+  const Shape shape{2, 5, 33};
+  const Tensor x = random_uniform(shape, gen, -2.0f, 2.0f), g = random_uniform({33}, gen, 0.5f, 1.5f);
+  const Tensor dy = random_uniform(shape, gen), residual = random_uniform(shape, gen);
+  const Tensor residual_before = residual.clone();
+  Tensor y = nan_tensor(shape), rstd = nan_tensor({10});
+  kernels::rmsnorm_forward(x, g, kEps, y, rstd);
+  Tensor dx = nan_tensor(shape), dg = Tensor::zeros({33});
+  kernels::rmsnorm_backward(dy, x, g, rstd, dx, dg);
+  Tensor dx_with = nan_tensor(shape), dg_with = Tensor::zeros({33});
+  kernels::rmsnorm_backward(dy, x, g, rstd, dx_with, dg_with, residual);
+
+  std::vector<double> expected = to_double(dx);
+  for (size_t i = 0; i < expected.size(); ++i) expected[i] += residual.data<float>()[i];
+  expect_close(dx_with, expected, 0.0, 1e-6, "dx + residual");
+  kernels::add_(dx, residual);
+  EXPECT_TRUE(bitwise_equal(dx_with, dx)) << "differs from dx then add_";
+  EXPECT_TRUE(bitwise_equal(dg_with, dg)) << "dg changed";
+  EXPECT_TRUE(bitwise_equal(residual, residual_before)) << "residual changed";
+
+  Tensor wrong = Tensor::zeros({2, 5, 32});
+  EXPECT_THROW(kernels::rmsnorm_backward(dy, x, g, rstd, dx_with, dg_with, wrong), Error);
 }
 
 TEST(KernelRmsnorm, WrongGainShapeThrows) {
