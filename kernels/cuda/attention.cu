@@ -5,8 +5,9 @@
 // online softmax (running row max and sum, the accumulated output rescaled as the max grows), then
 // writes out and lse. Backward (FlashAttention-2): delta_i = Σ_d dO_id·O_id per row; one block per
 // key tile loops over the query tiles and accumulates dK, dV; a separate block per query tile loops
-// over the key tiles and accumulates dQ. Both recompute P = exp(s − lse). Every output element has one
-// owner thread that sums in a fixed order, so results repeat bitwise from run to run (no atomics).
+// over the key tiles and accumulates dQ (on the tensor-core path, that block also computes its rows'
+// deltas, and runs before the dK/dV kernel). Both recompute P = exp(s − lse). Every output element has
+// one owner thread that sums in a fixed order, so results repeat bitwise from run to run (no atomics).
 //
 // Two paths. Under MatmulPrecision::BF16, head dims 64 and 128 run the bf16 tensor-core kernels of
 // attention_tensor_core.cuh (q, k, v, dO read in bf16, P and dS rounded to bf16 as products read
@@ -247,6 +248,29 @@ __global__ void __launch_bounds__(kBlockThreads)
 
 // ---- Backward -------------------------------------------------------------------------------------
 
+// delta[b, h, t] = delta_of_row of row (b, t, h): one warp per row (the float32 kernels').
+__global__ void attention_delta_kernel(const float* dout, const float* out, Geometry g, int64_t rows, float* delta) {
+  const int64_t warps = int64_t{gridDim.x} * (blockDim.x / 32);
+  for (int64_t r = blockIdx.x * int64_t{blockDim.x / 32} + threadIdx.x / 32; r < rows; r += warps) {
+    const double dot = delta_of_row(dout + r * g.head_dim, out + r * g.head_dim, g.head_dim);
+    if (lane_id() == 0) {
+      const int64_t h = r % g.heads, bt = r / g.heads;  // r = (b·T + t)·H + h
+      delta[(bt / g.seq * g.heads + h) * g.seq + bt % g.seq] = static_cast<float>(dot);
+    }
+  }
+}
+
+// The row deltas [B, H, T] of the float32 backward. Freed by the caller on return: the allocator reuses
+// the block only for work queued after the kernels that read it.
+Tensor row_deltas(const Tensor& dout, const Tensor& out, const AttentionDims& d, const Geometry& g) {
+  Tensor delta = Tensor::empty({d.batch, d.heads, d.seq}, DType::F32, Device::CUDA);
+  const int64_t rows = d.batch * d.seq * d.heads;
+  attention_delta_kernel<<<grid_for(rows * 32), kThreads, 0, compute_stream()>>>(dout.data<float>(), out.data<float>(),
+                                                                                 g, rows, delta.data<float>());
+  EG_CUDA_CHECK_LAUNCH("attention_delta_kernel");
+  return delta;
+}
+
 // stats[b, h, t] ([B, H, T]: lse or delta) of the thread's query rows t = q0 + ty + 16i; 0 past T.
 template <int kM>
 __device__ void load_row_stats(const float* stats, const Geometry& g, int b, int h, int q0, float (&out)[kM]) {
@@ -384,6 +408,16 @@ __global__ void __launch_bounds__(kBlockThreads)
 }
 
 // ---- Launches -------------------------------------------------------------------------------------
+
+// Launches kernel on blocks of `threads` threads, one per tile of `rows_per_block` rows of each (head, batch):
+// grid (tiles, heads, batch).
+template <class Kernel, class... Args>
+void launch_on_tiles(Kernel* kernel, int rows_per_block, int threads, size_t shared_bytes, const AttentionDims& d,
+                     Args... args) {
+  const dim3 grid(static_cast<unsigned>((d.seq + rows_per_block - 1) / rows_per_block), static_cast<unsigned>(d.heads),
+                  static_cast<unsigned>(d.batch));
+  launch_with_shared(kernel, grid, threads, shared_bytes, args...);
+}
 
 // Calls launch(std::integral_constant<int, kDim>) for the smallest instance kDim >= head_dim.
 template <class Launch>

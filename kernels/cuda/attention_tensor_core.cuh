@@ -3,17 +3,24 @@
 // under MatmulPrecision::BF16 for head dims 64 and 128; other head dims run the float32 kernels even
 // then. Same structure as the float32 kernels (FlashAttention-2: online-softmax forward; dK, dV per
 // key tile and dQ per query tile in separate kernels, P recomputed; no atomics, so results repeat
-// bitwise), with the tile products on tensor cores:
+// bitwise), with the tile products on tensor cores. The dQ kernel runs first and also computes the row
+// deltas D_i, which the dK/dV kernel then reads (no separate delta kernel, no second read of dO for it):
 //
 // - The kernels read q, k, v, dO in bf16 (the model writes them so: kernels::attention_operand_dtype;
 //   attention.cu rounds f32 ones to a bf16 copy first, nearest even). P and dS are rounded to bf16 as
 //   they enter the products P·V, Pᵀ·dO, dS·K and dSᵀ·Q. Every product accumulates in float32; masking,
-//   softmax, lse and D_i = Σ_d dO_id·O_id are float32 (D in double), outputs float32.
+//   softmax, lse and D_i = Σ_d dO_id·O_id are float32 (D in double, summed as the float32 path sums it:
+//   delta_of_row), outputs float32.
 // - Each warp owns 16 rows of the block's 128 (queries in the forward and dQ kernels, keys in the
 //   dK/dV kernel) and computes all their products with mma.sync m16n8k16 (bf16 in, f32 accumulate,
 //   sm_80+), so scores, P and dS never leave its registers: an accumulator fragment of S (16 × 16
 //   columns) is the A fragment of the next product after rounding (the FlashAttention-2 register
 //   layout). 8 warps share each streamed tile, so a tile read from global memory feeds 128 rows.
+// - The backward kernels are bound by shared-memory bandwidth (ldmatrix: 512 bytes per 2 mma, at 128
+//   bytes a clock), so at head dim 64 each warp keeps the A fragments of its own 16 rows (K and V in the
+//   dK/dV kernel, Q and dO in the dQ kernel) in registers for the whole loop (WarpRows) and reads only the
+//   streamed tiles from shared memory: 64 instead of 72 ldmatrix per query tile (dK/dV), 48 instead of 56
+//   per key tile (dQ). At 128 they would not fit beside the accumulators and are loaded per product.
 // - Fragments come from shared memory with ldmatrix; rows are padded by 8 bf16 (16 bytes), so the 8
 //   rows of an 8×8 matrix fall in distinct banks.
 // - Tiles go from global to shared memory by cp.async (16 bytes a copy, no registers on the way), in
@@ -28,6 +35,10 @@
 //   kernels read it), converted on the way.
 // - The causal mask (and the one of keys or queries past T) only on the tiles a warp has across the
 //   diagonal or T; tiles below it skip the per-element selects.
+// - The grid is (heads, tiles, batch) (launch_mma): blocks start in order of their linear index, so every
+//   head of a batch element starts its longest tile before any starts a shorter one, and the grid ends
+//   on short blocks (in a model of block costs on B 8 × H 12 × 16 tiles, the tiles of one head together
+//   ended 9% past the even share of work, on the longest blocks of the last heads; this order, 2%).
 // - Blocks of 8 warps; shared memory per block for d_h 64 / 128: forward 54 / 102 KB (the queries, two
 //   stages of key and value tiles), dK/dV 73 / 103 KB, dQ 72 / 136 KB.
 // - mma.sync with bf16, ldmatrix and cp.async need sm_80 or newer (the project builds for 80 and 90).
@@ -128,10 +139,40 @@ __device__ __forceinline__ void for_each_key_tile(const TwoStages<KeyValueStage<
 
 // ---- Warp products --------------------------------------------------------------------------------
 
-// c = a[r0 … r0+15, :]·bᵀ: the warp's 16 rows of a against every row of b (kCols of them), as kCols/8
-// accumulator tiles.
-template <int kCols, int kARows, int kBRows, int kDim>
-__device__ void multiply_by_transpose(float (&c)[kCols / 8][4], Bf16Tile<kARows, kDim> a, int r0,
+// The warp's rows r0 … r0+15 of a tile the block keeps, as the A fragments of multiply_by_transpose.
+// kInRegisters: all kDim/16 fragments loaded once, when constructed (after the tile has landed), for
+// kDim/4 registers; every product then reads only its streamed tile from shared memory, whose bandwidth
+// bounds the backward kernels. Else each product loads them again.
+template <int kRows, int kDim, bool kInRegisters>
+struct WarpRows {
+  Bf16Tile<kRows, kDim> tile;
+  int r0;
+  uint32_t held[kInRegisters ? kDim / 16 : 1][4];
+  __device__ WarpRows(Bf16Tile<kRows, kDim> rows_tile, int first_row) : tile{rows_tile}, r0{first_row} {
+    if constexpr (kInRegisters) {
+#pragma unroll
+      for (int k0 = 0; k0 < kDim; k0 += 16) load_a(held[k0 / 16], tile, r0, k0);
+    }
+  }
+  // The A fragment of columns k0 … k0+15.
+  __device__ void fragment(uint32_t (&a)[4], int k0) const {
+    if constexpr (kInRegisters) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) a[i] = held[k0 / 16][i];
+    } else {
+      load_a(a, tile, r0, k0);
+    }
+  }
+};
+
+// The backward kernels hold their warps' rows in registers for head dim 64; at 128 the 64 more registers
+// would not fit beside the accumulators without spilling.
+template <int kDim>
+constexpr bool kBackwardRowsInRegisters = kDim <= 64;
+
+// c = a·bᵀ: the warp's 16 rows of a against every row of b (kCols of them), as kCols/8 accumulator tiles.
+template <int kCols, int kARows, int kBRows, int kDim, bool kInRegisters>
+__device__ void multiply_by_transpose(float (&c)[kCols / 8][4], const WarpRows<kARows, kDim, kInRegisters>& a,
                                       Bf16Tile<kBRows, kDim> b) {
   static_assert(kCols == kBRows && kCols % 16 == 0);
 #pragma unroll
@@ -141,7 +182,7 @@ __device__ void multiply_by_transpose(float (&c)[kCols / 8][4], Bf16Tile<kARows,
 #pragma unroll
   for (int k0 = 0; k0 < kDim; k0 += 16) {
     uint32_t af[4];
-    load_a(af, a, r0, k0);
+    a.fragment(af, k0);
 #pragma unroll
     for (int n0 = 0; n0 < kCols; n0 += 16) {
       uint32_t bf[4];
@@ -274,16 +315,16 @@ __device__ void online_softmax_step(float (&score)[kKeys / 8][4], float (&row_ma
   }
 }
 
-// Block (x, h, b): query tile gridDim.x − 1 − x (the longest rows first); warp w its rows 16w … 16w+15.
-// Per key tile (for_each_key_tile): the warp's scores, softmax and P·V.
+// Block (h, x, b) (launch_mma): query tile gridDim.y − 1 − x (the longest rows first); warp w its rows
+// 16w … 16w+15. Per key tile (for_each_key_tile): the warp's scores, softmax and P·V.
 template <int kDim>
 __global__ void __launch_bounds__(kMmaThreads)
     attention_forward_mma_kernel(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v, Geometry g,
                                  float* out, float* lse) {
   extern __shared__ __align__(16) __nv_bfloat16 mma_shared[];
   const MmaForwardShared<kDim> s(mma_shared);
-  const int b = blockIdx.z, h = blockIdx.y, r0 = static_cast<int>(threadIdx.x) / kWarpSize * kWarpRows;
-  const int q0 = static_cast<int>(gridDim.x - 1 - blockIdx.x) * kMmaOwned, t0 = q0 + r0;  // t0: the warp's first row
+  const int b = blockIdx.z, h = blockIdx.x, r0 = static_cast<int>(threadIdx.x) / kWarpSize * kWarpRows;
+  const int q0 = static_cast<int>(gridDim.y - 1 - blockIdx.y) * kMmaOwned, t0 = q0 + r0;  // t0: the warp's first row
   const float scale_log2 = g.scale * kLog2e;
 
   copy_rows_async(s.q, q, g, b, h, q0);
@@ -294,7 +335,7 @@ __global__ void __launch_bounds__(kMmaThreads)
 
   for_each_key_tile(s.stages, k, v, g, b, h, q0, t0, [&](int k0, const KeyValueStage<kDim>& stage) {
     float score[kMmaKeys / 8][4];
-    multiply_by_transpose<kMmaKeys>(score, s.q, r0, stage.k);
+    multiply_by_transpose<kMmaKeys>(score, WarpRows<kMmaOwned, kDim, false>(s.q, r0), stage.k);
     // Key j is visible to row t when j <= t and j < T: the mask is needed only where the tile's last
     // key lies past the warp's first row or past T.
     if (k0 + kMmaKeys - 1 > t0 || k0 + kMmaKeys > g.seq) mask_future_keys<kMmaKeys>(score, g, k0, t0);
@@ -404,11 +445,12 @@ struct MmaKeyValueGradShared {
   __device__ explicit MmaKeyValueGradShared(__nv_bfloat16* base) : k{base}, v{k.end()}, stages{v.end()} {}
 };
 
-// Block (x, h, b): keys 128x …, warp w its keys 128x + 16w …; dV = Σ Pᵀ·dO and dK = scale·Σ dSᵀ·Q over
-// the query tiles from the block's first key on. The warp computes Pᵀ and dSᵀ directly (as k·qᵀ and
-// v·dOᵀ) so that they are A fragments of those products. Per query tile: one barrier, the copies of
-// the next query and output-gradient tiles (and the read of their stats) started, the four products;
-// the stats are written into the other stage at the end (it was read before the barrier).
+// Block (h, x, b) (launch_mma): keys 128x …, warp w its keys 128x + 16w …; dV = Σ Pᵀ·dO and
+// dK = scale·Σ dSᵀ·Q over the query tiles from the block's first key on. The warp computes Pᵀ and dSᵀ
+// directly (as k·qᵀ and v·dOᵀ) so that they are A fragments of those products. Per query tile: one
+// barrier, the copies of the next query and output-gradient tiles (and the read of their stats)
+// started, the four products; the stats are written into the other stage at the end (it was read
+// before the barrier).
 template <int kDim>
 __global__ void __launch_bounds__(kMmaThreads)
     attention_dkdv_mma_kernel(const __nv_bfloat16* dout, const __nv_bfloat16* q, const __nv_bfloat16* k,
@@ -417,8 +459,8 @@ __global__ void __launch_bounds__(kMmaThreads)
   constexpr int kQueries = kMmaQueries<kDim>;
   extern __shared__ __align__(16) __nv_bfloat16 mma_shared[];
   const MmaKeyValueGradShared<kDim> s(mma_shared);
-  const int b = blockIdx.z, h = blockIdx.y, r0 = static_cast<int>(threadIdx.x) / kWarpSize * kWarpRows;
-  const int k0 = static_cast<int>(blockIdx.x) * kMmaOwned, key0 = k0 + r0;  // key0: the warp's first key
+  const int b = blockIdx.z, h = blockIdx.x, r0 = static_cast<int>(threadIdx.x) / kWarpSize * kWarpRows;
+  const int k0 = static_cast<int>(blockIdx.y) * kMmaOwned, key0 = k0 + r0;  // key0: the warp's first key
   const float scale_log2 = g.scale * kLog2e;
 
   // k0 is a multiple of kQueries: earlier queries see none of the block's keys.
@@ -431,6 +473,10 @@ __global__ void __launch_bounds__(kMmaThreads)
     stats.read(lse, delta, g, b, h, k0);
     stats.write(s.stages[0]);
   }
+  cp_async_wait<0>();
+  __syncthreads();  // the block's keys and values have landed
+  using KeyRows = WarpRows<kMmaOwned, kDim, kBackwardRowsInRegisters<kDim>>;
+  const KeyRows key_rows(s.k, r0), value_rows(s.v, r0);
   float dk_acc[kDim / 8][4] = {}, dv_acc[kDim / 8][4] = {};
   QueryStatsInRegisters<kDim> next_stats;
 
@@ -447,8 +493,8 @@ __global__ void __launch_bounds__(kMmaThreads)
     if (key0 < g.seq && key0 <= q0 + kQueries - 1) {
       const QueryStage<kDim> stage = s.stages[i];
       float p[kQueries / 8][4], ds[kQueries / 8][4];  // Pᵀ and dSᵀ: the warp's keys × the tile's queries
-      multiply_by_transpose<kQueries>(p, s.k, r0, stage.q);
-      multiply_by_transpose<kQueries>(ds, s.v, r0, stage.dout);
+      multiply_by_transpose<kQueries>(p, key_rows, stage.q);
+      multiply_by_transpose<kQueries>(ds, value_rows, stage.dout);
       // Key j is visible to query t when j <= t < T: masks only where the warp's last key lies past the
       // tile's first query, or the tile reaches past T.
       const bool masked = key0 + kWarpRows - 1 > q0 || q0 + kQueries > g.seq;
@@ -481,35 +527,57 @@ struct MmaQueryGradShared {
   __device__ explicit MmaQueryGradShared(__nv_bfloat16* base) : q{base}, dout{q.end()}, stages{dout.end()} {}
 };
 
-// Block (x, h, b): query tile gridDim.x − 1 − x, warp w its rows 16w …; dQ = scale·Σ_j dS·K over the
-// key tiles up to the causal limit. Per key tile (for_each_key_tile): dO·vᵀ, q·kᵀ and dS·K.
+// Block (h, x, b) (launch_mma): query tile gridDim.y − 1 − x, warp w its rows 16w …; first the rows'
+// deltas D_i = Σ_d dO_id·O_id, written for the dK/dV kernel (launched after this one), then
+// dQ = scale·Σ_j dS·K over the key tiles up to the causal limit. Per key tile (for_each_key_tile): dO·vᵀ,
+// q·kᵀ and dS·K.
 template <int kDim>
 __global__ void __launch_bounds__(kMmaThreads)
     attention_dq_mma_kernel(const __nv_bfloat16* dout, const __nv_bfloat16* q, const __nv_bfloat16* k,
-                            const __nv_bfloat16* v, const float* lse, const float* delta, Geometry g, float* dq) {
+                            const __nv_bfloat16* v, const float* out, const float* lse, Geometry g, float* dq,
+                            float* delta) {
   extern __shared__ __align__(16) __nv_bfloat16 mma_shared[];
   const MmaQueryGradShared<kDim> s(mma_shared);
-  const int b = blockIdx.z, h = blockIdx.y, r0 = static_cast<int>(threadIdx.x) / kWarpSize * kWarpRows;
-  const int q0 = static_cast<int>(gridDim.x - 1 - blockIdx.x) * kMmaOwned, t0 = q0 + r0;  // t0: the warp's first row
+  const int b = blockIdx.z, h = blockIdx.x, r0 = static_cast<int>(threadIdx.x) / kWarpSize * kWarpRows;
+  const int q0 = static_cast<int>(gridDim.y - 1 - blockIdx.y) * kMmaOwned, t0 = q0 + r0;  // t0: the warp's first row
   const float scale_log2 = g.scale * kLog2e;
 
   copy_rows_async(s.q, q, g, b, h, q0);
   copy_rows_async(s.dout, dout, g, b, h, q0);
   s.stages[0].copy_async(k, v, g, b, h, 0);
   cp_async_commit();
+  // The delta of row t0 + lane in lanes 0 … 15, row by row over the whole warp (delta_of_row, as the float32
+  // path sums), while the copies land; rows past T repeat row T − 1 and are not written. The loop is
+  // unrolled and stores nothing, so every row's loads can be in flight together.
+  const int64_t stats0 = g.row_stats(b, h);
+  float lane_delta = 0.0f;
+  if (t0 < g.seq) {
+#pragma unroll
+    for (int r = 0; r < kWarpRows; ++r) {
+      const int64_t row = g.at(b, min(t0 + r, g.seq - 1), h);
+      const float value = static_cast<float>(delta_of_row(dout + row, out + row, kDim));
+      if (lane_id() == r) lane_delta = value;
+    }
+    if (lane_id() < kWarpRows && t0 + lane_id() < g.seq) delta[stats0 + t0 + lane_id()] = lane_delta;
+  }
   // lse·log2 e and delta of rows g and g + 8 of the warp's 16 (0 past T).
   float row_lse_log2[2], row_delta[2], dq_acc[kDim / 8][4] = {};
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
     const int t = t0 + fragment_row() + 8 * half;
-    row_lse_log2[half] = t < g.seq ? lse[g.row_stats(b, h) + t] * kLog2e : 0.0f;
-    row_delta[half] = t < g.seq ? delta[g.row_stats(b, h) + t] : 0.0f;
+    const float delta_of_t = __shfl_sync(0xffffffffu, lane_delta, fragment_row() + 8 * half);
+    row_lse_log2[half] = t < g.seq ? lse[stats0 + t] * kLog2e : 0.0f;
+    row_delta[half] = t < g.seq ? delta_of_t : 0.0f;
   }
+  cp_async_wait<0>();
+  __syncthreads();  // the block's queries and output gradients have landed
+  using QueryRows = WarpRows<kMmaOwned, kDim, kBackwardRowsInRegisters<kDim>>;
+  const QueryRows query_rows(s.q, r0), dout_rows(s.dout, r0);
 
   for_each_key_tile(s.stages, k, v, g, b, h, q0, t0, [&](int k0, const KeyValueStage<kDim>& stage) {
     float p[kMmaKeys / 8][4], ds[kMmaKeys / 8][4];
-    multiply_by_transpose<kMmaKeys>(ds, s.dout, r0, stage.v);  // dP, made dS below
-    multiply_by_transpose<kMmaKeys>(p, s.q, r0, stage.k);
+    multiply_by_transpose<kMmaKeys>(ds, dout_rows, stage.v);  // dP, made dS below
+    multiply_by_transpose<kMmaKeys>(p, query_rows, stage.k);
     // Key j is visible to query t when j <= t < T: masks only where the tile's last key lies past the
     // warp's first query, or the warp's rows reach past T.
     const bool masked = k0 + kMmaKeys - 1 > t0 || t0 + kWarpRows > g.seq;
@@ -524,6 +592,18 @@ __global__ void __launch_bounds__(kMmaThreads)
 }
 
 // ---- Launches -------------------------------------------------------------------------------------
+
+// Launches a tensor-core kernel on the grid (heads, tiles of kMmaOwned rows, batch). The hardware starts
+// blocks in order of their linear index (x fastest), and each kernel reads tile rank 0 as its longest tile,
+// so every head of a batch element starts its longest tile before any starts a shorter one: the grid ends
+// on short blocks rather than on the long ones of its last head.
+template <class Kernel, class... Args>
+void launch_mma(Kernel* kernel, size_t shared_bytes, const AttentionDims& d, Args... args) {
+  const int64_t tiles = (d.seq + kMmaOwned - 1) / kMmaOwned;
+  EG_CHECK(tiles <= 65535, "attention: T ", d.seq, " exceeds the tensor-core kernels' limit (", 65535 * kMmaOwned, ")");
+  const dim3 grid(static_cast<unsigned>(d.heads), static_cast<unsigned>(tiles), static_cast<unsigned>(d.batch));
+  launch_with_shared(kernel, grid, kMmaThreads, shared_bytes, args...);
+}
 
 // Calls launch(std::integral_constant<int, head_dim>) for a head dim with a tensor-core instance.
 template <class Launch>
@@ -547,8 +627,8 @@ void attention_forward_mma(const Tensor& q_in, const Tensor& k_in, const Tensor&
   const Tensor q = bf16_rows(q_in), k = bf16_rows(k_in), v = bf16_rows(v_in);
   with_mma_instance(dims.head_dim, [&](auto instance) {
     constexpr int kDim = decltype(instance)::value;
-    launch_on_tiles(attention_forward_mma_kernel<kDim>, kMmaOwned, kMmaThreads, MmaForwardShared<kDim>::kBytes, dims,
-                    bf16_data(q), bf16_data(k), bf16_data(v), g, out.data<float>(), lse.data<float>());
+    launch_mma(attention_forward_mma_kernel<kDim>, MmaForwardShared<kDim>::kBytes, dims, bf16_data(q), bf16_data(k),
+               bf16_data(v), g, out.data<float>(), lse.data<float>());
     EG_CUDA_CHECK_LAUNCH("attention_forward_mma_kernel");
   });
 }
@@ -559,15 +639,17 @@ void attention_backward_mma(const Tensor& dout_in, const Tensor& q_in, const Ten
   const Tensor dout = bf16_rows(dout_in), q = bf16_rows(q_in), k = bf16_rows(k_in), v = bf16_rows(v_in);
   with_mma_instance(dims.head_dim, [&](auto instance) {
     constexpr int kDim = decltype(instance)::value;
-    const Tensor delta = row_deltas(dout, out, dims, g);  // of the bf16 dO the products read
-    launch_on_tiles(attention_dkdv_mma_kernel<kDim>, kMmaOwned, kMmaThreads, MmaKeyValueGradShared<kDim>::kBytes,
-                    dims, bf16_data(dout), bf16_data(q), bf16_data(k), bf16_data(v), lse.data<float>(),
-                    delta.data<float>(), g, dk.data<float>(), dv.data<float>());
-    EG_CUDA_CHECK_LAUNCH("attention_dkdv_mma_kernel");
-    launch_on_tiles(attention_dq_mma_kernel<kDim>, kMmaOwned, kMmaThreads, MmaQueryGradShared<kDim>::kBytes, dims,
-                    bf16_data(dout), bf16_data(q), bf16_data(k), bf16_data(v), lse.data<float>(),
-                    delta.data<float>(), g, dq.data<float>());
+    // Row deltas [B, H, T], of the bf16 dO the products read: written by the dQ kernel, read by the dK/dV
+    // kernel queued after it. Freed on return, which only work queued later can reuse.
+    Tensor delta = Tensor::empty({dims.batch, dims.heads, dims.seq}, DType::F32, Device::CUDA);
+    launch_mma(attention_dq_mma_kernel<kDim>, MmaQueryGradShared<kDim>::kBytes, dims, bf16_data(dout), bf16_data(q),
+               bf16_data(k), bf16_data(v), out.data<float>(), lse.data<float>(), g, dq.data<float>(),
+               delta.data<float>());
     EG_CUDA_CHECK_LAUNCH("attention_dq_mma_kernel");
+    launch_mma(attention_dkdv_mma_kernel<kDim>, MmaKeyValueGradShared<kDim>::kBytes, dims, bf16_data(dout),
+               bf16_data(q), bf16_data(k), bf16_data(v), lse.data<float>(), delta.data<float>(), g, dk.data<float>(),
+               dv.data<float>());
+    EG_CUDA_CHECK_LAUNCH("attention_dkdv_mma_kernel");
   });
 }
 
