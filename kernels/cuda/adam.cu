@@ -1,5 +1,7 @@
 // Adam updates on the GPU, the CUDA side of kernels/adam.h: every element runs adam_element, the
 // same code as the CPU (rounding differs only where the compiler fuses a multiply-add).
+#include <cstdint>
+
 #include "kernels/adam.h"
 #include "kernels/checks.h"
 #include "kernels/cuda/common.cuh"
@@ -12,6 +14,22 @@ __global__ void adamw_kernel(float* p, const float* grad, float* m, float* v, in
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x)
     adam_element(p[i], grad[i], m[i], v[i], c);
 }
+
+// The same four elements at a time (n4 vectors of 16-byte aligned tensors): a quarter of the loads
+// and stores in flight as many bytes, for a kernel that only streams memory.
+__global__ void adamw_vector_kernel(float4* p, const float4* grad, float4* m, float4* v, int64_t n4, AdamCoeffs c) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n4; i += int64_t{gridDim.x} * blockDim.x) {
+    float4 pi = p[i], mi = m[i], vi = v[i];
+    const float4 gi = grad[i];
+    adam_element(pi.x, gi.x, mi.x, vi.x, c);
+    adam_element(pi.y, gi.y, mi.y, vi.y, c);
+    adam_element(pi.z, gi.z, mi.z, vi.z, c);
+    adam_element(pi.w, gi.w, mi.w, vi.w, c);
+    p[i] = pi, m[i] = mi, v[i] = vi;
+  }
+}
+
+bool aligned_16(const Tensor& t) { return reinterpret_cast<uintptr_t>(t.raw()) % 16 == 0; }
 
 // Element e of row_grads [U, C] updates table row rows[e / C]. Rows are validated first (in range,
 // strictly ascending, so no two threads touch one element).
@@ -36,8 +54,14 @@ void adamw_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const
   const AdamCoeffs coeffs = adam_coeffs(s);
   const int64_t n = param.numel();
   if (n == 0) return;
-  adamw_kernel<<<grid_for(n), kThreads, 0, compute_stream()>>>(param.data<float>(), grad.data<float>(),
-                                                               m.data<float>(), v.data<float>(), n, coeffs);
+  if (n % 4 == 0 && aligned_16(param) && aligned_16(grad) && aligned_16(m) && aligned_16(v)) {
+    adamw_vector_kernel<<<grid_for(n / 4), kThreads, 0, compute_stream()>>>(
+        static_cast<float4*>(param.raw()), static_cast<const float4*>(grad.raw()), static_cast<float4*>(m.raw()),
+        static_cast<float4*>(v.raw()), n / 4, coeffs);
+  } else {
+    adamw_kernel<<<grid_for(n), kThreads, 0, compute_stream()>>>(param.data<float>(), grad.data<float>(),
+                                                                 m.data<float>(), v.data<float>(), n, coeffs);
+  }
   EG_CUDA_CHECK_LAUNCH("adamw_kernel");
 }
 

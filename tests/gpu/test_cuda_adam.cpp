@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <random>
+#include <vector>
 
 #include "kernels/adam.h"
 #include "tests/gpu/cuda_test_util.h"
@@ -25,19 +26,42 @@ kernels::AdamStep test_step() {
   return s;
 }
 
+// 13 × 301 elements run one at a time, 13 × 300 four at a time.
 TEST_F(CudaAdam, AdamwMatchesTheCpu) {
   std::mt19937 gen(81);
-  const Shape shape{13, 301};
-  HostDevice p = random_on_both(shape, gen), m = random_on_both(shape, gen, -0.1f, 0.1f);
-  HostDevice v = random_on_both(shape, gen, 0.0f, 0.01f);
-  const HostDevice g = random_on_both(shape, gen);
-  for (int repeat = 0; repeat < 3; ++repeat) {
-    kernels::adamw_update(p.cpu, g.cpu, m.cpu, v.cpu, test_step());
-    kernels::adamw_update(p.gpu, g.gpu, m.gpu, v.gpu, test_step());
+  for (const Shape& shape : {Shape{13, 301}, Shape{13, 300}}) {
+    SCOPED_TRACE(shape_str(shape));
+    HostDevice p = random_on_both(shape, gen), m = random_on_both(shape, gen, -0.1f, 0.1f);
+    HostDevice v = random_on_both(shape, gen, 0.0f, 0.01f);
+    const HostDevice g = random_on_both(shape, gen);
+    for (int repeat = 0; repeat < 3; ++repeat) {
+      kernels::adamw_update(p.cpu, g.cpu, m.cpu, v.cpu, test_step());
+      kernels::adamw_update(p.gpu, g.gpu, m.gpu, v.gpu, test_step());
+    }
+    expect_close_to_cpu(p.gpu, p.cpu, 1e-5, 1e-8, "param");
+    expect_close_to_cpu(m.gpu, m.cpu, 1e-5, 1e-8, "m");
+    expect_close_to_cpu(v.gpu, v.cpu, 1e-5, 1e-8, "v");
   }
-  expect_close_to_cpu(p.gpu, p.cpu, 1e-5, 1e-8, "param");
-  expect_close_to_cpu(m.gpu, m.cpu, 1e-5, 1e-8, "m");
-  expect_close_to_cpu(v.gpu, v.cpu, 1e-5, 1e-8, "v");
+}
+
+// Four elements at a time (16-byte aligned tensors) give the bits of one at a time (the same values
+// one element off a 16-byte boundary).
+TEST_F(CudaAdam, AdamwFourAtATimeEqualsOneAtATimeBitwise) {
+  std::mt19937 gen(82);
+  const int64_t n = 4096;
+  const Tensor p0 = random_uniform({n}, gen), m0 = random_uniform({n}, gen, -0.1f, 0.1f);
+  const Tensor v0 = random_uniform({n}, gen, 0.0f, 0.01f), g0 = random_uniform({n}, gen);
+  std::vector<Tensor> aligned, offset;  // p, g, m, v on the device, starting at element 0 or 1
+  for (const Tensor* t : {&p0, &g0, &m0, &v0}) {
+    aligned.push_back(t->copy_to(Device::CUDA));
+    Tensor padded = Tensor::zeros({n + 1}, DType::F32, Device::CUDA);
+    Tensor view = padded.slice(1, n + 1);
+    view.copy_from(aligned.back());
+    offset.push_back(view);
+  }
+  kernels::adamw_update(aligned[0], aligned[1], aligned[2], aligned[3], test_step());
+  kernels::adamw_update(offset[0], offset[1], offset[2], offset[3], test_step());
+  for (int i : {0, 2, 3}) EXPECT_TRUE(device_bitwise_equal(aligned[i], offset[i])) << "tensor " << i;
 }
 
 TEST_F(CudaAdam, SparseAdamMatchesTheCpuAndLeavesOtherRowsAlone) {
