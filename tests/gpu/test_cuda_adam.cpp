@@ -1,6 +1,6 @@
-// CUDA AdamW and lazy row-sparse Adam against the CPU ones: both run adam_element, the GPU with
-// fused multiply-adds, so parameters and moments match to a few float ulps (rtol 1e-5, atol 1e-8);
-// rows the sparse update does not list must stay bit-identical.
+// CUDA AdamW and lazy row-sparse Adam against the CPU ones: both run adam_element (the GPU without
+// fused multiply-adds); parameters and moments are compared to a few float ulps (rtol 1e-5, atol
+// 1e-8); rows the sparse update does not list must stay bit-identical.
 #include <gtest/gtest.h>
 
 #include <algorithm>
