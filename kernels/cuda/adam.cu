@@ -30,8 +30,6 @@ __global__ void adamw_vector_kernel(float4* p, const float4* grad, float4* m, fl
   }
 }
 
-bool aligned_16(const Tensor& t) { return reinterpret_cast<uintptr_t>(t.raw()) % 16 == 0; }
-
 // Element e of row_grads [U, C] updates table row rows[e / C]. Rows are validated first (in range,
 // strictly ascending, so no two threads touch one element).
 __global__ void sparse_adam_kernel(float* p, const int64_t* rows, const float* g, float* m, float* v, int64_t c,
@@ -55,7 +53,7 @@ void adamw_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const
   const AdamCoeffs coeffs = adam_coeffs(s);
   const int64_t n = param.numel();
   if (n == 0) return;
-  if (n % 4 == 0 && aligned_16(param) && aligned_16(grad) && aligned_16(m) && aligned_16(v)) {
+  if (four_at_a_time(n, param, grad, m, v)) {
     adamw_vector_kernel<<<grid_for(n / 4), kThreads, 0, compute_stream()>>>(
         static_cast<float4*>(param.raw()), static_cast<const float4*>(grad.raw()), static_cast<float4*>(m.raw()),
         static_cast<float4*>(v.raw()), n / 4, coeffs);

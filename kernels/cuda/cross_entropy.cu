@@ -16,24 +16,6 @@ namespace {
 
 constexpr int kRowThreads = 512;  // rows are vocabulary-long (tens of thousands of logits)
 
-// kVec logits at a time (4 when rows are 16-byte aligned: a quarter of the loads and loop steps,
-// four times the bytes in flight per thread), thread t taking vectors t, t + blockDim.x, …
-template <int kVec>
-struct Logits {
-  float v[kVec];
-};
-template <int kVec>
-__device__ inline Logits<kVec> load_logits(const float* row, int64_t j) {
-  Logits<kVec> x;
-  if constexpr (kVec == 4) {
-    const float4 f = *reinterpret_cast<const float4*>(row + j);
-    x.v[0] = f.x, x.v[1] = f.y, x.v[2] = f.z, x.v[3] = f.w;
-  } else {
-    x.v[0] = row[j];
-  }
-  return x;
-}
-
 template <int kVec, class Out>
 __global__ void cross_entropy_kernel(const float* logits, const int32_t* targets, int64_t vocab, float grad_scale,
                                      float* losses, Out* dlogits, unsigned long long* bad_target) {
@@ -44,17 +26,18 @@ __global__ void cross_entropy_kernel(const float* logits, const int32_t* targets
     if (threadIdx.x == 0) report_bad_position(bad_target, r);
     return;
   }
+  // kVec logits at a time (common.cuh), thread t taking vectors t, t + blockDim.x, …
   const int64_t first = int64_t{threadIdx.x} * kVec, stride = int64_t{blockDim.x} * kVec;
   float row_max = -INFINITY;
   for (int64_t j = first; j < vocab; j += stride) {
-    const Logits<kVec> x = load_logits<kVec>(row, j);
+    const Floats<kVec> x = load_floats<kVec>(row + j);
 #pragma unroll
     for (int i = 0; i < kVec; ++i) row_max = fmaxf(row_max, x.v[i]);
   }
   row_max = block_reduce(row_max, Max{}, -INFINITY);
   double sum = 0.0;
   for (int64_t j = first; j < vocab; j += stride) {
-    const Logits<kVec> x = load_logits<kVec>(row, j);
+    const Floats<kVec> x = load_floats<kVec>(row + j);
 #pragma unroll
     for (int i = 0; i < kVec; ++i) sum += expf(x.v[i] - row_max);
   }
@@ -67,7 +50,7 @@ __global__ void cross_entropy_kernel(const float* logits, const int32_t* targets
   const float scale = static_cast<float>(grad_scale / sum);
   Out* drow = dlogits + r * vocab;
   for (int64_t j = first; j < vocab; j += stride) {
-    const Logits<kVec> x = load_logits<kVec>(row, j);
+    const Floats<kVec> x = load_floats<kVec>(row + j);
 #pragma unroll
     for (int i = 0; i < kVec; ++i) {
       float d = expf(x.v[i] - row_max) * scale;
@@ -82,7 +65,7 @@ void cross_entropy(const Tensor& logits, const Tensor& targets, float grad_scale
   const int64_t rows = logits.dim(0);
   if (rows == 0) return;
   FirstBadPosition bad_target;
-  const bool vectors = vocab % 4 == 0 && reinterpret_cast<uintptr_t>(logits.raw()) % 16 == 0;
+  const bool vectors = four_at_a_time(vocab, logits);
   const auto launch = [&](auto* d) {
     using Out = std::remove_pointer_t<decltype(d)>;
     const auto kernel = vectors ? cross_entropy_kernel<4, Out> : cross_entropy_kernel<1, Out>;

@@ -1,13 +1,14 @@
 // Row gather and its deterministic gradient reductions on the GPU, the CUDA side of
 // kernels/embedding.h. The reductions never add floats atomically: positions are stably sorted by id
 // (CUB radix sort), each distinct id becomes a segment of ascending positions, and one thread per
-// (segment, column) adds the segment's rows in that order, exactly as the CPU does, so the results
-// equal the CPU's bit for bit.
+// (segment, column; 4 columns where the rows allow) adds the segment's rows in that order, exactly as
+// the CPU does, so the results equal the CPU's bit for bit.
 #include <cub/device/device_radix_sort.cuh>
 #include <cub/device/device_run_length_encode.cuh>
 #include <cub/device/device_scan.cuh>
 
 #include <climits>
+#include <type_traits>
 
 #include "kernels/checks.h"
 #include "kernels/cuda/common.cuh"
@@ -17,9 +18,22 @@ namespace engram::kernels::cuda {
 
 namespace {
 
+// kVec elements of a row: one at a time, 16 bytes of a copy (In == Out), or 4 floats to bf16.
+template <int kVec, class In, class Out>
+__device__ inline void copy_elements(const In* src, Out* dst) {
+  if constexpr (kVec == 1) {
+    *dst = static_cast<Out>(*src);  // to bf16: nearest even
+  } else if constexpr (std::is_same_v<In, Out>) {
+    static_assert(kVec * sizeof(In) == 16);
+    *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
+  } else {
+    store_floats<kVec>(dst, load_floats<kVec>(src));
+  }
+}
+
 // One warp per output row: the id is read once and the row copied with coalesced lane-strided
-// reads (an element-wise grid would divide by c for every element).
-template <class Id, class In, class Out>
+// reads (an element-wise grid would divide by c for every element), kVec elements per lane and step.
+template <int kVec, class Id, class In, class Out>
 __global__ void gather_kernel(const In* table, const Id* ids, int64_t n_rows, int64_t c, Out* out, int64_t n_ids,
                               unsigned long long* bad_id) {
   for (int64_t i = first_warp_row(); i < n_ids; i += warp_row_stride()) {
@@ -30,7 +44,7 @@ __global__ void gather_kernel(const In* table, const Id* ids, int64_t n_rows, in
     }
     const In* src = table + id * c;
     Out* dst = out + i * c;
-    for (int64_t e = lane_id(); e < c; e += kWarpSize) dst[e] = static_cast<Out>(src[e]);  // to bf16: nearest even
+    for (int64_t e = int64_t{lane_id()} * kVec; e < c; e += kWarpSize * kVec) copy_elements<kVec>(src + e, dst + e);
   }
 }
 
@@ -115,19 +129,24 @@ Segments segments_by_id(const Tensor& ids, int64_t limit) {
   return s;
 }
 
-// For each segment u (grid-stride over blocks) and column j (threads):
+// For each segment u (grid-stride over blocks) and column j (threads, kVec columns each):
 // out[row(u), j] = start + Σ_{s in segment u, ascending} src[sorted[s], j], where row(u) = ids[u] and
 // start = out[row(u), j] when accumulating into a table, else row(u) = u and start = 0.
+template <int kVec>
 __global__ void segment_sum_kernel(const float* src, int64_t c, const int32_t* sorted, const int32_t* starts,
                                    const int32_t* counts, const int64_t* ids, int64_t n_segments, bool into_table,
                                    float* out) {
   for (int64_t u = blockIdx.x; u < n_segments; u += gridDim.x) {
     float* dst = out + (into_table ? ids[u] : u) * c;
     const int32_t begin = starts[u], end = begin + counts[u];
-    for (int64_t j = threadIdx.x; j < c; j += blockDim.x) {
-      float acc = into_table ? dst[j] : 0.0f;
-      for (int32_t s = begin; s < end; ++s) acc += src[int64_t{sorted[s]} * c + j];
-      dst[j] = acc;
+    for (int64_t j = int64_t{threadIdx.x} * kVec; j < c; j += int64_t{blockDim.x} * kVec) {
+      Floats<kVec> acc = into_table ? load_floats<kVec>(dst + j) : Floats<kVec>{};
+      for (int32_t s = begin; s < end; ++s) {
+        const Floats<kVec> x = load_floats<kVec>(src + int64_t{sorted[s]} * c + j);
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) acc.v[e] += x.v[e];
+      }
+      store_floats<kVec>(dst + j, acc);
     }
   }
 }
@@ -135,9 +154,10 @@ __global__ void segment_sum_kernel(const float* src, int64_t c, const int32_t* s
 void segment_sum(const Tensor& src, int64_t c, const Segments& s, bool into_table, Tensor& out) {
   if (s.count == 0 || c == 0) return;
   const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(s.count, 65536));
-  segment_sum_kernel<<<blocks, kThreads, 0, compute_stream()>>>(
-      src.data<float>(), c, s.sorted_positions.data<int32_t>(), s.starts.data<int32_t>(), s.counts.data<int32_t>(),
-      s.ids.data<int64_t>(), s.count, into_table, out.data<float>());
+  const auto kernel = four_at_a_time(c, src, out) ? segment_sum_kernel<4> : segment_sum_kernel<1>;
+  kernel<<<blocks, kThreads, 0, compute_stream()>>>(src.data<float>(), c, s.sorted_positions.data<int32_t>(),
+                                                    s.starts.data<int32_t>(), s.counts.data<int32_t>(),
+                                                    s.ids.data<int64_t>(), s.count, into_table, out.data<float>());
   EG_CUDA_CHECK_LAUNCH("segment_sum_kernel");
 }
 
@@ -155,8 +175,14 @@ void embedding_gather(const Tensor& table, const Tensor& ids, Tensor& out) {
   if (out.numel() == 0) return;
   FirstBadPosition bad_id;
   const auto launch = [&](const auto* rows, const auto* id, auto* o) {
-    gather_kernel<<<grid_for_rows(ids.numel()), kThreads, 0, compute_stream()>>>(rows, id, n_rows, c, o, ids.numel(),
-                                                                                bad_id.slot());
+    using In = std::remove_cv_t<std::remove_pointer_t<decltype(rows)>>;
+    using Out = std::remove_pointer_t<decltype(o)>;
+    using IdType = std::remove_cv_t<std::remove_pointer_t<decltype(id)>>;
+    constexpr int kVec = std::is_same_v<In, Out> ? 16 / sizeof(In) : 4;
+    const auto kernel = c % kVec == 0 && aligned_16(table) && aligned_16(out) ? gather_kernel<kVec, IdType, In, Out>
+                                                                              : gather_kernel<1, IdType, In, Out>;
+    kernel<<<grid_for_rows(ids.numel()), kThreads, 0, compute_stream()>>>(rows, id, n_rows, c, o, ids.numel(),
+                                                                          bad_id.slot());
   };
   checks::visit_ids(ids, "embedding_gather ids", [&](const auto* id) {
     if (bf16_table)

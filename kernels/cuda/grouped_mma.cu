@@ -153,8 +153,6 @@ __global__ void __launch_bounds__(kGemmThreads, 2) grouped_mma_kernel(const __gr
         if (float2* out = pair_at(i, j, half)) *out = make_float2(acc[i][j][2 * half], acc[i][j][2 * half + 1]);
 }
 
-bool aligned_16(const Tensor& t) { return reinterpret_cast<uintptr_t>(t.raw()) % 16 == 0; }
-
 // Whether the one-launch kernel takes these tensors (see grouped_mma.h).
 bool takes(const Tensor& x, const Tensor& y, const Tensor& out, const std::vector<int64_t>& offsets) {
   return x.dtype() == DType::BF16 && y.dtype() == DType::BF16 && out.dtype() == DType::F32 &&

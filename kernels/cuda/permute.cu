@@ -11,8 +11,6 @@
 #include <cub/device/device_radix_sort.cuh>
 
 #include <climits>
-#include <cstdint>
-#include <initializer_list>
 #include <type_traits>
 
 #include "kernels/checks.h"
@@ -87,35 +85,6 @@ const unsigned long long* check_positions(const Tensor& position, int64_t n_assi
   return bad_position;
 }
 
-// kVec columns at a time: 4 (16-byte loads and stores) when rows are a multiple of 4 columns and the
-// tensors 16-byte aligned, else 1. Each column's arithmetic is the same either way.
-template <int kVec>
-struct Columns {
-  float v[kVec];
-};
-template <int kVec>
-__device__ inline Columns<kVec> load_columns(const float* p) {
-  Columns<kVec> x;
-  if constexpr (kVec == 4) {
-    const float4 f = *reinterpret_cast<const float4*>(p);
-    x.v[0] = f.x, x.v[1] = f.y, x.v[2] = f.z, x.v[3] = f.w;
-  } else {
-    x.v[0] = *p;
-  }
-  return x;
-}
-template <int kVec, class Out>
-__device__ inline void store_columns(Out* p, const Columns<kVec>& x) {
-  if constexpr (kVec == 4 && std::is_same_v<Out, float>) {
-    *reinterpret_cast<float4*>(p) = make_float4(x.v[0], x.v[1], x.v[2], x.v[3]);
-  } else if constexpr (kVec == 4) {
-    reinterpret_cast<__nv_bfloat162*>(p)[0] = __floats2bfloat162_rn(x.v[0], x.v[1]);
-    reinterpret_cast<__nv_bfloat162*>(p)[1] = __floats2bfloat162_rn(x.v[2], x.v[3]);
-  } else {
-    *p = static_cast<Out>(x.v[0]);
-  }
-}
-
 // y[t, j] = Σ_k w[t, k] · expert_out[position[t·K + k], j], from 0 and in slot order as on the CPU;
 // nothing when a position is bad. One thread per kVec columns of a token.
 template <int kVec>
@@ -126,14 +95,14 @@ __global__ void combine_kernel(const float* expert_out, const int32_t* position,
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < vectors;
        i += int64_t{gridDim.x} * blockDim.x) {
     const int64_t t = i * kVec / d, j = i * kVec % d;
-    Columns<kVec> acc{};
+    Floats<kVec> acc{};
     for (int64_t slot = 0; slot < k; ++slot) {
       const float w = topk_w[t * k + slot];
-      const Columns<kVec> x = load_columns<kVec>(expert_out + position[t * k + slot] * d + j);
+      const Floats<kVec> x = load_floats<kVec>(expert_out + position[t * k + slot] * d + j);
 #pragma unroll
       for (int c = 0; c < kVec; ++c) acc.v[c] += __fmul_rn(w, x.v[c]);
     }
-    store_columns<kVec>(y + t * d + j, acc);
+    store_floats<kVec>(y + t * d + j, acc);
   }
 }
 
@@ -154,26 +123,18 @@ __global__ void combine_backward_kernel(const float* dy, const float* expert_out
     const float w = topk_w[a];
     double dot = 0.0;
     for (int64_t j = int64_t{lane_id()} * kVec; j < d; j += kWarpSize * kVec) {
-      const Columns<kVec> gj = load_columns<kVec>(g + j), xj = load_columns<kVec>(row + j);
-      Columns<kVec> dj;
+      const Floats<kVec> gj = load_floats<kVec>(g + j), xj = load_floats<kVec>(row + j);
+      Floats<kVec> dj;
 #pragma unroll
       for (int c = 0; c < kVec; ++c) {
         dj.v[c] = w * gj.v[c];
         dot += static_cast<double>(gj.v[c]) * xj.v[c];
       }
-      store_columns<kVec>(drow + j, dj);  // to bf16: nearest even
+      store_floats<kVec>(drow + j, dj);  // to bf16: nearest even
     }
     dot = warp_reduce(dot, Sum{});
     if (lane_id() == 0) d_topk_w[a] = static_cast<float>(dot);
   }
-}
-
-// Whether rows of d columns of these tensors can be read and written 4 columns at a time.
-bool four_columns(int64_t d, std::initializer_list<const void*> data) {
-  if (d % 4 != 0) return false;
-  for (const void* p : data)
-    if (reinterpret_cast<uintptr_t>(p) % 16 != 0) return false;
-  return true;
 }
 
 }  // namespace
@@ -229,7 +190,7 @@ void combine_expert_outputs(const Tensor& expert_out, const Tensor& position, co
   const auto [n, k, d] = checks::combine_expert_outputs(expert_out, position, topk_w, y);
   const unsigned long long* bad_position = check_positions(position, n * k, "combine_expert_outputs");
   if (n * d == 0) return;
-  const bool vectors = four_columns(d, {expert_out.raw(), y.raw()});
+  const bool vectors = four_at_a_time(d, expert_out, y);
   const auto kernel = vectors ? combine_kernel<4> : combine_kernel<1>;
   kernel<<<grid_for(n * d / (vectors ? 4 : 1)), kThreads, 0, compute_stream()>>>(
       expert_out.data<float>(), position.data<int32_t>(), topk_w.data<float>(), n, k, d, bad_position,
@@ -246,9 +207,7 @@ void combine_expert_outputs_backward(const Tensor& dy, const Tensor& expert_out,
                                                                  d_topk_w, bf16_out ? DType::BF16 : DType::F32);
   const unsigned long long* bad_position = check_positions(position, n * k, "combine_expert_outputs_backward");
   if (n * k == 0) return;
-  // 4 bf16 columns are two 4-byte stores.
-  const bool vectors = four_columns(d, {dy.raw(), expert_out.raw()}) &&
-                       reinterpret_cast<uintptr_t>(d_expert_out.raw()) % (bf16_out ? 4 : 16) == 0;
+  const bool vectors = four_at_a_time(d, dy, expert_out, d_expert_out);
   with_f32_or_bf16(d_expert_out, "combine_expert_outputs_backward d_expert_out", [&](auto* d_out) {
     using Out = std::remove_pointer_t<decltype(d_out)>;
     const auto kernel = vectors ? combine_backward_kernel<4, Out> : combine_backward_kernel<1, Out>;

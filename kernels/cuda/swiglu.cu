@@ -1,7 +1,8 @@
 // SwiGLU on the GPU, the CUDA side of kernels/swiglu.h: the CPU's float formulas, one thread per
-// element. Outputs must not alias inputs. Outputs may also be bf16 (kernels::matmul_operand_dtype):
-// the activation and its gradients feed products only, so they are written in the dtype the
-// products take, rounded to nearest even, instead of f32 then a rounded copy.
+// four elements where the tensors allow (else per element). Outputs must not alias inputs. Outputs
+// may also be bf16 (kernels::matmul_operand_dtype): the activation and its gradients feed products
+// only, so they are written in the dtype the products take, rounded to nearest even, instead of f32
+// then a rounded copy.
 #include <type_traits>
 
 #include "kernels/cuda/common.cuh"
@@ -11,20 +12,35 @@ namespace engram::kernels::cuda {
 
 namespace {
 
-template <class Out>
+// kVec elements per step (common.cuh).
+template <int kVec, class Out>
 __global__ void swiglu_forward_kernel(const float* gate, const float* up, Out* out, int64_t n) {
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x)
-    out[i] = static_cast<Out>(gate[i] * sigmoid(gate[i]) * up[i]);
+  for (int64_t i = (blockIdx.x * int64_t{blockDim.x} + threadIdx.x) * kVec; i < n;
+       i += int64_t{gridDim.x} * blockDim.x * kVec) {
+    const Floats<kVec> g = load_floats<kVec>(gate + i), u = load_floats<kVec>(up + i);
+    Floats<kVec> o;
+#pragma unroll
+    for (int c = 0; c < kVec; ++c) o.v[c] = g.v[c] * sigmoid(g.v[c]) * u.v[c];
+    store_floats<kVec>(out + i, o);
+  }
 }
 
 // dgate = dout·silu'(gate)·up, dup = silu(gate)·dout
-template <class Out>
+template <int kVec, class Out>
 __global__ void swiglu_backward_kernel(const float* dout, const float* gate, const float* up, Out* dgate, Out* dup,
                                        int64_t n) {
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x) {
-    const float x = gate[i], s = sigmoid(x);
-    dgate[i] = static_cast<Out>(dout[i] * s * (1.0f + x * (1.0f - s)) * up[i]);
-    dup[i] = static_cast<Out>(x * s * dout[i]);
+  for (int64_t i = (blockIdx.x * int64_t{blockDim.x} + threadIdx.x) * kVec; i < n;
+       i += int64_t{gridDim.x} * blockDim.x * kVec) {
+    const Floats<kVec> d = load_floats<kVec>(dout + i), g = load_floats<kVec>(gate + i), u = load_floats<kVec>(up + i);
+    Floats<kVec> dg, du;
+#pragma unroll
+    for (int c = 0; c < kVec; ++c) {
+      const float x = g.v[c], s = sigmoid(x);
+      dg.v[c] = d.v[c] * s * (1.0f + x * (1.0f - s)) * u.v[c];
+      du.v[c] = x * s * d.v[c];
+    }
+    store_floats<kVec>(dgate + i, dg);
+    store_floats<kVec>(dup + i, du);
   }
 }
 
@@ -35,8 +51,12 @@ void swiglu_forward(const Tensor& gate, const Tensor& up, Tensor& out) {
   check_shape(up, gate.shape(), "swiglu_forward up");
   check_shape(out, gate.shape(), "swiglu_forward out");
   const int64_t n = gate.numel();
+  const bool vectors = four_at_a_time(n, gate, up, out);
   with_f32_or_bf16(out, "swiglu_forward out", [&](auto* o) {
-    swiglu_forward_kernel<<<grid_for(n), kThreads, 0, compute_stream()>>>(gate.data<float>(), up.data<float>(), o, n);
+    using Out = std::remove_pointer_t<decltype(o)>;
+    const auto kernel = vectors ? swiglu_forward_kernel<4, Out> : swiglu_forward_kernel<1, Out>;
+    kernel<<<grid_for(vectors ? n / 4 : n), kThreads, 0, compute_stream()>>>(gate.data<float>(), up.data<float>(), o,
+                                                                             n);
   });
   EG_CUDA_CHECK_LAUNCH("swiglu_forward_kernel");
 }
@@ -49,9 +69,11 @@ void swiglu_backward(const Tensor& dout, const Tensor& gate, const Tensor& up, T
   check_shape(dup, gate.shape(), "swiglu_backward dup");
   check_dtype(dup, dgate.dtype(), "swiglu_backward dup (the dtype of dgate)");
   const int64_t n = gate.numel();
+  const bool vectors = four_at_a_time(n, dout, gate, up, dgate, dup);
   with_f32_or_bf16(dgate, "swiglu_backward dgate", [&](auto* dg) {
     using Out = std::remove_pointer_t<decltype(dg)>;
-    swiglu_backward_kernel<<<grid_for(n), kThreads, 0, compute_stream()>>>(
+    const auto kernel = vectors ? swiglu_backward_kernel<4, Out> : swiglu_backward_kernel<1, Out>;
+    kernel<<<grid_for(vectors ? n / 4 : n), kThreads, 0, compute_stream()>>>(
         dout.data<float>(), gate.data<float>(), up.data<float>(), dg, static_cast<Out*>(dup.raw()), n);
   });
   EG_CUDA_CHECK_LAUNCH("swiglu_backward_kernel");

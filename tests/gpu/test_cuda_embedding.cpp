@@ -15,11 +15,13 @@ using namespace testing_util;
 
 using CudaEmbedding = CudaTest;
 
+// Rows of 37 values are copied one value at a time, rows of 40 (and 40 bf16) 16 bytes at a time; the
+// segment sums likewise take rows of 29 and 19 one value at a time, of 32 and 20 four at a time.
 template <class Id>
-void check_gather(std::mt19937& gen) {
-  const HostDevice table = random_on_both({53, 37}, gen);
+void check_gather(std::mt19937& gen, int64_t c) {
+  const HostDevice table = random_on_both({53, c}, gen);
   const HostDevice ids = on_both(random_ids<Id>({7, 11}, 53, gen));
-  HostDevice out = nan_on_both({7, 11, 37});
+  HostDevice out = nan_on_both({7, 11, c});
   kernels::embedding_gather(table.cpu, ids.cpu, out.cpu);
   kernels::embedding_gather(table.gpu, ids.gpu, out.gpu);
   expect_bitwise_equal_to_cpu(out.gpu, out.cpu, "gather");
@@ -27,38 +29,45 @@ void check_gather(std::mt19937& gen) {
 
 TEST_F(CudaEmbedding, GatherMatchesTheCpuForBothIdTypes) {
   std::mt19937 gen(61);
-  check_gather<int32_t>(gen);
-  check_gather<int64_t>(gen);
+  for (const int64_t c : {37, 40}) {
+    check_gather<int32_t>(gen, c);
+    check_gather<int64_t>(gen, c);
+  }
 }
 
 // Gathered into bf16 (the MoE's expert operands): the CPU's rows rounded to nearest even, bit for bit.
 TEST_F(CudaEmbedding, GatherIntoBf16RoundsTheCpuRows) {
   std::mt19937 gen(62);
-  const HostDevice table = random_on_both({53, 37}, gen);
-  const HostDevice ids = on_both(random_ids<int32_t>({29}, 53, gen));
-  Tensor expected = nan_tensor({29, 37});
-  kernels::embedding_gather(table.cpu, ids.cpu, expected);
-  Tensor out = Tensor::empty({29, 37}, DType::BF16, Device::CUDA);
-  kernels::embedding_gather(table.gpu, ids.gpu, out);
-  EXPECT_TRUE(bitwise_equal(out.copy_to(Device::CPU), round_to_bf16(expected).bf16));
-  Tensor wrong = Tensor::empty({29, 37}, DType::I32, Device::CUDA);
-  expect_error([&] { kernels::embedding_gather(table.gpu, ids.gpu, wrong); }, {"embedding_gather has dtype i32, expected f32"});
+  for (const int64_t c : {37, 40}) {
+    const HostDevice table = random_on_both({53, c}, gen);
+    const HostDevice ids = on_both(random_ids<int32_t>({29}, 53, gen));
+    Tensor expected = nan_tensor({29, c});
+    kernels::embedding_gather(table.cpu, ids.cpu, expected);
+    Tensor out = Tensor::empty({29, c}, DType::BF16, Device::CUDA);
+    kernels::embedding_gather(table.gpu, ids.gpu, out);
+    EXPECT_TRUE(bitwise_equal(out.copy_to(Device::CPU), round_to_bf16(expected).bf16));
+    Tensor wrong = Tensor::empty({29, c}, DType::I32, Device::CUDA);
+    expect_error([&] { kernels::embedding_gather(table.gpu, ids.gpu, wrong); },
+                 {"embedding_gather has dtype i32, expected f32"});
+  }
 }
 
 // A bf16 table (the MoE's input, written in bf16 by its norm) gathered into bf16: its rows copied,
 // the CPU's f32 rows rounded to nearest even, bit for bit. Into f32 it is refused.
 TEST_F(CudaEmbedding, GatherFromABf16TableCopiesItsRows) {
   std::mt19937 gen(63);
-  const Tensor table = random_uniform({53, 37}, gen);
-  const Tensor ids = random_ids<int32_t>({29}, 53, gen);
-  Tensor expected = nan_tensor({29, 37});
-  kernels::embedding_gather(table, ids, expected);
-  const Tensor table_bf16 = round_to_bf16(table).bf16.copy_to(Device::CUDA), ids_gpu = ids.copy_to(Device::CUDA);
-  Tensor out = Tensor::empty({29, 37}, DType::BF16, Device::CUDA);
-  kernels::embedding_gather(table_bf16, ids_gpu, out);
-  EXPECT_TRUE(bitwise_equal(out.copy_to(Device::CPU), round_to_bf16(expected).bf16));
-  Tensor f32_out = Tensor::empty({29, 37}, DType::F32, Device::CUDA);
-  EXPECT_THROW(kernels::embedding_gather(table_bf16, ids_gpu, f32_out), Error);
+  for (const int64_t c : {37, 40}) {
+    const Tensor table = random_uniform({53, c}, gen);
+    const Tensor ids = random_ids<int32_t>({29}, 53, gen);
+    Tensor expected = nan_tensor({29, c});
+    kernels::embedding_gather(table, ids, expected);
+    const Tensor table_bf16 = round_to_bf16(table).bf16.copy_to(Device::CUDA), ids_gpu = ids.copy_to(Device::CUDA);
+    Tensor out = Tensor::empty({29, c}, DType::BF16, Device::CUDA);
+    kernels::embedding_gather(table_bf16, ids_gpu, out);
+    EXPECT_TRUE(bitwise_equal(out.copy_to(Device::CPU), round_to_bf16(expected).bf16));
+    Tensor f32_out = Tensor::empty({29, c}, DType::F32, Device::CUDA);
+    EXPECT_THROW(kernels::embedding_gather(table_bf16, ids_gpu, f32_out), Error);
+  }
 }
 
 TEST_F(CudaEmbedding, AnIdOutsideTheTableIsTheCpuError) {
@@ -74,24 +83,28 @@ TEST_F(CudaEmbedding, AnIdOutsideTheTableIsTheCpuError) {
 TEST_F(CudaEmbedding, ScatterAddEqualsTheCpuBitForBit) {
   std::mt19937 gen(62);
   // Few rows, many ids: most rows receive many contributions, whose order matters in float.
-  const HostDevice ids = on_both(random_ids<int32_t>({3, 331}, 17, gen));
-  const HostDevice dout = random_on_both({3, 331, 29}, gen);
-  HostDevice dtable = random_on_both({17, 29}, gen);  // accumulated into
-  kernels::embedding_scatter_add(dout.cpu, ids.cpu, dtable.cpu);
-  kernels::embedding_scatter_add(dout.gpu, ids.gpu, dtable.gpu);
-  expect_bitwise_equal_to_cpu(dtable.gpu, dtable.cpu, "scatter_add");
+  for (const int64_t c : {29, 32}) {
+    const HostDevice ids = on_both(random_ids<int32_t>({3, 331}, 17, gen));
+    const HostDevice dout = random_on_both({3, 331, c}, gen);
+    HostDevice dtable = random_on_both({17, c}, gen);  // accumulated into
+    kernels::embedding_scatter_add(dout.cpu, ids.cpu, dtable.cpu);
+    kernels::embedding_scatter_add(dout.gpu, ids.gpu, dtable.gpu);
+    expect_bitwise_equal_to_cpu(dtable.gpu, dtable.cpu, "scatter_add");
+  }
 }
 
 TEST_F(CudaEmbedding, ReduceRowsEqualsTheCpuBitForBit) {
   std::mt19937 gen(63);
-  for (int64_t high : {int64_t{5}, int64_t{1} << 40}) {  // repeated ids; ids beyond 32 bits
-    const HostDevice ids = on_both(random_ids<int64_t>({997}, high, gen));
-    const HostDevice dout = random_on_both({997, 19}, gen);
-    const RowGrads cpu = kernels::reduce_rows(dout.cpu, ids.cpu);
-    const RowGrads gpu = kernels::reduce_rows(dout.gpu, ids.gpu);
-    EXPECT_EQ(gpu.rows.device(), Device::CUDA);
-    expect_bitwise_equal_to_cpu(gpu.rows, cpu.rows, "reduce_rows rows");
-    expect_bitwise_equal_to_cpu(gpu.values, cpu.values, "reduce_rows values");
+  for (const int64_t c : {19, 20}) {
+    for (int64_t high : {int64_t{5}, int64_t{1} << 40}) {  // repeated ids; ids beyond 32 bits
+      const HostDevice ids = on_both(random_ids<int64_t>({997}, high, gen));
+      const HostDevice dout = random_on_both({997, c}, gen);
+      const RowGrads cpu = kernels::reduce_rows(dout.cpu, ids.cpu);
+      const RowGrads gpu = kernels::reduce_rows(dout.gpu, ids.gpu);
+      EXPECT_EQ(gpu.rows.device(), Device::CUDA);
+      expect_bitwise_equal_to_cpu(gpu.rows, cpu.rows, "reduce_rows rows");
+      expect_bitwise_equal_to_cpu(gpu.values, cpu.values, "reduce_rows values");
+    }
   }
   const Tensor negative = Tensor::from_vector<int32_t>({2, -3}, {2}).copy_to(Device::CUDA);
   expect_error([&] { kernels::reduce_rows(Tensor::zeros({2, 4}, DType::F32, Device::CUDA), negative); },
