@@ -13,6 +13,22 @@ SwiGluMlp::SwiGluMlp(ParameterRegistry& params, const std::string& prefix, int64
       w2_(params.add(prefix + ".w2.weight", {d_model, d_ff}, OptimGroup::Decay, {InitKind::Normal, out_std})) {}
 
 Tensor SwiGluMlp::forward(const Tensor& x) {
+  Tensor y = Tensor::empty(x.shape(), DType::F32, x.device());
+  forward_into(x, y, 0.0f);
+  return y;
+}
+
+void SwiGluMlp::forward_add_to(const Tensor& x, Tensor& y) { forward_into(x, y, 1.0f); }
+
+Tensor SwiGluMlp::backward(const Tensor& dy) {
+  Tensor dx = Tensor::empty(x_.shape(), DType::F32, dy.device());
+  backward_into(dy, dx, 0.0f);
+  return dx;
+}
+
+void SwiGluMlp::backward_add_to(const Tensor& dy, Tensor& dx) { backward_into(dy, dx, 1.0f); }
+
+void SwiGluMlp::forward_into(const Tensor& x, Tensor& y, float beta) {
   const int64_t n = x.rows(), d_ff = w1_.value.dim(0);
   x_ = kernels::matmul_operand(x);
   w1_operand_ = kernels::matmul_operand(w1_.value);
@@ -25,12 +41,10 @@ Tensor SwiGluMlp::forward(const Tensor& x) {
   kernels::gemm(x_, false, w1_operand_, true, gate_);
   kernels::gemm(x_, false, w3_operand_, true, up_);
   kernels::swiglu_forward(gate_, up_, act_);
-  Tensor y = Tensor::empty(x.shape(), DType::F32, x.device());
-  kernels::gemm(act_, false, w2_operand_, true, y);
-  return y;
+  kernels::gemm(act_, false, w2_operand_, true, y, 1.0f, beta);
 }
 
-Tensor SwiGluMlp::backward(const Tensor& dy_in) {
+void SwiGluMlp::backward_into(const Tensor& dy_in, Tensor& dx, float beta) {
   const Shape& hidden = gate_.shape();
   const Tensor dy = kernels::matmul_operand(dy_in);
   Tensor dact = Tensor::empty(hidden, DType::F32, dy.device());
@@ -42,10 +56,8 @@ Tensor SwiGluMlp::backward(const Tensor& dy_in) {
   kernels::gemm(dgate, true, x_, false, w1_.grad, 1.0f, 1.0f);
   kernels::gemm(dup, true, x_, false, w3_.grad, 1.0f, 1.0f);
 
-  Tensor dx = Tensor::empty(x_.shape(), DType::F32, dy.device());
-  kernels::gemm(dgate, false, w1_operand_, false, dx);
+  kernels::gemm(dgate, false, w1_operand_, false, dx, 1.0f, beta);
   kernels::gemm(dup, false, w3_operand_, false, dx, 1.0f, 1.0f);
-  return dx;
 }
 
 }  // namespace engram

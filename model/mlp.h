@@ -16,8 +16,16 @@ class SwiGluMlp {
 
   Tensor forward(const Tensor& x);    // x [N, D] -> [N, D]; saves what backward needs
   Tensor backward(const Tensor& dy);  // -> dx [N, D]; accumulates weight gradients
+  // The same, added into y or dx [N, D] (f32) by the last product (beta = 1) instead of a separate
+  // sum: the MoE adds its shared experts to the routed experts' output and input gradient.
+  void forward_add_to(const Tensor& x, Tensor& y);
+  void backward_add_to(const Tensor& dy, Tensor& dx);
 
  private:
+  // y = beta·y + forward(x); dx = beta·dx + backward(dy).
+  void forward_into(const Tensor& x, Tensor& y, float beta);
+  void backward_into(const Tensor& dy, Tensor& dx, float beta);
+
   Parameter& w1_;
   Parameter& w3_;
   Parameter& w2_;

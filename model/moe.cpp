@@ -168,7 +168,7 @@ Tensor MoELayer::forward(const Tensor& x_in, const LossWeights& weights) {
     s->expert_out = experts_forward(x_sorted, s->sort.offsets, s->experts);
     kernels::combine_expert_outputs(s->expert_out, s->sort.position, s->topk_w, y_flat);
   }
-  if (shared_) kernels::add_(y_flat, shared_->forward(s->x));
+  if (shared_) shared_->forward_add_to(s->x, y_flat);
 
   // Auxiliary terms: their gradients do not depend on dy, so they are computed here and added in backward.
   aux_loss_ = 0.0;
@@ -220,7 +220,7 @@ Tensor MoELayer::backward(const Tensor& dy_in) {
     dx.zero_();
     kernels::embedding_scatter_add(experts_bwd(d_expert_out, s.sort.offsets), s.sort.sorted_token, dx_flat);
   }
-  if (shared_) kernels::add_(dx_flat, shared_->backward(dy));
+  if (shared_) shared_->backward_add_to(dy, dx_flat);
 
   // Router: through the selected weights (the selection itself has no gradient), plus the aux terms.
   Tensor dscores = s.aux_dscores.defined() ? s.aux_dscores.clone()
