@@ -51,24 +51,18 @@ __device__ inline uint32_t mn_major_offset(int row, int chunk) {  // row < 64 of
   return (chunk >> 3) * kHalfBytes + row * 128 + (((chunk & 7) ^ (row & 7)) << 4);
 }
 
-// Rows row0 … row0+127 (of `rows`), columns col0 … col0+63 (of `cols`) of a row-major matrix, as a
-// K-major tile: the matrix's rows are m or n, its columns k.
-__device__ inline void load_k_major(uint32_t tile, const __nv_bfloat16* base, int ld, int row0, int rows, int col0,
-                                    int cols) {
+// A tile of a row-major matrix (row length ld, rows × cols valid, zeros outside), from row row0 and
+// column col0: K-major, 128 rows (m or n) × 64 columns (k); MN-major, 64 rows (k) × 128 columns (m
+// or n).
+template <bool kMnMajor>
+__device__ inline void load_tile(uint32_t tile, const __nv_bfloat16* base, int ld, int row0, int rows, int col0,
+                                 int cols) {
+  constexpr int kRows = kMnMajor ? 64 : 128, kChunkBits = kMnMajor ? 4 : 3;  // 16 or 8 chunks a row
 #pragma unroll
-  for (int i = static_cast<int>(threadIdx.x); i < 128 * 8; i += kThreadsPerBlock) {
-    const int r = i >> 3, chunk = i & 7;
-    copy_chunk(tile + k_major_offset(r, chunk), base, ld, row0 + r, rows, col0 + chunk * 8, cols);
-  }
-}
-// Rows row0 … row0+63 (of `rows`), columns col0 … col0+127 (of `cols`) as an MN-major tile: the
-// matrix's rows are k, its columns m or n.
-__device__ inline void load_mn_major(uint32_t tile, const __nv_bfloat16* base, int ld, int row0, int rows, int col0,
-                                     int cols) {
-#pragma unroll
-  for (int i = static_cast<int>(threadIdx.x); i < 64 * 16; i += kThreadsPerBlock) {
-    const int r = i >> 4, chunk = i & 15;
-    copy_chunk(tile + mn_major_offset(r, chunk), base, ld, row0 + r, rows, col0 + chunk * 8, cols);
+  for (int i = static_cast<int>(threadIdx.x); i < kRows << kChunkBits; i += kThreadsPerBlock) {
+    const int r = i >> kChunkBits, chunk = i & ((1 << kChunkBits) - 1);
+    const uint32_t offset = kMnMajor ? mn_major_offset(r, chunk) : k_major_offset(r, chunk);
+    copy_chunk(tile + offset, base, ld, row0 + r, rows, col0 + chunk * 8, cols);
   }
 }
 
@@ -145,14 +139,14 @@ __global__ void __launch_bounds__(kThreadsPerBlock, 2)
       const uint32_t a_tile = stages + kt % kStages * kStageBytes, b_tile = a_tile + kOperandTileBytes;
       const KTileSource src = k_tile_source<kTileK>(t, kt);
       if constexpr (kWeightGrad) {
-        load_mn_major(a_tile, src.a, p.lda, src.k0, t.k, t.m0, t.m);
+        load_tile<true>(a_tile, src.a, p.lda, src.k0, t.k, t.m0, t.m);
       } else {
-        load_k_major(a_tile, src.a, p.lda, t.m0, t.m, src.k0, t.k);
+        load_tile<false>(a_tile, src.a, p.lda, t.m0, t.m, src.k0, t.k);
       }
       if constexpr (kBRowsK) {
-        load_mn_major(b_tile, src.b, p.ldb, src.k0, t.k, t.n0, t.n);
+        load_tile<true>(b_tile, src.b, p.ldb, src.k0, t.k, t.n0, t.n);
       } else {
-        load_k_major(b_tile, src.b, p.ldb, t.n0, t.n, src.k0, t.k);
+        load_tile<false>(b_tile, src.b, p.ldb, t.n0, t.n, src.k0, t.k);
       }
     }
     cp_async_commit();
