@@ -59,6 +59,9 @@ void time_on_device(benchmark::State& state, double flops, Body&& body) {
       benchmark::Counter(flops * 1e-12, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
 }
 
+// A grouped kernel that declines the shapes would leave nothing to time.
+void skip_not_taken(benchmark::State& state) { state.SkipWithError("the grouped kernel does not take these shapes"); }
+
 // One MoE layer's expert weights w [E, out, in] with the rows they multiply: first arg 0 takes d_model
 // to the expert width (w1, w3), 1 the expert width back to d_model (w2); second arg 0 runs the fastest
 // grouped kernel here (wgmma on an H100), 1 the mma.sync one, side by side.
@@ -83,6 +86,7 @@ void BM_grouped_forward(benchmark::State& state) {
   if (!device_ready(state)) return;
   const ExpertProduct e(state);
   Tensor y = Tensor::empty({e.rows, e.out}, DType::F32, Device::CUDA);
+  if (!kernels::cuda::grouped_mma(e.x, e.w, true, y, e.offsets, 0.0f, e.kernel)) return skip_not_taken(state);
   time_on_device(state, e.flops(), [&] { kernels::cuda::grouped_mma(e.x, e.w, true, y, e.offsets, 0.0f, e.kernel); });
 }
 BENCHMARK(BM_grouped_forward)->ArgsProduct({{0, 1}, {0, 1}})->Unit(benchmark::kMillisecond)->UseRealTime();
@@ -91,6 +95,7 @@ void BM_grouped_row_gradient(benchmark::State& state) {
   if (!device_ready(state)) return;
   const ExpertProduct e(state);
   Tensor dx = Tensor::empty({e.rows, e.in}, DType::F32, Device::CUDA);
+  if (!kernels::cuda::grouped_mma(e.dy, e.w, false, dx, e.offsets, 0.0f, e.kernel)) return skip_not_taken(state);
   time_on_device(state, e.flops(),
                  [&] { kernels::cuda::grouped_mma(e.dy, e.w, false, dx, e.offsets, 0.0f, e.kernel); });
 }
@@ -100,6 +105,7 @@ void BM_grouped_weight_gradient(benchmark::State& state) {
   if (!device_ready(state)) return;
   const ExpertProduct e(state);
   Tensor dw = Tensor::zeros({kExperts, e.out, e.in}, DType::F32, Device::CUDA);
+  if (!kernels::cuda::grouped_mma_wgrad(e.dy, e.x, dw, e.offsets, e.kernel)) return skip_not_taken(state);
   time_on_device(state, e.flops(), [&] { kernels::cuda::grouped_mma_wgrad(e.dy, e.x, dw, e.offsets, e.kernel); });
 }
 BENCHMARK(BM_grouped_weight_gradient)->ArgsProduct({{0, 1}, {0, 1}})->Unit(benchmark::kMillisecond)->UseRealTime();

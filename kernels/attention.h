@@ -1,7 +1,8 @@
 #pragma once
 // Causal multi-head attention core: o = softmax(q·kᵀ/√d_h + causal mask)·v, per (batch, head).
 // Layout [B, T, H, d_h] for q, k, v, o (what x·Wᵀ gives after viewing [B, T, D] as heads).
-// CUDA: float32 flash kernels; under MatmulPrecision::BF16 and d_h 64 or 128, tensor-core kernels
+// CUDA: float32 flash kernels; under MatmulPrecision::BF16 and d_h 64 or 128 (where the GPU has the
+// shared memory), tensor-core kernels
 // that read q, k, v, dO in bf16 (rounding f32 ones to a copy first) and round P and dS to bf16 for
 // their products (softmax and outputs stay float32).
 #include "kernels/dispatch.h"
@@ -9,12 +10,25 @@
 
 namespace engram::kernels {
 
+#ifdef ENGRAM_HAVE_CUDA
+namespace cuda {
+// Whether this process's GPU gives a block the shared memory the tensor-core kernels of head_dim (64
+// or 128) need: at 128 they need up to 136 KB, more than sm_86/89 GPUs (RTX 4090: 99 KB) allow.
+bool tensor_core_attention_fits(int64_t head_dim);
+}  // namespace cuda
+#endif
+
 // The dtype to give the attention q, k, v and dout in on `device`, heads of head_dim: BF16 where the
-// CUDA tensor-core kernels run (MatmulPrecision::BF16, head_dim 64 or 128), which then skip their own
-// rounding copies; F32 elsewhere, the only dtype the CPU and the float32 kernels take.
+// CUDA tensor-core kernels run (MatmulPrecision::BF16, head_dim 64 or 128, and the GPU has the shared
+// memory they need), which then skip their own rounding copies; F32 elsewhere, the only dtype the CPU
+// and the float32 kernels take.
 inline DType attention_operand_dtype(Device device, int64_t head_dim) {
   const bool tensor_core_instance = head_dim == 64 || head_dim == 128;
-  return matmul_operand_dtype(device) == DType::BF16 && tensor_core_instance ? DType::BF16 : DType::F32;
+  if (matmul_operand_dtype(device) != DType::BF16 || !tensor_core_instance) return DType::F32;
+#ifdef ENGRAM_HAVE_CUDA
+  if (!cuda::tensor_core_attention_fits(head_dim)) return DType::F32;
+#endif
+  return DType::BF16;
 }
 namespace cpu {
 // out written; lse [B, H, T] written: log-sum-exp of each row of scaled, masked scores.

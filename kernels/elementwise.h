@@ -41,6 +41,9 @@ EG_KERNEL(sum_squares)
 // sum_squares of each tensor (all on one device), bitwise as one call each would give; on CUDA one
 // wait for them all instead of one per tensor (the gradient norm takes every parameter's).
 inline std::vector<double> sum_squares_each(const std::vector<Tensor>& xs) {
+  for (const Tensor& x : xs)
+    EG_ASSERT(x.device() == xs.front().device(), "sum_squares_each: ", x.describe(), " is not on the device of ",
+              xs.front().describe());
   if (xs.empty() || xs.front().device() == Device::CPU) return cpu::sum_squares_each(xs);
 #ifdef ENGRAM_HAVE_CUDA
   return cuda::sum_squares_each(xs);

@@ -51,7 +51,8 @@ void SwiGluMlp::backward_into(const Tensor& dy_in, Tensor& dx, float beta) {
   kernels::gemm(dy, false, w2_operand_, false, dact);
   kernels::gemm(dy, true, act_, false, w2_.grad, 1.0f, 1.0f);
 
-  Tensor dgate = Tensor::empty(hidden, act_.dtype(), dy.device()), dup = Tensor::empty(hidden, act_.dtype(), dy.device());
+  Tensor dgate = Tensor::empty(hidden, act_.dtype(), dy.device());
+  Tensor dup = Tensor::empty(hidden, act_.dtype(), dy.device());
   kernels::swiglu_backward(dact, gate_, up_, dgate, dup);
   kernels::gemm(dgate, true, x_, false, w1_.grad, 1.0f, 1.0f);
   kernels::gemm(dup, true, x_, false, w3_.grad, 1.0f, 1.0f);

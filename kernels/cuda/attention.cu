@@ -14,6 +14,7 @@
 // them). Everything else, including other head dims under BF16, runs the float32 kernels here on CUDA
 // cores (the parity mode): instantiated for head dims up to 64, 128 and 256 (a head of d_h runs in the
 // smallest that holds it, zero-padded to its bound).
+#include <algorithm>
 #include <cmath>
 #include <type_traits>
 
@@ -441,6 +442,21 @@ DType accepted_operand_dtype(const Tensor& q) {
 }
 
 }  // namespace
+
+bool tensor_core_attention_fits(int64_t head_dim) {
+  static const int optin_bytes = [] {
+    int bytes = 0;
+    EG_CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, cuda_context().device));
+    return bytes;
+  }();
+  size_t needed = 0;
+  with_mma_instance(head_dim, [&](auto instance) {
+    constexpr int kDim = decltype(instance)::value;
+    needed = std::max({MmaForwardShared<kDim>::kBytes, MmaKeyValueGradShared<kDim>::kBytes,
+                       MmaQueryGradShared<kDim>::kBytes});
+  });
+  return needed <= static_cast<size_t>(optin_bytes);
+}
 
 void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, Tensor& lse) {
   check_on_cuda("attention_forward", q, k, v, out, lse);

@@ -1,7 +1,7 @@
 #pragma once
 // What the two CUDA attention paths share (included by kernels/cuda/attention.cu only): the problem's
-// geometry as the kernels see it, the sum of the backward's row deltas D_i = Σ_d dO_id·O_id, and the
-// launch of a kernel with more than the default dynamic shared memory.
+// geometry as the kernels see it, one row's backward delta D_i = Σ_d dO_id·O_id (delta_of_row), and
+// the launch of a kernel with more than the default dynamic shared memory.
 #include <cuda_bf16.h>
 
 #include <climits>

@@ -41,7 +41,9 @@
 //   ended 9% past the even share of work, on the longest blocks of the last heads; this order, 2%).
 // - Blocks of 8 warps; shared memory per block for d_h 64 / 128: forward 54 / 102 KB (the queries, two
 //   stages of key and value tiles), dK/dV 73 / 103 KB, dQ 72 / 136 KB.
-// - mma.sync with bf16, ldmatrix and cp.async need sm_80 or newer (the project builds for 80 and 90).
+// - mma.sync with bf16, ldmatrix and cp.async need sm_80 or newer. At d_h 128 the dQ kernel's 136 KB
+//   exceed what sm_86/89 GPUs give a block (99 KB): there tensor_core_attention_fits(128) is false and
+//   the float32 kernels run.
 #include <cuda_bf16.h>
 
 #include <cstdint>
@@ -85,7 +87,7 @@ __device__ void copy_rows_async(Bf16Tile<kRows, kDim> tile, const __nv_bfloat16*
     const int i = static_cast<int>(threadIdx.x) + n * kMmaThreads;
     const int r = i / kChunksPerRow, c = i % kChunksPerRow * 8, t = row0 + r;
     const bool inside = t < g.seq;
-    cp_async_16(tile.address(r, c), inside ? head + t * row_stride + c : head, inside ? 16 : 0);
+    cp_async_16_or_zeros(tile.address(r, c), inside ? head + t * row_stride + c : head, inside);
   }
 }
 
@@ -618,7 +620,7 @@ void with_mma_instance(int64_t head_dim, Launch&& launch) {
 // (a view may start at any element) is copied.
 Tensor bf16_rows(const Tensor& x) {
   if (x.dtype() == DType::F32) return matmul_operand(x);
-  return reinterpret_cast<uintptr_t>(x.raw()) % 16 == 0 ? x : x.clone();
+  return aligned_16(x) ? x : x.clone();
 }
 const __nv_bfloat16* bf16_data(const Tensor& x) { return static_cast<const __nv_bfloat16*>(x.raw()); }
 

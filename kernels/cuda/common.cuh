@@ -94,6 +94,7 @@ bool four_at_a_time(int64_t n, const T&... tensors) {  // n: the values of a row
 }
 template <int kVec>
 struct Floats {
+  static_assert(kVec == 1 || kVec == 4, "one value or one 16-byte access");
   float v[kVec];
 };
 template <int kVec>
@@ -110,6 +111,7 @@ __device__ inline Floats<kVec> load_floats(const float* p) {
 // As float, or as bf16 rounded to nearest even (4 bf16: two 4-byte stores).
 template <int kVec, class Out>
 __device__ inline void store_floats(Out* p, const Floats<kVec>& x) {
+  static_assert(std::is_same_v<Out, float> || std::is_same_v<Out, __nv_bfloat16>);
   if constexpr (kVec == 4 && std::is_same_v<Out, float>) {
     *reinterpret_cast<float4*>(p) = make_float4(x.v[0], x.v[1], x.v[2], x.v[3]);
   } else if constexpr (kVec == 4) {

@@ -15,6 +15,10 @@ __device__ inline void cp_async_16(uint32_t shared_address, const void* global, 
                "r"(src_bytes)
                : "memory");
 }
+// 16 bytes from src when `inside`, else 16 zeros (rows or columns past a matrix; src is not read).
+__device__ inline void cp_async_16_or_zeros(uint32_t shared_address, const void* src, bool inside) {
+  cp_async_16(shared_address, src, inside ? 16 : 0);
+}
 // Closes the thread's copies issued since the last commit into one group.
 __device__ inline void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 // Waits until at most kPending of the thread's groups are still in flight.

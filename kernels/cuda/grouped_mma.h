@@ -2,8 +2,8 @@
 // Grouped expert products in one launch (internal to kernels/cuda/): every group's tiles of a
 // grouped product run as blocks of one tensor-core kernel, instead of one cuBLASLt call per group:
 // on an H100 (compute capability 9.0, in a build for sm_90a) the Hopper kernel (grouped_wgmma.cu,
-// wgmma), elsewhere the one with mma.sync (grouped_mma.cu, sm_80 and newer). Taken for bf16 operands with float32 output, which is what the MoE layers
-// multiply under MatmulPrecision::BF16; the functions return false for anything else (f32 operands,
+// wgmma), elsewhere the one with mma.sync (grouped_mma.cu, sm_80 and newer). Taken for bf16
+// operands with float32 output, which is what the MoE layers multiply under MatmulPrecision::BF16; the functions return false for anything else (f32 operands,
 // a bf16 output, more than kGroupedMmaMaxGroups groups, rows not a multiple of 8 elements, operands
 // or output not 16-byte aligned), and the caller runs its per-group products instead.
 #include <vector>

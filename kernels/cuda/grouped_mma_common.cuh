@@ -37,6 +37,12 @@ struct GroupedMmaParams {
   int tile_start[kGroupedMmaMaxGroups + 1];  // the first block of each group in that order
 };
 
+// Kernel parameters may take 4 KB: the group table must fit.
+static_assert(sizeof(GroupedMmaParams) <= 4096, "the group table outgrows the kernel parameters");
+
+// Device helpers of both kernels, in each translation unit (cp_async.cuh's helpers are too).
+namespace {
+
 // The tile a block computes: its group's sizes, the tile's first row and column of the group's
 // output, and the group's a, b (and a2, b2) and c.
 struct GroupedTile {
@@ -103,8 +109,10 @@ __device__ inline GroupedTile locate_tile(const GroupedMmaParams& p) {
 __device__ inline void copy_chunk(uint32_t shared_address, const __nv_bfloat16* base, int ld, int row, int rows,
                                   int column, int cols) {
   const bool inside = row < rows && column < cols;
-  cp_async_16(shared_address, inside ? base + int64_t{row} * ld + column : base, inside ? 16 : 0);
+  cp_async_16_or_zeros(shared_address, inside ? base + int64_t{row} * ld + column : base, inside);
 }
+
+}  // namespace
 
 // The launch of the Hopper kernel (grouped_wgmma.cu), for a table filled like grouped_mma.cu's.
 void launch_grouped_wgmma(const GroupedMmaParams& p, bool weight_grad, bool b_rows_k);

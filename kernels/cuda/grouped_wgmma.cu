@@ -35,7 +35,7 @@ namespace {
 
 constexpr int kTileK = 64;
 constexpr int kStages = 3;
-constexpr int kThreadsPerBlock = 128;                                                   // one warpgroup
+constexpr int kWgmmaThreads = 128;                                                      // one warpgroup
 constexpr uint32_t kOperandTileBytes = kGroupedTileM * kTileK * sizeof(__nv_bfloat16);  // 16 KB, a or b
 constexpr uint32_t kStageBytes = 2 * kOperandTileBytes;
 constexpr uint32_t kAtomBytes = 1024;      // 8 rows of 128 bytes: the swizzle's repeat
@@ -55,11 +55,11 @@ __device__ inline uint32_t mn_major_offset(int row, int chunk) {  // row < 64 of
 // column col0: K-major, 128 rows (m or n) × 64 columns (k); MN-major, 64 rows (k) × 128 columns (m
 // or n).
 template <bool kMnMajor>
-__device__ inline void load_tile(uint32_t tile, const __nv_bfloat16* base, int ld, int row0, int rows, int col0,
-                                 int cols) {
+__device__ inline void load_swizzled_tile(uint32_t tile, const __nv_bfloat16* base, int ld, int row0, int rows,
+                                          int col0, int cols) {
   constexpr int kRows = kMnMajor ? 64 : 128, kChunkBits = kMnMajor ? 4 : 3;  // 16 or 8 chunks a row
 #pragma unroll
-  for (int i = static_cast<int>(threadIdx.x); i < kRows << kChunkBits; i += kThreadsPerBlock) {
+  for (int i = static_cast<int>(threadIdx.x); i < kRows << kChunkBits; i += kWgmmaThreads) {
     const int r = i >> kChunkBits, chunk = i & ((1 << kChunkBits) - 1);
     const uint32_t offset = kMnMajor ? mn_major_offset(r, chunk) : k_major_offset(r, chunk);
     copy_chunk(tile + offset, base, ld, row0 + r, rows, col0 + chunk * 8, cols);
@@ -123,8 +123,7 @@ __device__ inline void wgmma_m64n128k16(float (&d)[64], uint64_t a, uint64_t b) 
 
 // kWeightGrad: A = dcᵀ (MN-major); kBRowsK: b[g] stored [k, n] (MN-major), else [n, k].
 template <bool kWeightGrad, bool kBRowsK>
-__global__ void __launch_bounds__(kThreadsPerBlock, 2)
-    grouped_wgmma_kernel(const __grid_constant__ GroupedMmaParams p) {
+__global__ void __launch_bounds__(kWgmmaThreads, 2) grouped_wgmma_kernel(const __grid_constant__ GroupedMmaParams p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   extern __shared__ __align__(16) unsigned char shared_storage[];
   const uint32_t stages =
@@ -139,14 +138,14 @@ __global__ void __launch_bounds__(kThreadsPerBlock, 2)
       const uint32_t a_tile = stages + kt % kStages * kStageBytes, b_tile = a_tile + kOperandTileBytes;
       const KTileSource src = k_tile_source<kTileK>(t, kt);
       if constexpr (kWeightGrad) {
-        load_tile<true>(a_tile, src.a, p.lda, src.k0, t.k, t.m0, t.m);
+        load_swizzled_tile<true>(a_tile, src.a, p.lda, src.k0, t.k, t.m0, t.m);
       } else {
-        load_tile<false>(a_tile, src.a, p.lda, t.m0, t.m, src.k0, t.k);
+        load_swizzled_tile<false>(a_tile, src.a, p.lda, t.m0, t.m, src.k0, t.k);
       }
       if constexpr (kBRowsK) {
-        load_tile<true>(b_tile, src.b, p.ldb, src.k0, t.k, t.n0, t.n);
+        load_swizzled_tile<true>(b_tile, src.b, p.ldb, src.k0, t.k, t.n0, t.n);
       } else {
-        load_tile<false>(b_tile, src.b, p.ldb, t.n0, t.n, src.k0, t.k);
+        load_swizzled_tile<false>(b_tile, src.b, p.ldb, t.n0, t.n, src.k0, t.k);
       }
     }
     cp_async_commit();
@@ -213,7 +212,7 @@ __global__ void __launch_bounds__(kThreadsPerBlock, 2)
 }
 
 template <bool kWeightGrad, bool kBRowsK>
-void launch(const GroupedMmaParams& p) {
+void launch_wgmma(const GroupedMmaParams& p) {
   const auto kernel = grouped_wgmma_kernel<kWeightGrad, kBRowsK>;
   // Once per process (one device per process): more than the default 48 KB of shared memory.
   static const bool configured = [&] {
@@ -222,16 +221,16 @@ void launch(const GroupedMmaParams& p) {
     return true;
   }();
   (void)configured;
-  kernel<<<p.tile_start[p.groups], kThreadsPerBlock, kSharedBytes, compute_stream()>>>(p);
+  kernel<<<p.tile_start[p.groups], kWgmmaThreads, kSharedBytes, compute_stream()>>>(p);
   EG_CUDA_CHECK_LAUNCH("grouped_wgmma_kernel");
 }
 
 }  // namespace
 
 void launch_grouped_wgmma(const GroupedMmaParams& p, bool weight_grad, bool b_rows_k) {
-  if (weight_grad) return launch<true, true>(p);
-  if (b_rows_k) return launch<false, true>(p);
-  launch<false, false>(p);
+  if (weight_grad) return launch_wgmma<true, true>(p);
+  if (b_rows_k) return launch_wgmma<false, true>(p);
+  launch_wgmma<false, false>(p);
 }
 
 }  // namespace engram::kernels::cuda

@@ -2,12 +2,13 @@
 // stable CUB radix sort of the flat assignments by expert, so each expert's block keeps ascending
 // a = t·K + k exactly as the CPU's counting sort does; the offsets are lower bounds in the sorted
 // experts, copied to the host (the grouped GEMMs size their groups from them). The combine runs one
-// thread per (token, 4 columns) over the slots in order, and its backward one warp per assignment, so
-// y and d_expert_out equal the CPU's bit for bit (__fmul_rn keeps nvcc from fusing the products)
-// and d_topk_w's double dot product differs from the CPU's only in summation order. Indices are
-// checked without a wait of their own (kernels/cuda/deferred_errors.h): sort_by_expert raises a bad
-// expert at its offsets copy, which waits anyway; the combine's positions (made by sort_by_expert)
-// are reported at the host's next wait, and the combine kernels write nothing when one is bad.
+// thread per (token, 4 columns where the tensors allow) over the slots in order, and its backward one
+// warp per assignment, so y and d_expert_out equal the CPU's bit for bit (__fmul_rn keeps nvcc from
+// fusing the products) and d_topk_w's double dot product differs from the CPU's only in summation
+// order. Indices are checked without a wait of their own (kernels/cuda/deferred_errors.h):
+// sort_by_expert raises a bad expert at its offsets copy, which waits anyway; the combine's
+// positions (made by sort_by_expert) are reported at the host's next wait, and the combine kernels
+// write nothing when one is bad.
 #include <cub/device/device_radix_sort.cuh>
 
 #include <climits>

@@ -34,6 +34,8 @@
 #include <string>
 #include <utility>
 
+#include <cuda_runtime.h>
+
 #include "kernels/attention.h"
 #include "kernels/matmul_precision.h"
 #include "tests/gpu/cuda_test_util.h"
@@ -195,6 +197,20 @@ ResultsInBothPrecisions gpu_results_in_both_precisions(const Dims& d, uint32_t s
 }
 
 // The tensor-core path is taken: its results are not the float32 kernels'.
+// The tensor-core kernels run where the GPU gives a block their shared memory: at head dim 64 (73 KB
+// at most) every sm_80+ GPU does; at 128 (136 KB) an H100 or A100 does, an RTX 4090 (99 KB) does not,
+// and the attention then takes (and the model writes) f32 q, k, v under bf16 matmuls too.
+TEST_F(CudaAttention, TensorCoreKernelsRunWhereTheirSharedMemoryFits) {
+  const ScopedMatmulPrecision bf16(kernels::MatmulPrecision::BF16);
+  EXPECT_TRUE(kernels::cuda::tensor_core_attention_fits(64));
+  EXPECT_EQ(kernels::attention_operand_dtype(Device::CUDA, 64), DType::BF16);
+  const bool wide = kernels::cuda::tensor_core_attention_fits(128);
+  EXPECT_EQ(kernels::attention_operand_dtype(Device::CUDA, 128), wide ? DType::BF16 : DType::F32);
+  int optin = 0;
+  ASSERT_EQ(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, 0), cudaSuccess);
+  EXPECT_EQ(wide, optin >= 136 * 1024) << "opt-in shared memory per block: " << optin << " bytes";
+}
+
 TEST_F(CudaAttention, Bf16PrecisionChangesTheResult) {
   const ResultsInBothPrecisions r = gpu_results_in_both_precisions({1, 100, 2, 64}, 80);
   EXPECT_FALSE(bitwise_equal(r.bf16.out, r.float32.out));
