@@ -12,18 +12,15 @@ struct RopeTables {
 RopeTables make_rope_tables(int64_t seq_len, int64_t head_dim, double theta);
 
 namespace cpu {
-// x: [B, T, H, d_h] f32, rotated in place. inverse = rotate by −angle (the backward of the forward).
-void rope_apply(Tensor& x, const Tensor& cos, const Tensor& sin, bool inverse);
-// x rotated into out (x's shape, f32; may be x itself).
+// x: [B, T, H, d_h] f32 rotated into out (x's shape, f32; may be x itself). inverse = rotate by
+// −angle (the backward of the forward).
 void rope_apply_to(const Tensor& x, const Tensor& cos, const Tensor& sin, bool inverse, Tensor& out);
 }  // namespace cpu
 #ifdef ENGRAM_HAVE_CUDA
 namespace cuda {  // kernels/cuda/rope.cu, the contracts of cpu:: above; out may also be bf16 (rounded to
                   // nearest even once rotated), for rotated tensors that only products read
-void rope_apply(Tensor& x, const Tensor& cos, const Tensor& sin, bool inverse);
 void rope_apply_to(const Tensor& x, const Tensor& cos, const Tensor& sin, bool inverse, Tensor& out);
 }  // namespace cuda
 #endif
-EG_KERNEL(rope_apply)
 EG_KERNEL(rope_apply_to)
 }  // namespace engram::kernels

@@ -53,9 +53,5 @@ void rope_apply_to(const Tensor& x, const Tensor& cos, const Tensor& sin, bool i
   }
 }
 
-void rope_apply(Tensor& x, const Tensor& cos, const Tensor& sin, bool inverse) {
-  rope_apply_to(x, cos, sin, inverse, x);
-}
-
 }  // namespace cpu
 }  // namespace engram::kernels

@@ -1,7 +1,6 @@
 #pragma once
 // What the two CUDA attention paths share (included by kernels/cuda/attention.cu only): the problem's
-// geometry as the kernels see it, one row's backward delta D_i = Σ_d dO_id·O_id (delta_of_row), and
-// the launch of a kernel with more than the default dynamic shared memory.
+// geometry as the kernels see it and one row's backward delta D_i = Σ_d dO_id·O_id (delta_of_row).
 #include <cuda_bf16.h>
 
 #include <climits>
@@ -47,15 +46,6 @@ __device__ double delta_of_row(const Dout* dout_row, const float* out_row, int h
   for (int c = lane_id(); c < head_dim; c += kWarpSize)
     dot += static_cast<double>(static_cast<float>(dout_row[c])) * out_row[c];
   return warp_all_reduce(dot, Sum{});
-}
-
-// Launches kernel on `grid` blocks of `threads` threads with `shared_bytes` of dynamic shared memory
-// (beyond the default 48 KB needs opting in).
-template <class Kernel, class... Args>
-void launch_with_shared(Kernel* kernel, dim3 grid, int threads, size_t shared_bytes, Args... args) {
-  EG_CUDA_CHECK(
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared_bytes)));
-  kernel<<<grid, threads, shared_bytes, compute_stream()>>>(args...);
 }
 
 }  // namespace

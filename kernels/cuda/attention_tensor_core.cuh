@@ -70,6 +70,14 @@ constexpr int kMmaQueries = kDim <= 64 ? 64 : 32;      // queries per streamed t
                                                        // wide heads, whose dK and dV fill the registers
 constexpr float kLog2e = 1.4426950408889634f;
 
+// Where a block of launch_mma's grid (h, x, b) works: the first of the 16 rows its warp w owns, and,
+// for the query-tile kernels, the first row of its tile, gridDim.y − 1 − x (the longest tiles, those
+// nearest the causal limit's end, start first).
+__device__ inline int warp_first_row() { return static_cast<int>(threadIdx.x) / kWarpSize * kWarpRows; }
+__device__ inline int longest_first_query_row() {
+  return static_cast<int>(gridDim.y - 1 - blockIdx.y) * kMmaOwned;
+}
+
 // ---- Tiles: bf16 in global memory, by cp.async to shared memory ---------------------------------
 
 // Starts copying rows row0 … row0+kRows−1 of head (b, h) of x [B, T, H, kDim] (bf16, 16-byte aligned)
@@ -325,8 +333,8 @@ __global__ void __launch_bounds__(kMmaThreads)
                                  float* out, float* lse) {
   extern __shared__ __align__(16) __nv_bfloat16 mma_shared[];
   const MmaForwardShared<kDim> s(mma_shared);
-  const int b = blockIdx.z, h = blockIdx.x, r0 = static_cast<int>(threadIdx.x) / kWarpSize * kWarpRows;
-  const int q0 = static_cast<int>(gridDim.y - 1 - blockIdx.y) * kMmaOwned, t0 = q0 + r0;  // t0: the warp's first row
+  const int b = blockIdx.z, h = blockIdx.x, r0 = warp_first_row();
+  const int q0 = longest_first_query_row(), t0 = q0 + r0;  // t0: the warp's first row
   const float scale_log2 = g.scale * kLog2e;
 
   copy_rows_async(s.q, q, g, b, h, q0);
@@ -461,7 +469,7 @@ __global__ void __launch_bounds__(kMmaThreads)
   constexpr int kQueries = kMmaQueries<kDim>;
   extern __shared__ __align__(16) __nv_bfloat16 mma_shared[];
   const MmaKeyValueGradShared<kDim> s(mma_shared);
-  const int b = blockIdx.z, h = blockIdx.x, r0 = static_cast<int>(threadIdx.x) / kWarpSize * kWarpRows;
+  const int b = blockIdx.z, h = blockIdx.x, r0 = warp_first_row();
   const int k0 = static_cast<int>(blockIdx.y) * kMmaOwned, key0 = k0 + r0;  // key0: the warp's first key
   const float scale_log2 = g.scale * kLog2e;
 
@@ -540,8 +548,8 @@ __global__ void __launch_bounds__(kMmaThreads)
                             float* delta) {
   extern __shared__ __align__(16) __nv_bfloat16 mma_shared[];
   const MmaQueryGradShared<kDim> s(mma_shared);
-  const int b = blockIdx.z, h = blockIdx.x, r0 = static_cast<int>(threadIdx.x) / kWarpSize * kWarpRows;
-  const int q0 = static_cast<int>(gridDim.y - 1 - blockIdx.y) * kMmaOwned, t0 = q0 + r0;  // t0: the warp's first row
+  const int b = blockIdx.z, h = blockIdx.x, r0 = warp_first_row();
+  const int q0 = longest_first_query_row(), t0 = q0 + r0;  // t0: the warp's first row
   const float scale_log2 = g.scale * kLog2e;
 
   copy_rows_async(s.q, q, g, b, h, q0);

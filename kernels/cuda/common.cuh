@@ -84,6 +84,19 @@ struct Max {
   __device__ float operator()(float a, float b) const { return fmaxf(a, b); }
 };
 
+// Lets `kernel` take `bytes` of dynamic shared memory (beyond the default 48 KB needs opting in);
+// kernels/cuda/dynamic_shared.cu remembers what each kernel was allowed, so launches after the first
+// make no driver call.
+void allow_dynamic_shared(const void* kernel, size_t bytes);
+
+// Launches kernel on `grid` blocks of `threads` threads with `shared_bytes` of dynamic shared memory,
+// on the compute stream.
+template <class Kernel, class... Args>
+void launch_with_shared(Kernel* kernel, dim3 grid, int threads, size_t shared_bytes, Args... args) {
+  allow_dynamic_shared(reinterpret_cast<const void*>(kernel), shared_bytes);
+  kernel<<<grid, threads, shared_bytes, compute_stream()>>>(args...);
+}
+
 // Kernels that stream float rows take kVec = 4 consecutive values at a time (one 16-byte access:
 // a quarter of the loads and loop steps, four times the bytes in flight) where every tensor allows,
 // else one; each value's arithmetic is the same either way.

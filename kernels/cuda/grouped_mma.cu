@@ -180,15 +180,8 @@ int tiles(int rows, int tile) { return (rows + tile - 1) / tile; }
 
 template <bool kWeightGrad, bool kBRowsK>
 void launch_mma_sync(const GroupedMmaParams& p) {
-  const auto kernel = grouped_mma_kernel<kWeightGrad, kBRowsK>;
-  constexpr size_t kShared = StageTiles<kWeightGrad, kBRowsK>::kSharedBytes;
-  // Once per process (one device per process): more than the default 48 KB of shared memory.
-  static const bool configured = [&] {
-    EG_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kShared)));
-    return true;
-  }();
-  (void)configured;
-  kernel<<<p.tile_start[p.groups], kGemmThreads, kShared, compute_stream()>>>(p);
+  launch_with_shared(grouped_mma_kernel<kWeightGrad, kBRowsK>, dim3(p.tile_start[p.groups]), kGemmThreads,
+                     StageTiles<kWeightGrad, kBRowsK>::kSharedBytes, p);
   EG_CUDA_CHECK_LAUNCH("grouped_mma_kernel");
 }
 

@@ -213,15 +213,8 @@ __global__ void __launch_bounds__(kWgmmaThreads, 2) grouped_wgmma_kernel(const _
 
 template <bool kWeightGrad, bool kBRowsK>
 void launch_wgmma(const GroupedMmaParams& p) {
-  const auto kernel = grouped_wgmma_kernel<kWeightGrad, kBRowsK>;
-  // Once per process (one device per process): more than the default 48 KB of shared memory.
-  static const bool configured = [&] {
-    EG_CUDA_CHECK(
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSharedBytes)));
-    return true;
-  }();
-  (void)configured;
-  kernel<<<p.tile_start[p.groups], kWgmmaThreads, kSharedBytes, compute_stream()>>>(p);
+  launch_with_shared(grouped_wgmma_kernel<kWeightGrad, kBRowsK>, dim3(p.tile_start[p.groups]), kWgmmaThreads,
+                     kSharedBytes, p);
   EG_CUDA_CHECK_LAUNCH("grouped_wgmma_kernel");
 }
 

@@ -40,8 +40,4 @@ void rope_apply_to(const Tensor& x, const Tensor& cos, const Tensor& sin, bool i
   EG_CUDA_CHECK_LAUNCH("rope_kernel");
 }
 
-void rope_apply(Tensor& x, const Tensor& cos, const Tensor& sin, bool inverse) {
-  rope_apply_to(x, cos, sin, inverse, x);
-}
-
 }  // namespace engram::kernels::cuda

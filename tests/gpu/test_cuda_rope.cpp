@@ -21,8 +21,8 @@ TEST_F(CudaRope, ForwardAndInverseMatchTheCpu) {
   const HostDevice cos = on_both(tables.cos), sin = on_both(tables.sin);
   for (bool inverse : {false, true}) {
     HostDevice x = random_on_both({3, 23, 5, 34}, gen);
-    kernels::rope_apply(x.cpu, cos.cpu, sin.cpu, inverse);
-    kernels::rope_apply(x.gpu, cos.gpu, sin.gpu, inverse);
+    kernels::rope_apply_to(x.cpu, cos.cpu, sin.cpu, inverse, x.cpu);
+    kernels::rope_apply_to(x.gpu, cos.gpu, sin.gpu, inverse, x.gpu);
     expect_close_to_cpu(x.gpu, x.cpu, 1e-6, 1e-6, inverse ? "inverse rotation" : "rotation");
   }
 }
@@ -34,7 +34,7 @@ TEST_F(CudaRope, RotationIntoBf16IsTheF32RotationRounded) {
   for (bool inverse : {false, true}) {
     const Tensor x = random_uniform({2, 37, 3, 64}, gen, -4.0f, 4.0f).copy_to(Device::CUDA);
     Tensor rotated = x.clone();
-    kernels::rope_apply(rotated, cos.gpu, sin.gpu, inverse);
+    kernels::rope_apply_to(rotated, cos.gpu, sin.gpu, inverse, rotated);
     Tensor rotated_bf16 = Tensor::empty(x.shape(), DType::BF16, Device::CUDA);
     kernels::rope_apply_to(x, cos.gpu, sin.gpu, inverse, rotated_bf16);
     EXPECT_TRUE(bitwise_equal(rotated_bf16.copy_to(Device::CPU), round_to_bf16(rotated.copy_to(Device::CPU)).bf16))

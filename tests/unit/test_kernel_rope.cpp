@@ -60,7 +60,7 @@ void check_apply(const Shape& shape, int64_t table_len, double theta, std::mt199
   kernels::RopeTables tables = kernels::make_rope_tables(table_len, shape[3], theta);
   Tensor x = random_uniform(shape, gen);
   const std::vector<double> expected = naive_rope(x, theta);
-  kernels::rope_apply(x, tables.cos, tables.sin, false);
+  kernels::rope_apply_to(x, tables.cos, tables.sin, false, x);
   expect_close(x, expected, 0.0, 1e-5, "rotated x");
 }
 
@@ -80,8 +80,8 @@ TEST(KernelRope, InverseUndoesForward) {
   kernels::RopeTables tables = kernels::make_rope_tables(13, 6, 10000.0);
   Tensor x = random_uniform({2, 13, 3, 6}, gen);
   const std::vector<double> original = to_double(x);
-  kernels::rope_apply(x, tables.cos, tables.sin, false);
-  kernels::rope_apply(x, tables.cos, tables.sin, true);
+  kernels::rope_apply_to(x, tables.cos, tables.sin, false, x);
+  kernels::rope_apply_to(x, tables.cos, tables.sin, true, x);
   expect_close(x, original, 0.0, 1e-6, "round-tripped x");
 }
 
@@ -90,7 +90,7 @@ TEST(KernelRope, PositionZeroIsIdentity) {
   kernels::RopeTables tables = kernels::make_rope_tables(7, 8, 10000.0);
   Tensor x = random_uniform({3, 7, 2, 8}, gen);
   const std::vector<float> original = x.to_vector<float>();
-  kernels::rope_apply(x, tables.cos, tables.sin, false);
+  kernels::rope_apply_to(x, tables.cos, tables.sin, false, x);
   const int64_t row = 7 * 2 * 8, pos0 = 2 * 8;  // floats per sequence, per position
   for (int64_t b = 0; b < 3; ++b)
     for (int64_t i = 0; i < pos0; ++i) EXPECT_EQ(x.data<float>()[b * row + i], original[b * row + i]);
@@ -103,12 +103,12 @@ TEST(KernelRope, InverseIsTheAdjoint) {
   kernels::RopeTables tables = kernels::make_rope_tables(9, 10, 10000.0);
   Tensor x = random_uniform({2, 9, 3, 10}, gen), dy = random_uniform({2, 9, 3, 10}, gen);
   Tensor rx = x.clone(), rt_dy = dy.clone();
-  kernels::rope_apply(rx, tables.cos, tables.sin, false);
-  kernels::rope_apply(rt_dy, tables.cos, tables.sin, true);
+  kernels::rope_apply_to(rx, tables.cos, tables.sin, false, rx);
+  kernels::rope_apply_to(rt_dy, tables.cos, tables.sin, true, rt_dy);
   EXPECT_NEAR(dot(to_double(dy), to_double(rx)), dot(to_double(rt_dy), to_double(x)), 1e-4);
 }
 
-// rope_apply_to writes into another tensor what rope_apply writes in place, and leaves x as it was.
+// rope_apply_to writes into another tensor what it writes in place, and leaves x as it was.
 TEST(KernelRope, ApplyToAnotherTensorMatchesInPlace) {
   std::mt19937 gen(6);
   kernels::RopeTables tables = kernels::make_rope_tables(11, 6, 10000.0);
@@ -116,7 +116,7 @@ TEST(KernelRope, ApplyToAnotherTensorMatchesInPlace) {
   for (bool inverse : {false, true}) {
     Tensor in_place = x.clone(), out = nan_tensor(x.shape());
     const Tensor before = x.clone();
-    kernels::rope_apply(in_place, tables.cos, tables.sin, inverse);
+    kernels::rope_apply_to(in_place, tables.cos, tables.sin, inverse, in_place);
     kernels::rope_apply_to(x, tables.cos, tables.sin, inverse, out);
     EXPECT_TRUE(bitwise_equal(out, in_place)) << "inverse " << inverse;
     EXPECT_TRUE(bitwise_equal(x, before)) << "inverse " << inverse;
@@ -129,7 +129,7 @@ TEST(KernelRope, OddHeadDimIsRejected) {
   EXPECT_THROW(kernels::make_rope_tables(8, 7, 10000.0), Error);
   kernels::RopeTables tables = kernels::make_rope_tables(4, 4, 10000.0);
   Tensor x = Tensor::zeros({1, 5, 1, 4});  // longer than the tables
-  EXPECT_THROW(kernels::rope_apply(x, tables.cos, tables.sin, false), Error);
+  EXPECT_THROW(kernels::rope_apply_to(x, tables.cos, tables.sin, false, x), Error);
 }
 
 }  // namespace
