@@ -13,6 +13,10 @@ namespace engram::kernels {
 namespace cpu {
 void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& c, float alpha = 1.0f,
           float beta = 0.0f);
+// gemm's contract as a true float32 product (a, b, c f32) whatever the matmul precision: what
+// DESIGN.md decision 7 keeps in float32 (the MoE router). The CPU always multiplies so.
+void gemm_float32(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& c, float alpha = 1.0f,
+                  float beta = 0.0f);
 
 // Grouped (per-expert) products over row blocks. offsets has G+1 entries, offsets[0] = 0,
 // offsets[G] = rows of a; group g owns rows [offsets[g], offsets[g+1]). b is [G, r, s].
@@ -36,6 +40,8 @@ namespace cuda {  // kernels/cuda/gemm.cu, the contracts of cpu:: above
 // one tensor-core kernel (kernels/cuda/grouped_mma.cu), others as one cuBLASLt call per group.
 void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& c, float alpha = 1.0f,
           float beta = 0.0f);
+void gemm_float32(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& c, float alpha = 1.0f,
+                  float beta = 0.0f);  // CUBLAS_COMPUTE_32F on f32 operands, never rounded
 void grouped_gemm(const Tensor& a, const Tensor& b, bool trans_b, Tensor& c, const std::vector<int64_t>& offsets,
                   float beta = 0.0f);
 void grouped_gemm_pair(const Tensor& a, const Tensor& b, const Tensor& a2, const Tensor& b2, bool trans_b, Tensor& c,
@@ -46,6 +52,7 @@ Tensor matmul_operand(const Tensor& x);
 }  // namespace cuda
 #endif
 EG_KERNEL(gemm)
+EG_KERNEL(gemm_float32)
 EG_KERNEL(grouped_gemm)
 EG_KERNEL(grouped_gemm_pair)
 EG_KERNEL(grouped_gemm_wgrad)

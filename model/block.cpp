@@ -51,8 +51,8 @@ Tensor Block::forward(const Tensor& h, const Tensor& ids_c, const LossWeights& w
     const TraceRange range(ranges_.engram_forward.c_str());
     h_in = residual_add(h, engram_->forward(h, ids_c));
   }
-  // Only products read the attention's normed input, and only products and the MoE's expert gather
-  // the FFN's: the norms write them in the dtype the products take (no f32 copy to round).
+  // Only products read the attention's normed input and the dense MLP's: the norms write them in the
+  // dtype the products take (no f32 copy to round). The MoE's router multiplies its input in float32.
   const DType operand_dtype = kernels::matmul_operand_dtype(h.device());
   Tensor h_mid;
   {
@@ -62,7 +62,7 @@ Tensor Block::forward(const Tensor& h, const Tensor& ids_c, const LossWeights& w
   const TraceRange range(ranges_.ffn_forward.c_str());
   // The FFN works on token rows [B·T, D].
   const Tensor ffn_in =
-      ffn_norm_.forward(h_mid, moe_ ? moe_->input_dtype(h.device()) : operand_dtype).view({h.rows(), h.cols()});
+      ffn_norm_.forward(h_mid, moe_ ? DType::F32 : operand_dtype).view({h.rows(), h.cols()});
   const Tensor ffn_out = mlp_ ? mlp_->forward(ffn_in) : moe_->forward(ffn_in, w);
   return residual_add(h_mid, ffn_out.view(h.shape()));
 }

@@ -51,8 +51,8 @@ struct MoELayer::ExpertSaved {
 };
 
 struct MoELayer::Saved {
-  Tensor x;                    // [N, D] as products take it (kernels::matmul_operand: router, shared experts)
-  Tensor router;               // [E, D] router weight as products take it
+  Tensor x;                    // [N, D] f32: the router multiplies in float32 (DESIGN.md decision 7)
+  Tensor x_operand;            // [N, D] as products take it (kernels::matmul_operand): shared experts, gather
   Tensor logits, scores;       // [N, E]
   Tensor topk_idx, topk_w;     // [N, K]
   kernels::ExpertSort sort;    // single process only (the dispatcher keeps its own plan)
@@ -124,10 +124,6 @@ Tensor MoELayer::experts_backward(const Tensor& d_out_in, const std::vector<int6
   return d_rows;
 }
 
-DType MoELayer::input_dtype(Device device) const {
-  return dispatcher_ ? DType::F32 : kernels::matmul_operand_dtype(device);
-}
-
 Tensor MoELayer::forward(const Tensor& x_in, const LossWeights& weights) {
   const auto& moe = cfg_.moe();
   const int64_t n = x_in.rows(), d = cfg_.d_model(), n_experts = moe.n_routed_experts(), k = moe.top_k();
@@ -135,15 +131,16 @@ Tensor MoELayer::forward(const Tensor& x_in, const LossWeights& weights) {
   EG_ASSERT(x_in.cols() == d, "MoE forward: x ", x_in.describe(), " must have d_model = ", d, " columns");
   auto s = std::make_shared<Saved>();
   const Tensor x = x_in.view({n, d});
-  s->x = kernels::matmul_operand(x);
-  s->router = kernels::matmul_operand(router_.value);
+  EG_ASSERT(x.dtype() == DType::F32, "MoE forward: x ", x.describe(), " must be f32 (the router's input)");
+  s->x = x;
+  s->x_operand = kernels::matmul_operand(x);
 
   // Routing.
   s->logits = Tensor::empty({n, n_experts}, DType::F32, dev);
   s->scores = Tensor::empty({n, n_experts}, DType::F32, dev);
   s->topk_idx = Tensor::empty({n, k}, DType::I32, dev);
   s->topk_w = Tensor::empty({n, k}, DType::F32, dev);
-  kernels::gemm(s->x, false, s->router, true, s->logits);
+  kernels::gemm_float32(s->x, false, router_.value, true, s->logits);
   kernels::router_scores(s->logits, score_func(moe), s->scores);
   kernels::topk_select(s->scores, bias_.value, static_cast<int>(k), moe.normalize_topk(), moe.routed_scale(),
                        s->topk_idx, s->topk_w);
@@ -164,11 +161,11 @@ Tensor MoELayer::forward(const Tensor& x_in, const LossWeights& weights) {
     for (int64_t e = 0; e < n_experts; ++e) load_[e] = s->sort.offsets[e + 1] - s->sort.offsets[e];
     // Gathered straight into the dtype the expert products take (no f32 copy to round).
     Tensor x_sorted = Tensor::empty({n * k, d}, kernels::matmul_operand_dtype(dev), dev);
-    kernels::embedding_gather(x, s->sort.sorted_token, x_sorted);
+    kernels::embedding_gather(s->x_operand, s->sort.sorted_token, x_sorted);
     s->expert_out = experts_forward(x_sorted, s->sort.offsets, s->experts);
     kernels::combine_expert_outputs(s->expert_out, s->sort.position, s->topk_w, y_flat);
   }
-  if (shared_) shared_->forward_add_to(s->x, y_flat);
+  if (shared_) shared_->forward_add_to(s->x_operand, y_flat);
 
   // Auxiliary terms: their gradients do not depend on dy, so they are computed here and added in backward.
   aux_loss_ = 0.0;
@@ -230,9 +227,8 @@ Tensor MoELayer::backward(const Tensor& dy_in) {
   Tensor dlogits = Tensor::empty({n, n_experts}, DType::F32, dev);
   kernels::router_scores_backward(dscores, s.scores, score_func(moe), dlogits);
   if (s.z_dlogits.defined()) kernels::add_(dlogits, s.z_dlogits);
-  const Tensor dlogits_operand = kernels::matmul_operand(dlogits);  // rounded once for both products
-  kernels::gemm(dlogits_operand, true, s.x, false, router_.grad, 1.0f, 1.0f);
-  kernels::gemm(dlogits_operand, false, s.router, false, dx_flat, 1.0f, 1.0f);
+  kernels::gemm_float32(dlogits, true, s.x, false, router_.grad, 1.0f, 1.0f);
+  kernels::gemm_float32(dlogits, false, router_.value, false, dx_flat, 1.0f, 1.0f);
   return dx;
 }
 

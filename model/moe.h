@@ -28,12 +28,8 @@ class MoELayer {
   ~MoELayer();
 
   // x [N, D] (already normed) -> y [N, D]. Computes the aux / z-loss values of this micro-batch
-  // (weighted by `w`) and keeps what backward needs. x is f32, or of input_dtype(device).
+  // (weighted by `w`) and keeps what backward needs. x is f32: the router multiplies it in float32.
   Tensor forward(const Tensor& x, const LossWeights& w);
-  // The dtype in which forward may take x on `device` without a rounded copy: what products take
-  // (kernels::matmul_operand_dtype), since only products and the expert gather read x; f32 with
-  // process groups, whose dispatcher exchanges f32 rows.
-  DType input_dtype(Device device) const;
   // dy [N, D] -> dx [N, D]; accumulates parameter gradients, including the aux / z-loss gradients
   // with the weights given to forward.
   Tensor backward(const Tensor& dy);

@@ -46,6 +46,10 @@ void grouped_gemm_wgrad(const Tensor& dc, const Tensor& a, Tensor& db, const std
   gemm_groups::grouped_gemm_wgrad(gemm, dc, a, db, offsets);
 }
 
+void gemm_float32(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& c, float alpha, float beta) {
+  gemm(a, trans_a, b, trans_b, c, alpha, beta);
+}
+
 Tensor matmul_operand(const Tensor& x) { return x; }
 
 }  // namespace engram::kernels::cpu

@@ -198,13 +198,16 @@ Tensor matmul_operand(const Tensor& x) {
   return rounded_to_bf16(x);
 }
 
-void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& c, float alpha, float beta) {
-  check_on_cuda("gemm", a, b, c);
-  check_dtypes("gemm", a, b, c);
+namespace {
+
+// The product of operands as they are (both f32 or both bf16): the one cuBLASLt path of gemm and
+// gemm_float32.
+void multiply(const char* what, const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& c, float alpha,
+              float beta) {
   const checks::GemmDims dims = checks::gemm_dims(a, trans_a, b, trans_b, c);
   if (dims.m == 0 || dims.n == 0) return;
   if (dims.k == 0) {  // nothing to multiply: C = beta·C (0 overwrites NaN), as on the CPU
-    EG_ASSERT(beta == 0.0f || c.dtype() == DType::F32, "gemm: k = 0 with beta ", beta, " on ", c.describe());
+    EG_ASSERT(beta == 0.0f || c.dtype() == DType::F32, what, ": k = 0 with beta ", beta, " on ", c.describe());
     if (beta == 0.0f) {
       c.zero_();
     } else {
@@ -212,16 +215,30 @@ void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& 
     }
     return;
   }
-  // Under BF16 an f32 operand is rounded here (once per product: a tensor several products take is
-  // passed already rounded); after that both operands have one dtype.
-  const Tensor a_product = matmul_operand(a), b_product = matmul_operand(b);
-  const Plan& plan = PlanCache::plan({a_product.dtype(), c.dtype(), dims.m, dims.n, dims.k, trans_a, trans_b,
-                                      alignment(a_product.raw()), alignment(b_product.raw()), alignment(c.raw())});
+  const Plan& plan = PlanCache::plan({a.dtype(), c.dtype(), dims.m, dims.n, dims.k, trans_a, trans_b,
+                                      alignment(a.raw()), alignment(b.raw()), alignment(c.raw())});
   const CudaContext& ctx = cuda_context();
-  EG_CUBLAS_CHECK(cublasLtMatmul(ctx.cublaslt, plan.op.handle, &alpha, b_product.raw(), plan.first.handle,
-                                 a_product.raw(),
+  EG_CUBLAS_CHECK(cublasLtMatmul(ctx.cublaslt, plan.op.handle, &alpha, b.raw(), plan.first.handle, a.raw(),
                                  plan.second.handle, &beta, c.raw(), plan.out.handle, c.raw(), plan.out.handle,
                                  &plan.algo, ctx.workspace, ctx.workspace_bytes, ctx.compute));
+}
+
+}  // namespace
+
+void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& c, float alpha, float beta) {
+  check_on_cuda("gemm", a, b, c);
+  check_dtypes("gemm", a, b, c);
+  // Under BF16 an f32 operand is rounded here (once per product: a tensor several products take is
+  // passed already rounded); after that both operands have one dtype.
+  multiply("gemm", matmul_operand(a), trans_a, matmul_operand(b), trans_b, c, alpha, beta);
+}
+
+void gemm_float32(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& c, float alpha,
+                  float beta) {
+  check_on_cuda("gemm_float32", a, b, c);
+  EG_ASSERT(a.dtype() == DType::F32 && b.dtype() == DType::F32 && c.dtype() == DType::F32,
+            "gemm_float32: a ", a.describe(), ", b ", b.describe(), ", c ", c.describe(), " must all be f32");
+  multiply("gemm_float32", a, trans_a, b, trans_b, c, alpha, beta);
 }
 
 // Grouped products take their whole operands as products take them, rounded once per call (the

@@ -105,6 +105,34 @@ TEST_F(CudaGemm, Bf16PrecisionRoundsF32Operands) {
   EXPECT_TRUE(bitwise_equal(grouped.copy_to(Device::CPU), grouped_expected.copy_to(Device::CPU)));
 }
 
+// gemm_float32 multiplies in true float32 under BF16 precision too (the MoE router): bitwise the
+// Float32-mode product, not the rounded one, and within the f32 tolerance of the CPU.
+TEST_F(CudaGemm, Float32ProductIgnoresBf16Precision) {
+  std::mt19937 gen(99);
+  const int64_t m = 37, k = 67, n = 24;
+  const HostDevice a = random_on_both({m, k}, gen), b = random_on_both({n, k}, gen);
+  Tensor exact = nan_tensor({m, n}).copy_to(Device::CUDA), rounded = exact.clone();
+  kernels::gemm(a.gpu, false, b.gpu, true, exact);
+  HostDevice c = nan_on_both({m, n});
+  kernels::gemm_float32(a.cpu, false, b.cpu, true, c.cpu);
+  {
+    const ScopedMatmulPrecision bf16(kernels::MatmulPrecision::BF16);
+    kernels::gemm(a.gpu, false, b.gpu, true, rounded);
+    kernels::gemm_float32(a.gpu, false, b.gpu, true, c.gpu);
+    // Accumulating (beta 1) as the router's gradients do.
+    HostDevice acc = random_on_both({k, n}, gen);
+    const HostDevice d = random_on_both({m, n}, gen);
+    kernels::gemm_float32(a.cpu, true, d.cpu, false, acc.cpu, 1.0f, 1.0f);
+    kernels::gemm_float32(a.gpu, true, d.gpu, false, acc.gpu, 1.0f, 1.0f);
+    expect_close_to_cpu(acc.gpu, acc.cpu, 1e-5, 1e-4, "a^T · d + acc");
+    const Tensor a_bf16 = kernels::matmul_operand(a.gpu);
+    EXPECT_THROW(kernels::gemm_float32(a_bf16, false, b.gpu, true, c.gpu), Error);
+  }
+  EXPECT_TRUE(bitwise_equal(c.gpu.copy_to(Device::CPU), exact.copy_to(Device::CPU)));
+  EXPECT_FALSE(bitwise_equal(c.gpu.copy_to(Device::CPU), rounded.copy_to(Device::CPU)));
+  expect_close_to_cpu(c.gpu, c.cpu, 1e-5, 1e-4, "a · b^T");
+}
+
 // matmul_operand rounds once what several products take: under BF16 an f32 tensor becomes its bf16
 // rounding (bf16 tensors and Float32 precision pass it through, storage shared), and a product of one
 // rounded and one f32 operand is the product of both rounded, bit for bit. Under Float32 one of each

@@ -19,6 +19,7 @@
 
 #include "kernels/matmul_precision.h"
 #include "model/model.h"
+#include "model/moe.h"
 #include "tests/gpu/cuda_test_util.h"
 #include "train/trainer.h"
 
@@ -176,6 +177,26 @@ TEST_F(CudaModel, Bf16ModeStaysCloseToTheCpu) {
   std::printf("bf16 vs cpu: loss %.6f vs %.6f; all gradients: relative L2 error %.2e\n",
               c.gpu.ce_sum / c.gpu.n_targets, c.cpu.ce_sum / c.cpu.n_targets, std::sqrt(diff_sq / norm_sq));
   EXPECT_LE(std::sqrt(diff_sq / norm_sq), 0.25);
+}
+
+// The router multiplies in float32 under bf16 matmuls too (DESIGN.md decision 7): the same f32 input
+// gives bitwise the scores of the float32 mode (bf16 operands would round both x and W_r).
+TEST_F(CudaModel, MoeRouterScoresIgnoreBf16Precision) {
+  const ModelConfig cfg = small_config();
+  ParameterRegistry params;
+  MoELayer moe(cfg, 1, params);
+  params.initialize(cfg.seed());
+  params.move_to(Device::CUDA);
+  std::mt19937 rng(5);
+  const Tensor x = random_uniform({kBatch * kSeq, cfg.d_model()}, rng).copy_to(Device::CUDA);
+  const LossWeights w{1.0f, 1.0f};
+  moe.forward(x, w);
+  const Tensor float32_scores = moe.last_scores().copy_to(Device::CPU);
+  {
+    const ScopedMatmulPrecision bf16(kernels::MatmulPrecision::BF16);
+    moe.forward(x, w);
+  }
+  EXPECT_TRUE(bitwise_equal(moe.last_scores().copy_to(Device::CPU), float32_scores));
 }
 
 config::OptimConfig optim_config() {
