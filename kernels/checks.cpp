@@ -54,7 +54,9 @@ AttentionDims attention_tensors(const Tensor& q, const Tensor& k, const Tensor& 
             shape_str(q.shape()));
   check_like(k, operands, q, "attention k");
   check_like(v, operands, q, "attention v");
-  check_like(out, DType::F32, q, "attention out");
+  // Where the operands are bf16 (the CUDA tensor-core path), o may be written in bf16 too.
+  check_like(out, operands == DType::BF16 && out.dtype() == DType::BF16 ? DType::BF16 : DType::F32, q,
+             "attention out");
   check_dtype(lse, DType::F32, "attention lse");
   check_shape(lse, {q.dim(0), q.dim(2), q.dim(1)}, "attention lse");
   return {q.dim(0), q.dim(1), q.dim(2), q.dim(3)};
@@ -207,7 +209,8 @@ AttentionDims attention_backward(const Tensor& dout, const Tensor& q, const Tens
   check_like(dout, operands, q, "attention dout");
   check_like(dq, DType::F32, q, "attention dq");
   check_like(dk, DType::F32, q, "attention dk");
-  check_like(dv, DType::F32, q, "attention dv");
+  check_like(dv, operands == DType::BF16 && dv.dtype() == DType::BF16 ? DType::BF16 : DType::F32, q,
+             "attention dv");
   return dims;
 }
 int64_t rope_apply(const Tensor& x, const Tensor& cos, const Tensor& sin, const Tensor& out, DType out_dtype) {

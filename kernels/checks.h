@@ -55,7 +55,7 @@ void ngram_hash(const Tensor& ids_c, int64_t pad_c, const Tensor& multipliers, c
                 const Tensor& offsets, int max_ngram, int heads, const Tensor& rows);
 
 // Sizes of causal attention over q, k, v (and dout) [B, T, H, d_h] in the dtype `operands`, out (and
-// dq, dk, dv) of that shape in f32, and lse [B, H, T] (f32).
+// dq, dk, dv) of that shape in f32 (out and dv may be bf16 when `operands` is), and lse [B, H, T] (f32).
 struct AttentionDims {
   int64_t batch, seq, heads, head_dim;
   // Offset of (b, t, h, 0) in a [B, T, H, d_h] tensor.

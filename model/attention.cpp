@@ -63,12 +63,12 @@ Tensor Attention::forward(const Tensor& x) {
   kernels::rope_apply_to(q_rows.view(heads_shape), rope.cos, rope.sin, false, q_);
   kernels::rope_apply_to(k_rows.view(heads_shape), rope.cos, rope.sin, false, k_);
 
-  o_ = Tensor::empty(heads_shape, DType::F32, x.device());
+  // o only feeds products (here and W_O's gradient) and the backward's row deltas: with bf16 operands
+  // the attention writes it in bf16, what those products take.
+  o_ = Tensor::empty(heads_shape, operands, x.device());
   lse_ = Tensor::empty({batch, n_heads_, seq}, DType::F32, x.device());
   kernels::attention_forward(q_, k_, v_, o_, lse_);
 
-  // o is rounded by each of its two products (here and W_O's gradient): the attention backward needs
-  // it in f32, and a kept bf16 copy would cost more memory than the second rounding costs time.
   Tensor y = Tensor::empty(x.shape(), DType::F32, x.device());
   kernels::gemm(o_.view(x.shape()), false, wo_operand_, true, y);
   return y;
@@ -85,7 +85,7 @@ Tensor Attention::backward(const Tensor& dy_in) {
 
   Tensor dq = Tensor::empty(q_.shape(), DType::F32, dy.device());
   Tensor dk = Tensor::empty(k_.shape(), DType::F32, dy.device());
-  Tensor dv = Tensor::empty(v_.shape(), DType::F32, dy.device());
+  Tensor dv = Tensor::empty(v_.shape(), o_.dtype(), dy.device());  // bf16 with bf16 operands, as o
   kernels::attention_backward(d_o, q_, k_, v_, o_, lse_, dq, dk, dv);
   // RoPE is a rotation per position: its backward rotates the gradient back by the same angle, here
   // into the dtype the products take (rounded once rotated, as matmul_operand would).

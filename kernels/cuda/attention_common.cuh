@@ -39,12 +39,12 @@ Geometry geometry_of(const AttentionDims& d, const char* kernel) {
 // Σ_d dO·O of one row of head_dim columns, in double as on the CPU, returned to every lane: lane l
 // adds columns l, l + 32, …, then warp_reduce's fixed tree. dO is f32 (the float32 kernels) or bf16 (the
 // tensor-core path: the dO its products read, so that D_i = Σ_j P_ij·dP_ij holds for the dP that path
-// computes).
-template <class Dout>
-__device__ double delta_of_row(const Dout* dout_row, const float* out_row, int head_dim) {
+// computes). O is f32, or bf16 where the tensor-core forward wrote it so (the O its products read).
+template <class Dout, class Out>
+__device__ double delta_of_row(const Dout* dout_row, const Out* out_row, int head_dim) {
   double dot = 0.0;
   for (int c = lane_id(); c < head_dim; c += kWarpSize)
-    dot += static_cast<double>(static_cast<float>(dout_row[c])) * out_row[c];
+    dot += static_cast<double>(static_cast<float>(dout_row[c])) * static_cast<float>(out_row[c]);
   return warp_all_reduce(dot, Sum{});
 }
 

@@ -10,7 +10,8 @@
 //   attention.cu rounds f32 ones to a bf16 copy first, nearest even). P and dS are rounded to bf16 as
 //   they enter the products P·V, Pᵀ·dO, dS·K and dSᵀ·Q. Every product accumulates in float32; masking,
 //   softmax, lse and D_i = Σ_d dO_id·O_id are float32 (D in double, summed as the float32 path sums it:
-//   delta_of_row), outputs float32.
+//   delta_of_row, from O as the forward wrote it), outputs float32, except that o and dV may be written
+//   in bf16 (rounded to nearest even: what their products take, and what the deltas then read).
 // - Each warp owns 16 rows of the block's 128 (queries in the forward and dQ kernels, keys in the
 //   dK/dV kernel) and computes all their products with mma.sync m16n8k16 (bf16 in, f32 accumulate,
 //   sm_80+), so scores, P and dS never leave its registers: an accumulator fragment of S (16 × 16
@@ -241,19 +242,25 @@ __device__ inline float fast_exp2(float x) {
   return y;
 }
 
-// Writes scale·acc, the warp's rows row0 + (g, g+8) of head (b, h) of x [B, T, H, kDim], within T.
-template <int kDim>
-__device__ void store_warp_rows(const float (&acc)[kDim / 8][4], float scale, float* x, const Geometry& g, int b,
+// Writes scale·acc, the warp's rows row0 + (g, g+8) of head (b, h) of x [B, T, H, kDim], within T: f32,
+// or bf16 rounded to nearest even. A thread's two adjacent columns are one 8- or 4-byte store.
+template <int kDim, class Out>
+__device__ void store_warp_rows(const float (&acc)[kDim / 8][4], float scale, Out* x, const Geometry& g, int b,
                                 int h, int row0) {
+  using Pair = std::conditional_t<std::is_same_v<Out, float>, float2, __nv_bfloat162>;
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
     const int t = row0 + fragment_row() + 8 * half;
     if (t >= g.seq) continue;
-    float* row = x + g.at(b, t, h) + fragment_col();
+    auto* row = reinterpret_cast<Pair*>(x + g.at(b, t, h) + fragment_col());
 #pragma unroll
     for (int n = 0; n < kDim / 8; ++n) {
-      row[8 * n] = acc[n][2 * half] * scale;
-      row[8 * n + 1] = acc[n][2 * half + 1] * scale;
+      const float lo = acc[n][2 * half] * scale, hi = acc[n][2 * half + 1] * scale;
+      if constexpr (std::is_same_v<Out, float>) {
+        row[4 * n] = make_float2(lo, hi);
+      } else {
+        row[4 * n] = __floats2bfloat162_rn(lo, hi);
+      }
     }
   }
 }
@@ -327,10 +334,10 @@ __device__ void online_softmax_step(float (&score)[kKeys / 8][4], float (&row_ma
 
 // Block (h, x, b) (launch_mma): query tile gridDim.y − 1 − x (the longest rows first); warp w its rows
 // 16w … 16w+15. Per key tile (for_each_key_tile): the warp's scores, softmax and P·V.
-template <int kDim>
+template <int kDim, class Out>
 __global__ void __launch_bounds__(kMmaThreads)
     attention_forward_mma_kernel(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v, Geometry g,
-                                 float* out, float* lse) {
+                                 Out* out, float* lse) {
   extern __shared__ __align__(16) __nv_bfloat16 mma_shared[];
   const MmaForwardShared<kDim> s(mma_shared);
   const int b = blockIdx.z, h = blockIdx.x, r0 = warp_first_row();
@@ -461,11 +468,11 @@ struct MmaKeyValueGradShared {
 // barrier, the copies of the next query and output-gradient tiles (and the read of their stats)
 // started, the four products; the stats are written into the other stage at the end (it was read
 // before the barrier).
-template <int kDim>
+template <int kDim, class Dv>
 __global__ void __launch_bounds__(kMmaThreads)
     attention_dkdv_mma_kernel(const __nv_bfloat16* dout, const __nv_bfloat16* q, const __nv_bfloat16* k,
                               const __nv_bfloat16* v, const float* lse, const float* delta, Geometry g, float* dk,
-                              float* dv) {
+                              Dv* dv) {
   constexpr int kQueries = kMmaQueries<kDim>;
   extern __shared__ __align__(16) __nv_bfloat16 mma_shared[];
   const MmaKeyValueGradShared<kDim> s(mma_shared);
@@ -541,10 +548,10 @@ struct MmaQueryGradShared {
 // deltas D_i = Σ_d dO_id·O_id, written for the dK/dV kernel (launched after this one), then
 // dQ = scale·Σ_j dS·K over the key tiles up to the causal limit. Per key tile (for_each_key_tile): dO·vᵀ,
 // q·kᵀ and dS·K.
-template <int kDim>
+template <int kDim, class Out>
 __global__ void __launch_bounds__(kMmaThreads)
     attention_dq_mma_kernel(const __nv_bfloat16* dout, const __nv_bfloat16* q, const __nv_bfloat16* k,
-                            const __nv_bfloat16* v, const float* out, const float* lse, Geometry g, float* dq,
+                            const __nv_bfloat16* v, const Out* out, const float* lse, Geometry g, float* dq,
                             float* delta) {
   extern __shared__ __align__(16) __nv_bfloat16 mma_shared[];
   const MmaQueryGradShared<kDim> s(mma_shared);
@@ -632,33 +639,53 @@ Tensor bf16_rows(const Tensor& x) {
 }
 const __nv_bfloat16* bf16_data(const Tensor& x) { return static_cast<const __nv_bfloat16*>(x.raw()); }
 
+// The kernels store a thread's two adjacent output columns as one access.
+void check_pairs_aligned(const Tensor& x, const char* what) {
+  EG_ASSERT(reinterpret_cast<uintptr_t>(x.raw()) % (2 * dtype_size(x.dtype())) == 0, "attention: ", what, " ",
+            x.describe(), " must start at a multiple of two elements");
+}
+
 void attention_forward_mma(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, Tensor& out, Tensor& lse,
                            const AttentionDims& dims, const Geometry& g) {
   const Tensor q = bf16_rows(q_in), k = bf16_rows(k_in), v = bf16_rows(v_in);
+  check_pairs_aligned(out, "out");
   with_mma_instance(dims.head_dim, [&](auto instance) {
     constexpr int kDim = decltype(instance)::value;
-    launch_mma(attention_forward_mma_kernel<kDim>, MmaForwardShared<kDim>::kBytes, dims, bf16_data(q), bf16_data(k),
-               bf16_data(v), g, out.data<float>(), lse.data<float>());
+    with_f32_or_bf16(out, "attention out", [&](auto* o) {
+      using Out = std::remove_pointer_t<decltype(o)>;
+      launch_mma(attention_forward_mma_kernel<kDim, Out>, MmaForwardShared<kDim>::kBytes, dims, bf16_data(q),
+                 bf16_data(k), bf16_data(v), g, o, lse.data<float>());
+    });
     EG_CUDA_CHECK_LAUNCH("attention_forward_mma_kernel");
   });
 }
 
 void attention_backward_mma(const Tensor& dout_in, const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
-                            const Tensor& out, const Tensor& lse, Tensor& dq, Tensor& dk, Tensor& dv,
+                            const Tensor& out_in, const Tensor& lse, Tensor& dq, Tensor& dk, Tensor& dv,
                             const AttentionDims& dims, const Geometry& g) {
   const Tensor dout = bf16_rows(dout_in), q = bf16_rows(q_in), k = bf16_rows(k_in), v = bf16_rows(v_in);
+  Tensor out = out_in;  // read only (with_f32_or_bf16 takes a mutable tensor)
+  check_pairs_aligned(dq, "dq");
+  check_pairs_aligned(dk, "dk");
+  check_pairs_aligned(dv, "dv");
   with_mma_instance(dims.head_dim, [&](auto instance) {
     constexpr int kDim = decltype(instance)::value;
     // Row deltas [B, H, T], of the bf16 dO the products read: written by the dQ kernel, read by the dK/dV
     // kernel queued after it. Freed on return, which only work queued later can reuse.
     Tensor delta = Tensor::empty({dims.batch, dims.heads, dims.seq}, DType::F32, Device::CUDA);
-    launch_mma(attention_dq_mma_kernel<kDim>, MmaQueryGradShared<kDim>::kBytes, dims, bf16_data(dout), bf16_data(q),
-               bf16_data(k), bf16_data(v), out.data<float>(), lse.data<float>(), g, dq.data<float>(),
-               delta.data<float>());
+    with_f32_or_bf16(out, "attention out", [&](auto* o) {
+      using Out = std::remove_pointer_t<decltype(o)>;
+      launch_mma(attention_dq_mma_kernel<kDim, Out>, MmaQueryGradShared<kDim>::kBytes, dims, bf16_data(dout),
+                 bf16_data(q), bf16_data(k), bf16_data(v), static_cast<const Out*>(o), lse.data<float>(), g,
+                 dq.data<float>(), delta.data<float>());
+    });
     EG_CUDA_CHECK_LAUNCH("attention_dq_mma_kernel");
-    launch_mma(attention_dkdv_mma_kernel<kDim>, MmaKeyValueGradShared<kDim>::kBytes, dims, bf16_data(dout),
-               bf16_data(q), bf16_data(k), bf16_data(v), lse.data<float>(), delta.data<float>(), g, dk.data<float>(),
-               dv.data<float>());
+    with_f32_or_bf16(dv, "attention dv", [&](auto* dv_out) {
+      using Dv = std::remove_pointer_t<decltype(dv_out)>;
+      launch_mma(attention_dkdv_mma_kernel<kDim, Dv>, MmaKeyValueGradShared<kDim>::kBytes, dims, bf16_data(dout),
+                 bf16_data(q), bf16_data(k), bf16_data(v), lse.data<float>(), delta.data<float>(), g,
+                 dk.data<float>(), dv_out);
+    });
     EG_CUDA_CHECK_LAUNCH("attention_dkdv_mma_kernel");
   });
 }

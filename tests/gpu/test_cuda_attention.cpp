@@ -4,7 +4,7 @@
 // multiple of any tile. BF16 (the tensor-core path, head dims 64 and 128): T = 1, 67, 200, 512 and
 // the tile edges (64, 65, 96, 128, 129, 257, 300), inputs that are not 16-byte aligned, and bf16
 // inputs (what the model gives that path), which must give the results of their f32 values bit for
-// bit, and are an error where that path does not run. Then bitwise repeatability in both modes, the
+// bit, and are an error where that path does not run; bf16 o and dv, the f32 ones rounded. Then bitwise repeatability in both modes, the
 // float32 fallback of other head dims under BF16, and the error past the largest instance.
 //
 // Tolerance, Float32: both sides compute in float32 but sum in different orders (the CPU: sgemm over
@@ -240,6 +240,35 @@ TEST_F(CudaAttention, Bf16InputsGiveTheResultsOfTheirF32Values) {
       expect_results_bitwise_equal(
           gpu_results(in, d, nullptr, placement, DType::BF16), from_f32,
           std::string("bf16 inputs") + (placement == Placement::kFresh ? ", " : ", unaligned, ") + d.name());
+  }
+}
+
+// With bf16 operands the kernels may write o and dv in bf16 (the model does: their products take
+// bf16): the f32 results rounded to nearest even, bit for bit, with lse unchanged. The backward's row
+// deltas then read the rounded o, so dq and dk move (within the BF16 tolerance of the CPU), while dv,
+// which does not depend on them, is the f32 dv rounded.
+TEST_F(CudaAttention, Bf16OutAndDvAreTheF32ResultsRounded) {
+  std::mt19937 gen(84);
+  const ScopedMatmulPrecision bf16(kernels::MatmulPrecision::BF16);
+  for (const Dims& d : {Dims{2, 67, 2, 64}, Dims{1, 200, 2, 128}}) {
+    if (kernels::attention_operand_dtype(Device::CUDA, d.head_dim) != DType::BF16) continue;  // d_h 128 on sm_89
+    const Inputs in = random_inputs(d, gen);
+    const Results f32_outputs = gpu_results(in, d, nullptr, Placement::kFresh, DType::BF16);
+    const Tensor q = on_gpu(in.q, Placement::kFresh, DType::BF16), k = on_gpu(in.k, Placement::kFresh, DType::BF16);
+    const Tensor v = on_gpu(in.v, Placement::kFresh, DType::BF16);
+    const Tensor dout = on_gpu(in.dout, Placement::kFresh, DType::BF16);
+    const Results poisoned = nan_results(d);
+    Tensor out = on_gpu(poisoned.out, Placement::kFresh, DType::BF16), lse = on_gpu(poisoned.lse);
+    Tensor dq = on_gpu(poisoned.dq), dk = on_gpu(poisoned.dk);
+    Tensor dv = on_gpu(poisoned.dv, Placement::kFresh, DType::BF16);
+    kernels::attention_forward(q, k, v, out, lse);
+    kernels::attention_backward(dout, q, k, v, out, lse, dq, dk, dv);
+    EXPECT_TRUE(bitwise_equal(out.copy_to(Device::CPU), round_to_bf16(f32_outputs.out).bf16)) << "out, " << d.name();
+    EXPECT_TRUE(bitwise_equal(lse.copy_to(Device::CPU), f32_outputs.lse)) << "lse, " << d.name();
+    EXPECT_TRUE(bitwise_equal(dv.copy_to(Device::CPU), round_to_bf16(f32_outputs.dv).bf16)) << "dv, " << d.name();
+    const Results cpu = cpu_results(rounded_to_bf16(in), d);
+    expect_close_at_scale(dq.copy_to(Device::CPU), cpu.dq, kBf16Products, "dq from a bf16 o, " + d.name());
+    expect_close_at_scale(dk.copy_to(Device::CPU), cpu.dk, kBf16Products, "dk from a bf16 o, " + d.name());
   }
 }
 
