@@ -1,11 +1,13 @@
 // CUDA kernel micro-benchmarks at the shapes of configs/h100-bench.pbtxt (16k tokens a step, d_model
 // 768, 64 experts of width 256, top-6, 12 heads of 64, sequence 2048), under bf16 matmuls: the grouped
-// expert products (forward, row gradients, weight gradients, balanced groups) and the attention forward
-// and backward. Each prints TFLOP/s; the figures and their commands live in docs/PERFORMANCE.md.
+// expert products (forward, row gradients and their pair, weight gradients, balanced groups; f32 output,
+// and bf16 beside it for the products into 768 columns) and the attention forward and backward. Each
+// prints TFLOP/s; the figures and their commands live in docs/PERFORMANCE.md.
 //   build-gpu/benchmarks/bench_cuda_kernels [--benchmark_filter=grouped]
 #include <benchmark/benchmark.h>
 
 #include <cstdint>
+#include <string>
 
 #include "kernels/attention.h"
 #include "kernels/cuda/grouped_mma.h"
@@ -64,32 +66,45 @@ void skip_not_taken(benchmark::State& state) { state.SkipWithError("the grouped 
 
 // One MoE layer's expert weights w [E, out, in] with the rows they multiply: first arg 0 takes d_model
 // to the expert width (w1, w3), 1 the expert width back to d_model (w2); second arg 0 runs the fastest
-// grouped kernel here (wgmma on an H100), 1 the mma.sync one, side by side.
+// grouped kernel here (wgmma on an H100), 1 the mma.sync one, side by side; `output`, the products'
+// output dtype.
 struct ExpertProduct {
-  explicit ExpertProduct(benchmark::State& state)
+  explicit ExpertProduct(benchmark::State& state, DType output = DType::F32)
       : in(state.range(0) ? kExpertWidth : kModel),
         out(state.range(0) ? kModel : kExpertWidth),
-        kernel(state.range(1) ? kernels::cuda::GroupedMmaKernel::MmaSync : kernels::cuda::GroupedMmaKernel::Fastest) {
-    state.SetLabel(state.range(1) || !kernels::cuda::grouped_wgmma_available() ? "mma.sync" : "wgmma");
+        kernel(state.range(1) ? kernels::cuda::GroupedMmaKernel::MmaSync : kernels::cuda::GroupedMmaKernel::Fastest),
+        output(output) {
+    state.SetLabel(std::string(state.range(1) || !kernels::cuda::grouped_wgmma_available() ? "mma.sync" : "wgmma") +
+                   (output == DType::BF16 ? ", bf16 out" : ""));
   }
   double flops() const { return 2.0 * rows * in * out; }
+  Tensor output_rows(int64_t cols) const { return Tensor::empty({rows, cols}, output, Device::CUDA); }
 
   int64_t rows = kTokens * kTopK, in, out;
   kernels::cuda::GroupedMmaKernel kernel;
+  DType output;
   Tensor x = random_on_device({rows, in}, 1, DType::BF16);    // the products' input rows
   Tensor dy = random_on_device({rows, out}, 2, DType::BF16);  // the gradient of their output
   Tensor w = random_on_device({kExperts, out, in}, 3, DType::BF16);
   std::vector<int64_t> offsets = balanced_offsets(rows);
 };
 
+// The output dtype of a benchmark with a third arg: 0 f32, 1 bf16.
+DType output_dtype(const benchmark::State& state) { return state.range(2) ? DType::BF16 : DType::F32; }
+
 void BM_grouped_forward(benchmark::State& state) {
   if (!device_ready(state)) return;
-  const ExpertProduct e(state);
-  Tensor y = Tensor::empty({e.rows, e.out}, DType::F32, Device::CUDA);
+  const ExpertProduct e(state, output_dtype(state));
+  Tensor y = e.output_rows(e.out);
   if (!kernels::cuda::grouped_mma(e.x, e.w, true, y, e.offsets, 0.0f, e.kernel)) return skip_not_taken(state);
   time_on_device(state, e.flops(), [&] { kernels::cuda::grouped_mma(e.x, e.w, true, y, e.offsets, 0.0f, e.kernel); });
 }
-BENCHMARK(BM_grouped_forward)->ArgsProduct({{0, 1}, {0, 1}})->Unit(benchmark::kMillisecond)->UseRealTime();
+// bf16 output for 256 → 768 only: the products into 768 columns are the ones the f32 writes bound.
+BENCHMARK(BM_grouped_forward)
+    ->ArgsProduct({{0}, {0, 1}, {0}})
+    ->ArgsProduct({{1}, {0, 1}, {0, 1}})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
 
 void BM_grouped_row_gradient(benchmark::State& state) {
   if (!device_ready(state)) return;
@@ -100,6 +115,22 @@ void BM_grouped_row_gradient(benchmark::State& state) {
                  [&] { kernels::cuda::grouped_mma(e.dy, e.w, false, dx, e.offsets, 0.0f, e.kernel); });
 }
 BENCHMARK(BM_grouped_row_gradient)->ArgsProduct({{0, 1}, {0, 1}})->Unit(benchmark::kMillisecond)->UseRealTime();
+
+// The row gradients through w1 and w3 summed in one pass into 768 columns (grouped_mma_pair, first arg
+// 0 only): dx = dy · w + dy3 · w3.
+void BM_grouped_row_gradient_pair(benchmark::State& state) {
+  if (!device_ready(state)) return;
+  const ExpertProduct e(state, output_dtype(state));
+  const Tensor dy3 = random_on_device(e.dy.shape(), 4, DType::BF16), w3 = random_on_device(e.w.shape(), 5, DType::BF16);
+  Tensor dx = e.output_rows(e.in);
+  const auto pair = [&] { return kernels::cuda::grouped_mma_pair(e.dy, e.w, dy3, w3, false, dx, e.offsets, e.kernel); };
+  if (!pair()) return skip_not_taken(state);
+  time_on_device(state, 2 * e.flops(), pair);
+}
+BENCHMARK(BM_grouped_row_gradient_pair)
+    ->ArgsProduct({{0}, {0, 1}, {0, 1}})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
 
 void BM_grouped_weight_gradient(benchmark::State& state) {
   if (!device_ready(state)) return;

@@ -5,7 +5,7 @@
 // (mma.sync m16n8k16, bf16 in, float32 accumulate; mma_fragments.cuh). 4 warps, each owning a
 // 64 × 64 piece of the tile: 8 ldmatrix per 32 mma per 16 of k, where 64 × 32 pieces needed 6 per
 // 16. Every output element is one thread's sum over k in a fixed order, so results repeat bit for
-// bit; no split-k, no atomics.
+// bit; no split-k, no atomics. A bf16 output (beta 0) is that float32 sum rounded to nearest even.
 #include <cuda_bf16.h>
 
 #include <algorithm>
@@ -55,15 +55,16 @@ struct StageTiles {
       : a{shared + stage * (kBytes / sizeof(__nv_bfloat16))}, b{a.end()} {}
 };
 
-// kWeightGrad: the weight-gradient layout (A read k-major); kBRowsK: b stored [k, n] (else [n, k]).
-template <bool kWeightGrad, bool kBRowsK>
+// kWeightGrad: the weight-gradient layout (A read k-major); kBRowsK: b stored [k, n] (else [n, k]); Out:
+// c's elements (float, or __nv_bfloat16 with beta 0).
+template <bool kWeightGrad, bool kBRowsK, class Out>
 __global__ void __launch_bounds__(kGemmThreads, 2) grouped_mma_kernel(const __grid_constant__ GroupedMmaParams p) {
   using Stage = StageTiles<kWeightGrad, kBRowsK>;
   extern __shared__ __align__(16) __nv_bfloat16 stage_storage[];
 
-  const GroupedTile t = locate_tile<kWeightGrad>(p);
+  const GroupedTile<Out> t = locate_tile<kWeightGrad, Out>(p);
   const int m = t.m, n = t.n, k = t.k, m0 = t.m0, n0 = t.n0;
-  float* c = t.c;
+  Out* c = t.c;
 
   // Starts the copies of k tile kt into its stage, if there is such a tile, as one commit group
   // (empty past the end, so that every thread always has the same number of groups in flight).
@@ -123,26 +124,28 @@ __global__ void __launch_bounds__(kGemmThreads, 2) grouped_mma_kernel(const __gr
 
   // Lane (g, c) holds rows g and g + 8, columns 2c and 2c + 1 of each 16 × 8 accumulator tile; n is a
   // multiple of 8, so a pair is inside or outside together, and c is 16-byte aligned, so a pair is
-  // one 8-byte access.
-  const auto pair_at = [&](int i, int j, int half) -> float2* {
+  // one 8-byte (float) or 4-byte (bf16) access.
+  const auto pair_at = [&](int i, int j, int half) -> Out* {
     const int row = m0 + wm + 16 * i + fragment_row() + 8 * half, col = n0 + wn + 8 * j + fragment_col();
-    return row < m && col < n ? reinterpret_cast<float2*>(c + int64_t{row} * p.ldc + col) : nullptr;
+    return row < m && col < n ? c + int64_t{row} * p.ldc + col : nullptr;
   };
-  if (p.beta != 0.0f) {
-    // Every read of c before the first write, so that the reads are in flight together (interleaved
-    // with the writes, each would wait for the one before it).
+  if constexpr (std::is_same_v<Out, float>) {  // a bf16 c comes with beta 0
+    if (p.beta != 0.0f) {
+      // Every read of c before the first write, so that the reads are in flight together (interleaved
+      // with the writes, each would wait for the one before it).
 #pragma unroll
-    for (int i = 0; i < kWarpM / 16; ++i)
+      for (int i = 0; i < kWarpM / 16; ++i)
 #pragma unroll
-      for (int j = 0; j < kWarpN / 8; ++j)
+        for (int j = 0; j < kWarpN / 8; ++j)
 #pragma unroll
-        for (int half = 0; half < 2; ++half) {
-          if (const float2* out = pair_at(i, j, half)) {
-            const float2 old = *out;
-            acc[i][j][2 * half] += p.beta * old.x;
-            acc[i][j][2 * half + 1] += p.beta * old.y;
+          for (int half = 0; half < 2; ++half) {
+            if (const float* out = pair_at(i, j, half)) {
+              const float2 old = *reinterpret_cast<const float2*>(out);
+              acc[i][j][2 * half] += p.beta * old.x;
+              acc[i][j][2 * half + 1] += p.beta * old.y;
+            }
           }
-        }
+    }
   }
 #pragma unroll
   for (int i = 0; i < kWarpM / 16; ++i)
@@ -150,12 +153,15 @@ __global__ void __launch_bounds__(kGemmThreads, 2) grouped_mma_kernel(const __gr
     for (int j = 0; j < kWarpN / 8; ++j)
 #pragma unroll
       for (int half = 0; half < 2; ++half)
-        if (float2* out = pair_at(i, j, half)) *out = make_float2(acc[i][j][2 * half], acc[i][j][2 * half + 1]);
+        if (Out* out = pair_at(i, j, half)) store_pair(out, acc[i][j][2 * half], acc[i][j][2 * half + 1]);
 }
 
-// Whether the one-launch kernel takes these tensors (see grouped_mma.h).
-bool takes(const Tensor& x, const Tensor& y, const Tensor& out, const std::vector<int64_t>& offsets) {
-  return x.dtype() == DType::BF16 && y.dtype() == DType::BF16 && out.dtype() == DType::F32 &&
+// Whether the one-launch kernel takes these tensors (see grouped_mma.h): `out` in float32, or in bf16
+// where bf16_out_allowed.
+bool takes(const Tensor& x, const Tensor& y, const Tensor& out, const std::vector<int64_t>& offsets,
+           bool bf16_out_allowed) {
+  return x.dtype() == DType::BF16 && y.dtype() == DType::BF16 &&
+         (out.dtype() == DType::F32 || (bf16_out_allowed && out.dtype() == DType::BF16)) &&
          static_cast<int64_t>(offsets.size()) <= kGroupedMmaMaxGroups + 1 && x.cols() % 8 == 0 &&
          y.cols() % 8 == 0 && out.cols() % 8 == 0 && aligned_16(x) && aligned_16(y) && aligned_16(out) &&
          x.numel() < INT_MAX && y.numel() < INT_MAX && out.numel() < INT_MAX;
@@ -178,27 +184,26 @@ void fill_groups(GroupedMmaParams& p, const std::vector<int64_t>& offsets, Tiles
 
 int tiles(int rows, int tile) { return (rows + tile - 1) / tile; }
 
-template <bool kWeightGrad, bool kBRowsK>
-void launch_mma_sync(const GroupedMmaParams& p) {
-  launch_with_shared(grouped_mma_kernel<kWeightGrad, kBRowsK>, dim3(p.tile_start[p.groups]), kGemmThreads,
-                     StageTiles<kWeightGrad, kBRowsK>::kSharedBytes, p);
-  EG_CUDA_CHECK_LAUNCH("grouped_mma_kernel");
-}
-
-void launch(const GroupedMmaParams& p, bool weight_grad, bool b_rows_k, GroupedMmaKernel kernel) {
+// bf16_c: p.c is __nv_bfloat16 (products only), else float.
+void launch(const GroupedMmaParams& p, bool weight_grad, bool b_rows_k, bool bf16_c, GroupedMmaKernel kernel) {
   if (p.tile_start[p.groups] == 0) return;
   if (kernel == GroupedMmaKernel::Fastest && grouped_wgmma_available()) {
-    return launch_grouped_wgmma(p, weight_grad, b_rows_k);
+    return launch_grouped_wgmma(p, weight_grad, b_rows_k, bf16_c);
   }
-  if (weight_grad) return launch_mma_sync<true, true>(p);
-  if (b_rows_k) return launch_mma_sync<false, true>(p);
-  launch_mma_sync<false, false>(p);
+  launch_instance(weight_grad, b_rows_k, bf16_c, [&]<bool kWeightGrad, bool kBRowsK, class Out>() {
+    launch_with_shared(grouped_mma_kernel<kWeightGrad, kBRowsK, Out>, dim3(p.tile_start[p.groups]), kGemmThreads,
+                       StageTiles<kWeightGrad, kBRowsK>::kSharedBytes, p);
+  });
+  EG_CUDA_CHECK_LAUNCH("grouped_mma_kernel");
 }
 
 // c_g = a_g · op(b[g]) (+ a2_g · op(b2[g]) when a2) + beta·c_g, if the kernels take it.
 bool products(const Tensor& a, const Tensor& b, const Tensor* a2, const Tensor* b2, bool trans_b, Tensor& c,
               const std::vector<int64_t>& offsets, float beta, GroupedMmaKernel kernel) {
-  if (!takes(a, b, c, offsets) || (a2 && !takes(*a2, *b2, c, offsets))) return false;
+  // A bf16 c only with beta 0, what the MoE's bf16 outputs need: accumulating into one is left to the
+  // per-group path.
+  const bool bf16_c_allowed = beta == 0.0f;
+  if (!takes(a, b, c, offsets, bf16_c_allowed) || (a2 && !takes(*a2, *b2, c, offsets, bf16_c_allowed))) return false;
   gemm_groups::check_offsets(offsets, b, a.rows(), "grouped_gemm");
   const int64_t k = a.cols(), n = trans_b ? b.dim(1) : b.dim(2);
   if (k == 0) return false;  // nothing to multiply: the per-group path writes beta·c
@@ -213,7 +218,7 @@ bool products(const Tensor& a, const Tensor& b, const Tensor* a2, const Tensor* 
   p.b = static_cast<const __nv_bfloat16*>(b.raw());
   p.a2 = a2 ? static_cast<const __nv_bfloat16*>(a2->raw()) : nullptr;
   p.b2 = b2 ? static_cast<const __nv_bfloat16*>(b2->raw()) : nullptr;
-  p.c = c.data<float>();
+  p.c = c.raw();
   p.n = static_cast<int>(n);
   p.k = static_cast<int>(k);
   p.lda = p.k;
@@ -223,7 +228,7 @@ bool products(const Tensor& a, const Tensor& b, const Tensor* a2, const Tensor* 
   p.beta = beta;
   const int tiles_n = tiles(p.n, kTileN);
   fill_groups(p, offsets, [&](int rows) { return tiles(rows, kTileM) * tiles_n; }, false);
-  launch(p, false, !trans_b, kernel);
+  launch(p, false, !trans_b, c.dtype() == DType::BF16, kernel);
   return true;
 }
 
@@ -255,7 +260,7 @@ bool grouped_mma_pair(const Tensor& a, const Tensor& b, const Tensor& a2, const 
 
 bool grouped_mma_wgrad(const Tensor& dc, const Tensor& a, Tensor& db, const std::vector<int64_t>& offsets,
                        GroupedMmaKernel kernel) {
-  if (!takes(dc, a, db, offsets)) return false;
+  if (!takes(dc, a, db, offsets, /*bf16_out_allowed=*/false)) return false;
   gemm_groups::check_offsets(offsets, db, a.rows(), "grouped_gemm_wgrad");
   EG_ASSERT(dc.rows() == a.rows() && dc.cols() == db.dim(1) && a.cols() == db.dim(2),
             "grouped_gemm_wgrad shapes: dc ", shape_str(dc.shape()), ", a ", shape_str(a.shape()), ", db ",
@@ -263,7 +268,7 @@ bool grouped_mma_wgrad(const Tensor& dc, const Tensor& a, Tensor& db, const std:
   GroupedMmaParams p{};
   p.a = static_cast<const __nv_bfloat16*>(dc.raw());
   p.b = static_cast<const __nv_bfloat16*>(a.raw());
-  p.c = db.data<float>();
+  p.c = db.raw();
   p.m = static_cast<int>(db.dim(1));
   p.n = static_cast<int>(db.dim(2));
   p.lda = p.m;
@@ -273,7 +278,7 @@ bool grouped_mma_wgrad(const Tensor& dc, const Tensor& a, Tensor& db, const std:
   p.beta = 1.0f;
   const int per_group = tiles(p.m, kTileM) * tiles(p.n, kTileN);
   fill_groups(p, offsets, [&](int rows) { return rows > 0 ? per_group : 0; }, true);
-  launch(p, true, true, kernel);
+  launch(p, true, true, false, kernel);
   return true;
 }
 

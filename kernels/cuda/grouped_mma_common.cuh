@@ -1,6 +1,7 @@
 #pragma once
 // What the two grouped-product kernels share (included by grouped_mma.cu and grouped_wgmma.cu only):
-// the group table in the kernel parameters, how a block finds its group and tile, and its copies.
+// the group table in the kernel parameters, how a block finds its group and tile, its copies and
+// stores, and which kernel instance a launch takes.
 // Both kernels cut every group's output into 128 × 128 tiles, one block each, so one table of first
 // blocks serves both.
 //
@@ -9,6 +10,8 @@
 //   c, and b[g] is [n, k] (trans_b) or [k, n]: m varies per group, n and k are fixed;
 // - weight gradients: group g owns rows [o_g, o_{g+1}) of dc and a, which are its k; db[g] is
 //   [m, n] and A = dcᵀ is read k-major: k varies per group, m and n are fixed.
+// The output's element type is a template parameter of the kernels (Out: float, or __nv_bfloat16 for
+// products with beta 0), so the float instances compile to the same code as without bf16 outputs.
 #include <cuda_bf16.h>
 
 #include <cstdint>
@@ -25,11 +28,11 @@ struct GroupedMmaParams {
   const __nv_bfloat16* b;
   const __nv_bfloat16* a2;  // products only: null, or the second pair of operands (shaped like a, b)
   const __nv_bfloat16* b2;  // whose product is added (grouped_mma_pair)
-  float* c;
-  int m, n, k;             // the fixed ones of the layout (m of weight gradients, k of products)
-  int lda, ldb, ldc;       // row lengths in elements
-  int64_t b_group_stride;  // products: elements between b[g] and b[g+1]
-  int64_t c_group_stride;  // weight gradients: elements between db[g] and db[g+1]
+  void* c;                  // Out: float, or __nv_bfloat16 (products with beta 0 only)
+  int m, n, k;              // the fixed ones of the layout (m of weight gradients, k of products)
+  int lda, ldb, ldc;        // row lengths in elements
+  int64_t b_group_stride;   // products: elements between b[g] and b[g+1]
+  int64_t c_group_stride;   // weight gradients: elements between db[g] and db[g+1]
   float beta;
   int groups;
   int offsets[kGroupedMmaMaxGroups + 1];     // the groups' first rows
@@ -45,13 +48,14 @@ namespace {
 
 // The tile a block computes: its group's sizes, the tile's first row and column of the group's
 // output, and the group's a, b (and a2, b2) and c.
+template <class Out>
 struct GroupedTile {
   int m, n, k, m0, n0;
   const __nv_bfloat16* a;  // rows m (products) or k (weight gradients)
   const __nv_bfloat16* b;
   const __nv_bfloat16* a2;  // null unless a pair
   const __nv_bfloat16* b2;
-  float* c;
+  Out* c;
 };
 
 // Where k tile kt of a product (kTileK wide) comes from: tiles past the first operands' k come from
@@ -61,20 +65,20 @@ struct KTileSource {
   const __nv_bfloat16* b;
   int k0;
 };
-template <int kTileK>
-__device__ inline int k_tiles_of(const GroupedTile& t) {
+template <int kTileK, class Out>
+__device__ inline int k_tiles_of(const GroupedTile<Out>& t) {
   const int tiles = (t.k + kTileK - 1) / kTileK;
   return t.a2 ? 2 * tiles : tiles;
 }
-template <int kTileK>
-__device__ inline KTileSource k_tile_source(const GroupedTile& t, int kt) {
+template <int kTileK, class Out>
+__device__ inline KTileSource k_tile_source(const GroupedTile<Out>& t, int kt) {
   const int first_tiles = (t.k + kTileK - 1) / kTileK;
   if (kt < first_tiles) return {t.a, t.b, kt * kTileK};
   return {t.a2, t.b2, (kt - first_tiles) * kTileK};
 }
 
-template <bool kWeightGrad>
-__device__ inline GroupedTile locate_tile(const GroupedMmaParams& p) {
+template <bool kWeightGrad, class Out>
+__device__ inline GroupedTile<Out> locate_tile(const GroupedMmaParams& p) {
   // This block's place in the order: the last whose first block is at most blockIdx.x (empty groups
   // have none).
   const int block = static_cast<int>(blockIdx.x);
@@ -89,7 +93,7 @@ __device__ inline GroupedTile locate_tile(const GroupedMmaParams& p) {
   }
   const int g = p.order[place];
   const int first = p.offsets[g], count = p.offsets[g + 1] - first;
-  GroupedTile t;
+  GroupedTile<Out> t;
   t.m = kWeightGrad ? p.m : count;
   t.k = kWeightGrad ? count : p.k;
   t.n = p.n;
@@ -100,7 +104,8 @@ __device__ inline GroupedTile locate_tile(const GroupedMmaParams& p) {
   t.b = kWeightGrad ? p.b + int64_t{first} * p.ldb : p.b + g * p.b_group_stride;
   t.a2 = kWeightGrad || !p.a2 ? nullptr : p.a2 + int64_t{first} * p.lda;
   t.b2 = kWeightGrad || !p.b2 ? nullptr : p.b2 + g * p.b_group_stride;
-  t.c = kWeightGrad ? p.c + g * p.c_group_stride : p.c + int64_t{first} * p.ldc;
+  Out* const c = static_cast<Out*>(p.c);
+  t.c = kWeightGrad ? c + g * p.c_group_stride : c + int64_t{first} * p.ldc;
   return t;
 }
 
@@ -112,9 +117,30 @@ __device__ inline void copy_chunk(uint32_t shared_address, const __nv_bfloat16* 
   cp_async_16_or_zeros(shared_address, inside ? base + int64_t{row} * ld + column : base, inside);
 }
 
+// Two adjacent outputs (columns 2c, 2c + 1 of an accumulator fragment) as one access: a float2, or a
+// __nv_bfloat162 of their nearest-even roundings.
+__device__ inline void store_pair(float* out, float x, float y) { *reinterpret_cast<float2*>(out) = make_float2(x, y); }
+__device__ inline void store_pair(__nv_bfloat16* out, float x, float y) {
+  *reinterpret_cast<__nv_bfloat162*>(out) = __floats2bfloat162_rn(x, y);
+}
+
 }  // namespace
 
+// Calls launch.template operator()<kWeightGrad, kBRowsK, Out>() for the kernel instance a table needs:
+// weight gradients (b read [k, n], float c), or products with b stored [k, n] (b_rows_k) or [n, k] and
+// a float or (bf16_c) __nv_bfloat16 c.
+template <class Launch>
+void launch_instance(bool weight_grad, bool b_rows_k, bool bf16_c, Launch&& launch) {
+  if (weight_grad) return launch.template operator()<true, true, float>();
+  if (bf16_c) {
+    if (b_rows_k) return launch.template operator()<false, true, __nv_bfloat16>();
+    return launch.template operator()<false, false, __nv_bfloat16>();
+  }
+  if (b_rows_k) return launch.template operator()<false, true, float>();
+  launch.template operator()<false, false, float>();
+}
+
 // The launch of the Hopper kernel (grouped_wgmma.cu), for a table filled like grouped_mma.cu's.
-void launch_grouped_wgmma(const GroupedMmaParams& p, bool weight_grad, bool b_rows_k);
+void launch_grouped_wgmma(const GroupedMmaParams& p, bool weight_grad, bool b_rows_k, bool bf16_c);
 
 }  // namespace engram::kernels::cuda

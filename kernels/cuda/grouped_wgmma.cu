@@ -21,10 +21,11 @@
 //   blocks per SM (3 stages × 32 KB each) let one block's copies and epilogue overlap the other's
 //   products.
 // Every output element is beta·c plus the tensor core's sum over k in a fixed order: results repeat
-// bit for bit.
+// bit for bit. A bf16 output (beta 0) is that float32 sum rounded to nearest even.
 #include <cuda_bf16.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/grouped_mma_common.cuh"
@@ -121,14 +122,15 @@ __device__ inline void wgmma_m64n128k16(float (&d)[64], uint64_t a, uint64_t b) 
 #endif
 }
 
-// kWeightGrad: A = dcᵀ (MN-major); kBRowsK: b[g] stored [k, n] (MN-major), else [n, k].
-template <bool kWeightGrad, bool kBRowsK>
+// kWeightGrad: A = dcᵀ (MN-major); kBRowsK: b[g] stored [k, n] (MN-major), else [n, k]; Out: c's
+// elements (float, or __nv_bfloat16 with beta 0).
+template <bool kWeightGrad, bool kBRowsK, class Out>
 __global__ void __launch_bounds__(kWgmmaThreads, 2) grouped_wgmma_kernel(const __grid_constant__ GroupedMmaParams p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   extern __shared__ __align__(16) unsigned char shared_storage[];
   const uint32_t stages =
       (static_cast<uint32_t>(__cvta_generic_to_shared(shared_storage)) + kAtomBytes - 1) & ~(kAtomBytes - 1);
-  const GroupedTile t = locate_tile<kWeightGrad>(p);
+  const GroupedTile<Out> t = locate_tile<kWeightGrad, Out>(p);
 
   // Starts the copies of k tile kt into its stage, if there is such a tile, as one commit group
   // (empty past the end, so that every thread always has the same number of groups in flight).
@@ -154,27 +156,35 @@ __global__ void __launch_bounds__(kWgmmaThreads, 2) grouped_wgmma_kernel(const _
   // Warp w of the warpgroup holds rows 16w … 16w+15 of each 64-row half; in it, lane (g, c) holds
   // rows g and g + 8, columns 8j + 2c and 8j + 2c + 1 as registers 4j + 2·half, 4j + 2·half + 1 (the
   // m16n8 accumulator layout, repeated along n). n is a multiple of 8, so a pair is inside or outside
-  // together, and c is 16-byte aligned, so a pair is one 8-byte access.
+  // together, and c is 16-byte aligned, so a pair is one 8-byte (float) or 4-byte (bf16) access.
   const int warp = static_cast<int>(threadIdx.x) / kWarpSize, lane = lane_id();
-  const auto pair_at = [&](int h, int j, int half) -> float2* {
+  const auto pair_at = [&](int h, int j, int half) -> Out* {
     const int row = t.m0 + 64 * h + 16 * warp + lane / 4 + 8 * half, col = t.n0 + 8 * j + 2 * (lane % 4);
-    return row < t.m && col < t.n ? reinterpret_cast<float2*>(t.c + int64_t{row} * p.ldc + col) : nullptr;
+    return row < t.m && col < t.n ? t.c + int64_t{row} * p.ldc + col : nullptr;
   };
   for (int kt = 0; kt < kStages - 1; ++kt) load_stage(kt);
   // The accumulators start at beta·c (read once, before the products, straight into them; at the end
-  // the reads would wait behind the writes), or at 0 without reading c (it may hold NaN).
+  // the reads would wait behind the writes), or at 0 without reading c (it may hold NaN; a bf16 c
+  // comes with beta 0).
   float acc[2][64];
+  if constexpr (std::is_same_v<Out, float>) {
 #pragma unroll
-  for (int h = 0; h < 2; ++h)
+    for (int h = 0; h < 2; ++h)
 #pragma unroll
-    for (int j = 0; j < 16; ++j)
+      for (int j = 0; j < 16; ++j)
 #pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const float2* in = p.beta != 0.0f ? pair_at(h, j, half) : nullptr;
-        const float2 old = in ? *in : make_float2(0.0f, 0.0f);
-        acc[h][4 * j + 2 * half] = p.beta * old.x;
-        acc[h][4 * j + 2 * half + 1] = p.beta * old.y;
-      }
+        for (int half = 0; half < 2; ++half) {
+          const float* in = p.beta != 0.0f ? pair_at(h, j, half) : nullptr;
+          const float2 old = in ? *reinterpret_cast<const float2*>(in) : make_float2(0.0f, 0.0f);
+          acc[h][4 * j + 2 * half] = p.beta * old.x;
+          acc[h][4 * j + 2 * half + 1] = p.beta * old.y;
+        }
+  } else {
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+#pragma unroll
+      for (int i = 0; i < 64; ++i) acc[h][i] = 0.0f;
+  }
   for (int kt = 0; kt < k_tiles; ++kt) {
     cp_async_wait<kStages - 2>();  // this thread's copies of tile kt have landed
     fence_proxy_async();
@@ -204,26 +214,20 @@ __global__ void __launch_bounds__(kWgmmaThreads, 2) grouped_wgmma_kernel(const _
     for (int j = 0; j < 16; ++j)
 #pragma unroll
       for (int half = 0; half < 2; ++half)
-        if (float2* out = pair_at(h, j, half))
-          *out = make_float2(acc[h][4 * j + 2 * half], acc[h][4 * j + 2 * half + 1]);
+        if (Out* out = pair_at(h, j, half)) store_pair(out, acc[h][4 * j + 2 * half], acc[h][4 * j + 2 * half + 1]);
 #else
   __trap();  // launched only where grouped_wgmma_available(): sm_90a code on a 9.0 device
 #endif
 }
 
-template <bool kWeightGrad, bool kBRowsK>
-void launch_wgmma(const GroupedMmaParams& p) {
-  launch_with_shared(grouped_wgmma_kernel<kWeightGrad, kBRowsK>, dim3(p.tile_start[p.groups]), kWgmmaThreads,
-                     kSharedBytes, p);
-  EG_CUDA_CHECK_LAUNCH("grouped_wgmma_kernel");
-}
-
 }  // namespace
 
-void launch_grouped_wgmma(const GroupedMmaParams& p, bool weight_grad, bool b_rows_k) {
-  if (weight_grad) return launch_wgmma<true, true>(p);
-  if (b_rows_k) return launch_wgmma<false, true>(p);
-  launch_wgmma<false, false>(p);
+void launch_grouped_wgmma(const GroupedMmaParams& p, bool weight_grad, bool b_rows_k, bool bf16_c) {
+  launch_instance(weight_grad, b_rows_k, bf16_c, [&]<bool kWeightGrad, bool kBRowsK, class Out>() {
+    launch_with_shared(grouped_wgmma_kernel<kWeightGrad, kBRowsK, Out>, dim3(p.tile_start[p.groups]), kWgmmaThreads,
+                       kSharedBytes, p);
+  });
+  EG_CUDA_CHECK_LAUNCH("grouped_wgmma_kernel");
 }
 
 }  // namespace engram::kernels::cuda

@@ -26,6 +26,33 @@ using namespace testing_util;
 
 using CudaGemm = CudaTest;
 
+// A bf16 tensor's values as a host f32 tensor (exact).
+Tensor bf16_values(const Tensor& bf16) {
+  const Tensor bits = bf16.copy_to(Device::CPU);
+  Tensor out = Tensor::empty(bits.shape());
+  const auto* values = static_cast<const uint16_t*>(bits.raw());
+  for (int64_t i = 0; i < out.numel(); ++i) out.data<float>()[i] = from_bf16(values[i]);
+  return out;
+}
+
+// A device bf16 tensor of NaN (every bit set): an element a kernel fails to write stays NaN.
+Tensor nan_bf16_on_device(const Shape& shape) {
+  Tensor t = Tensor::empty(shape, DType::BF16);
+  std::memset(t.raw(), 0xff, t.nbytes());
+  return t.copy_to(Device::CUDA);
+}
+
+// The first rows of `groups` uneven groups for the one-launch grouped kernels: every fourth empty, the
+// last 300 rows (not a multiple of the 128-row tile; as a weight gradient's k, more tiles than pipeline
+// stages), the others 1 to 150.
+std::vector<int64_t> uneven_group_offsets(int64_t groups) {
+  std::vector<int64_t> offsets{0};
+  for (int64_t g = 0; g < groups; ++g) {
+    offsets.push_back(offsets.back() + (g % 4 == 1 ? 0 : g == groups - 1 ? 300 : 1 + (g * 37) % 150));
+  }
+  return offsets;
+}
+
 TEST_F(CudaGemm, F32MatchesTheCpuForEveryTransposeAndBeta) {
   std::mt19937 gen(91);
   const int64_t m = 33, k = 67, n = 45;
@@ -67,10 +94,7 @@ TEST_F(CudaGemm, Bf16InputsAccumulateInF32) {
 
   Tensor c_bf16 = Tensor::empty({m, n}, DType::BF16, Device::CUDA);
   kernels::gemm(a_gpu, false, b_gpu, true, c_bf16);
-  const Tensor bits = c_bf16.copy_to(Device::CPU);
-  Tensor as_f32 = Tensor::empty({m, n});
-  for (int64_t i = 0; i < m * n; ++i) as_f32.data<float>()[i] = from_bf16(static_cast<const uint16_t*>(bits.raw())[i]);
-  expect_close(as_f32, to_double(expected), 1.0 / 256, 1e-4, "bf16 · bf16 -> bf16");
+  expect_close(bf16_values(c_bf16), to_double(expected), 1.0 / 256, 1e-4, "bf16 · bf16 -> bf16");
 }
 
 // Under MatmulPrecision::BF16 an f32 product is the bf16 product of the operands rounded to nearest
@@ -206,10 +230,7 @@ TEST_F(CudaGemm, GroupedMmaKernelMatchesTheCpu) {
             << "\n";
   std::mt19937 gen(97);
   const int64_t groups = 9, n = 136;
-  std::vector<int64_t> offsets{0};
-  for (int64_t g = 0; g < groups; ++g) {  // every fourth empty, the last longer than 3 stages of k
-    offsets.push_back(offsets.back() + (g % 4 == 1 ? 0 : g == groups - 1 ? 300 : 1 + (g * 37) % 150));
-  }
+  const std::vector<int64_t> offsets = uneven_group_offsets(groups);
   const int64_t rows = offsets.back();
   for (const GroupedMmaKernel kernel : {GroupedMmaKernel::MmaSync, GroupedMmaKernel::Fastest}) {
     const std::string which = kernel == GroupedMmaKernel::MmaSync ? "mma.sync, " : "fastest, ";
@@ -262,6 +283,62 @@ TEST_F(CudaGemm, GroupedMmaKernelMatchesTheCpu) {
   const Tensor odd = round_to_bf16(random_uniform({rows, 41}, gen)).bf16.copy_to(Device::CUDA);
   const Tensor odd_b = round_to_bf16(random_uniform({groups, n, 41}, gen)).bf16.copy_to(Device::CUDA);
   EXPECT_FALSE(kernels::cuda::grouped_mma(odd, odd_b, true, unused, offsets, 0.0f));
+}
+
+// A bf16 c (beta 0, over NaN) from both one-launch kernels, for products (both layouts of b, fewer and
+// more tiles of k than pipeline stages) and pairs, on the groups above: bit for bit the same kernel's
+// float32 result rounded to nearest even (the same sums in the same order), so within the CPU's
+// tolerance plus bf16's rounding (rtol 2^-8). Not taken: a bf16 c with beta 1 (the caller's per-group
+// path accumulates into it) and a bf16 weight gradient.
+TEST_F(CudaGemm, GroupedMmaKernelWritesBf16AsTheF32ResultRounded) {
+  using kernels::cuda::GroupedMmaKernel;
+  std::mt19937 gen(98);
+  const int64_t groups = 9, n = 136;
+  const std::vector<int64_t> offsets = uneven_group_offsets(groups);
+  const int64_t rows = offsets.back();
+  const auto expect_rounded = [](const Tensor& c, const Tensor& c_f32, const Tensor& expected,
+                                 const std::string& what) {
+    EXPECT_TRUE(bitwise_equal(c.copy_to(Device::CPU), round_to_bf16(c_f32.copy_to(Device::CPU)).bf16))
+        << what << ": not the f32 result rounded to nearest even";
+    expect_close(bf16_values(c), to_double(expected), 1e-5 + 1.0 / 256, 1e-4, what);
+  };
+  for (const GroupedMmaKernel kernel : {GroupedMmaKernel::MmaSync, GroupedMmaKernel::Fastest}) {
+    const std::string which = kernel == GroupedMmaKernel::MmaSync ? "mma.sync, " : "fastest, ";
+    for (const auto& [k, trans_b] : std::vector<std::pair<int64_t, bool>>{{40, true}, {264, false}, {264, true}}) {
+      const Shape b_shape = trans_b ? Shape{groups, n, k} : Shape{groups, k, n};
+      const Bf16Values a = round_to_bf16(random_uniform({rows, k}, gen));
+      const Bf16Values b = round_to_bf16(random_uniform(b_shape, gen));
+      const Bf16Values a2 = round_to_bf16(random_uniform({rows, k}, gen));
+      const Bf16Values b2 = round_to_bf16(random_uniform(b_shape, gen));
+      const Tensor a_gpu = a.bf16.copy_to(Device::CUDA), b_gpu = b.bf16.copy_to(Device::CUDA);
+      const Tensor a2_gpu = a2.bf16.copy_to(Device::CUDA), b2_gpu = b2.bf16.copy_to(Device::CUDA);
+      const std::string what = which + "k " + std::to_string(k) + (trans_b ? ", b^T" : ", b");
+
+      Tensor expected = nan_tensor({rows, n});
+      kernels::grouped_gemm(a.f32, b.f32, trans_b, expected, offsets);
+      Tensor c = nan_bf16_on_device({rows, n}), c_f32 = nan_tensor({rows, n}).copy_to(Device::CUDA);
+      ASSERT_TRUE(kernels::cuda::grouped_mma(a_gpu, b_gpu, trans_b, c, offsets, 0.0f, kernel)) << what;
+      ASSERT_TRUE(kernels::cuda::grouped_mma(a_gpu, b_gpu, trans_b, c_f32, offsets, 0.0f, kernel)) << what;
+      expect_rounded(c, c_f32, expected, "grouped mma into bf16, " + what);
+
+      Tensor pair_expected = nan_tensor({rows, n});
+      kernels::grouped_gemm_pair(a.f32, b.f32, a2.f32, b2.f32, trans_b, pair_expected, offsets);
+      Tensor pair = nan_bf16_on_device({rows, n}), pair_f32 = nan_tensor({rows, n}).copy_to(Device::CUDA);
+      ASSERT_TRUE(kernels::cuda::grouped_mma_pair(a_gpu, b_gpu, a2_gpu, b2_gpu, trans_b, pair, offsets, kernel))
+          << what;
+      ASSERT_TRUE(kernels::cuda::grouped_mma_pair(a_gpu, b_gpu, a2_gpu, b2_gpu, trans_b, pair_f32, offsets, kernel))
+          << what;
+      expect_rounded(pair, pair_f32, pair_expected, "grouped mma pair into bf16, " + what);
+    }
+  }
+
+  const Tensor a = round_to_bf16(random_uniform({rows, 40}, gen)).bf16.copy_to(Device::CUDA);
+  const Tensor b = round_to_bf16(random_uniform({groups, n, 40}, gen)).bf16.copy_to(Device::CUDA);
+  Tensor c = nan_bf16_on_device({rows, n});
+  EXPECT_FALSE(kernels::cuda::grouped_mma(a, b, true, c, offsets, 1.0f));
+  const Tensor dc = round_to_bf16(random_uniform({rows, n}, gen)).bf16.copy_to(Device::CUDA);
+  Tensor db = nan_bf16_on_device({groups, n, 40});
+  EXPECT_FALSE(kernels::cuda::grouped_mma_wgrad(dc, a, db, offsets));
 }
 
 TEST_F(CudaGemm, GroupedProductsMatchTheCpuWithAnEmptyGroup) {
