@@ -13,6 +13,7 @@
 #include "kernels/cuda/grouped_mma.h"
 #include "kernels/gemm.h"
 #include "kernels/matmul_precision.h"
+#include "kernels/rmsnorm.h"
 #include "runtime/cuda/device.h"
 
 namespace engram {
@@ -171,6 +172,35 @@ void BM_attention_backward(benchmark::State& state) {
                  [&] { kernels::attention_backward(t.dout, t.q, t.k, t.v, t.out, t.lse, t.dq, t.dk, t.dv); });
 }
 BENCHMARK(BM_attention_backward)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+// RMSNorm over one step's rows of d_model: arg 0 the forward writing bf16 y (what the products take),
+// 1 the backward adding the residual gradient, dg's column sums included. Prints GB/s of the bytes
+// the kernels cannot avoid moving (each value read or written once; rows read again from L2 not
+// counted): 4 + 2 bytes a value forward (x, y), 16 backward (dy, x, dx_residual, dx), 4 a row (rstd).
+void BM_rmsnorm(benchmark::State& state) {
+  if (!device_ready(state)) return;
+  const bool backward = state.range(0) == 1;
+  state.SetLabel(backward ? "backward, dx_residual" : "forward, bf16 y");
+  const Tensor x = random_on_device({kTokens, kModel}, 11), g = random_on_device({kModel}, 12);
+  const Tensor dy = random_on_device({kTokens, kModel}, 13), residual = random_on_device({kTokens, kModel}, 14);
+  Tensor y = Tensor::empty({kTokens, kModel}, DType::BF16, Device::CUDA);
+  Tensor rstd = Tensor::empty({kTokens}, DType::F32, Device::CUDA);
+  Tensor dx = Tensor::empty({kTokens, kModel}, DType::F32, Device::CUDA);
+  Tensor dg = Tensor::zeros({kModel}, DType::F32, Device::CUDA);
+  kernels::rmsnorm_forward(x, g, 1e-6f, y, rstd);
+  const double bytes = (backward ? 16.0 : 6.0) * kTokens * kModel + 4.0 * kTokens;
+  time_on_device(state, 0.0, [&] {
+    if (backward) {
+      kernels::rmsnorm_backward(dy, x, g, rstd, dx, dg, residual);
+    } else {
+      kernels::rmsnorm_forward(x, g, 1e-6f, y, rstd);
+    }
+  });
+  state.counters.erase("TFLOP/s");  // a figure of bytes, not of products
+  state.counters["GB/s"] =
+      benchmark::Counter(bytes * 1e-9, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
+}
+BENCHMARK(BM_rmsnorm)->Arg(0)->Arg(1)->Unit(benchmark::kMicrosecond)->UseRealTime();
 
 }  // namespace
 }  // namespace engram

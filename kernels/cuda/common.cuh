@@ -240,21 +240,34 @@ __global__ void column_chunk_sums_kernel(ChunkSum chunk_sum, int64_t rows, int64
 // out[col] += Σ_chunk partial[chunk, col], chunks in ascending order (kernels/cuda/column_sums.cu).
 __global__ void add_chunk_sums_kernel(const double* partial, int64_t chunks, int64_t cols, float* out);
 
+// The row chunks of a column sum, also for kernels that make the partial sums themselves (fused with
+// other work): their size depends on the row count only, so the order of the additions does too.
+struct RowChunks {
+  explicit RowChunks(int64_t rows)
+      : rows_per_chunk(std::max(kMinChunkRows, (rows + kMaxRowChunks - 1) / kMaxRowChunks)),
+        count((rows + rows_per_chunk - 1) / rows_per_chunk) {}
+  int64_t rows_per_chunk, count;
+};
+
+// The second stage: out[col] += Σ_chunk partial[chunk, col] (partial: device_doubles(chunks·cols)).
+inline void add_chunk_sums(const Tensor& partial, int64_t chunks, int64_t cols, float* out) {
+  add_chunk_sums_kernel<<<grid_for(cols), kThreads, 0, compute_stream()>>>(doubles(partial), chunks, cols, out);
+  EG_CUDA_CHECK_LAUNCH("add_chunk_sums_kernel");
+}
+
 // out[col] += Σ over rows [0, rows) of the column's terms (out: cols floats on the device).
 template <class ChunkSum>
 void add_column_sums(ChunkSum chunk_sum, int64_t rows, int64_t cols, float* out) {
   if (cols == 0) return;
-  const int64_t chunk_rows = std::max(kMinChunkRows, (rows + kMaxRowChunks - 1) / kMaxRowChunks);
-  const int64_t chunks = (rows + chunk_rows - 1) / chunk_rows;
-  cudaStream_t stream = compute_stream();
-  const Tensor partial = device_doubles(chunks * cols);
-  if (chunks > 0) {
-    const dim3 grid(static_cast<unsigned>((cols + kThreads - 1) / kThreads), static_cast<unsigned>(chunks));
-    column_chunk_sums_kernel<<<grid, kThreads, 0, stream>>>(chunk_sum, rows, cols, chunk_rows, doubles(partial));
+  const RowChunks chunks(rows);
+  const Tensor partial = device_doubles(chunks.count * cols);
+  if (chunks.count > 0) {
+    const dim3 grid(static_cast<unsigned>((cols + kThreads - 1) / kThreads), static_cast<unsigned>(chunks.count));
+    column_chunk_sums_kernel<<<grid, kThreads, 0, compute_stream()>>>(chunk_sum, rows, cols, chunks.rows_per_chunk,
+                                                                      doubles(partial));
     EG_CUDA_CHECK_LAUNCH("column_chunk_sums_kernel");
   }
-  add_chunk_sums_kernel<<<grid_for(cols), kThreads, 0, stream>>>(doubles(partial), chunks, cols, out);
-  EG_CUDA_CHECK_LAUNCH("add_chunk_sums_kernel");
+  add_chunk_sums(partial, chunks.count, cols, out);
 }
 
 // The ChunkSum of Term (`__device__ double operator()(int64_t row, int64_t col) const`): its terms
