@@ -1,8 +1,9 @@
 // CUDA kernel micro-benchmarks at the shapes of configs/h100-bench.pbtxt (16k tokens a step, d_model
 // 768, 64 experts of width 256, top-6, 12 heads of 64, sequence 2048), under bf16 matmuls: the grouped
 // expert products (forward, row gradients and their pair, weight gradients, balanced groups; f32 output,
-// and bf16 beside it for the products into 768 columns) and the attention forward and backward. Each
-// prints TFLOP/s; the figures and their commands live in docs/PERFORMANCE.md.
+// and bf16 beside it for the products into 768 columns), the attention forward and backward (TFLOP/s
+// each) and the RMSNorm forward and backward (GB/s of the bytes they must move); the figures and
+// their commands live in docs/PERFORMANCE.md.
 //   build-gpu/benchmarks/bench_cuda_kernels [--benchmark_filter=grouped]
 #include <benchmark/benchmark.h>
 

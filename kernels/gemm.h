@@ -36,8 +36,9 @@ Tensor matmul_operand(const Tensor& x);
 #ifdef ENGRAM_HAVE_CUDA
 namespace cuda {  // kernels/cuda/gemm.cu, the contracts of cpu:: above
 // a and b f32 or bf16 (one of each only under MatmulPrecision::BF16, which rounds the f32 one), c f32
-// or bf16; float32 accumulation (cuBLASLt). Grouped products of bf16 operands with f32 output run as
-// one tensor-core kernel (kernels/cuda/grouped_mma.cu), others as one cuBLASLt call per group.
+// or bf16; float32 accumulation (cuBLASLt). Grouped products of bf16 operands with f32 output, or
+// bf16 output and beta 0, run as one tensor-core kernel (kernels/cuda/grouped_mma.h), others as one
+// cuBLASLt call per group.
 void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& c, float alpha = 1.0f,
           float beta = 0.0f);
 void gemm_float32(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& c, float alpha = 1.0f,

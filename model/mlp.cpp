@@ -34,10 +34,13 @@ void SwiGluMlp::forward_into(const Tensor& x, Tensor& y, float beta) {
   w1_operand_ = kernels::matmul_operand(w1_.value);
   w3_operand_ = kernels::matmul_operand(w3_.value);
   w2_operand_ = kernels::matmul_operand(w2_.value);
-  gate_ = Tensor::empty({n, d_ff}, DType::F32, x.device());
-  up_ = Tensor::empty({n, d_ff}, DType::F32, x.device());
-  // Written straight in the dtype the products take (no f32 copy to round).
-  act_ = Tensor::empty({n, d_ff}, kernels::matmul_operand_dtype(x.device()), x.device());
+  // gate and up only feed the SwiGLU, which computes in f32: under bf16 matmuls the products write
+  // them in bf16 (half the traffic, as autocast does); the SwiGLU writes act in the dtype the next
+  // product takes (no f32 copy to round).
+  const DType hidden_dtype = kernels::matmul_operand_dtype(x.device());
+  gate_ = Tensor::empty({n, d_ff}, hidden_dtype, x.device());
+  up_ = Tensor::empty({n, d_ff}, hidden_dtype, x.device());
+  act_ = Tensor::empty({n, d_ff}, hidden_dtype, x.device());
   kernels::gemm(x_, false, w1_operand_, true, gate_);
   kernels::gemm(x_, false, w3_operand_, true, up_);
   kernels::swiglu_forward(gate_, up_, act_);
@@ -47,7 +50,7 @@ void SwiGluMlp::forward_into(const Tensor& x, Tensor& y, float beta) {
 void SwiGluMlp::backward_into(const Tensor& dy_in, Tensor& dx, float beta) {
   const Shape& hidden = gate_.shape();
   const Tensor dy = kernels::matmul_operand(dy_in);
-  Tensor dact = Tensor::empty(hidden, DType::F32, dy.device());
+  Tensor dact = Tensor::empty(hidden, act_.dtype(), dy.device());  // only the SwiGLU backward reads it
   kernels::gemm(dy, false, w2_operand_, false, dact);
   kernels::gemm(dy, true, act_, false, w2_.grad, 1.0f, 1.0f);
 

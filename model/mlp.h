@@ -33,7 +33,7 @@ class SwiGluMlp {
   // forward; the hidden activation written by the SwiGLU in that dtype): the input, the hidden
   // activation and the weights, for backward.
   Tensor x_, act_, w1_operand_, w3_operand_, w2_operand_;
-  Tensor gate_, up_;
+  Tensor gate_, up_;  // the products' outputs, in the same dtype as act_
 };
 
 }  // namespace engram

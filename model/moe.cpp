@@ -47,7 +47,7 @@ struct MoELayer::ExpertSaved {
   Tensor rows;            // [A, D]: input row of each assignment, grouped by (held) expert
   Tensor act;             // [A, F_e], written by the SwiGLU in that dtype
   Tensor w1, w3, w2;      // the held experts' weights
-  Tensor gate, up;        // [A, F_e], f32
+  Tensor gate, up;        // [A, F_e], the products' outputs, in act's dtype
 };
 
 struct MoELayer::Saved {
@@ -96,10 +96,14 @@ Tensor MoELayer::experts_forward(const Tensor& rows, const std::vector<int64_t>&
   saved.w1 = kernels::matmul_operand(w1_.value);
   saved.w3 = kernels::matmul_operand(w3_.value);
   saved.w2 = kernels::matmul_operand(w2_.value);
-  saved.gate = Tensor::empty({n_rows, d_ff}, DType::F32, dev);
-  saved.up = Tensor::empty({n_rows, d_ff}, DType::F32, dev);
-  saved.act = Tensor::empty({n_rows, d_ff}, kernels::matmul_operand_dtype(dev), dev);  // no f32 copy to round
-  Tensor out = Tensor::empty({n_rows, d}, DType::F32, dev);
+  // Outputs that only elementwise kernels read (which compute in f32) are written in bf16 under bf16
+  // matmuls, as autocast does: half the traffic. gate and up feed the SwiGLU, which writes act in the
+  // dtype the w2 product takes; out feeds the combine, except under a dispatcher, which exchanges f32.
+  const DType hidden = kernels::matmul_operand_dtype(dev);
+  saved.gate = Tensor::empty({n_rows, d_ff}, hidden, dev);
+  saved.up = Tensor::empty({n_rows, d_ff}, hidden, dev);
+  saved.act = Tensor::empty({n_rows, d_ff}, hidden, dev);
+  Tensor out = Tensor::empty({n_rows, d}, dispatcher_ ? DType::F32 : hidden, dev);
   kernels::grouped_gemm(saved.rows, saved.w1, true, saved.gate, offsets);
   kernels::grouped_gemm(saved.rows, saved.w3, true, saved.up, offsets);
   kernels::swiglu_forward(saved.gate, saved.up, saved.act);
@@ -111,7 +115,7 @@ Tensor MoELayer::experts_backward(const Tensor& d_out_in, const std::vector<int6
                                   const ExpertSaved& saved) {
   const Device dev = d_out_in.device();
   const Tensor d_out = kernels::matmul_operand(d_out_in);
-  Tensor dact = Tensor::empty(saved.gate.shape(), DType::F32, dev);
+  Tensor dact = Tensor::empty(saved.gate.shape(), saved.act.dtype(), dev);  // read by the SwiGLU only
   kernels::grouped_gemm(d_out, saved.w2, false, dact, offsets);
   kernels::grouped_gemm_wgrad(d_out, saved.act, w2_.grad, offsets);
   Tensor dgate = Tensor::empty(saved.gate.shape(), saved.act.dtype(), dev);
@@ -119,7 +123,8 @@ Tensor MoELayer::experts_backward(const Tensor& d_out_in, const std::vector<int6
   kernels::swiglu_backward(dact, saved.gate, saved.up, dgate, dup);
   kernels::grouped_gemm_wgrad(dgate, saved.rows, w1_.grad, offsets);
   kernels::grouped_gemm_wgrad(dup, saved.rows, w3_.grad, offsets);
-  Tensor d_rows = Tensor::empty(saved.rows.shape(), DType::F32, dev);
+  // Read by the scatter-add that sums each token's rows in f32 (the dispatcher exchanges f32 instead).
+  Tensor d_rows = Tensor::empty(saved.rows.shape(), dispatcher_ ? DType::F32 : saved.act.dtype(), dev);
   kernels::grouped_gemm_pair(dgate, saved.w1, dup, saved.w3, false, d_rows, offsets);
   return d_rows;
 }

@@ -8,8 +8,8 @@
 // - the cuBLASLt plan of a product (descriptors and the heuristic's algorithm) is made once per
 //   PlanKey and kept for the life of the process (PlanCache);
 // - grouped products round their whole operands to bf16 once per call, not once per group;
-// - grouped products of bf16 operands with float32 output (the MoE under BF16) run as one launch of
-//   our own tensor-core kernel (grouped_mma.cu): cublasGemmGroupedBatchedEx (cuBLAS 13.1) answers
+// - grouped products of bf16 operands with float32 output, or bf16 output and beta 0 (the MoE under
+//   BF16) run as one launch of our own tensor-core kernel (grouped_mma.h): cublasGemmGroupedBatchedEx (cuBLAS 13.1) answers
 //   CUBLAS_STATUS_NOT_SUPPORTED for bf16 A/B with f32 C (measured on an H100), and cuBLASLt has no
 //   grouped matmul with per-group shapes. Other grouped products (float32 parity mode, odd shapes)
 //   run one cublasLtMatmul per group.
