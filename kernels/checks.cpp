@@ -75,8 +75,9 @@ void check_topk_shape(const Tensor& topk_idx, int64_t n, int64_t n_experts, cons
 }
 
 // The shapes combine and its backward share; returns (N, K, D).
-CombineDims combine_dims(const Tensor& expert_out, const Tensor& position, const Tensor& topk_w, const char* what) {
-  check_dtype(expert_out, DType::F32, what);
+CombineDims combine_dims(const Tensor& expert_out, DType expert_out_dtype, const Tensor& position, const Tensor& topk_w,
+                         const char* what) {
+  check_dtype(expert_out, expert_out_dtype, what);
   check_dtype(position, DType::I32, what);
   check_dtype(topk_w, DType::F32, what);
   const int64_t n = topk_w.rows(), k = topk_w.cols(), d = expert_out.cols();
@@ -290,8 +291,8 @@ void assignment_outside_experts(int64_t assignment, int64_t expert, int n_expert
 }
 
 CombineDims combine_expert_outputs(const Tensor& expert_out, const Tensor& position, const Tensor& topk_w,
-                                   const Tensor& y) {
-  const CombineDims dims = combine_dims(expert_out, position, topk_w, "combine_expert_outputs");
+                                   const Tensor& y, DType expert_out_dtype) {
+  const CombineDims dims = combine_dims(expert_out, expert_out_dtype, position, topk_w, "combine_expert_outputs");
   check_dtype(y, DType::F32, "combine_expert_outputs y");
   EG_ASSERT(y.rows() == dims.n && y.cols() == dims.d, "combine_expert_outputs y ", y.describe(), " is not [",
             dims.n, ", ", dims.d, "]");
@@ -299,9 +300,10 @@ CombineDims combine_expert_outputs(const Tensor& expert_out, const Tensor& posit
 }
 
 CombineDims combine_expert_outputs_backward(const Tensor& dy, const Tensor& expert_out, const Tensor& position,
-                                            const Tensor& topk_w, const Tensor& d_expert_out,
-                                            const Tensor& d_topk_w, DType d_expert_out_dtype) {
-  const CombineDims dims = combine_dims(expert_out, position, topk_w, "combine_expert_outputs_backward");
+                                            const Tensor& topk_w, const Tensor& d_expert_out, const Tensor& d_topk_w,
+                                            DType d_expert_out_dtype, DType expert_out_dtype) {
+  const CombineDims dims =
+      combine_dims(expert_out, expert_out_dtype, position, topk_w, "combine_expert_outputs_backward");
   check_dtype(dy, DType::F32, "combine_expert_outputs_backward dy");
   EG_ASSERT(dy.rows() == dims.n && dy.cols() == dims.d, "combine_expert_outputs_backward dy ", dy.describe(),
             " is not [", dims.n, ", ", dims.d, "]");

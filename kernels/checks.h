@@ -83,7 +83,8 @@ void router_z_loss(const Tensor& logits, const Tensor& dlogits);
 [[noreturn]] void expert_outside(int64_t expert, int64_t n_experts, const char* kernel);
 
 // Permutation (kernels/permute.h). The combine checks return (N, K, D); the positions' values are
-// checked by each backend.
+// checked by each backend. expert_out_dtype and d_expert_out_dtype: F32, or BF16 where the CUDA
+// kernels read or write the dtype of the expert products.
 void sort_by_expert(const Tensor& topk_idx, int n_experts);
 // The error for assignment a naming an expert outside [0, n_experts).
 [[noreturn]] void assignment_outside_experts(int64_t assignment, int64_t expert, int n_experts);
@@ -91,11 +92,10 @@ struct CombineDims {
   int64_t n, k, d;
 };
 CombineDims combine_expert_outputs(const Tensor& expert_out, const Tensor& position, const Tensor& topk_w,
-                                   const Tensor& y);
-// d_expert_out_dtype: F32, or BF16 where the CUDA kernel writes the dtype the expert products take.
+                                   const Tensor& y, DType expert_out_dtype = DType::F32);
 CombineDims combine_expert_outputs_backward(const Tensor& dy, const Tensor& expert_out, const Tensor& position,
-                                            const Tensor& topk_w, const Tensor& d_expert_out,
-                                            const Tensor& d_topk_w, DType d_expert_out_dtype = DType::F32);
+                                            const Tensor& topk_w, const Tensor& d_expert_out, const Tensor& d_topk_w,
+                                            DType d_expert_out_dtype = DType::F32, DType expert_out_dtype = DType::F32);
 // The error for a position outside [0, n_assignments) (kernel names the call).
 [[noreturn]] void position_outside(int64_t position, int64_t n_assignments, const char* kernel);
 

@@ -21,6 +21,8 @@ namespace cuda {  // kernels/cuda/embedding.cu, the contracts of cpu:: above
 // out may also be bf16: the rows rounded to nearest even (kernels::matmul_operand_dtype); then the
 // table may be bf16 too (rows copied as they are).
 void embedding_gather(const Tensor& table, const Tensor& ids, Tensor& out);
+// dout may also be bf16 (the gradients of the MoE's gathered rows, as its expert products write
+// them), added as the floats it holds; dtable stays f32.
 void embedding_scatter_add(const Tensor& dout, const Tensor& ids, Tensor& dtable);
 RowGrads reduce_rows(const Tensor& dout, const Tensor& ids);  // rows and values on the device
 }  // namespace cuda

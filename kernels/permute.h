@@ -26,7 +26,8 @@ void combine_expert_outputs_backward(const Tensor& dy, const Tensor& expert_out,
 // kernels/cuda/permute.cu, the contracts of cpu:: above (offsets still on the host), except that the
 // combines raise a position outside [0, N·K) at the host's next wait for the device
 // (kernels/cuda/deferred_errors.h); they write nothing then. d_expert_out may also be bf16 (rounded to
-// nearest even: the dtype of kernels::matmul_operand_dtype, which the expert products take).
+// nearest even: the dtype of kernels::matmul_operand_dtype, which the expert products take), and so
+// may expert_out (as the products wrote it), read as the floats it holds.
 namespace cuda {
 ExpertSort sort_by_expert(const Tensor& topk_idx, int n_experts);
 void combine_expert_outputs(const Tensor& expert_out, const Tensor& position, const Tensor& topk_w, Tensor& y);

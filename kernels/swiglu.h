@@ -9,7 +9,8 @@ void swiglu_backward(const Tensor& dout, const Tensor& gate, const Tensor& up, T
 }  // namespace cpu
 #ifdef ENGRAM_HAVE_CUDA
 namespace cuda {  // kernels/cuda/swiglu.cu, the contracts of cpu:: above; out, dgate and dup may also
-                  // be bf16 (rounded to nearest even: the dtype of kernels::matmul_operand_dtype)
+                  // be bf16 (rounded to nearest even: the dtype of kernels::matmul_operand_dtype), and
+                  // so may gate and up (one dtype) and dout, read as the floats they hold
 void swiglu_forward(const Tensor& gate, const Tensor& up, Tensor& out);
 void swiglu_backward(const Tensor& dout, const Tensor& gate, const Tensor& up, Tensor& dgate, Tensor& dup);
 }  // namespace cuda

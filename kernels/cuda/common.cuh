@@ -39,15 +39,18 @@ void check_on_cuda(const char* kernel, const T&... tensors) {
       ...);
 }
 
-// Calls launch(data) with `out`'s data as float* or __nv_bfloat16*: the two dtypes of an output that
-// only products read next, which kernels write in the dtype the products take
-// (kernels::matmul_operand_dtype; static_cast<__nv_bfloat16> rounds to nearest even).
+// Calls launch(data) with t's data as float* or __nv_bfloat16*: the two dtypes of an output that
+// only products read next, or of an input that only products wrote, which are in the dtype the
+// products take (kernels::matmul_operand_dtype; static_cast<__nv_bfloat16> rounds to nearest even).
 template <class Launch>
-void with_f32_or_bf16(Tensor& out, const char* what, Launch&& launch) {
-  if (out.dtype() == DType::BF16) return launch(static_cast<__nv_bfloat16*>(out.raw()));
-  EG_ASSERT(out.dtype() == DType::F32, what, " must be f32 or bf16, got ", out.describe());
-  launch(out.data<float>());
+void with_f32_or_bf16(const Tensor& t, const char* what, Launch&& launch) {
+  if (t.dtype() == DType::BF16) return launch(static_cast<__nv_bfloat16*>(t.raw()));
+  EG_ASSERT(t.dtype() == DType::F32, what, " must be f32 or bf16, got ", t.describe());
+  launch(t.data<float>());
 }
+// The dtype a shared check (kernels/checks.h) expects of a tensor that may be f32 or bf16: its own
+// if bf16, else f32 (which a wrong dtype's message then names).
+inline DType f32_or_bf16(const Tensor& t) { return t.dtype() == DType::BF16 ? DType::BF16 : DType::F32; }
 
 __device__ inline float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 
@@ -97,17 +100,20 @@ void launch_with_shared(Kernel* kernel, dim3 grid, int threads, size_t shared_by
   kernel<<<grid, threads, shared_bytes, compute_stream()>>>(args...);
 }
 
-// Kernels that stream float rows take kVec = 4 consecutive values at a time (one 16-byte access:
-// a quarter of the loads and loop steps, four times the bytes in flight) where every tensor allows,
-// else one; each value's arithmetic is the same either way.
+// Kernels that stream float rows take kVec = 4 consecutive values at a time (one 16-byte access, or
+// 8 bytes of bf16: a quarter of the loads and loop steps, four times the bytes in flight) where every
+// tensor allows, else one; each value's arithmetic is the same either way.
 inline bool aligned_16(const Tensor& t) { return reinterpret_cast<uintptr_t>(t.raw()) % 16 == 0; }
+inline bool aligned_for_four(const Tensor& t) {  // 16 bytes of f32, 8 of bf16
+  return reinterpret_cast<uintptr_t>(t.raw()) % (4 * dtype_size(t.dtype())) == 0;
+}
 template <class... T>
 bool four_at_a_time(int64_t n, const T&... tensors) {  // n: the values of a row (or of a whole tensor)
-  return n % 4 == 0 && (aligned_16(tensors) && ...);
+  return n % 4 == 0 && (aligned_for_four(tensors) && ...);
 }
 template <int kVec>
 struct Floats {
-  static_assert(kVec == 1 || kVec == 4, "one value or one 16-byte access");
+  static_assert(kVec == 1 || kVec == 4, "one value or one access of four");
   float v[kVec];
 };
 template <int kVec>
@@ -118,6 +124,19 @@ __device__ inline Floats<kVec> load_floats(const float* p) {
     x.v[0] = f.x, x.v[1] = f.y, x.v[2] = f.z, x.v[3] = f.w;
   } else {
     x.v[0] = *p;
+  }
+  return x;
+}
+// bf16 values as the floats they are (a bf16 is the high half of its float), four in one 8-byte load.
+template <int kVec>
+__device__ inline Floats<kVec> load_floats(const __nv_bfloat16* p) {
+  Floats<kVec> x;
+  if constexpr (kVec == 4) {
+    const uint2 bits = *reinterpret_cast<const uint2*>(p);  // the first value in the low half of bits.x
+    x.v[0] = __uint_as_float(bits.x << 16), x.v[1] = __uint_as_float(bits.x & 0xffff0000u);
+    x.v[2] = __uint_as_float(bits.y << 16), x.v[3] = __uint_as_float(bits.y & 0xffff0000u);
+  } else {
+    x.v[0] = __bfloat162float(*p);
   }
   return x;
 }

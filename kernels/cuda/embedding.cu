@@ -2,7 +2,8 @@
 // kernels/embedding.h. The reductions never add floats atomically: positions are stably sorted by id
 // (CUB radix sort), each distinct id becomes a segment of ascending positions, and one thread per
 // (segment, column; 4 columns where the rows allow) adds the segment's rows in that order, exactly as
-// the CPU does, so the results equal the CPU's bit for bit.
+// the CPU does, so the results equal the CPU's bit for bit. embedding_scatter_add's dout may be bf16
+// (the MoE's row gradients, as its expert products write them): added as the floats it holds.
 #include <cub/device/device_radix_sort.cuh>
 #include <cub/device/device_run_length_encode.cuh>
 #include <cub/device/device_scan.cuh>
@@ -132,8 +133,8 @@ Segments segments_by_id(const Tensor& ids, int64_t limit) {
 // For each segment u (grid-stride over blocks) and column j (threads, kVec columns each):
 // out[row(u), j] = start + Σ_{s in segment u, ascending} src[sorted[s], j], where row(u) = ids[u] and
 // start = out[row(u), j] when accumulating into a table, else row(u) = u and start = 0.
-template <int kVec>
-__global__ void segment_sum_kernel(const float* src, int64_t c, const int32_t* sorted, const int32_t* starts,
+template <int kVec, class In>
+__global__ void segment_sum_kernel(const In* src, int64_t c, const int32_t* sorted, const int32_t* starts,
                                    const int32_t* counts, const int64_t* ids, int64_t n_segments, bool into_table,
                                    float* out) {
   for (int64_t u = blockIdx.x; u < n_segments; u += gridDim.x) {
@@ -154,10 +155,14 @@ __global__ void segment_sum_kernel(const float* src, int64_t c, const int32_t* s
 void segment_sum(const Tensor& src, int64_t c, const Segments& s, bool into_table, Tensor& out) {
   if (s.count == 0 || c == 0) return;
   const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(s.count, 65536));
-  const auto kernel = four_at_a_time(c, src, out) ? segment_sum_kernel<4> : segment_sum_kernel<1>;
-  kernel<<<blocks, kThreads, 0, compute_stream()>>>(src.data<float>(), c, s.sorted_positions.data<int32_t>(),
-                                                    s.starts.data<int32_t>(), s.counts.data<int32_t>(),
-                                                    s.ids.data<int64_t>(), s.count, into_table, out.data<float>());
+  const bool vectors = four_at_a_time(c, src, out);
+  with_f32_or_bf16(src, "segment_sum src", [&](auto* rows) {
+    using In = std::remove_pointer_t<decltype(rows)>;
+    const auto kernel = vectors ? segment_sum_kernel<4, In> : segment_sum_kernel<1, In>;
+    kernel<<<blocks, kThreads, 0, compute_stream()>>>(rows, c, s.sorted_positions.data<int32_t>(),
+                                                      s.starts.data<int32_t>(), s.counts.data<int32_t>(),
+                                                      s.ids.data<int64_t>(), s.count, into_table, out.data<float>());
+  });
   EG_CUDA_CHECK_LAUNCH("segment_sum_kernel");
 }
 
@@ -169,7 +174,7 @@ void embedding_gather(const Tensor& table, const Tensor& ids, Tensor& out) {
   // products take), and then the table too (the MoE's input, written in that dtype by its norm):
   // its rows are copied as they are.
   const bool bf16_out = out.dtype() == DType::BF16, bf16_table = bf16_out && table.dtype() == DType::BF16;
-  checks::table_rows_per_id(table, ids, out, "embedding_gather", bf16_out ? DType::BF16 : DType::F32,
+  checks::table_rows_per_id(table, ids, out, "embedding_gather", f32_or_bf16(out),
                             bf16_table ? DType::BF16 : DType::F32);
   const int64_t n_rows = table.dim(0), c = table.dim(1);
   if (out.numel() == 0) return;
@@ -196,7 +201,7 @@ void embedding_gather(const Tensor& table, const Tensor& ids, Tensor& out) {
 
 void embedding_scatter_add(const Tensor& dout, const Tensor& ids, Tensor& dtable) {
   check_on_cuda("embedding_scatter_add", dout, ids, dtable);
-  checks::table_rows_per_id(dtable, ids, dout, "embedding_scatter_add");
+  checks::table_rows_per_id(dtable, ids, dout, "embedding_scatter_add", f32_or_bf16(dout));
   const int64_t n_rows = dtable.dim(0), c = dtable.dim(1);
   if (ids.numel() == 0) return;
   const Segments s = segments_by_id(ids, n_rows);

@@ -5,10 +5,11 @@
 // thread per (token, 4 columns where the tensors allow) over the slots in order, and its backward one
 // warp per assignment, so y and d_expert_out equal the CPU's bit for bit (__fmul_rn keeps nvcc from
 // fusing the products) and d_topk_w's double dot product differs from the CPU's only in summation
-// order. Indices are checked without a wait of their own (kernels/cuda/deferred_errors.h):
-// sort_by_expert raises a bad expert at its offsets copy, which waits anyway; the combine's
-// positions (made by sort_by_expert) are reported at the host's next wait, and the combine kernels
-// write nothing when one is bad.
+// order. expert_out may be bf16 (as the expert products wrote it): read as the floats it holds, so
+// the results are those of its values in f32. Indices are checked without a wait of their own
+// (kernels/cuda/deferred_errors.h): sort_by_expert raises a bad expert at its offsets copy, which
+// waits anyway; the combine's positions (made by sort_by_expert) are reported at the host's next
+// wait, and the combine kernels write nothing when one is bad.
 #include <cub/device/device_radix_sort.cuh>
 
 #include <climits>
@@ -88,9 +89,9 @@ const unsigned long long* check_positions(const Tensor& position, int64_t n_assi
 
 // y[t, j] = Σ_k w[t, k] · expert_out[position[t·K + k], j], from 0 and in slot order as on the CPU;
 // nothing when a position is bad. One thread per kVec columns of a token.
-template <int kVec>
-__global__ void combine_kernel(const float* expert_out, const int32_t* position, const float* topk_w, int64_t n,
-                               int64_t k, int64_t d, const unsigned long long* bad_position, float* y) {
+template <int kVec, class In>
+__global__ void combine_kernel(const In* expert_out, const int32_t* position, const float* topk_w, int64_t n, int64_t k,
+                               int64_t d, const unsigned long long* bad_position, float* y) {
   if (bad_value_reported(bad_position)) return;
   const int64_t vectors = n * d / kVec;
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < vectors;
@@ -110,16 +111,15 @@ __global__ void combine_kernel(const float* expert_out, const int32_t* position,
 // One warp per assignment a (token t = a / K, row p = position[a]): d_expert_out[p] = w[a]·dy[t] and
 // d_topk_w[a] = <dy[t], expert_out[p]> in double (products of floats, exact in double); nothing when a
 // position is bad. Lanes take kVec columns at a time.
-template <int kVec, class Out>
-__global__ void combine_backward_kernel(const float* dy, const float* expert_out, const int32_t* position,
+template <int kVec, class In, class Out>
+__global__ void combine_backward_kernel(const float* dy, const In* expert_out, const int32_t* position,
                                         const float* topk_w, int64_t n_assignments, int64_t k, int64_t d,
-                                        const unsigned long long* bad_position, Out* d_expert_out,
-                                        float* d_topk_w) {
+                                        const unsigned long long* bad_position, Out* d_expert_out, float* d_topk_w) {
   if (bad_value_reported(bad_position)) return;
   for (int64_t a = first_warp_row(); a < n_assignments; a += warp_row_stride()) {
     const float* g = dy + (a / k) * d;
     const int64_t p = position[a];
-    const float* row = expert_out + p * d;
+    const In* row = expert_out + p * d;
     Out* drow = d_expert_out + p * d;
     const float w = topk_w[a];
     double dot = 0.0;
@@ -188,33 +188,38 @@ ExpertSort sort_by_expert(const Tensor& topk_idx, int n_experts) {
 
 void combine_expert_outputs(const Tensor& expert_out, const Tensor& position, const Tensor& topk_w, Tensor& y) {
   check_on_cuda("combine_expert_outputs", expert_out, position, topk_w, y);
-  const auto [n, k, d] = checks::combine_expert_outputs(expert_out, position, topk_w, y);
+  const auto [n, k, d] = checks::combine_expert_outputs(expert_out, position, topk_w, y, f32_or_bf16(expert_out));
   const unsigned long long* bad_position = check_positions(position, n * k, "combine_expert_outputs");
   if (n * d == 0) return;
   const bool vectors = four_at_a_time(d, expert_out, y);
-  const auto kernel = vectors ? combine_kernel<4> : combine_kernel<1>;
-  kernel<<<grid_for(n * d / (vectors ? 4 : 1)), kThreads, 0, compute_stream()>>>(
-      expert_out.data<float>(), position.data<int32_t>(), topk_w.data<float>(), n, k, d, bad_position,
-      y.data<float>());
+  with_f32_or_bf16(expert_out, "combine_expert_outputs expert_out", [&](auto* rows) {
+    using In = std::remove_pointer_t<decltype(rows)>;
+    const auto kernel = vectors ? combine_kernel<4, In> : combine_kernel<1, In>;
+    kernel<<<grid_for(n * d / (vectors ? 4 : 1)), kThreads, 0, compute_stream()>>>(
+        rows, position.data<int32_t>(), topk_w.data<float>(), n, k, d, bad_position, y.data<float>());
+  });
   EG_CUDA_CHECK_LAUNCH("combine_kernel");
 }
 
 void combine_expert_outputs_backward(const Tensor& dy, const Tensor& expert_out, const Tensor& position,
                                      const Tensor& topk_w, Tensor& d_expert_out, Tensor& d_topk_w) {
   check_on_cuda("combine_expert_outputs_backward", dy, expert_out, position, topk_w, d_expert_out, d_topk_w);
-  // d_expert_out may also be bf16: the expert products take it (kernels::matmul_operand_dtype).
-  const bool bf16_out = d_expert_out.dtype() == DType::BF16;
-  const auto [n, k, d] = checks::combine_expert_outputs_backward(dy, expert_out, position, topk_w, d_expert_out,
-                                                                 d_topk_w, bf16_out ? DType::BF16 : DType::F32);
+  // d_expert_out may also be bf16 (the expert products take it: kernels::matmul_operand_dtype), as may
+  // expert_out (they wrote it).
+  const auto [n, k, d] = checks::combine_expert_outputs_backward(
+      dy, expert_out, position, topk_w, d_expert_out, d_topk_w, f32_or_bf16(d_expert_out), f32_or_bf16(expert_out));
   const unsigned long long* bad_position = check_positions(position, n * k, "combine_expert_outputs_backward");
   if (n * k == 0) return;
   const bool vectors = four_at_a_time(d, dy, expert_out, d_expert_out);
-  with_f32_or_bf16(d_expert_out, "combine_expert_outputs_backward d_expert_out", [&](auto* d_out) {
-    using Out = std::remove_pointer_t<decltype(d_out)>;
-    const auto kernel = vectors ? combine_backward_kernel<4, Out> : combine_backward_kernel<1, Out>;
-    kernel<<<grid_for_rows(n * k), kThreads, 0, compute_stream()>>>(
-        dy.data<float>(), expert_out.data<float>(), position.data<int32_t>(), topk_w.data<float>(), n * k, k, d,
-        bad_position, d_out, d_topk_w.data<float>());
+  with_f32_or_bf16(expert_out, "combine_expert_outputs_backward expert_out", [&](auto* rows) {
+    using In = std::remove_pointer_t<decltype(rows)>;
+    with_f32_or_bf16(d_expert_out, "combine_expert_outputs_backward d_expert_out", [&](auto* d_out) {
+      using Out = std::remove_pointer_t<decltype(d_out)>;
+      const auto kernel = vectors ? combine_backward_kernel<4, In, Out> : combine_backward_kernel<1, In, Out>;
+      kernel<<<grid_for_rows(n * k), kThreads, 0, compute_stream()>>>(dy.data<float>(), rows, position.data<int32_t>(),
+                                                                      topk_w.data<float>(), n * k, k, d, bad_position,
+                                                                      d_out, d_topk_w.data<float>());
+    });
   });
   EG_CUDA_CHECK_LAUNCH("combine_backward_kernel");
 }

@@ -30,7 +30,7 @@ __global__ void rope_kernel(const float* x, const float* cos, const float* sin, 
 
 void rope_apply_to(const Tensor& x, const Tensor& cos, const Tensor& sin, bool inverse, Tensor& out) {
   check_on_cuda("rope_apply", x, cos, sin, out);
-  const int64_t half = checks::rope_apply(x, cos, sin, out, out.dtype() == DType::BF16 ? DType::BF16 : DType::F32);
+  const int64_t half = checks::rope_apply(x, cos, sin, out, f32_or_bf16(out));
   const int64_t n = x.numel() / 2;
   if (n == 0) return;
   with_f32_or_bf16(out, "rope_apply out", [&](auto* o) {

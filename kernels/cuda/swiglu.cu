@@ -2,7 +2,8 @@
 // four elements where the tensors allow (else per element). Outputs must not alias inputs. Outputs
 // may also be bf16 (kernels::matmul_operand_dtype): the activation and its gradients feed products
 // only, so they are written in the dtype the products take, rounded to nearest even, instead of f32
-// then a rounded copy.
+// then a rounded copy. Likewise gate, up and dout may be bf16, as the products wrote them: read as
+// the floats they hold, computed on as f32 inputs are.
 #include <type_traits>
 
 #include "kernels/cuda/common.cuh"
@@ -13,8 +14,8 @@ namespace engram::kernels::cuda {
 namespace {
 
 // kVec elements per step (common.cuh).
-template <int kVec, class Out>
-__global__ void swiglu_forward_kernel(const float* gate, const float* up, Out* out, int64_t n) {
+template <int kVec, class In, class Out>
+__global__ void swiglu_forward_kernel(const In* gate, const In* up, Out* out, int64_t n) {
   for (int64_t i = (blockIdx.x * int64_t{blockDim.x} + threadIdx.x) * kVec; i < n;
        i += int64_t{gridDim.x} * blockDim.x * kVec) {
     const Floats<kVec> g = load_floats<kVec>(gate + i), u = load_floats<kVec>(up + i);
@@ -26,8 +27,8 @@ __global__ void swiglu_forward_kernel(const float* gate, const float* up, Out* o
 }
 
 // dgate = dout·silu'(gate)·up, dup = silu(gate)·dout
-template <int kVec, class Out>
-__global__ void swiglu_backward_kernel(const float* dout, const float* gate, const float* up, Out* dgate, Out* dup,
+template <int kVec, class Grad, class In, class Out>
+__global__ void swiglu_backward_kernel(const Grad* dout, const In* gate, const In* up, Out* dgate, Out* dup,
                                        int64_t n) {
   for (int64_t i = (blockIdx.x * int64_t{blockDim.x} + threadIdx.x) * kVec; i < n;
        i += int64_t{gridDim.x} * blockDim.x * kVec) {
@@ -50,13 +51,17 @@ void swiglu_forward(const Tensor& gate, const Tensor& up, Tensor& out) {
   check_on_cuda("swiglu_forward", gate, up, out);
   check_shape(up, gate.shape(), "swiglu_forward up");
   check_shape(out, gate.shape(), "swiglu_forward out");
+  check_dtype(up, gate.dtype(), "swiglu_forward up (the dtype of gate)");
   const int64_t n = gate.numel();
   const bool vectors = four_at_a_time(n, gate, up, out);
-  with_f32_or_bf16(out, "swiglu_forward out", [&](auto* o) {
-    using Out = std::remove_pointer_t<decltype(o)>;
-    const auto kernel = vectors ? swiglu_forward_kernel<4, Out> : swiglu_forward_kernel<1, Out>;
-    kernel<<<grid_for(vectors ? n / 4 : n), kThreads, 0, compute_stream()>>>(gate.data<float>(), up.data<float>(), o,
-                                                                             n);
+  with_f32_or_bf16(gate, "swiglu_forward gate", [&](auto* g) {
+    using In = std::remove_pointer_t<decltype(g)>;
+    with_f32_or_bf16(out, "swiglu_forward out", [&](auto* o) {
+      using Out = std::remove_pointer_t<decltype(o)>;
+      const auto kernel = vectors ? swiglu_forward_kernel<4, In, Out> : swiglu_forward_kernel<1, In, Out>;
+      kernel<<<grid_for(vectors ? n / 4 : n), kThreads, 0, compute_stream()>>>(g, static_cast<const In*>(up.raw()), o,
+                                                                               n);
+    });
   });
   EG_CUDA_CHECK_LAUNCH("swiglu_forward_kernel");
 }
@@ -67,14 +72,22 @@ void swiglu_backward(const Tensor& dout, const Tensor& gate, const Tensor& up, T
   check_shape(up, gate.shape(), "swiglu_backward up");
   check_shape(dgate, gate.shape(), "swiglu_backward dgate");
   check_shape(dup, gate.shape(), "swiglu_backward dup");
+  check_dtype(up, gate.dtype(), "swiglu_backward up (the dtype of gate)");
   check_dtype(dup, dgate.dtype(), "swiglu_backward dup (the dtype of dgate)");
   const int64_t n = gate.numel();
   const bool vectors = four_at_a_time(n, dout, gate, up, dgate, dup);
-  with_f32_or_bf16(dgate, "swiglu_backward dgate", [&](auto* dg) {
-    using Out = std::remove_pointer_t<decltype(dg)>;
-    const auto kernel = vectors ? swiglu_backward_kernel<4, Out> : swiglu_backward_kernel<1, Out>;
-    kernel<<<grid_for(vectors ? n / 4 : n), kThreads, 0, compute_stream()>>>(
-        dout.data<float>(), gate.data<float>(), up.data<float>(), dg, static_cast<Out*>(dup.raw()), n);
+  with_f32_or_bf16(dout, "swiglu_backward dout", [&](auto* d) {
+    using Grad = std::remove_pointer_t<decltype(d)>;
+    with_f32_or_bf16(gate, "swiglu_backward gate", [&](auto* g) {
+      using In = std::remove_pointer_t<decltype(g)>;
+      with_f32_or_bf16(dgate, "swiglu_backward dgate", [&](auto* dg) {
+        using Out = std::remove_pointer_t<decltype(dg)>;
+        const auto kernel =
+            vectors ? swiglu_backward_kernel<4, Grad, In, Out> : swiglu_backward_kernel<1, Grad, In, Out>;
+        kernel<<<grid_for(vectors ? n / 4 : n), kThreads, 0, compute_stream()>>>(d, g, static_cast<const In*>(up.raw()),
+                                                                                 dg, static_cast<Out*>(dup.raw()), n);
+      });
+    });
   });
   EG_CUDA_CHECK_LAUNCH("swiglu_backward_kernel");
 }

@@ -93,6 +93,20 @@ TEST_F(CudaEmbedding, ScatterAddEqualsTheCpuBitForBit) {
   }
 }
 
+// bf16 dout (the MoE's row gradients, as its expert products write them) is added as the floats it
+// holds: the CPU's sums of those values, bit for bit, into the f32 table.
+TEST_F(CudaEmbedding, ScatterAddOfBf16RowsEqualsTheCpusOfTheirValues) {
+  std::mt19937 gen(64);
+  for (const int64_t c : {29, 32}) {
+    const HostDevice ids = on_both(random_ids<int32_t>({3, 331}, 17, gen));
+    const Bf16Values dout = round_to_bf16(random_uniform({3, 331, c}, gen));
+    HostDevice dtable = random_on_both({17, c}, gen);  // accumulated into
+    kernels::embedding_scatter_add(dout.f32, ids.cpu, dtable.cpu);
+    kernels::embedding_scatter_add(dout.bf16.copy_to(Device::CUDA), ids.gpu, dtable.gpu);
+    expect_bitwise_equal_to_cpu(dtable.gpu, dtable.cpu, "scatter_add of bf16 rows");
+  }
+}
+
 TEST_F(CudaEmbedding, ReduceRowsEqualsTheCpuBitForBit) {
   std::mt19937 gen(63);
   for (const int64_t c : {19, 20}) {

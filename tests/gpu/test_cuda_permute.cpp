@@ -110,6 +110,59 @@ TEST_F(CudaPermute, CombineAndItsBackwardMatchTheCpu) {
   }
 }
 
+// bf16 expert_out (as the expert products write it) is read as the floats it holds: y and
+// d_expert_out (f32, or bf16 rounded) equal the CPU's on those values bit for bit, and d_topk_w is
+// bitwise the device's on them stored as f32 (the CPU's within the tolerance above).
+TEST_F(CudaPermute, CombinesOfBf16ExpertOutputsEqualTheCpusOnTheirValues) {
+  std::mt19937 gen(74);
+  for (const Shape4& s : kShapes) {
+    const int64_t n = s.n, k = s.k;
+    const HostDevice position = on_both(kernels::sort_by_expert(random_topk(n, s.k, s.used, gen), s.e).position);
+    // 1032 columns are read 4 at a time, 7 and 1031 one at a time.
+    for (int64_t d : {int64_t{7}, int64_t{1031}, int64_t{1032}}) {
+      const std::string what = label(s) + ", D " + std::to_string(d);
+      const Bf16Values expert_out = round_to_bf16(random_uniform({n * k, d}, gen));
+      const Tensor expert_out_f32 = expert_out.f32.copy_to(Device::CUDA);
+      const Tensor expert_out_bf16 = expert_out.bf16.copy_to(Device::CUDA);
+      const HostDevice topk_w = random_on_both({n, k}, gen, 0.0f, 1.0f);
+      HostDevice y = nan_on_both({n, d});
+      kernels::combine_expert_outputs(expert_out.f32, position.cpu, topk_w.cpu, y.cpu);
+      kernels::combine_expert_outputs(expert_out_bf16, position.gpu, topk_w.gpu, y.gpu);
+      expect_bitwise_equal_to_cpu(y.gpu, y.cpu, "y, " + what);
+
+      const HostDevice dy = random_on_both({n, d}, gen);
+      Tensor d_expert_out = nan_tensor({n * k, d}), d_topk_w = nan_tensor({n, k});
+      kernels::combine_expert_outputs_backward(dy.cpu, expert_out.f32, position.cpu, topk_w.cpu, d_expert_out,
+                                               d_topk_w);
+      Tensor f32_inputs_d_expert_out = nan_tensor({n * k, d}).copy_to(Device::CUDA);
+      Tensor f32_inputs_d_topk_w = nan_tensor({n, k}).copy_to(Device::CUDA);
+      kernels::combine_expert_outputs_backward(dy.gpu, expert_out_f32, position.gpu, topk_w.gpu,
+                                               f32_inputs_d_expert_out, f32_inputs_d_topk_w);
+      for (const DType out_dtype : {DType::F32, DType::BF16}) {
+        const std::string out_what = what + (out_dtype == DType::BF16 ? ", bf16" : ", f32") + " d_expert_out";
+        const Tensor nan = nan_tensor({n * k, d});
+        Tensor gpu_d_expert_out = (out_dtype == DType::BF16 ? round_to_bf16(nan).bf16 : nan).copy_to(Device::CUDA);
+        Tensor gpu_d_topk_w = nan_tensor({n, k}).copy_to(Device::CUDA);
+        kernels::combine_expert_outputs_backward(dy.gpu, expert_out_bf16, position.gpu, topk_w.gpu, gpu_d_expert_out,
+                                                 gpu_d_topk_w);
+        expect_bitwise_equal_to_cpu(gpu_d_expert_out,
+                                    out_dtype == DType::BF16 ? round_to_bf16(d_expert_out).bf16 : d_expert_out,
+                                    "d_expert_out, " + out_what);
+        expect_close_to_cpu(gpu_d_topk_w, d_topk_w, 1e-6, 1e-9, "d_topk_w, " + out_what);
+        EXPECT_TRUE(device_bitwise_equal(gpu_d_topk_w, f32_inputs_d_topk_w)) << "d_topk_w, " << out_what;
+      }
+    }
+  }
+  // dy stays f32.
+  const Tensor expert_out = Tensor::zeros({4, 3}, DType::BF16, Device::CUDA);
+  const Tensor position = Tensor::from_vector<int32_t>({0, 3, 1, 2}, {4}).copy_to(Device::CUDA);
+  const Tensor topk_w = Tensor::full({2, 2}, 1.0f).copy_to(Device::CUDA);
+  Tensor d_expert_out = Tensor::empty({4, 3}, DType::F32, Device::CUDA), d_topk_w = topk_w.clone();
+  EXPECT_THROW(kernels::combine_expert_outputs_backward(Tensor::zeros({2, 3}, DType::BF16, Device::CUDA), expert_out,
+                                                        position, topk_w, d_expert_out, d_topk_w),
+               Error);
+}
+
 TEST_F(CudaPermute, APositionOutsideTheAssignmentsIsTheCpusErrorAtTheNextWait) {
   const Tensor expert_out = Tensor::full({4, 3}, 1.0f).copy_to(Device::CUDA);
   const Tensor bad = Tensor::from_vector<int32_t>({0, 9, 1, 4}, {4}).copy_to(Device::CUDA);

@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 
 #include <random>
+#include <string>
+#include <utility>
 
 #include "kernels/swiglu.h"
 #include "tests/gpu/cuda_test_util.h"
@@ -53,6 +55,55 @@ TEST_F(CudaSwiglu, Bf16OutputsAreTheF32OutputsRounded) {
         << "dgate";
     EXPECT_TRUE(bitwise_equal(dup_bf16.copy_to(Device::CPU), round_to_bf16(dup.copy_to(Device::CPU)).bf16)) << "dup";
     EXPECT_THROW(kernels::swiglu_backward(dout, gate, up, dgate_bf16, dup), Error);  // mixed output dtypes
+  }
+}
+
+// Forward and backward on the device into NaN-poisoned outputs of out_dtype, copied to the host.
+struct SwigluResults {
+  Tensor out, dgate, dup;
+};
+SwigluResults run_on_device(const Tensor& gate, const Tensor& up, const Tensor& dout, DType out_dtype) {
+  const Tensor nan = nan_tensor(gate.shape());
+  const Tensor poison = out_dtype == DType::BF16 ? round_to_bf16(nan).bf16 : nan;  // NaN rounds to NaN
+  Tensor out = poison.copy_to(Device::CUDA), dgate = poison.copy_to(Device::CUDA), dup = poison.copy_to(Device::CUDA);
+  kernels::swiglu_forward(gate, up, out);
+  kernels::swiglu_backward(dout, gate, up, dgate, dup);
+  return {out.copy_to(Device::CPU), dgate.copy_to(Device::CPU), dup.copy_to(Device::CPU)};
+}
+
+// bf16 gate and up, or dout, or all three (as the expert products write them) are read as the floats
+// they hold: bitwise the results of those values stored as f32, so within the tolerance above of the
+// CPU's on them; into bf16 outputs, those results rounded.
+TEST_F(CudaSwiglu, Bf16InputsGiveTheResultsOfTheirF32Values) {
+  std::mt19937 gen(41);
+  for (const Shape& shape : {Shape{23, 173}, Shape{23, 172}}) {
+    SCOPED_TRACE(shape_str(shape));
+    const Bf16Values gate = round_to_bf16(random_uniform(shape, gen, -6.0f, 6.0f));
+    const Bf16Values up = round_to_bf16(random_uniform(shape, gen, -2.0f, 2.0f));
+    const Bf16Values dout = round_to_bf16(random_uniform(shape, gen));
+    Tensor out = nan_tensor(shape), dgate = nan_tensor(shape), dup = nan_tensor(shape);
+    kernels::swiglu_forward(gate.f32, up.f32, out);
+    kernels::swiglu_backward(dout.f32, gate.f32, up.f32, dgate, dup);
+    const auto on_device = [](const Bf16Values& v, bool bf16) { return (bf16 ? v.bf16 : v.f32).copy_to(Device::CUDA); };
+    const SwigluResults f32_inputs =
+        run_on_device(on_device(gate, false), on_device(up, false), on_device(dout, false), DType::F32);
+    for (const auto& [bf16_gate, bf16_dout] : {std::pair{true, false}, std::pair{false, true}, std::pair{true, true}}) {
+      SCOPED_TRACE(std::string(bf16_gate ? "bf16" : "f32") + " gate and up, " + (bf16_dout ? "bf16" : "f32") + " dout");
+      const Tensor g = on_device(gate, bf16_gate), u = on_device(up, bf16_gate), d = on_device(dout, bf16_dout);
+      const SwigluResults f32 = run_on_device(g, u, d, DType::F32), bf16 = run_on_device(g, u, d, DType::BF16);
+      expect_close(f32.out, to_double(out), 1e-5, 1e-6, "out");
+      expect_close(f32.dgate, to_double(dgate), 1e-5, 1e-6, "dgate");
+      expect_close(f32.dup, to_double(dup), 1e-5, 1e-6, "dup");
+      EXPECT_TRUE(bitwise_equal(f32.out, f32_inputs.out)) << "out";
+      EXPECT_TRUE(bitwise_equal(f32.dgate, f32_inputs.dgate)) << "dgate";
+      EXPECT_TRUE(bitwise_equal(f32.dup, f32_inputs.dup)) << "dup";
+      EXPECT_TRUE(bitwise_equal(bf16.out, round_to_bf16(f32.out).bf16)) << "bf16 out";
+      EXPECT_TRUE(bitwise_equal(bf16.dgate, round_to_bf16(f32.dgate).bf16)) << "bf16 dgate";
+      EXPECT_TRUE(bitwise_equal(bf16.dup, round_to_bf16(f32.dup).bf16)) << "bf16 dup";
+    }
+    // Gate and up of different dtypes are refused.
+    Tensor f32_out = Tensor::empty(shape, DType::F32, Device::CUDA);
+    EXPECT_THROW(kernels::swiglu_forward(on_device(gate, true), on_device(up, false), f32_out), Error);
   }
 }
 
