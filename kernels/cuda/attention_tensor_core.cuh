@@ -661,10 +661,9 @@ void attention_forward_mma(const Tensor& q_in, const Tensor& k_in, const Tensor&
 }
 
 void attention_backward_mma(const Tensor& dout_in, const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
-                            const Tensor& out_in, const Tensor& lse, Tensor& dq, Tensor& dk, Tensor& dv,
+                            const Tensor& out, const Tensor& lse, Tensor& dq, Tensor& dk, Tensor& dv,
                             const AttentionDims& dims, const Geometry& g) {
   const Tensor dout = bf16_rows(dout_in), q = bf16_rows(q_in), k = bf16_rows(k_in), v = bf16_rows(v_in);
-  Tensor out = out_in;  // read only (with_f32_or_bf16 takes a mutable tensor)
   check_pairs_aligned(dq, "dq");
   check_pairs_aligned(dk, "dk");
   check_pairs_aligned(dv, "dv");

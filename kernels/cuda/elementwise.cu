@@ -1,7 +1,9 @@
 // Small elementwise and reduction kernels on the GPU (F32), the CUDA side of kernels/elementwise.h.
 // Column sums (bias_grad) add in double in a fixed order of row chunks (add_column_sums), and
-// sum_squares reduces in a fixed tree: both repeat bitwise but differ from the CPU's row- or
+// sum_squares in fixed chunks and trees: both repeat bitwise but differ from the CPU's row- or
 // index-order sums by rounding.
+#include <algorithm>
+#include <cstdint>
 #include <vector>
 
 #include "kernels/cuda/common.cuh"
@@ -55,13 +57,57 @@ struct RowValue {
   __device__ double operator()(int64_t row, int64_t col) const { return dy[row * cols + col]; }
 };
 
-// Pass 1: one double partial per block (grid-stride); pass 2 (sum_in_fixed_order_kernel) sums them.
-__global__ void sum_squares_partials_kernel(const float* x, int64_t n, double* partials) {
+// sum_squares_each: every tensor cut into chunks of kSquaresChunk values (fixed, so the summation
+// order does not depend on the device), one block per chunk of every tensor of a batch in one launch,
+// then each tensor's chunk sums added in chunk order. A step's gradient norm is one or two launches
+// of each kernel instead of two per parameter, most of which were blocks with nothing to read.
+constexpr int64_t kSquaresChunk = 32768;
+constexpr int kSquaresBatch = 128;  // tensors per launch: the table travels in the kernel parameters
+
+struct SquaresBatch {
+  const float* x[kSquaresBatch];
+  int64_t n[kSquaresBatch];
+  int64_t first_chunk[kSquaresBatch + 1];  // tensor i owns chunks [first_chunk[i], first_chunk[i + 1])
+  int count;
+};
+static_assert(sizeof(SquaresBatch) <= 4096, "the table outgrows the kernel parameters");
+
+// partials[chunk] = Σ x² over the chunk (double), four values per load where x is 16-byte aligned
+// (chunks start at multiples of four values), then block_reduce.
+__global__ void sum_squares_chunks_kernel(const __grid_constant__ SquaresBatch b, double* partials) {
+  const int64_t chunk = blockIdx.x;
+  int i = 0;  // the last tensor whose first chunk is at most this one (tensors without values own none)
+  for (int hi = b.count; hi - i > 1;) {
+    const int mid = (i + hi) / 2;
+    if (b.first_chunk[mid] <= chunk) {
+      i = mid;
+    } else {
+      hi = mid;
+    }
+  }
+  const float* x = b.x[i];
+  const int64_t begin = (chunk - b.first_chunk[i]) * kSquaresChunk, end = min(b.n[i], begin + kSquaresChunk);
+  const bool vectors = reinterpret_cast<uintptr_t>(x) % 16 == 0;
+  const int64_t vector_end = vectors ? begin + (end - begin) / 4 * 4 : begin;
   double sum = 0.0;
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x)
-    sum += static_cast<double>(x[i]) * x[i];
+  for (int64_t j = begin + 4 * int64_t{threadIdx.x}; j < vector_end; j += 4 * int64_t{blockDim.x}) {
+    const float4 v = *reinterpret_cast<const float4*>(x + j);
+    sum += static_cast<double>(v.x) * v.x + static_cast<double>(v.y) * v.y + static_cast<double>(v.z) * v.z +
+           static_cast<double>(v.w) * v.w;
+  }
+  for (int64_t j = vector_end + threadIdx.x; j < end; j += blockDim.x) sum += static_cast<double>(x[j]) * x[j];
   sum = block_reduce(sum, Sum{}, 0.0);
-  if (threadIdx.x == 0) partials[blockIdx.x] = sum;
+  if (threadIdx.x == 0) partials[chunk] = sum;
+}
+
+// totals[i] = Σ partials of tensor i's chunks, in chunk order: one thread per tensor.
+__global__ void sum_chunk_partials_kernel(const __grid_constant__ SquaresBatch b, const double* partials,
+                                          double* totals) {
+  const int i = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
+  if (i >= b.count) return;
+  double sum = 0.0;
+  for (int64_t c = b.first_chunk[i]; c < b.first_chunk[i + 1]; ++c) sum += partials[c];
+  totals[i] = sum;
 }
 
 }  // namespace
@@ -130,17 +176,29 @@ double sum_squares(const Tensor& x) { return sum_squares_each({x}).front(); }
 std::vector<double> sum_squares_each(const std::vector<Tensor>& xs) {
   std::vector<double> sums(xs.size(), 0.0);
   if (xs.empty()) return sums;
-  constexpr int kPartials = 1024;  // fixed, so the summation order does not depend on the device
-  const int64_t n = static_cast<int64_t>(xs.size());
-  const Tensor partials = device_doubles(kPartials * n), totals = device_doubles(n);
-  for (int64_t i = 0; i < n; ++i) {
-    const Tensor& x = xs[i];
-    check_on_cuda("sum_squares", x);
-    double* mine = doubles(partials) + i * kPartials;
-    sum_squares_partials_kernel<<<kPartials, kThreads, 0, compute_stream()>>>(x.data<float>(), x.numel(), mine);
-    EG_CUDA_CHECK_LAUNCH("sum_squares_partials_kernel");
-    sum_in_fixed_order_kernel<<<1, kThreads, 0, compute_stream()>>>(mine, int64_t{kPartials}, doubles(totals) + i);
-    EG_CUDA_CHECK_LAUNCH("sum_in_fixed_order_kernel");
+  for (const Tensor& x : xs) check_on_cuda("sum_squares", x);
+  const Tensor totals = device_doubles(static_cast<int64_t>(xs.size()));
+  for (size_t first = 0; first < xs.size(); first += kSquaresBatch) {
+    SquaresBatch b{};
+    b.count = static_cast<int>(std::min<size_t>(kSquaresBatch, xs.size() - first));
+    for (int i = 0; i < b.count; ++i) {
+      const Tensor& x = xs[first + i];
+      b.x[i] = x.data<float>();
+      b.n[i] = x.numel();
+      b.first_chunk[i + 1] = b.first_chunk[i] + (x.numel() + kSquaresChunk - 1) / kSquaresChunk;
+    }
+    const int64_t chunks = b.first_chunk[b.count];
+    // Freed at the end of the iteration, which only work queued later can reuse.
+    const Tensor partials = device_doubles(std::max<int64_t>(chunks, 1));
+    if (chunks > 0) {
+      EG_CHECK(chunks <= INT32_MAX, "sum_squares_each: ", chunks, " chunks exceed one launch");
+      sum_squares_chunks_kernel<<<static_cast<unsigned>(chunks), kThreads, 0, compute_stream()>>>(
+          b, doubles(partials));
+      EG_CUDA_CHECK_LAUNCH("sum_squares_chunks_kernel");
+    }
+    sum_chunk_partials_kernel<<<1, kSquaresBatch, 0, compute_stream()>>>(b, doubles(partials),
+                                                                          doubles(totals) + first);
+    EG_CUDA_CHECK_LAUNCH("sum_chunk_partials_kernel");
   }
   copy_to_host_and_wait(sums.data(), totals.raw(), totals.nbytes());
   return sums;

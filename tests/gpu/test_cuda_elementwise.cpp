@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include <random>
+#include <vector>
 #include <string>
 
 #include "kernels/elementwise.h"
@@ -97,6 +98,32 @@ TEST_F(CudaElementwise, SumSquaresMatchesTheCpu) {
     const double cpu = kernels::sum_squares(x.cpu), gpu = kernels::sum_squares(x.gpu);
     EXPECT_NEAR(gpu, cpu, 1e-12 * cpu) << n << " elements";
   }
+}
+
+// One launch per batch of 128 tensors, each cut into chunks of 32768 values: 300 tensors (three
+// batches) of sizes around the chunk, empty ones, and views one element into a buffer (not 16-byte
+// aligned: read one value at a time). Each sum within double rounding of the CPU's, bitwise run to run.
+TEST_F(CudaElementwise, SumSquaresEachMatchesTheCpuForManyTensors) {
+  std::mt19937 gen(15);
+  const int64_t sizes[] = {0, 1, 3, 767, 32768, 32769, 65539, 100003};
+  std::vector<Tensor> cpu, gpu;
+  for (int i = 0; i < 300; ++i) {
+    const int64_t n = sizes[i % 8];
+    const Tensor host = random_uniform({n}, gen, -3.0f, 3.0f);
+    cpu.push_back(host);
+    if (i % 3 == 0) {
+      const Tensor buffer = Tensor::empty({n + 1}, DType::F32, Device::CUDA);
+      Tensor view = buffer.slice(1, n + 1);
+      view.copy_from(host);
+      gpu.push_back(view);
+    } else {
+      gpu.push_back(host.copy_to(Device::CUDA));
+    }
+  }
+  const std::vector<double> want = kernels::sum_squares_each(cpu), got = kernels::sum_squares_each(gpu);
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < want.size(); ++i) EXPECT_NEAR(got[i], want[i], 1e-12 * want[i]) << "tensor " << i;
+  EXPECT_EQ(kernels::sum_squares_each(gpu), got);
 }
 
 }  // namespace
