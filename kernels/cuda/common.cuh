@@ -54,6 +54,22 @@ inline DType f32_or_bf16(const Tensor& t) { return t.dtype() == DType::BF16 ? DT
 
 __device__ inline float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 
+// Of ranges laid end to end from starts[0] <= value (starts ascending, count of them), the last
+// whose start is at most value, by bisection: the group or tensor a block's index falls in.
+template <class T>
+__device__ inline int last_start_at_most(const T* starts, int count, T value) {
+  int i = 0;
+  for (int hi = count; hi - i > 1;) {
+    const int mid = (i + hi) / 2;
+    if (starts[mid] <= value) {
+      i = mid;
+    } else {
+      hi = mid;
+    }
+  }
+  return i;
+}
+
 template <class T, class Op>
 __device__ T warp_reduce(T v, Op op) {
   for (int offset = 16; offset > 0; offset >>= 1) v = op(v, __shfl_down_sync(0xffffffffu, v, offset));

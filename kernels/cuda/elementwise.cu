@@ -76,15 +76,8 @@ static_assert(sizeof(SquaresBatch) <= 4096, "the table outgrows the kernel param
 // (chunks start at multiples of four values), then block_reduce.
 __global__ void sum_squares_chunks_kernel(const __grid_constant__ SquaresBatch b, double* partials) {
   const int64_t chunk = blockIdx.x;
-  int i = 0;  // the last tensor whose first chunk is at most this one (tensors without values own none)
-  for (int hi = b.count; hi - i > 1;) {
-    const int mid = (i + hi) / 2;
-    if (b.first_chunk[mid] <= chunk) {
-      i = mid;
-    } else {
-      hi = mid;
-    }
-  }
+  // The tensor whose chunks hold this one (tensors without values own none).
+  const int i = last_start_at_most(b.first_chunk, b.count, chunk);
   const float* x = b.x[i];
   const int64_t begin = (chunk - b.first_chunk[i]) * kSquaresChunk, end = min(b.n[i], begin + kSquaresChunk);
   const bool vectors = reinterpret_cast<uintptr_t>(x) % 16 == 0;

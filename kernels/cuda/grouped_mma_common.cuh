@@ -16,6 +16,7 @@
 
 #include <cstdint>
 
+#include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cp_async.cuh"
 #include "kernels/cuda/grouped_mma.h"
 
@@ -82,15 +83,7 @@ __device__ inline GroupedTile<Out> locate_tile(const GroupedMmaParams& p) {
   // This block's place in the order: the last whose first block is at most blockIdx.x (empty groups
   // have none).
   const int block = static_cast<int>(blockIdx.x);
-  int place = 0;
-  for (int hi = p.groups; hi - place > 1;) {
-    const int mid = (place + hi) / 2;
-    if (p.tile_start[mid] <= block) {
-      place = mid;
-    } else {
-      hi = mid;
-    }
-  }
+  const int place = last_start_at_most(p.tile_start, p.groups, block);
   const int g = p.order[place];
   const int first = p.offsets[g], count = p.offsets[g + 1] - first;
   GroupedTile<Out> t;
