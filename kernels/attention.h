@@ -42,7 +42,8 @@ namespace cuda {
 // Fused (flash-attention style): the [T, T] scores never reach global memory. head_dim <= 256.
 // q, k, v (and dout) f32, or all bf16 where attention_operand_dtype says BF16; with bf16 operands,
 // out (and dv) may be bf16 too, rounded to nearest even (what their products take; the backward's row
-// deltas then read that o).
+// deltas then read that o). The tensor-core kernels store two adjacent columns at once: out, dq, dk
+// and dv must start at an even element (fresh tensors do; an odd view is an error, not a slow path).
 void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, Tensor& lse);
 // Deterministic (no atomics): dK, dV per key tile and dQ per query tile are separate kernels.
 void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,

@@ -52,7 +52,6 @@ struct MoELayer::ExpertSaved {
 
 struct MoELayer::Saved {
   Tensor x;                    // [N, D] f32: the router multiplies in float32 (DESIGN.md decision 7)
-  Tensor x_operand;            // [N, D] as products take it (kernels::matmul_operand): shared experts, gather
   Tensor logits, scores;       // [N, E]
   Tensor topk_idx, topk_w;     // [N, K]
   kernels::ExpertSort sort;    // single process only (the dispatcher keeps its own plan)
@@ -138,7 +137,9 @@ Tensor MoELayer::forward(const Tensor& x_in, const LossWeights& weights) {
   const Tensor x = x_in.view({n, d});
   EG_ASSERT(x.dtype() == DType::F32, "MoE forward: x ", x.describe(), " must be f32 (the router's input)");
   s->x = x;
-  s->x_operand = kernels::matmul_operand(x);
+  // x as products take it (kernels::matmul_operand), for the expert gather and the shared experts
+  // (which keep it for their backward).
+  const Tensor x_operand = !dispatcher_ || shared_ ? kernels::matmul_operand(x) : Tensor();
 
   // Routing.
   s->logits = Tensor::empty({n, n_experts}, DType::F32, dev);
@@ -166,11 +167,11 @@ Tensor MoELayer::forward(const Tensor& x_in, const LossWeights& weights) {
     for (int64_t e = 0; e < n_experts; ++e) load_[e] = s->sort.offsets[e + 1] - s->sort.offsets[e];
     // Gathered straight into the dtype the expert products take (no f32 copy to round).
     Tensor x_sorted = Tensor::empty({n * k, d}, kernels::matmul_operand_dtype(dev), dev);
-    kernels::embedding_gather(s->x_operand, s->sort.sorted_token, x_sorted);
+    kernels::embedding_gather(x_operand, s->sort.sorted_token, x_sorted);
     s->expert_out = experts_forward(x_sorted, s->sort.offsets, s->experts);
     kernels::combine_expert_outputs(s->expert_out, s->sort.position, s->topk_w, y_flat);
   }
-  if (shared_) shared_->forward_add_to(s->x_operand, y_flat);
+  if (shared_) shared_->forward_add_to(x_operand, y_flat);
 
   // Auxiliary terms: their gradients do not depend on dy, so they are computed here and added in backward.
   aux_loss_ = 0.0;

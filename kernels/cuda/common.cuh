@@ -118,7 +118,9 @@ void launch_with_shared(Kernel* kernel, dim3 grid, int threads, size_t shared_by
 
 // Kernels that stream float rows take kVec = 4 consecutive values at a time (one 16-byte access, or
 // 8 bytes of bf16: a quarter of the loads and loop steps, four times the bytes in flight) where every
-// tensor allows, else one; each value's arithmetic is the same either way.
+// tensor allows, else one; each value's arithmetic is the same either way, but a reduction over a
+// row (RMSNorm's sums) adds in another order, so the path a call takes (from its tensors' alignment:
+// the same for the same layout, so runs still repeat bitwise) can move those sums by rounding.
 inline bool aligned_16(const Tensor& t) { return reinterpret_cast<uintptr_t>(t.raw()) % 16 == 0; }
 inline bool aligned_for_four(const Tensor& t) {  // 16 bytes of f32, 8 of bf16
   return reinterpret_cast<uintptr_t>(t.raw()) % (4 * dtype_size(t.dtype())) == 0;

@@ -84,9 +84,9 @@ __global__ void sum_squares_chunks_kernel(const __grid_constant__ SquaresBatch b
   const int64_t vector_end = vectors ? begin + (end - begin) / 4 * 4 : begin;
   double sum = 0.0;
   for (int64_t j = begin + 4 * int64_t{threadIdx.x}; j < vector_end; j += 4 * int64_t{blockDim.x}) {
-    const float4 v = *reinterpret_cast<const float4*>(x + j);
-    sum += static_cast<double>(v.x) * v.x + static_cast<double>(v.y) * v.y + static_cast<double>(v.z) * v.z +
-           static_cast<double>(v.w) * v.w;
+    const Floats<4> f = load_floats<4>(x + j);
+    sum += static_cast<double>(f.v[0]) * f.v[0] + static_cast<double>(f.v[1]) * f.v[1] +
+           static_cast<double>(f.v[2]) * f.v[2] + static_cast<double>(f.v[3]) * f.v[3];
   }
   for (int64_t j = vector_end + threadIdx.x; j < end; j += blockDim.x) sum += static_cast<double>(x[j]) * x[j];
   sum = block_reduce(sum, Sum{}, 0.0);

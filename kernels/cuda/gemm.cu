@@ -260,7 +260,15 @@ void grouped_gemm_pair(const Tensor& a, const Tensor& b, const Tensor& a2, const
   const Tensor a_product = matmul_operand(a), b_product = matmul_operand(b);
   const Tensor a2_product = matmul_operand(a2), b2_product = matmul_operand(b2);
   if (grouped_mma_pair(a_product, b_product, a2_product, b2_product, trans_b, c, offsets)) return;
-  gemm_groups::grouped_gemm_pair(gemm, a_product, b_product, a2_product, b2_product, trans_b, c, offsets);
+  if (c.dtype() == DType::F32) {
+    gemm_groups::grouped_gemm_pair(gemm, a_product, b_product, a2_product, b2_product, trans_b, c, offsets);
+    return;
+  }
+  // The per-group products add the second into the first's output: into a bf16 c that would round
+  // twice, so they sum in f32 and the sum is rounded once, as the kernel rounds it.
+  Tensor sum = Tensor::empty(c.shape(), DType::F32, Device::CUDA);
+  gemm_groups::grouped_gemm_pair(gemm, a_product, b_product, a2_product, b2_product, trans_b, sum, offsets);
+  c.copy_from(rounded_to_bf16(sum));
 }
 
 void grouped_gemm_wgrad(const Tensor& dc, const Tensor& a, Tensor& db, const std::vector<int64_t>& offsets) {

@@ -341,6 +341,27 @@ TEST_F(CudaGemm, GroupedMmaKernelWritesBf16AsTheF32ResultRounded) {
   EXPECT_FALSE(kernels::cuda::grouped_mma_wgrad(dc, a, db, offsets));
 }
 
+// A pair the tensor-core kernels decline (n = 12 is not a multiple of 8) runs per group: into a bf16
+// c it still rounds each f32 sum once, bitwise the f32 pair's result rounded, not the first product
+// rounded and then the sum with it rounded again.
+TEST_F(CudaGemm, PerGroupPairIntoBf16RoundsOnce) {
+  std::mt19937 gen(100);
+  const int64_t groups = 4, n = 12, k = 40;
+  const std::vector<int64_t> offsets = uneven_group_offsets(groups);
+  const int64_t rows = offsets.back();
+  const auto bf16_on_device = [&](const Shape& shape) {
+    return round_to_bf16(random_uniform(shape, gen)).bf16.copy_to(Device::CUDA);
+  };
+  const Tensor a = bf16_on_device({rows, k}), b = bf16_on_device({groups, n, k});
+  const Tensor a2 = bf16_on_device({rows, k}), b2 = bf16_on_device({groups, n, k});
+  Tensor c = nan_bf16_on_device({rows, n});
+  ASSERT_FALSE(kernels::cuda::grouped_mma_pair(a, b, a2, b2, true, c, offsets)) << "n = 12 must be declined";
+  Tensor c_f32 = nan_tensor({rows, n}).copy_to(Device::CUDA);
+  kernels::grouped_gemm_pair(a, b, a2, b2, true, c, offsets);
+  kernels::grouped_gemm_pair(a, b, a2, b2, true, c_f32, offsets);
+  EXPECT_TRUE(bitwise_equal(c.copy_to(Device::CPU), round_to_bf16(c_f32.copy_to(Device::CPU)).bf16));
+}
+
 TEST_F(CudaGemm, GroupedProductsMatchTheCpuWithAnEmptyGroup) {
   std::mt19937 gen(93);
   const int64_t r = 37, s = 21;
