@@ -94,8 +94,7 @@ void print_table(const std::string& config_path, const Plan& plan) {
               short_flops(f.per_step).c_str(), f.per_step);
 
   const MemoryEstimate& m = plan.memory;
-  std::printf("\nMemory per rank (%s: float32 tensors; activations estimated; micro-batch %" PRId64 " x %" PRId64
-              " micro-steps)\n",
+  std::printf("\nMemory per rank (%s; activations estimated; micro-batch %" PRId64 " x %" PRId64 " micro-steps)\n",
               m.device_extra > 0 ? "peak on the GPU" : "CPU", m.micro_batch, m.micro_steps);
   bytes_row("parameters", m.parameters);
   bytes_row("gradients (dense)", m.gradients);

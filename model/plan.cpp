@@ -51,44 +51,68 @@ int64_t matmul_weights(const ModelConfig& m, int64_t routed_experts) {
   return weights;
 }
 
-// Saved activations per token (float32 values; an upper bound where the GPU keeps bf16 operand
-// copies) of each part, read off what the modules keep for backward (model/*.cpp). Index tensors count by their width in floats.
+// Bytes per value of the saved activations that the GPU keeps in bf16 under bf16 matmuls (float32
+// everywhere else): what products take (operands), the attention's q, k, v, o (its tensor-core head
+// dims; at 128 only where the GPU has the shared memory, as an H100 does and an RTX 4090 does not:
+// the plan assumes it), and the routed experts' outputs (one process: a dispatcher exchanges f32).
+struct ActivationWidths {
+  int64_t operand = kF32, attention = kF32, expert_out = kF32;
+};
+
+ActivationWidths activation_widths(const ExperimentConfig& cfg, int64_t world) {
+  ActivationWidths w;
+  if (cfg.runtime().device() != config::CUDA || cfg.runtime().matmul_precision() != config::BF16) return w;
+  const ModelConfig& m = cfg.model();
+  const int64_t head_dim = m.d_model() / m.n_heads();
+  w.operand = kBf16;
+  w.attention = head_dim == 64 || head_dim == 128 ? kBf16 : kF32;
+  w.expert_out = world == 1 ? kBf16 : kF32;
+  return w;
+}
+
+// Saved activation bytes per token of each part, read off what the modules keep for backward
+// (model/*.cpp; docs/ARCHITECTURE.md, Precision, for which are bf16 on the GPU). Index tensors count
+// by their width.
 struct ActivationsPerToken {
   int64_t embedding = 0, block_common = 0, dense_layer_ffn = 0, moe_layer_ffn = 0, engram = 0, head = 0;
 };
 
-ActivationsPerToken activations_per_token(const ModelConfig& m) {
+ActivationsPerToken activations_per_token(const ModelConfig& m, const ActivationWidths& w) {
   const int64_t d = m.d_model();
   ActivationsPerToken a;
-  a.embedding = d;  // h = E[x], the first block's input
-  // attn_norm output + rstd, q, k, v, o, the softmax log-sum-exp per head, the residual h_mid;
-  // then ffn_norm output + rstd and the block's output residual.
-  a.block_common = d + 1 + 4 * d + m.n_heads() + d + d + 1 + d;
-  a.dense_layer_ffn = 3 * int64_t{m.d_ff()};  // gate, up, silu(gate)·up
+  a.embedding = kF32 * d;  // h = E[x], the first block's input
+  // attn_norm output + rstd, q, k, v, o, the softmax log-sum-exp per head, the residual h_mid, the
+  // ffn_norm's rstd and the block's output residual; the ffn_norm output is the FFN's (below).
+  a.block_common = w.operand * d + kF32 + w.attention * 4 * d + kF32 * (m.n_heads() + d + 1 + d);
+  a.dense_layer_ffn = w.operand * (d + 3 * int64_t{m.d_ff()});  // normed input, gate, up, silu(gate)·up
   if (has_moe(m)) {
     const auto& e = m.moe();
     const int64_t k = e.top_k(), fe = e.expert_d_ff(), experts = e.n_routed_experts();
-    a.moe_layer_ffn = 2 * experts   // router logits, scores
-                      + 4 * k       // top-k ids and weights, sort order, positions
-                      + 2 * k * d   // gathered inputs, expert outputs
-                      + 3 * k * fe  // expert gate, up, act
-                      + 3 * int64_t{e.n_shared_experts()} * fe  // shared expert gate, up, act
-                      + (e.aux_loss_coeff() > 0 ? experts : 0) + (e.z_loss_coeff() > 0 ? experts : 0);
+    const int64_t shared = int64_t{e.n_shared_experts()} * fe;
+    a.moe_layer_ffn = kF32 * d                               // normed input (the router's, float32)
+                      + kF32 * 2 * experts                   // router logits, scores
+                      + kF32 * 4 * k                         // top-k ids and weights, sort order, positions
+                      + w.operand * k * d                    // gathered inputs
+                      + w.expert_out * k * d                 // expert outputs
+                      + w.operand * 3 * k * fe               // expert gate, up, act
+                      + w.operand * 3 * shared               // shared expert gate, up, act
+                      + (shared > 0 && w.operand != kF32 ? w.operand * d : 0)  // the shared experts' input copy
+                      + kF32 * ((e.aux_loss_coeff() > 0 ? experts : 0) + (e.z_loss_coeff() > 0 ? experts : 0));
   }
   if (has_engram(m)) {
     // residual h_in, k, v, q/k norm outputs, u, conv norm output r, conv output c (8·D); the gathered
     // memory e (d_mem); row ids (i64: two floats per head); three rstd, score and gate.
-    a.engram = 8 * d + engram_memory_dim(m) + 2 * engram_heads(m) + 5;
+    a.engram = kF32 * (8 * d + engram_memory_dim(m) + 2 * engram_heads(m) + 5);
   }
   // Final norm output + rstd, logits [V], per-token loss, and the gradient of the normed output.
-  a.head = d + 1 + m.vocab_size() + 1 + d;
+  a.head = w.operand * d + kF32 * (1 + m.vocab_size() + 1 + d);
   return a;
 }
 
 // Activation bytes of one micro-batch of `tokens` tokens: everything saved across the forward,
 // plus the largest single layer once more for the gradient buffers its backward allocates.
-int64_t activation_bytes(const ModelConfig& m, int64_t tokens) {
-  const ActivationsPerToken a = activations_per_token(m);
+int64_t activation_bytes(const ModelConfig& m, const ActivationWidths& w, int64_t tokens) {
+  const ActivationsPerToken a = activations_per_token(m, w);
   const std::vector<int32_t> engram_at(m.engram().layers().begin(), m.engram().layers().end());
   int64_t saved = a.embedding + a.head, largest_layer = 0;
   for (int l = 0; l < m.n_layers(); ++l) {
@@ -98,7 +122,7 @@ int64_t activation_bytes(const ModelConfig& m, int64_t tokens) {
     saved += layer;
     largest_layer = std::max(largest_layer, layer);
   }
-  return kF32 * tokens * (saved + largest_layer);
+  return tokens * (saved + largest_layer);
 }
 
 MemoryEstimate estimate_memory(const ExperimentConfig& cfg, const PlanLayout& layout,
@@ -137,7 +161,7 @@ MemoryEstimate estimate_memory(const ExperimentConfig& cfg, const PlanLayout& la
       mem.table_row_grads += held * (kF32 * m.engram().head_dim() + kI64);
     }
   }
-  mem.activations = activation_bytes(m, mem.micro_batch * t.seq_len());
+  mem.activations = activation_bytes(m, activation_widths(cfg, world), mem.micro_batch * t.seq_len());
   if (cfg.runtime().device() == config::CUDA) {
     mem.device_extra = static_cast<int64_t>(kCublasWorkspaceBytes);
     // bf16 matmuls: the copies of every weight the products take, rounded once per forward and kept

@@ -271,10 +271,16 @@ TEST(Plan, ActivationsScaleWithTheMicroBatch) {
   EXPECT_EQ(make_plan(cfg).memory.activations, 2 * one);
 }
 
-// On the GPU the same float32 tensors, plus the cuBLASLt workspace and, with bf16 matmuls, the bf16
-// copies kept from forward to backward: every weight the products take (the hand-worked case's 448
-// with all 3 experts instead of the 2 active ones: 508 values) and the head's dlogits
-// [micro-batch tokens, V] (one sequence of 8 here, V = 10).
+// On the GPU the same tensors, plus the cuBLASLt workspace and, with bf16 matmuls, the bf16 copies
+// kept from forward to backward: every weight the products take (the hand-worked case's 448 with all
+// 3 experts instead of the 2 active ones: 508 values) and the head's dlogits [micro-batch tokens, V]
+// (one sequence of 8 here, V = 10). With bf16 matmuls the activations that the GPU keeps in bf16 take
+// 2 bytes less per value (d_h 2 has no tensor-core attention, so q, k, v, o stay f32), per token:
+// the attention norms' outputs 2·D = 8 values; the dense FFN's normed input, gate, up and act D + 3·F
+// = 22; the MoE's gathered inputs and expert outputs 2·K·D = 16, gate, up, act 3·K·F_e = 30 and the
+// shared expert's 3·F_e = 15, less its bf16 input copy D = 4 (new); the head norm's output D = 4:
+// 91 values, 182 bytes; and the largest layer, the MoE one, once more for its gradient buffers:
+// 4 + 16 + 30 + 15 - 4 = 61 values, 122 bytes. 304 bytes a token, 8 tokens.
 TEST(Plan, GpuPeakAddsTheWorkspaceAndTheBf16Copies) {
   ExperimentConfig cfg = hand_worked_case();
   cfg.mutable_train()->set_micro_batch_size(1);
@@ -283,10 +289,12 @@ TEST(Plan, GpuPeakAddsTheWorkspaceAndTheBf16Copies) {
   cfg.mutable_runtime()->set_device(config::CUDA);
   cfg.mutable_runtime()->set_matmul_precision(config::FLOAT32);
   EXPECT_EQ(make_plan(cfg).memory.device_extra, 32 << 20);
+  EXPECT_EQ(make_plan(cfg).memory.activations, cpu.activations);
   cfg.mutable_runtime()->set_matmul_precision(config::BF16);
   const MemoryEstimate gpu = make_plan(cfg).memory;
   EXPECT_EQ(gpu.device_extra, (32 << 20) + 2 * (508 + 8 * 10));
-  EXPECT_EQ(gpu.total() - gpu.device_extra, cpu.total());
+  EXPECT_EQ(gpu.total() - gpu.device_extra, cpu.total() - 8 * 304);
+  EXPECT_EQ(gpu.activations, cpu.activations - 8 * 304);
   // Three GPUs, one expert each (two fewer expert copies of 60 values), plus the NCCL sums' scratch,
   // here all of the (small) gradients, under the bound.
   const MemoryEstimate three = make_plan(cfg, {3, 3}).memory;
