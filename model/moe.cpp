@@ -137,9 +137,9 @@ Tensor MoELayer::forward(const Tensor& x_in, const LossWeights& weights) {
   const Tensor x = x_in.view({n, d});
   EG_ASSERT(x.dtype() == DType::F32, "MoE forward: x ", x.describe(), " must be f32 (the router's input)");
   s->x = x;
-  // x as products take it (kernels::matmul_operand), for the expert gather and the shared experts
-  // (which keep it for their backward).
-  const Tensor x_operand = !dispatcher_ || shared_ ? kernels::matmul_operand(x) : Tensor();
+  // The shared experts take x rounded (kernels::matmul_operand) and keep that copy for backward; the
+  // expert gather reads it where there is one (half the bytes), else rounds x's rows as it copies them.
+  const Tensor x_operand = shared_ ? kernels::matmul_operand(x) : x;
 
   // Routing.
   s->logits = Tensor::empty({n, n_experts}, DType::F32, dev);

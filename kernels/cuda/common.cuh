@@ -48,6 +48,18 @@ void with_f32_or_bf16(const Tensor& t, const char* what, Launch&& launch) {
   EG_ASSERT(t.dtype() == DType::F32, what, " must be f32 or bf16, got ", t.describe());
   launch(t.data<float>());
 }
+// The same over two or three tensors: launch(data, data2[, data3]), one instance per dtype combination.
+template <class Launch>
+void with_f32_or_bf16(const Tensor& t, const char* what, const Tensor& t2, const char* what2, Launch&& launch) {
+  with_f32_or_bf16(t, what, [&](auto* p) { with_f32_or_bf16(t2, what2, [&](auto* p2) { launch(p, p2); }); });
+}
+template <class Launch>
+void with_f32_or_bf16(const Tensor& t, const char* what, const Tensor& t2, const char* what2, const Tensor& t3,
+                      const char* what3, Launch&& launch) {
+  with_f32_or_bf16(t, what, [&](auto* p) {
+    with_f32_or_bf16(t2, what2, t3, what3, [&](auto* p2, auto* p3) { launch(p, p2, p3); });
+  });
+}
 // The dtype a shared check (kernels/checks.h) expects of a tensor that may be f32 or bf16: its own
 // if bf16, else f32 (which a wrong dtype's message then names).
 inline DType f32_or_bf16(const Tensor& t) { return t.dtype() == DType::BF16 ? DType::BF16 : DType::F32; }

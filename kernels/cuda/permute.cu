@@ -211,16 +211,16 @@ void combine_expert_outputs_backward(const Tensor& dy, const Tensor& expert_out,
   const unsigned long long* bad_position = check_positions(position, n * k, "combine_expert_outputs_backward");
   if (n * k == 0) return;
   const bool vectors = four_at_a_time(d, dy, expert_out, d_expert_out);
-  with_f32_or_bf16(expert_out, "combine_expert_outputs_backward expert_out", [&](auto* rows) {
-    using In = std::remove_pointer_t<decltype(rows)>;
-    with_f32_or_bf16(d_expert_out, "combine_expert_outputs_backward d_expert_out", [&](auto* d_out) {
-      using Out = std::remove_pointer_t<decltype(d_out)>;
-      const auto kernel = vectors ? combine_backward_kernel<4, In, Out> : combine_backward_kernel<1, In, Out>;
-      kernel<<<grid_for_rows(n * k), kThreads, 0, compute_stream()>>>(dy.data<float>(), rows, position.data<int32_t>(),
-                                                                      topk_w.data<float>(), n * k, k, d, bad_position,
-                                                                      d_out, d_topk_w.data<float>());
-    });
-  });
+  with_f32_or_bf16(expert_out, "combine_expert_outputs_backward expert_out", d_expert_out,
+                   "combine_expert_outputs_backward d_expert_out", [&](auto* rows, auto* d_out) {
+                     using In = std::remove_pointer_t<decltype(rows)>;
+                     using Out = std::remove_pointer_t<decltype(d_out)>;
+                     const auto kernel =
+                         vectors ? combine_backward_kernel<4, In, Out> : combine_backward_kernel<1, In, Out>;
+                     kernel<<<grid_for_rows(n * k), kThreads, 0, compute_stream()>>>(
+                         dy.data<float>(), rows, position.data<int32_t>(), topk_w.data<float>(), n * k, k, d,
+                         bad_position, d_out, d_topk_w.data<float>());
+                   });
   EG_CUDA_CHECK_LAUNCH("combine_backward_kernel");
 }
 

@@ -54,14 +54,11 @@ void swiglu_forward(const Tensor& gate, const Tensor& up, Tensor& out) {
   check_dtype(up, gate.dtype(), "swiglu_forward up (the dtype of gate)");
   const int64_t n = gate.numel();
   const bool vectors = four_at_a_time(n, gate, up, out);
-  with_f32_or_bf16(gate, "swiglu_forward gate", [&](auto* g) {
+  with_f32_or_bf16(gate, "swiglu_forward gate", out, "swiglu_forward out", [&](auto* g, auto* o) {
     using In = std::remove_pointer_t<decltype(g)>;
-    with_f32_or_bf16(out, "swiglu_forward out", [&](auto* o) {
-      using Out = std::remove_pointer_t<decltype(o)>;
-      const auto kernel = vectors ? swiglu_forward_kernel<4, In, Out> : swiglu_forward_kernel<1, In, Out>;
-      kernel<<<grid_for(vectors ? n / 4 : n), kThreads, 0, compute_stream()>>>(g, static_cast<const In*>(up.raw()), o,
-                                                                               n);
-    });
+    using Out = std::remove_pointer_t<decltype(o)>;
+    const auto kernel = vectors ? swiglu_forward_kernel<4, In, Out> : swiglu_forward_kernel<1, In, Out>;
+    kernel<<<grid_for(vectors ? n / 4 : n), kThreads, 0, compute_stream()>>>(g, static_cast<const In*>(up.raw()), o, n);
   });
   EG_CUDA_CHECK_LAUNCH("swiglu_forward_kernel");
 }
@@ -76,19 +73,16 @@ void swiglu_backward(const Tensor& dout, const Tensor& gate, const Tensor& up, T
   check_dtype(dup, dgate.dtype(), "swiglu_backward dup (the dtype of dgate)");
   const int64_t n = gate.numel();
   const bool vectors = four_at_a_time(n, dout, gate, up, dgate, dup);
-  with_f32_or_bf16(dout, "swiglu_backward dout", [&](auto* d) {
-    using Grad = std::remove_pointer_t<decltype(d)>;
-    with_f32_or_bf16(gate, "swiglu_backward gate", [&](auto* g) {
-      using In = std::remove_pointer_t<decltype(g)>;
-      with_f32_or_bf16(dgate, "swiglu_backward dgate", [&](auto* dg) {
-        using Out = std::remove_pointer_t<decltype(dg)>;
-        const auto kernel =
-            vectors ? swiglu_backward_kernel<4, Grad, In, Out> : swiglu_backward_kernel<1, Grad, In, Out>;
-        kernel<<<grid_for(vectors ? n / 4 : n), kThreads, 0, compute_stream()>>>(d, g, static_cast<const In*>(up.raw()),
-                                                                                 dg, static_cast<Out*>(dup.raw()), n);
-      });
-    });
-  });
+  with_f32_or_bf16(dout, "swiglu_backward dout", gate, "swiglu_backward gate", dgate, "swiglu_backward dgate",
+                   [&](auto* d, auto* g, auto* dg) {
+                     using Grad = std::remove_pointer_t<decltype(d)>;
+                     using In = std::remove_pointer_t<decltype(g)>;
+                     using Out = std::remove_pointer_t<decltype(dg)>;
+                     const auto kernel =
+                         vectors ? swiglu_backward_kernel<4, Grad, In, Out> : swiglu_backward_kernel<1, Grad, In, Out>;
+                     kernel<<<grid_for(vectors ? n / 4 : n), kThreads, 0, compute_stream()>>>(
+                         d, g, static_cast<const In*>(up.raw()), dg, static_cast<Out*>(dup.raw()), n);
+                   });
   EG_CUDA_CHECK_LAUNCH("swiglu_backward_kernel");
 }
 

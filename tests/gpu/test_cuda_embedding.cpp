@@ -80,30 +80,26 @@ TEST_F(CudaEmbedding, AnIdOutsideTheTableIsTheCpuError) {
   expect_error([&] { kernels::embedding_scatter_add(out, ids, dtable); }, {"id -1 at position 2"});
 }
 
+// f32 dout, and bf16 dout (the MoE's row gradients, as its expert products write them), which is
+// added as the floats it holds: the CPU's sums of those values, bit for bit, into the f32 table.
 TEST_F(CudaEmbedding, ScatterAddEqualsTheCpuBitForBit) {
   std::mt19937 gen(62);
   // Few rows, many ids: most rows receive many contributions, whose order matters in float.
-  for (const int64_t c : {29, 32}) {
-    const HostDevice ids = on_both(random_ids<int32_t>({3, 331}, 17, gen));
-    const HostDevice dout = random_on_both({3, 331, c}, gen);
-    HostDevice dtable = random_on_both({17, c}, gen);  // accumulated into
-    kernels::embedding_scatter_add(dout.cpu, ids.cpu, dtable.cpu);
-    kernels::embedding_scatter_add(dout.gpu, ids.gpu, dtable.gpu);
-    expect_bitwise_equal_to_cpu(dtable.gpu, dtable.cpu, "scatter_add");
-  }
-}
-
-// bf16 dout (the MoE's row gradients, as its expert products write them) is added as the floats it
-// holds: the CPU's sums of those values, bit for bit, into the f32 table.
-TEST_F(CudaEmbedding, ScatterAddOfBf16RowsEqualsTheCpusOfTheirValues) {
-  std::mt19937 gen(64);
-  for (const int64_t c : {29, 32}) {
-    const HostDevice ids = on_both(random_ids<int32_t>({3, 331}, 17, gen));
-    const Bf16Values dout = round_to_bf16(random_uniform({3, 331, c}, gen));
-    HostDevice dtable = random_on_both({17, c}, gen);  // accumulated into
-    kernels::embedding_scatter_add(dout.f32, ids.cpu, dtable.cpu);
-    kernels::embedding_scatter_add(dout.bf16.copy_to(Device::CUDA), ids.gpu, dtable.gpu);
-    expect_bitwise_equal_to_cpu(dtable.gpu, dtable.cpu, "scatter_add of bf16 rows");
+  for (const DType dout_dtype : {DType::F32, DType::BF16}) {
+    for (const int64_t c : {29, 32}) {
+      const HostDevice ids = on_both(random_ids<int32_t>({3, 331}, 17, gen));
+      const bool bf16 = dout_dtype == DType::BF16;
+      Tensor dout_cpu = random_uniform({3, 331, c}, gen), dout_gpu = dout_cpu.copy_to(Device::CUDA);
+      if (bf16) {  // the values bf16 holds, on both sides
+        const Bf16Values rounded = round_to_bf16(dout_cpu);
+        dout_cpu = rounded.f32;
+        dout_gpu = rounded.bf16.copy_to(Device::CUDA);
+      }
+      HostDevice dtable = random_on_both({17, c}, gen);  // accumulated into
+      kernels::embedding_scatter_add(dout_cpu, ids.cpu, dtable.cpu);
+      kernels::embedding_scatter_add(dout_gpu, ids.gpu, dtable.gpu);
+      expect_bitwise_equal_to_cpu(dtable.gpu, dtable.cpu, bf16 ? "scatter_add of bf16 rows" : "scatter_add");
+    }
   }
 }
 
