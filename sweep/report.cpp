@@ -49,15 +49,19 @@ void print_plan(const std::string& config_path, const Sweep& sweep, const std::v
   std::printf("  one routed expert (all MoE layers, router row included): %" PRId64 " parameters\n", b.per_expert);
   std::printf("  budget: %s; %d x %d = %" PRId64 " tokens per step\n", budget_text(s).c_str(),
               t.global_batch_size(), t.seq_len(), int64_t{t.global_batch_size()} * t.seq_len());
+  const bool cuda = sweep.base.runtime().device() == config::CUDA;
+  std::printf("  memory: peak_GiB = engram-plan's peak per rank (%d rank%s a run) %s\n", s.launcher().ranks(),
+              s.launcher().ranks() == 1 ? "" : "s", cuda ? "on its GPU" : "in host memory (runtime.device CPU)");
   std::printf("  output: %s/rho_<ρ>_seed_<seed>/\n\n", s.output_dir().c_str());
-  std::printf("%6s %6s %5s %11s %12s %12s %8s %11s %7s %11s %10s  %s\n", "rho", "seed", "E", "table_rows",
-              "P_tot", "target", "error", "P_act", "steps", "tokens", "FLOPs", "state");
+  std::printf("%6s %6s %5s %11s %12s %12s %8s %11s %7s %11s %10s %8s  %s\n", "rho", "seed", "E", "table_rows", "P_tot",
+              "target", "error", "P_act", "steps", "tokens", "FLOPs", "peak_GiB", "state");
   for (const SweepPoint& p : points) {
     const Allocation& a = p.allocation;
     std::printf("%6.3f %6" PRIu64 " %5" PRId64 " %11" PRId64 " %12" PRId64 " %12" PRId64 " %+7.3f%% %11" PRId64
-                " %7" PRId64 " %11" PRId64 " %10.3e  %s\n",
-                p.rho, p.seed, a.routed_experts, a.table_rows, a.total_params, p.target_total,
-                100.0 * a.relative_error, a.activated_params, p.steps, p.tokens, p.flops, point_state(p).c_str());
+                " %7" PRId64 " %11" PRId64 " %10.3e %8.2f  %s\n",
+                p.rho, p.seed, a.routed_experts, a.table_rows, a.total_params, p.target_total, 100.0 * a.relative_error,
+                a.activated_params, p.steps, p.tokens, p.flops, static_cast<double>(p.peak_bytes) / (1 << 30),
+                point_state(p).c_str());
   }
   std::printf("\nnothing trained (--dry-run)\n");
 }

@@ -146,11 +146,13 @@ std::string SweepRun::training_problem(size_t i) {
   return "";
 }
 
-// engram-eval on heldout_text, its JSON into the run directory; nullopt without heldout_text.
+// engram-eval on heldout_text, on the device the point trained on (the slot's GPU), its JSON into the
+// run directory; nullopt without heldout_text.
 std::optional<ChildSpec> SweepRun::heldout_eval(size_t i, const std::vector<std::string>& env) const {
   if (!cfg().has_heldout_text()) return std::nullopt;
   const SweepPoint& p = points_[i];
-  ChildSpec spec{{tool("engram-eval"), "--checkpoint", p.run_dir, "--text", cfg().heldout_text()},
+  const char* device = p.config.runtime().device() == config::CUDA ? "cuda" : "cpu";
+  ChildSpec spec{{tool("engram-eval"), "--checkpoint", p.run_dir, "--text", cfg().heldout_text(), "--device", device},
                  log_path(p),
                  join(p.run_dir, "heldout_eval.json"),
                  env};

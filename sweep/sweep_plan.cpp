@@ -41,6 +41,7 @@ SweepPoint plan_point(const Sweep& sweep, double rho, uint64_t seed) {
     validate_config(p.config);
     const Plan plan = make_plan(p.config, {s.launcher().ranks(), p.config.parallel().expert_parallel()});
     p.flops = static_cast<double>(p.steps) * plan.flops.per_step;
+    p.peak_bytes = plan.memory.total();
   } catch (const Error& e) {
     EG_FAIL("ρ = ", rho, ", seed ", seed, " (", p.steps, " steps): ", e.what());
   }

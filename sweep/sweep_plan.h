@@ -20,6 +20,7 @@ struct SweepPoint {
   int64_t steps = 0;        // ceil(budget tokens / (global_batch_size · seq_len))
   int64_t tokens = 0;       // steps · global_batch_size · seq_len: the tokens actually trained on
   double flops = 0.0;       // steps · the planner's FLOPs per step (model/plan.h FlopEstimate)
+  int64_t peak_bytes = 0;   // the planner's memory per rank on the run's device (MemoryEstimate::total)
 };
 
 // Seed-major (every ρ of the first seed, then the next seed), ρ ascending: a partial sweep has

@@ -12,7 +12,8 @@
 // - the command launcher with max_parallel 2 runs two points at once, each slot with its own
 //   CUDA_VISIBLE_DEVICES, with results equal to the in-process launcher's;
 // - bad sweep configs exit 1 with one line naming the field and write nothing; --dry-run prints the
-//   allocation of every point (as allocate() computes it) and the planned steps.
+//   allocation of every point (as allocate() computes it), the planned steps, and the planner's FLOPs
+//   and peak memory of each point's model.
 #include <gtest/gtest.h>
 #include <signal.h>
 
@@ -483,8 +484,10 @@ TEST_F(SweepCli, DryRunPrintsTheAllocationAndPlannedSteps) {
       double printed_rho;
       uint64_t printed_seed;
       int64_t experts, rows, total, target, act, steps, tokens;
+      double flops, peak_gib;
       std::string error;
-      in >> printed_rho >> printed_seed >> experts >> rows >> total >> target >> error >> act >> steps >> tokens;
+      in >> printed_rho >> printed_seed >> experts >> rows >> total >> target >> error >> act >> steps >> tokens >>
+          flops >> peak_gib;
       EXPECT_EQ(printed_rho, rho);
       EXPECT_EQ(printed_seed, seed);
       EXPECT_EQ(experts, a.routed_experts);
@@ -494,7 +497,14 @@ TEST_F(SweepCli, DryRunPrintsTheAllocationAndPlannedSteps) {
       EXPECT_EQ(act, a.activated_params);
       EXPECT_EQ(steps, 11);
       EXPECT_EQ(tokens, 11 * kTokensPerStep);
+      // FLOPs and memory are the planner's for the point's model (printed to 4 and 3 significant digits).
+      ExperimentConfig point = base;
+      *point.mutable_model() = a.model;
+      const Plan plan = make_plan(point);
+      EXPECT_NEAR(flops, 11 * plan.flops.per_step, 5e-4 * flops);
+      EXPECT_NEAR(peak_gib, static_cast<double>(plan.memory.total()) / (1 << 30), 0.0051);
     }
+  EXPECT_NE(r.out.find("peak per rank (1 rank a run) in host memory"), std::string::npos) << r.out;
 }
 
 }  // namespace

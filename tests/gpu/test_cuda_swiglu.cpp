@@ -1,5 +1,6 @@
 // CUDA SwiGLU against the CPU one on odd sizes with NaN-poisoned outputs. Same float formulas; the
-// GPU's expf and fused multiply-adds leave differences of a few ulps (rtol 1e-5, atol 1e-6).
+// GPU's expf and fused multiply-adds leave differences of a few ulps (rtol 1e-5, atol 1e-6). bf16
+// inputs and outputs, aligned or not, give their f32 values' results (rounded, for outputs).
 #include <gtest/gtest.h>
 
 #include <random>
@@ -104,6 +105,37 @@ TEST_F(CudaSwiglu, Bf16InputsGiveTheResultsOfTheirF32Values) {
     // Gate and up of different dtypes are refused.
     Tensor f32_out = Tensor::empty(shape, DType::F32, Device::CUDA);
     EXPECT_THROW(kernels::swiglu_forward(on_device(gate, true), on_device(up, false), f32_out), Error);
+  }
+}
+
+// bf16 views that start 8 but not 16 bytes past an aligned address (4 values in: the four-value
+// path) or only 4 bytes past one (2 values in: one value at a time), inputs and outputs alike, give
+// bitwise the results of aligned tensors.
+TEST_F(CudaSwiglu, Bf16ViewsAtAnyAlignmentGiveTheAlignedResults) {
+  std::mt19937 gen(43);
+  const Shape shape{23, 172};
+  const auto bf16_on_device = [&](float lo, float hi) {
+    return round_to_bf16(random_uniform(shape, gen, lo, hi)).bf16.copy_to(Device::CUDA);
+  };
+  const Tensor gate = bf16_on_device(-6.0f, 6.0f), up = bf16_on_device(-2.0f, 2.0f), dout = bf16_on_device(-1.0f, 1.0f);
+  const SwigluResults aligned = run_on_device(gate, up, dout, DType::BF16);
+  for (const int64_t offset : {4, 2}) {
+    SCOPED_TRACE("views " + std::to_string(offset) + " bf16 values past an aligned start");
+    const auto offset_copy = [&](const Tensor& t) {
+      Tensor view = Tensor::empty({t.numel() + offset}, t.dtype(), Device::CUDA)
+                        .slice(offset, offset + t.numel())
+                        .view(t.shape());
+      view.copy_from(t);
+      return view;
+    };
+    const Tensor poison = round_to_bf16(nan_tensor(shape)).bf16.copy_to(Device::CUDA);
+    Tensor out = offset_copy(poison), dgate = offset_copy(poison), dup = offset_copy(poison);
+    const Tensor g = offset_copy(gate), u = offset_copy(up), d = offset_copy(dout);
+    kernels::swiglu_forward(g, u, out);
+    kernels::swiglu_backward(d, g, u, dgate, dup);
+    EXPECT_TRUE(bitwise_equal(out.copy_to(Device::CPU), aligned.out)) << "out";
+    EXPECT_TRUE(bitwise_equal(dgate.copy_to(Device::CPU), aligned.dgate)) << "dgate";
+    EXPECT_TRUE(bitwise_equal(dup.copy_to(Device::CPU), aligned.dup)) << "dup";
   }
 }
 
