@@ -1,0 +1,138 @@
+// Checkpoints of GPU training under bf16 matmuls (the fast path: tensor-core attention at head_dim 64,
+// bf16 expert products), on a small MoE + Engram model:
+// - 3 steps, a checkpoint, a fresh GPU model and trainer loading it, and 2 more steps equal 5
+//   uninterrupted steps bitwise: losses, gradient norms, expert loads, parameters and both
+//   optimizers' moments (DESIGN.md: resume continues bitwise-identically);
+// - the checkpoint a GPU run wrote loads into a CPU model with the same values.
+// Not yet run on a GPU (written in a session without one).
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kernels/matmul_precision.h"
+#include "tests/gpu/cuda_test_util.h"
+#include "tests/test_util.h"
+#include "train/checkpoint.h"
+
+namespace engram {
+namespace {
+
+using namespace testing_util;
+
+using CudaCheckpoint = CudaTest;
+
+constexpr int kVocab = 97, kSeq = 24;
+
+ExperimentConfig small_experiment() {
+  ExperimentConfig cfg;
+  ModelConfig& m = *cfg.mutable_model();
+  m.set_vocab_size(kVocab);
+  m.set_d_model(128);  // 2 heads of 64: the tensor-core attention under bf16 matmuls
+  m.set_n_heads(2);
+  m.set_n_layers(3);
+  m.set_n_dense_layers(1);
+  m.set_d_ff(96);
+  m.set_seed(9);
+  auto& moe = *m.mutable_moe();
+  moe.set_n_routed_experts(8);
+  moe.set_top_k(2);
+  moe.set_expert_d_ff(32);
+  moe.set_n_shared_experts(1);
+  moe.set_bias_update_rate(0.01f);
+  auto& engram = *m.mutable_engram();
+  engram.add_layers(0);
+  engram.add_layers(2);
+  engram.set_max_ngram(3);
+  engram.set_heads_per_ngram(2);
+  engram.set_head_dim(8);
+  engram.add_table_size(101);
+  engram.add_table_size(103);
+  auto& optim = *cfg.mutable_optim();
+  optim.set_lr(1e-2f);
+  optim.set_min_lr(1e-3f);
+  optim.set_warmup_steps(2);
+  cfg.mutable_train()->set_max_steps(10);
+  return cfg;
+}
+
+struct TrainingRun {
+  TrainingRun(const ExperimentConfig& cfg, Device device)
+      : model(cfg.model(), {}, nullptr, device), trainer(model, cfg.optim(), cfg.train().max_steps()) {}
+  Model model;
+  Trainer trainer;
+};
+
+// The global batch of step s: a function of s alone, as the data loader's order is.
+std::vector<StepMetrics> train(TrainingRun& run, int steps) {
+  std::vector<StepMetrics> out;
+  for (int i = 0; i < steps; ++i) {
+    std::mt19937 rng(1000 + static_cast<unsigned>(run.trainer.steps_done()));
+    const std::vector<Batch> micro_batches{random_unrelated_batch<Batch>(2, kSeq, kVocab, rng),
+                                           random_unrelated_batch<Batch>(2, kSeq, kVocab, rng)};
+    out.push_back(run.trainer.step(micro_batches));
+  }
+  return out;
+}
+
+// Every tensor a checkpoint holds, by name, on the host: parameters and both optimizers' moments.
+std::map<std::string, Tensor> state_of(const TrainingRun& run) {
+  std::map<std::string, Tensor> state;
+  for (const Parameter* p : run.model.params().all()) state["param " + p->name] = p->value.copy_to(Device::CPU);
+  for (const auto& [name, s] : run.trainer.adamw().state()) {
+    state["adamw.m " + name] = s.m.copy_to(Device::CPU);
+    state["adamw.v " + name] = s.v.copy_to(Device::CPU);
+  }
+  for (const auto& [name, s] : run.trainer.sparse_adam().state()) {
+    state["sparse_adam.m " + name] = s.m.copy_to(Device::CPU);
+    state["sparse_adam.v " + name] = s.v.copy_to(Device::CPU);
+  }
+  return state;
+}
+
+void expect_same_state(const TrainingRun& a, const TrainingRun& b) {
+  EXPECT_EQ(a.trainer.steps_done(), b.trainer.steps_done());
+  const auto sa = state_of(a), sb = state_of(b);
+  ASSERT_EQ(sa.size(), sb.size());
+  for (const auto& [name, t] : sa) EXPECT_TRUE(bitwise_equal(t, sb.at(name))) << name;
+}
+
+bool same_double_bits(double a, double b) { return std::memcmp(&a, &b, sizeof a) == 0; }
+
+TEST_F(CudaCheckpoint, Bf16ResumeEqualsUninterruptedRunBitwiseAndLoadsOnTheCpu) {
+  const ScopedMatmulPrecision bf16(kernels::MatmulPrecision::BF16);
+  const ExperimentConfig cfg = small_experiment();
+  const ScopedTempDir dir("test_cuda_checkpoint");
+  const std::string run_dir = (dir.path() / "run").string();
+
+  TrainingRun uninterrupted(cfg, Device::CUDA);
+  const std::vector<StepMetrics> expected = train(uninterrupted, 5);
+  {
+    TrainingRun first(cfg, Device::CUDA);
+    train(first, 3);
+    save_checkpoint(run_dir, cfg, first.model, first.trainer);
+  }
+  TrainingRun resumed(cfg, Device::CUDA);
+  load_checkpoint(latest_checkpoint(run_dir), cfg, resumed.model, resumed.trainer);
+  const std::vector<StepMetrics> got = train(resumed, 2);
+  for (int i = 0; i < 2; ++i) {
+    EXPECT_EQ(got[i].step, expected[3 + i].step);
+    EXPECT_TRUE(same_double_bits(got[i].loss, expected[3 + i].loss)) << "step " << got[i].step;
+    EXPECT_TRUE(same_double_bits(got[i].grad_norm, expected[3 + i].grad_norm)) << "step " << got[i].step;
+    EXPECT_EQ(got[i].expert_load, expected[3 + i].expert_load);
+  }
+  expect_same_state(uninterrupted, resumed);
+
+  // The GPU's checkpoint on the CPU: the same values (step 3's state).
+  TrainingRun gpu_at_3(cfg, Device::CUDA), cpu_at_3(cfg, Device::CPU);
+  load_checkpoint(latest_checkpoint(run_dir), cfg, gpu_at_3.model, gpu_at_3.trainer);
+  load_checkpoint(latest_checkpoint(run_dir), cfg, cpu_at_3.model, cpu_at_3.trainer);
+  EXPECT_EQ(cpu_at_3.model.params().all()[0]->value.device(), Device::CPU);
+  expect_same_state(gpu_at_3, cpu_at_3);
+}
+
+}  // namespace
+}  // namespace engram
