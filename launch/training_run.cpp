@@ -215,6 +215,11 @@ TrainingResult run_training(const TrainingOptions& options, Communicator& world)
   // The ranks as this device's collectives need them: NCCL when every rank has its own GPU, else
   // the world moving device tensors through host copies (also on the CPU).
   const std::unique_ptr<Communicator> ranks = make_device_communicator(world, device);
+  if (ranks->size() > 1 && device == Device::CUDA)
+    EG_LOG_INFO("collectives over ", ranks->size(), " ranks: ",
+                ranks->backend() == "nccl" ? "NCCL (every rank has a GPU of its own)"
+                : built_with_nccl()        ? "MPI with host copies (ranks share a GPU)"
+                                           : "MPI with host copies (this build has no NCCL)");
   TrainingData data = load_training_data(cfg, *ranks);
   if (writer) ensure_writable_dir(run_dir);
 
@@ -222,7 +227,7 @@ TrainingResult run_training(const TrainingOptions& options, Communicator& world)
   const int64_t n_experts = has_moe(cfg.model()) ? cfg.model().moe().n_routed_experts() : 0;
   ProcessGroups groups(*ranks, cfg.parallel().expert_parallel(), n_experts);
   Model model(cfg.model(), data.compress, ranks->size() > 1 ? &groups : nullptr, device);
-  Trainer trainer(model, cfg.optim(), t.max_steps(), int64_t{cfg.parallel().grad_bucket_mb()} << 20);
+  Trainer trainer(model, cfg.optim(), t.max_steps(), grad_bucket_bytes(cfg.parallel()));
   std::string last_checkpoint;
   if (resuming) {
     last_checkpoint = latest_checkpoint(run_dir);

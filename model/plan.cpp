@@ -172,8 +172,7 @@ MemoryEstimate estimate_memory(const ExperimentConfig& cfg, const PlanLayout& la
     // Several GPUs: the scratch of the gradient buckets' sums in flight on NCCL (at most the
     // in-flight bound plus the bucket that crosses it, and never more than the gradients).
     if (world > 1)
-      mem.device_extra +=
-          std::min(mem.gradients, kNcclScratchInFlightBytes + (int64_t{cfg.parallel().grad_bucket_mb()} << 20));
+      mem.device_extra += std::min(mem.gradients, kNcclScratchInFlightBytes + grad_bucket_bytes(cfg.parallel()));
   }
   return mem;
 }

@@ -166,7 +166,12 @@ std::unique_ptr<Communicator> Communicator::split(int color, int key) {
   return do_split(color, key);
 }
 
+Communicator* Communicator::host_group_for(Device where) {
+  return where == Device::CPU && device() != Device::CPU ? host_group() : nullptr;
+}
+
 void Communicator::broadcast_on(Device where, void* data, int64_t count, CommType type, int root) {
+  if (Communicator* host = host_group_for(where)) return host->broadcast_on(where, data, count, type, root);
   const TraceRange range("broadcast");
   check_root(root, "broadcast");
   if (size() == 1) return;
@@ -176,6 +181,7 @@ void Communicator::broadcast_on(Device where, void* data, int64_t count, CommTyp
 }
 
 void Communicator::all_reduce_sum_on(Device where, void* data, int64_t count, CommType type) {
+  if (Communicator* host = host_group_for(where)) return host->all_reduce_sum_on(where, data, count, type);
   const TraceRange range("all_reduce_sum");
   check_summable(type, "all_reduce_sum");
   if (size() == 1) return;
@@ -186,6 +192,8 @@ void Communicator::all_reduce_sum_on(Device where, void* data, int64_t count, Co
 
 void Communicator::reduce_scatter_sum_on(Device where, const void* send, void* recv, int64_t recv_count,
                                          CommType type) {
+  if (Communicator* host = host_group_for(where))
+    return host->reduce_scatter_sum_on(where, send, recv, recv_count, type);
   const TraceRange range("reduce_scatter_sum");
   check_summable(type, "reduce_scatter_sum");
   const StagedBuffer in(device(), where, send, bytes_of(recv_count * size(), type), true);
@@ -195,6 +203,7 @@ void Communicator::reduce_scatter_sum_on(Device where, const void* send, void* r
 }
 
 void Communicator::all_gather_on(Device where, const void* send, void* recv, int64_t send_count, CommType type) {
+  if (Communicator* host = host_group_for(where)) return host->all_gather_on(where, send, recv, send_count, type);
   const TraceRange range("all_gather");
   const StagedBuffer in(device(), where, send, bytes_of(send_count, type), true);
   StagedBuffer out(device(), where, recv, bytes_of(send_count * size(), type), false);
@@ -204,6 +213,8 @@ void Communicator::all_gather_on(Device where, const void* send, void* recv, int
 
 void Communicator::all_to_all_v_on(Device where, const void* send, const std::vector<int64_t>& send_counts,
                                    void* recv, const std::vector<int64_t>& recv_counts, CommType type) {
+  if (Communicator* host = host_group_for(where))
+    return host->all_to_all_v_on(where, send, send_counts, recv, recv_counts, type);
   const TraceRange range("all_to_all_v");
   check_counts(send_counts, recv_counts);
   const StagedBuffer in(device(), where, send, bytes_of(total(send_counts), type), true);
@@ -287,7 +298,10 @@ std::vector<int64_t> Communicator::exchange_counts(const std::vector<int64_t>& s
   const TraceRange range("exchange_counts");
   EG_ASSERT(static_cast<int>(send_counts.size()) == size(), "exchange_counts needs one count per rank (",
             size(), "), got ", send_counts.size());
-  return do_exchange_counts(send_counts);
+  std::vector<int64_t> recv_counts(size());
+  const std::vector<int64_t> one_each(size(), 1);
+  all_to_all_v_on(Device::CPU, send_counts.data(), one_each, recv_counts.data(), one_each, CommType::I64);
+  return recv_counts;
 }
 
 std::unique_ptr<PendingCollective> Communicator::do_start_all_reduce_sum(void* data, int64_t count, CommType type,
@@ -304,13 +318,6 @@ std::unique_ptr<PendingCollective> Communicator::do_start_all_to_all_v(const voi
                                                                        std::vector<Tensor> /*buffers*/) {
   do_all_to_all_v(send, send_counts, recv, recv_counts, type);
   return completed();
-}
-
-std::vector<int64_t> Communicator::do_exchange_counts(const std::vector<int64_t>& send_counts) {
-  std::vector<int64_t> recv_counts(size());
-  const std::vector<int64_t> one_each(size(), 1);
-  do_all_to_all_v(send_counts.data(), one_each, recv_counts.data(), one_each, CommType::I64);
-  return recv_counts;
 }
 
 void Communicator::abort_all(const std::string& message) {

@@ -8,8 +8,9 @@
 // device() says. Vectors and scalars are host memory and Tensors live on their own device: when that
 // is not device(), the collective runs on a staging copy on device() (copied in before, out after;
 // communicator.cpp). That is how several ranks sharing one GPU run (MPI on host copies of CUDA
-// tensors) and how host metadata (metrics, counts) crosses an NCCL group. exchange_counts always
-// works on host counts.
+// tensors). Host buffers of an NCCL group (metrics, counts, table ids) take its host_group(), the MPI
+// group it was made from, instead: no copies, and no wait behind the collectives queued on its
+// stream. exchange_counts always works on host counts.
 //
 // Ordering contract (what makes results independent of timing, DESIGN.md decisions 4 and 5):
 // - all_gather and all_to_all_v receive buffers are ordered by source rank;
@@ -208,8 +209,10 @@ class Communicator {
                                                                    CommType type, std::vector<Tensor> buffers);
   // A collective that completed already.
   static std::unique_ptr<PendingCollective> completed();
-  // Host counts; the default runs do_all_to_all_v on host vectors (a device backend overrides it).
-  virtual std::vector<int64_t> do_exchange_counts(const std::vector<int64_t>& send_counts);
+  // A group of the same ranks over host memory, which collectives on host buffers take instead of
+  // being staged through device() (and queued behind this group's device collectives): NCCL's MPI
+  // group. nullptr (the default) where device() is the host, or where there is none.
+  virtual Communicator* host_group() { return nullptr; }
   // Prints the message (print_abort_message, with the rank in the world) and ends the whole job.
   virtual void do_abort_all(const std::string& message) = 0;
   // The line abort_all prints, on stderr, flushed.
@@ -221,7 +224,8 @@ class Communicator {
     return static_cast<int64_t>(v.size());
   }
   // Every collective of the public API: checks, then the raw collective on buffers that live on
-  // `where`, staged through copies on device() when that differs.
+  // `where`: host buffers of a device group on its host_group() when it has one, else staged through
+  // copies on device() when that differs.
   void broadcast_on(Device where, void* data, int64_t count, CommType type, int root);
   void all_reduce_sum_on(Device where, void* data, int64_t count, CommType type);
   void reduce_scatter_sum_on(Device where, const void* send, void* recv, int64_t recv_count, CommType type);
@@ -229,6 +233,8 @@ class Communicator {
   void all_to_all_v_on(Device where, const void* send, const std::vector<int64_t>& send_counts, void* recv,
                        const std::vector<int64_t>& recv_counts, CommType type);
 
+  // host_group() for host buffers of a device group that has one, else nullptr (this group runs it).
+  Communicator* host_group_for(Device where);
   void check_root(int root, const char* what) const;
   void check_summable(CommType type, const char* what) const;
   void check_counts(const std::vector<int64_t>& send_counts, const std::vector<int64_t>& recv_counts) const;
@@ -256,11 +262,14 @@ std::unique_ptr<Communicator> make_world_communicator(int* argc, char*** argv);
 // Collective over world, which stays the caller's (keep it alive: it owns MPI). On CUDA it first
 // gives this rank its GPU: local rank (world.split_node()) modulo the GPUs it sees, before the CUDA
 // context is made (an error if it already exists on another GPU). Then:
-// - NCCL over a copy of world, when this build has NCCL and every node has at most as many ranks
-//   as GPUs (the ranks agree on it, so all take the same path);
+// - NCCL over a copy of world, when this build has NCCL and no two ranks of a node use the same GPU
+//   (compared by PCI bus id, so ranks that each see only their own GPU, e.g. under Slurm's per-task
+//   GPU binding, count as separate; the ranks agree on it, so all take the same path);
 // - else (CPU runs, ranks sharing a GPU, builds without NCCL) a copy of world, which moves CUDA
 //   tensors through host copies.
 std::unique_ptr<Communicator> make_device_communicator(Communicator& world, Device device);
+// Whether two entries of `gpu_ids` (the GPU identity of each rank of a node) are the same GPU.
+bool ranks_share_a_gpu(std::vector<std::string> gpu_ids);
 
 // Runs body(); an exception on any rank ends the whole job through world.abort_all with the
 // exception's message (instead of leaving the other ranks blocked in a collective). Returns body's

@@ -10,9 +10,19 @@
 #ifdef ENGRAM_HAVE_NCCL
 #include "parallel/nccl_communicator.h"
 #endif
+#include <algorithm>
+#include <cstdint>
+#include <string>
+#include <vector>
+
 #include "parallel/communicator.h"
 
 namespace engram {
+
+bool ranks_share_a_gpu(std::vector<std::string> gpu_ids) {
+  std::sort(gpu_ids.begin(), gpu_ids.end());
+  return std::adjacent_find(gpu_ids.begin(), gpu_ids.end()) != gpu_ids.end();
+}
 
 #ifdef ENGRAM_HAVE_CUDA
 namespace {
@@ -24,6 +34,20 @@ void use_gpu(int gpu) {
            " before the communicator chose GPU ", gpu, ": call make_device_communicator before any CUDA work");
 }
 
+#ifdef ENGRAM_HAVE_NCCL
+// The PCI bus id of every node rank's GPU, by node rank: a GPU's id is the same in every process,
+// whatever CUDA_VISIBLE_DEVICES each was given (device numbers are not).
+std::vector<std::string> node_gpu_ids(Communicator& node, int gpu) {
+  constexpr int kIdBytes = 32;  // "0000:00:00.0" and its terminator fit with room to spare
+  std::vector<uint8_t> mine(kIdBytes, 0);
+  EG_CUDA_CHECK(cudaDeviceGetPCIBusId(reinterpret_cast<char*>(mine.data()), kIdBytes - 1, gpu));
+  const std::vector<uint8_t> all = node.all_gather(mine);
+  std::vector<std::string> ids;
+  for (int r = 0; r < node.size(); ++r) ids.emplace_back(reinterpret_cast<const char*>(all.data()) + r * kIdBytes);
+  return ids;
+}
+#endif
+
 }  // namespace
 #endif
 
@@ -33,10 +57,11 @@ std::unique_ptr<Communicator> make_device_communicator(Communicator& world, Devi
   const std::unique_ptr<Communicator> node = world.split_node();
   const int gpus = cuda_device_count();
   EG_CHECK(gpus > 0, "rank ", world.rank(), " sees no CUDA device; a run on cuda needs one on every node");
-  use_gpu(node->rank() % gpus);
+  const int gpu = node->rank() % gpus;
+  use_gpu(gpu);
 #ifdef ENGRAM_HAVE_NCCL
   // NCCL's initialization is collective, so every rank must take the same path: they agree on it.
-  const bool shares_gpu = node->size() > gpus;
+  const bool shares_gpu = ranks_share_a_gpu(node_gpu_ids(*node, gpu));
   if (world.all_reduce_sum<int64_t>(shares_gpu ? 1 : 0) == 0)
     return make_nccl_communicator(world.split(0, world.rank()));
 #endif

@@ -129,9 +129,7 @@ class NcclCommunicator final : public Communicator {
   }
   std::unique_ptr<Communicator> do_split_node() override { return make_nccl_communicator(host_->split_node()); }
   void do_abort_all(const std::string& message) override { host_->abort_all(message); }
-  std::vector<int64_t> do_exchange_counts(const std::vector<int64_t>& send_counts) override {
-    return host_->exchange_counts(send_counts);
-  }
+  Communicator* host_group() override { return host_.get(); }
 
   void do_broadcast(void* data, int64_t count, CommType type, int root) override {
     enqueue([&](cudaStream_t stream) {

@@ -39,5 +39,7 @@ inline int engram_pad_id(const ModelConfig& m) {
   return m.engram().pad_id() >= 0 ? m.engram().pad_id() : m.eos_id();
 }
 inline int head_dim(const ModelConfig& m) { return m.d_model() / m.n_heads(); }
+// parallel.grad_bucket_mb in bytes: the size of the dense gradient buckets.
+inline int64_t grad_bucket_bytes(const config::ParallelConfig& p) { return int64_t{p.grad_bucket_mb()} << 20; }
 
 }  // namespace engram

@@ -374,6 +374,16 @@ TEST_F(CommunicatorOnCudaTensors, DeviceCommunicatorOnOneGpu) {
 }
 #endif
 
+// The NCCL-or-staging choice compares GPUs by bus id: ranks that each see one GPU as device 0 (per-rank
+// CUDA_VISIBLE_DEVICES, Slurm's per-task binding) still have GPUs of their own.
+TEST(DeviceCommunicator, RanksShareAGpuOnlyWhenTwoHaveTheSameBusId) {
+  EXPECT_FALSE(ranks_share_a_gpu({}));
+  EXPECT_FALSE(ranks_share_a_gpu({"0000:1B:00.0"}));
+  EXPECT_FALSE(ranks_share_a_gpu({"0000:1B:00.0", "0000:43:00.0", "0000:52:00.0", "0000:61:00.0"}));
+  EXPECT_TRUE(ranks_share_a_gpu({"0000:1B:00.0", "0000:43:00.0", "0000:1B:00.0"}));
+  EXPECT_TRUE(ranks_share_a_gpu({"0000:43:00.0", "0000:43:00.0"}));
+}
+
 TEST(LocalCommunicator, IsAGroupOfOne) {
   std::unique_ptr<Communicator> local = make_local_communicator();
   EXPECT_EQ(local->backend(), "local");
