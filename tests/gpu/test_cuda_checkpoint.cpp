@@ -8,7 +8,6 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
-#include <map>
 #include <random>
 #include <string>
 #include <vector>
@@ -16,6 +15,7 @@
 #include "kernels/matmul_precision.h"
 #include "tests/gpu/cuda_test_util.h"
 #include "tests/test_util.h"
+#include "tests/training_state.h"
 #include "train/checkpoint.h"
 
 namespace engram {
@@ -78,26 +78,8 @@ std::vector<StepMetrics> train(TrainingRun& run, int steps) {
   return out;
 }
 
-// Every tensor a checkpoint holds, by name, on the host: parameters and both optimizers' moments.
-std::map<std::string, Tensor> state_of(const TrainingRun& run) {
-  std::map<std::string, Tensor> state;
-  for (const Parameter* p : run.model.params().all()) state["param " + p->name] = p->value.copy_to(Device::CPU);
-  for (const auto& [name, s] : run.trainer.adamw().state()) {
-    state["adamw.m " + name] = s.m.copy_to(Device::CPU);
-    state["adamw.v " + name] = s.v.copy_to(Device::CPU);
-  }
-  for (const auto& [name, s] : run.trainer.sparse_adam().state()) {
-    state["sparse_adam.m " + name] = s.m.copy_to(Device::CPU);
-    state["sparse_adam.v " + name] = s.v.copy_to(Device::CPU);
-  }
-  return state;
-}
-
 void expect_same_state(const TrainingRun& a, const TrainingRun& b) {
-  EXPECT_EQ(a.trainer.steps_done(), b.trainer.steps_done());
-  const auto sa = state_of(a), sb = state_of(b);
-  ASSERT_EQ(sa.size(), sb.size());
-  for (const auto& [name, t] : sa) EXPECT_TRUE(bitwise_equal(t, sb.at(name))) << name;
+  expect_same_checkpoint_state(a.model, a.trainer, b.model, b.trainer);
 }
 
 bool same_double_bits(double a, double b) { return std::memcmp(&a, &b, sizeof a) == 0; }

@@ -20,17 +20,17 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <set>
 #include <string>
 #include <vector>
 
-#include <nlohmann/json.hpp>
-
 #include "kernels/ngram_hash.h"
 #include "runtime/atomic_file.h"
 #include "runtime/safetensors.h"
 #include "tests/test_util.h"
+#include "tests/training_state.h"
 #include "train/checkpoint.h"
 #include "train/checkpoint_manifest.h"
 
@@ -40,7 +40,9 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 using testing_util::bitwise_equal;
+using testing_util::checkpoint_state;
 using testing_util::expect_error;
+using testing_util::expect_same_checkpoint_state;
 using testing_util::read_le;
 
 constexpr int kVocab = 29, kSeq = 7, kCompressedVocab = 19;
@@ -117,32 +119,14 @@ double eval_loss(TrainingRun& run) {
 
 bool same_double_bits(double a, double b) { return std::memcmp(&a, &b, sizeof a) == 0; }
 
-// Every tensor a checkpoint holds, by name: parameters and both optimizers' moments.
-std::map<std::string, Tensor> state_of(TrainingRun& run) {
-  std::map<std::string, Tensor> state;
-  for (const Parameter* p : run.model.params().all()) state["param " + p->name] = p->value;
-  for (const auto& [name, s] : run.trainer.adamw().state()) {
-    state["adamw.m " + name] = s.m;
-    state["adamw.v " + name] = s.v;
-  }
-  for (const auto& [name, s] : run.trainer.sparse_adam().state()) {
-    state["sparse_adam.m " + name] = s.m;
-    state["sparse_adam.v " + name] = s.v;
-  }
-  return state;
-}
-
 std::map<std::string, std::vector<float>> snapshot(TrainingRun& run) {
   std::map<std::string, std::vector<float>> out;
-  for (const auto& [name, t] : state_of(run)) out[name] = t.to_vector<float>();
+  for (const auto& [name, t] : checkpoint_state(run.model, run.trainer)) out[name] = t.to_vector<float>();
   return out;
 }
 
-void expect_same_state(TrainingRun& a, TrainingRun& b) {
-  EXPECT_EQ(a.trainer.steps_done(), b.trainer.steps_done());
-  const auto sa = state_of(a), sb = state_of(b);
-  ASSERT_EQ(sa.size(), sb.size());
-  for (const auto& [name, t] : sa) EXPECT_TRUE(bitwise_equal(t, sb.at(name))) << name;
+void expect_same_state(const TrainingRun& a, const TrainingRun& b) {
+  expect_same_checkpoint_state(a.model, a.trainer, b.model, b.trainer);
 }
 
 // A safetensors file's first 8 bytes: the length of the JSON header that follows.
