@@ -65,7 +65,9 @@ int run(const Options& o) {
   for (int i = 0; i < o.warmup; ++i) seconds_of(trainer, batches);
 
   std::vector<double> times;
+  const size_t returned_before = device_stats(device).returned_blocks;
   for (int i = 0; i < o.steps; ++i) times.push_back(seconds_of(trainer, batches));
+  const size_t returned_in_timed_steps = device_stats(device).returned_blocks - returned_before;
   std::sort(times.begin(), times.end());
   const double median = times[times.size() / 2];
 
@@ -82,14 +84,15 @@ int run(const Options& o) {
   nlohmann::ordered_json out = {
       {"config", o.config},
       {"device", device == Device::CUDA ? "cuda" : "cpu"},
-      {"matmul_precision", device == Device::CPU ? "FLOAT32"
-                                                 : config::MatmulPrecision_Name(cfg.runtime().matmul_precision())},
+      {"matmul_precision",
+       device == Device::CPU ? "FLOAT32" : config::MatmulPrecision_Name(cfg.runtime().matmul_precision())},
       {"tokens_per_step", plan.flops.tokens_per_step},
       {"median_step_ms", median * 1e3},
       {"tokens_per_s", tokens / median},
       {"model_tflops", plan.flops.per_step / median / 1e12},
       {"mfu", plan.flops.per_step / median / (o.peak_tflops * 1e12)},
-      {"peak_device_bytes", peak_device_bytes(device)},
+      {"peak_device_bytes", device_stats(device).peak_in_use},
+      {"device_blocks_returned_in_timed_steps", returned_in_timed_steps},
       {"peak_host_bytes", host_memory_stats().peak_in_use},
       {"phase_share", phases}};
   std::printf("%s\n", out.dump().c_str());

@@ -195,12 +195,12 @@ Device select_device(const config::RuntimeConfig& r) {
 #endif
 }
 
-size_t peak_device_bytes(Device device) {
+MemoryStats device_stats(Device device) {
 #ifdef ENGRAM_HAVE_CUDA
-  if (device == Device::CUDA) return device_memory_stats().peak_in_use;
+  if (device == Device::CUDA) return device_memory_stats();
 #endif
   (void)device;
-  return 0;
+  return {};
 }
 
 TrainingResult run_training(const TrainingOptions& options, Communicator& world) {
@@ -262,7 +262,11 @@ TrainingResult run_training(const TrainingOptions& options, Communicator& world)
     const double step_seconds = seconds_since(step_start);
     if (writer) {
       ordered_json line = train_line(m, step_seconds, seconds_since(start), ranks->size() > 1);
-      if (device == Device::CUDA) line["peak_device_bytes"] = peak_device_bytes(device);
+      if (device == Device::CUDA) {
+        const MemoryStats stats = device_stats(device);
+        line["peak_device_bytes"] = stats.peak_in_use;
+        line["device_blocks_returned"] = stats.returned_blocks;
+      }
       metrics->write(line);
     }
 
@@ -288,7 +292,8 @@ TrainingResult run_training(const TrainingOptions& options, Communicator& world)
                         {"val_ppl", std::exp(eval.loss)},
                         {"val_tokens", eval.tokens},
                         {"peak_host_bytes", host_memory_stats().peak_in_use},
-                        {"peak_device_bytes", peak_device_bytes(device)}});
+                        {"host_blocks_returned", host_memory_stats().returned_blocks},
+                        {"peak_device_bytes", device_stats(device).peak_in_use}});
       char line[160];
       std::snprintf(line, sizeof(line),
                     "eval at step %" PRId64 " | val_loss %.4f | val_ppl %.2f | %" PRId64 " tokens", m.step,

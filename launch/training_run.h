@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "parallel/communicator.h"
+#include "runtime/allocator.h"
 #include "runtime/config/config.h"
 
 namespace engram {
@@ -39,8 +40,8 @@ TrainingResult run_training(const TrainingOptions& options, Communicator& world)
 // The device `runtime` names, checked to be usable by this process (the build has the backend, a GPU
 // is visible); on CUDA also sets the matmul precision and starts the peak-memory count afresh.
 Device select_device(const config::RuntimeConfig& runtime);
-// Most device memory held by tensors since select_device (0 on the CPU).
-size_t peak_device_bytes(Device device);
+// The device allocator's statistics (all 0 on the CPU); its peak counts from select_device.
+MemoryStats device_stats(Device device);
 
 // Makes SIGINT / SIGTERM request a stop (the first one; later ones change nothing). run_training
 // installs them itself; a caller that runs several trainings installs them first to see a stop

@@ -11,6 +11,8 @@ struct MemoryStats {
   size_t in_use = 0;       // bytes held by live tensors (size classes, so a little above the requests)
   size_t peak_in_use = 0;  // maximum of in_use since start (or the last reset_peak)
   size_t cached = 0;       // bytes in freed blocks kept for reuse
+  size_t returned_blocks = 0;  // blocks handed back to the source since start (cudaFree on a GPU:
+                               // each waits for the whole device)
 };
 using HostMemoryStats = MemoryStats;
 

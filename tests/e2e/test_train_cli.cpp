@@ -280,14 +280,15 @@ class TrainCliResume : public TrainCli {
  protected:
   static constexpr int kSteps = 1000;  // long enough that the signals arrive mid-run
 
-  // metrics.jsonl without the timing fields and the memory peak (a resumed process also held the
-  // checkpoint it loaded), one dumped object per line.
+  // metrics.jsonl without the timing fields and the allocator's figures (a resumed process also held
+  // the checkpoint it loaded), one dumped object per line.
   static std::vector<std::string> untimed_metrics(const fs::path& run) {
     std::vector<std::string> lines;
     for (json m : metrics_of(run)) {
       m.erase("tokens_per_s");
       m.erase("elapsed_s");
       m.erase("peak_host_bytes");
+      m.erase("host_blocks_returned");
       lines.push_back(m.dump());
     }
     return lines;
