@@ -4,6 +4,7 @@
 
 #include "kernels/embedding.h"
 #include "kernels/matmul_precision.h"
+#include "runtime/key_order.h"
 
 namespace engram {
 
@@ -34,23 +35,28 @@ PendingLookup ShardedTable::start_lookup(const Tensor& shard, const Tensor& rows
   const Device device = shard.device();
   // The dedup and the exchange plan are index work on a host copy of the ids; the row gathers run on
   // the shard's device. A device-side plan (sort and unique there) would save the copies and waits.
-  const std::vector<int64_t> ids = rows.to_vector<int64_t>();
-  const int64_t* id = ids.data();
+  const Tensor ids = rows.to(Device::CPU);  // the caching host allocator's memory: no fresh pages
+  const int64_t* id = ids.data<int64_t>();
   for (int64_t i = 0; i < m; ++i)
     EG_CHECK(id[i] >= 0 && id[i] < global_rows_, "table row ", id[i], " at position ", i,
              " is outside the table's ", global_rows_, " rows [0, ", global_rows_, ")");
 
-  // 1. Dedup: sorted distinct rows, and each request's index among them.
+  // 1. Dedup: sorted distinct rows, and each request's index among them, from one walk over the
+  // requests in row order.
   TableRouting routing;
   routing.requested = m;
-  std::vector<int64_t> unique(id, id + m);
-  std::sort(unique.begin(), unique.end());
-  unique.erase(std::unique(unique.begin(), unique.end()), unique.end());
+  const Tensor order = stable_key_order(id, m, global_rows_);
+  const int64_t* by_row = order.data<int64_t>();
+  std::vector<int64_t> unique;
+  Tensor inverse = Tensor::empty({m}, DType::I64);
+  int64_t* inverse_of = inverse.data<int64_t>();
+  for (int64_t s = 0; s < m; ++s) {
+    const int64_t i = by_row[s];
+    if (s == 0 || id[i] != id[by_row[s - 1]]) unique.push_back(id[i]);
+    inverse_of[i] = static_cast<int64_t>(unique.size()) - 1;
+  }
   const int64_t n_unique = static_cast<int64_t>(unique.size());
-  std::vector<int64_t> inverse(m);
-  for (int64_t i = 0; i < m; ++i)
-    inverse[i] = std::lower_bound(unique.begin(), unique.end(), id[i]) - unique.begin();
-  routing.inverse = Tensor::from_vector(inverse).to(device);
+  routing.inverse = inverse.to(device);
 
   // 2. Ids to their owners: ascending ids are grouped by owner, owners ascending.
   routing.ids_to_owner.assign(group_.size(), 0);

@@ -1,10 +1,9 @@
 #include "kernels/embedding.h"
 
 #include <algorithm>
-#include <numeric>
-#include <vector>
 
 #include "kernels/checks.h"
+#include "runtime/key_order.h"
 
 namespace engram::kernels::cpu {
 
@@ -48,17 +47,19 @@ void embedding_scatter_add(const Tensor& dout, const Tensor& ids, Tensor& dtable
 RowGrads reduce_rows(const Tensor& dout, const Tensor& ids) {
   const int64_t n = ids.numel(), c = dout.cols();
   checks::rows_per_id(dout, ids, c, "reduce_rows dout");
-  std::vector<int64_t> key(n);
+  const Tensor keys = Tensor::empty({n}, DType::I64);  // the caching host allocator's: no fresh pages
+  int64_t* key = keys.data<int64_t>();
+  int64_t key_bound = 0;
   checks::visit_ids(ids, "reduce_rows ids", [&](const auto* id) {
     for (int64_t i = 0; i < n; ++i) {
       EG_CHECK(id[i] >= 0, "row id ", id[i], " at position ", i, " is negative");
       key[i] = id[i];
+      key_bound = std::max(key_bound, key[i] + 1);
     }
   });
-  // Stable sort of positions by id: equal ids keep ascending i, so each segment sums in i order.
-  std::vector<int64_t> order(n);
-  std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return key[a] < key[b]; });
+  // Positions stably ordered by id: equal ids keep ascending i, so each segment sums in i order.
+  const Tensor order_tensor = stable_key_order(key, n, key_bound);
+  const int64_t* order = order_tensor.data<int64_t>();
   int64_t n_unique = 0;
   for (int64_t s = 0; s < n; ++s) n_unique += (s == 0 || key[order[s]] != key[order[s - 1]]);
 
