@@ -93,7 +93,7 @@ Tensor ExpertDispatcher::forward(const Tensor& x_in, const Tensor& topk_idx, con
   Tensor x_send = Tensor::empty({n_sent, d}, DType::F32, device);
   kernels::embedding_gather(x, s.send_token, x_send);
   const Tensor x_recv = group_.all_to_all_v_rows(x_send, s.send_rows, s.recv_rows);
-  // Routing rows stay host metadata (staged by a device communicator).
+  // Routing rows stay host metadata (an NCCL group sends them over its host group).
   Tensor routing_recv =
       group_.all_to_all_v_rows(Tensor::from_vector(routing, {n_sent, k}), s.send_rows, s.recv_rows);
   const int64_t n_recv = x_recv.rows();

@@ -8,16 +8,19 @@
 // The host never waits for a collective, except to read results into host memory and when the
 // scratch of started sums in flight passes kNcclScratchInFlightBytes.
 //
-// Determinism: float sums (all_reduce_sum, reduce_scatter_sum) never use NCCL's reductions, whose
-// order across ranks is not guaranteed to repeat. NCCL only moves the blocks (all-to-all); each rank
+// Determinism: float sums (all_reduce_sum, reduce_scatter_sum) of device buffers never use NCCL's
+// reductions, whose order across ranks is not guaranteed to repeat. NCCL only moves the blocks (all-to-all); each rank
 // adds its block's P copies in rank order on its GPU (parallel/ordered_sum.h), and all_reduce_sum
 // then all-gathers the summed blocks. Every rank ends with the same bits, every run, with the
 // traffic of a ring all-reduce. Integer sums are exact in any order and use ncclAllReduce /
 // ncclReduceScatter.
 //
-// The communicator keeps a host communicator of the same ranks (in the same order) for what is host
-// metadata (exchange_counts), barriers, aborting the job, and bootstrapping the NCCL communicators of
-// split groups: rank 0 of the new group makes the NCCL unique id and broadcasts it over the host group.
+// The communicator keeps a host communicator of the same ranks (in the same order), its host_group():
+// every collective on host buffers (counts, metrics, table ids: no staging through the device; float
+// sums there are MPI's, the same bits on every rank and every run for the same inputs, not
+// necessarily in rank order), barriers, aborting the job, and bootstrapping the NCCL communicators
+// of split groups: rank 0 of the new group makes the NCCL unique id and broadcasts it over the host
+// group.
 #include <cstdint>
 #include <memory>
 

@@ -48,6 +48,7 @@ PendingLookup ShardedTable::start_lookup(const Tensor& shard, const Tensor& rows
   const Tensor order = stable_key_order(id, m, global_rows_);
   const int64_t* by_row = order.data<int64_t>();
   std::vector<int64_t> unique;
+  unique.reserve(static_cast<size_t>(m));  // pages are touched only as far as it fills
   Tensor inverse = Tensor::empty({m}, DType::I64);
   int64_t* inverse_of = inverse.data<int64_t>();
   for (int64_t s = 0; s < m; ++s) {

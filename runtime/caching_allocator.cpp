@@ -44,10 +44,9 @@ void* BlockCache::allocate(size_t bytes) {
     stats_.cached -= size;
   } else {
     ptr = raw_allocate_(size);
-    if (ptr == nullptr && stats_.cached > 0) {  // blocks of other classes may make room
-      free_cached_locked();
-      ptr = raw_allocate_(size);
-    }
+    // Out of memory: blocks of other classes may make room, the least recently asked-for first, so
+    // that the blocks a step keeps reusing go last.
+    while (ptr == nullptr && evict_oldest_locked(size)) ptr = raw_allocate_(size);
     EG_CHECK(ptr != nullptr, "out of ", memory_name_, " memory allocating ", bytes, " bytes (", stats_.in_use,
              " bytes in use)");
   }
@@ -71,20 +70,24 @@ void BlockCache::release(void* ptr, size_t bytes) {
 }
 
 bool BlockCache::make_room_locked(size_t size) {
-  while (stats_.cached + size > kBoundTimesPeak * stats_.peak_in_use) {
-    SizeClass* oldest = nullptr;
-    size_t oldest_size = 0;
-    for (auto& [class_size, cls] : classes_)
-      if (class_size != size && !cls.blocks.empty() && (!oldest || cls.last_use < oldest->last_use)) {
-        oldest = &cls;
-        oldest_size = class_size;
-      }
-    if (!oldest) return false;
-    for (void* p : oldest->blocks) raw_free_(p);
-    stats_.returned_blocks += oldest->blocks.size();
-    stats_.cached -= oldest->blocks.size() * oldest_size;
-    oldest->blocks.clear();
-  }
+  while (stats_.cached + size > kBoundTimesPeak * stats_.peak_in_use)
+    if (!evict_oldest_locked(size)) return false;
+  return true;
+}
+
+bool BlockCache::evict_oldest_locked(size_t keep) {
+  SizeClass* oldest = nullptr;
+  size_t oldest_size = 0;
+  for (auto& [class_size, cls] : classes_)
+    if (class_size != keep && !cls.blocks.empty() && (!oldest || cls.last_use < oldest->last_use)) {
+      oldest = &cls;
+      oldest_size = class_size;
+    }
+  if (!oldest) return false;
+  for (void* p : oldest->blocks) raw_free_(p);
+  stats_.returned_blocks += oldest->blocks.size();
+  stats_.cached -= oldest->blocks.size() * oldest_size;
+  oldest->blocks.clear();
   return true;
 }
 

@@ -6,7 +6,9 @@
 // makes room by returning the blocks of the classes asked for least recently (sizes a step no longer
 // uses, e.g. expert loads of earlier steps), and is returned itself only if that is not enough.
 // Returning the released block instead would keep stale classes and free the live one, to be
-// allocated again next step: on a GPU each cudaFree waits for the whole device, mid-step.
+// allocated again next step: on a GPU each cudaFree waits for the whole device, mid-step. When the
+// source is out of memory, cached classes are returned in the same order, one at a time, until the
+// allocation succeeds.
 #include <cstddef>
 #include <cstdint>
 #include <mutex>
@@ -42,6 +44,9 @@ class BlockCache {
   // Returns the cached blocks of the least recently asked-for classes other than `size` to the
   // source until a block of class `size` fits under the cache's bound; false if it does not even then.
   bool make_room_locked(size_t size);
+  // Returns the cached blocks of the least recently asked-for class other than `keep` to the source;
+  // false if there are none.
+  bool evict_oldest_locked(size_t keep);
 
   const char* memory_name_;
   RawAllocate raw_allocate_;

@@ -1,6 +1,7 @@
 #include "kernels/embedding.h"
 
 #include <algorithm>
+#include <limits>
 
 #include "kernels/checks.h"
 #include "runtime/key_order.h"
@@ -53,6 +54,8 @@ RowGrads reduce_rows(const Tensor& dout, const Tensor& ids) {
   checks::visit_ids(ids, "reduce_rows ids", [&](const auto* id) {
     for (int64_t i = 0; i < n; ++i) {
       EG_CHECK(id[i] >= 0, "row id ", id[i], " at position ", i, " is negative");
+      EG_CHECK(id[i] < std::numeric_limits<int64_t>::max(), "row id ", id[i], " at position ", i,
+               " is the largest int64 (no row id bound above it)");
       key[i] = id[i];
       key_bound = std::max(key_bound, key[i] + 1);
     }

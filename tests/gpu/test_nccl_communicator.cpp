@@ -2,7 +2,8 @@
 // GPU, so its multi-rank paths (the all-to-all under the float sums, the uneven in-place all-gather)
 // run only on a machine with several GPUs. Here every collective of a one-rank group against its
 // result (the input, bit for bit), through the Tensor, typed-pointer (device memory) and host-vector
-// APIs, CPU tensors staged through the device, split groups and the device communicator factory.
+// APIs, host vectors and CPU tensors (which take the host group), split groups and the device
+// communicator factory.
 // The rank-order sum kernel behind the float reductions is checked against a host loop adding the
 // same blocks left to right, bit for bit, on inputs whose sums depend on the order (checked too).
 #include <cmath>
@@ -107,7 +108,7 @@ TEST_F(NcclCommunicatorTest, StartedCollectivesCompleteBeforeLaterComputeWork) {
   cuda_synchronize();
 }
 
-TEST_F(NcclCommunicatorTest, HostVectorsAndCpuTensorsAreStaged) {
+TEST_F(NcclCommunicatorTest, HostVectorsAndCpuTensorsTakeTheHostGroup) {
   std::vector<double> sums{1.5, -2.0};
   comm_->all_reduce_sum(sums);
   EXPECT_EQ(sums, (std::vector<double>{1.5, -2.0}));

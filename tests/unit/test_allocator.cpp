@@ -4,11 +4,14 @@
 // released block itself only when nothing else can go.
 #include <gtest/gtest.h>
 
+#include <cstdint>
 #include <cstdlib>
+#include <map>
 #include <vector>
 
 #include "runtime/allocator.h"
 #include "runtime/caching_allocator.h"
+#include "runtime/error.h"
 #include "runtime/tensor.h"
 
 namespace engram {
@@ -59,19 +62,36 @@ TEST_F(HostAllocator, CacheStaysBoundedBySizesThatChangeEveryStep) {
   EXPECT_LT(host_memory_stats().cached, 3 * (1000000 + 199 * 50000));
 }
 
-// A BlockCache over malloc that records what it returns to its source.
+// A BlockCache over malloc that records what it returns to its source, and a source that runs out
+// past `source_limit` bytes outstanding (raw blocks held by the cache or its users).
 std::vector<void*> returned;
-void* plain_malloc(size_t bytes) { return std::malloc(bytes); }
+std::map<void*, size_t> outstanding;
+size_t source_limit = SIZE_MAX;
+size_t outstanding_bytes() {
+  size_t total = 0;
+  for (const auto& [ptr, bytes] : outstanding) total += bytes;
+  return total;
+}
+void* limited_malloc(size_t bytes) {
+  if (outstanding_bytes() + bytes > source_limit) return nullptr;
+  void* ptr = std::malloc(bytes);
+  outstanding[ptr] = bytes;
+  return ptr;
+}
 void recorded_free(void* ptr) {
   returned.push_back(ptr);
+  outstanding.erase(ptr);
   std::free(ptr);
 }
 
 class BlockCacheOrder : public ::testing::Test {
  protected:
-  void SetUp() override { returned.clear(); }
+  void SetUp() override {
+    returned.clear();
+    source_limit = SIZE_MAX;
+  }
   void TearDown() override { cache.empty_cache(); }
-  BlockCache cache{"test", plain_malloc, recorded_free};
+  BlockCache cache{"test", limited_malloc, recorded_free};
 };
 
 TEST_F(BlockCacheOrder, OverTheBoundTheLeastRecentlyAskedForClassesGoFirst) {
@@ -115,6 +135,25 @@ TEST_F(HostAllocator, TensorsGoThroughIt) {
   EXPECT_EQ(host_memory_stats().in_use, in_use);
   host_empty_cache();
   EXPECT_EQ(host_memory_stats().cached, 0u);
+}
+
+TEST_F(BlockCacheOrder, OutOfMemoryReturnsTheLeastRecentlyAskedForClassesOneAtATime) {
+  constexpr size_t kA = 1 << 20, kB = 5 << 18, kC = 3 << 19;  // three classes, 3.75 MiB together
+  void* a = cache.allocate(kA);
+  void* b = cache.allocate(kB);
+  void* c = cache.allocate(kC);
+  cache.release(c, kC);
+  cache.release(b, kB);
+  cache.release(a, kA);                     // all three cached; asked for in the order a, b, c (releases do not count)
+  constexpr size_t kD = 7 << 18;            // a fourth class, 1.75 MiB
+  source_limit = kA + kB + kC + (3 << 18);  // room for 0.75 MiB more
+  void* d = cache.allocate(kD);             // needs a's 1 MiB returned, and nothing else
+  EXPECT_NE(d, nullptr);
+  EXPECT_EQ(returned, (std::vector<void*>{a}));
+  EXPECT_EQ(cache.stats().cached, kB + kC);
+  cache.release(d, kD);
+  source_limit = 0;  // nothing more from the source: once nothing is cached, the error names the memory
+  EXPECT_THROW(cache.allocate(8 << 20), Error);
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 // Collectives on host buffers of a device group (NCCL) run on its host group (the MPI group it was
-// made from), not staged through the device: checked with a stand-in device group of 2 ranks whose
-// device collectives must not be reached, over a recording host group that answers them.
+// made from), not staged through the device, and those on the group's own device memory stay on it:
+// checked with a stand-in device group of 2 ranks over a recording host group, both recording which
+// raw collectives they run.
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -49,10 +50,12 @@ class RecordingHostGroup : public Communicator {
   }
 };
 
-// A device group of the same 2 ranks whose raw collectives (on device memory) must not be reached.
+// A device group of the same 2 ranks that records its raw collectives (on device memory; here the
+// buffers are host memory all the same, which the stand-in only counts and never reads).
 class StandInDeviceGroup : public Communicator {
  public:
   explicit StandInDeviceGroup(RecordingHostGroup& host) : host_(host) {}
+  std::vector<std::string> calls;
 
   int rank() const override { return 0; }
   int size() const override { return 2; }
@@ -65,17 +68,13 @@ class StandInDeviceGroup : public Communicator {
   std::unique_ptr<Communicator> do_split(int, int) override { return nullptr; }
   std::unique_ptr<Communicator> do_split_node() override { return nullptr; }
   void do_abort_all(const std::string&) override {}
-  void do_broadcast(void*, int64_t, CommType, int) override { ADD_FAILURE() << "broadcast reached the device"; }
-  void do_all_reduce_sum(void*, int64_t, CommType) override { ADD_FAILURE() << "all_reduce_sum reached the device"; }
-  void do_reduce_scatter_sum(const void*, void*, int64_t, CommType) override {
-    ADD_FAILURE() << "reduce_scatter_sum reached the device";
-  }
-  void do_all_gather(const void*, void*, int64_t, CommType) override {
-    ADD_FAILURE() << "all_gather reached the device";
-  }
+  void do_broadcast(void*, int64_t, CommType, int) override { calls.push_back("broadcast"); }
+  void do_all_reduce_sum(void*, int64_t, CommType) override { calls.push_back("all_reduce_sum"); }
+  void do_reduce_scatter_sum(const void*, void*, int64_t, CommType) override { calls.push_back("reduce_scatter"); }
+  void do_all_gather(const void*, void*, int64_t, CommType) override { calls.push_back("all_gather"); }
   void do_all_to_all_v(const void*, const std::vector<int64_t>&, void*, const std::vector<int64_t>&,
                        CommType) override {
-    ADD_FAILURE() << "all_to_all_v reached the device";
+    calls.push_back("all_to_all_v");
   }
 
  private:
@@ -97,6 +96,14 @@ TEST(HostGroupRouting, HostBuffersOfADeviceGroupTakeItsHostGroup) {
   group.broadcast(root_values, 1);
   EXPECT_EQ(host.calls, (std::vector<std::string>{"all_to_all_v", "all_reduce_sum", "all_reduce_sum", "all_gather",
                                                   "all_to_all_v", "broadcast"}));
+  EXPECT_TRUE(group.calls.empty());
+
+  // Typed pointers live on the group's device: those collectives stay on it.
+  std::vector<int64_t> on_device{1, 2};
+  group.all_reduce_sum(on_device.data(), 2);
+  group.broadcast(on_device.data(), 2, 0);
+  EXPECT_EQ(group.calls, (std::vector<std::string>{"all_reduce_sum", "broadcast"}));
+  EXPECT_EQ(host.calls.size(), 6u);
 }
 
 }  // namespace
