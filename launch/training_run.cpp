@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/attention.h"
 #include "kernels/matmul_precision.h"
 #include "model/model.h"
 #include "parallel/process_groups.h"
@@ -195,6 +196,23 @@ Device select_device(const config::RuntimeConfig& r) {
 #endif
 }
 
+namespace {
+
+// The tensor-core attention (head_dim 64 or 128 under bf16 matmuls) needs shared memory that some
+// GPUs lack at head_dim 128; the float32 kernels then run instead, silently but for this line.
+void warn_if_attention_falls_back(const ModelConfig& model, Device device) {
+  const int64_t d_h = head_dim(model);
+  if (device != Device::CUDA || kernels::matmul_operand_dtype(device) != DType::BF16 || (d_h != 64 && d_h != 128))
+    return;
+  if (kernels::attention_operand_dtype(device, d_h) == DType::F32)
+    EG_LOG_WARN("attention at head_dim ", d_h,
+                ": this GPU lacks the shared memory per block that the tensor-core "
+                "kernels need, so the slower float32 attention kernels run (engram-plan's memory assumes the "
+                "tensor-core ones)");
+}
+
+}  // namespace
+
 MemoryStats device_stats(Device device) {
 #ifdef ENGRAM_HAVE_CUDA
   if (device == Device::CUDA) return device_memory_stats();
@@ -212,6 +230,7 @@ TrainingResult run_training(const TrainingOptions& options, Communicator& world)
   const std::string run_dir = t.run_dir();
   const bool resuming = !options.resume_dir.empty();
   const Device device = select_device(cfg.runtime());
+  warn_if_attention_falls_back(cfg.model(), device);
   // The ranks as this device's collectives need them: NCCL when every rank has its own GPU, else
   // the world moving device tensors through host copies (also on the CPU).
   const std::unique_ptr<Communicator> ranks = make_device_communicator(world, device);
