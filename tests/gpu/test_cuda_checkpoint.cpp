@@ -1,5 +1,5 @@
 // Checkpoints of GPU training under bf16 matmuls (the fast path: tensor-core attention at head_dim 64,
-// bf16 expert products), on a small MoE + Engram model:
+// bf16 expert products), on the small model of the GPU suite (tests/gpu/small_model.h):
 // - 3 steps, a checkpoint, a fresh GPU model and trainer loading it, and 2 more steps equal 5
 //   uninterrupted steps bitwise: losses, gradient norms, expert loads, parameters and both
 //   optimizers' moments (DESIGN.md: resume continues bitwise-identically);
@@ -15,6 +15,7 @@
 
 #include "kernels/matmul_precision.h"
 #include "tests/gpu/cuda_test_util.h"
+#include "tests/gpu/small_model.h"
 #include "tests/test_util.h"
 #include "tests/training_state.h"
 #include "train/checkpoint.h"
@@ -26,32 +27,12 @@ using namespace testing_util;
 
 using CudaCheckpoint = CudaTest;
 
-constexpr int kVocab = 97, kSeq = 24;
+constexpr int kVocab = kSmallModelVocab, kSeq = 24;
 
 ExperimentConfig small_experiment() {
   ExperimentConfig cfg;
-  ModelConfig& m = *cfg.mutable_model();
-  m.set_vocab_size(kVocab);
-  m.set_d_model(128);  // 2 heads of 64: the tensor-core attention under bf16 matmuls
-  m.set_n_heads(2);
-  m.set_n_layers(3);
-  m.set_n_dense_layers(1);
-  m.set_d_ff(96);
-  m.set_seed(9);
-  auto& moe = *m.mutable_moe();
-  moe.set_n_routed_experts(8);
-  moe.set_top_k(2);
-  moe.set_expert_d_ff(32);
-  moe.set_n_shared_experts(1);
-  moe.set_bias_update_rate(0.01f);
-  auto& engram = *m.mutable_engram();
-  engram.add_layers(0);
-  engram.add_layers(2);
-  engram.set_max_ngram(3);
-  engram.set_heads_per_ngram(2);
-  engram.set_head_dim(8);
-  engram.add_table_size(101);
-  engram.add_table_size(103);
+  *cfg.mutable_model() = head_dim_64_model_config();                // the tensor-core attention under bf16 matmuls
+  cfg.mutable_model()->mutable_moe()->set_bias_update_rate(0.01f);  // balancing biases to restore too
   auto& optim = *cfg.mutable_optim();
   optim.set_lr(1e-2f);
   optim.set_min_lr(1e-3f);
