@@ -1,10 +1,13 @@
 #pragma once
-// What a checkpoint holds of a model and its trainer, as host tensors by name, for tests that compare
-// two runs bitwise (checkpoint and resume tests, on the CPU and on the GPU).
+// What a checkpoint holds of a model and its trainer, as host tensors by name, and the metrics of
+// training steps, for tests that compare two runs bitwise (checkpoint and resume tests, on the CPU
+// and on the GPU).
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <map>
 #include <string>
+#include <vector>
 
 #include "model/model.h"
 #include "tests/test_util.h"
@@ -34,6 +37,22 @@ inline void expect_same_checkpoint_state(const Model& model_a, const Trainer& tr
   const auto a = checkpoint_state(model_a, trainer_a), b = checkpoint_state(model_b, trainer_b);
   ASSERT_EQ(a.size(), b.size());
   for (const auto& [name, t] : a) EXPECT_TRUE(bitwise_equal(t, b.at(name))) << name;
+}
+
+inline bool same_double_bits(double a, double b) { return std::memcmp(&a, &b, sizeof a) == 0; }
+
+// The steps of a resumed run against the uninterrupted run's, from its step index `first` on: step
+// numbers, losses and gradient norms bitwise, expert loads.
+inline void expect_same_steps(const std::vector<StepMetrics>& resumed, const std::vector<StepMetrics>& uninterrupted,
+                              size_t first) {
+  ASSERT_LE(first + resumed.size(), uninterrupted.size());
+  for (size_t i = 0; i < resumed.size(); ++i) {
+    const StepMetrics &got = resumed[i], &want = uninterrupted[first + i];
+    EXPECT_EQ(got.step, want.step);
+    EXPECT_TRUE(same_double_bits(got.loss, want.loss)) << "step " << got.step;
+    EXPECT_TRUE(same_double_bits(got.grad_norm, want.grad_norm)) << "step " << got.step;
+    EXPECT_EQ(got.expert_load, want.expert_load);
+  }
 }
 
 }  // namespace engram::testing_util

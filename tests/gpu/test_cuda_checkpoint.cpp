@@ -7,7 +7,6 @@
 // Not yet run on a GPU (written in a session without one).
 #include <gtest/gtest.h>
 
-#include <cstring>
 #include <map>
 #include <random>
 #include <string>
@@ -64,8 +63,6 @@ void expect_same_state(const TrainingRun& a, const TrainingRun& b) {
   expect_same_checkpoint_state(a.model, a.trainer, b.model, b.trainer);
 }
 
-bool same_double_bits(double a, double b) { return std::memcmp(&a, &b, sizeof a) == 0; }
-
 TEST_F(CudaCheckpoint, Bf16ResumeEqualsUninterruptedRunBitwiseAndLoadsOnTheCpu) {
   const ScopedMatmulPrecision bf16(kernels::MatmulPrecision::BF16);
   const ExperimentConfig cfg = small_experiment();
@@ -84,12 +81,7 @@ TEST_F(CudaCheckpoint, Bf16ResumeEqualsUninterruptedRunBitwiseAndLoadsOnTheCpu) 
   TrainingRun resumed(cfg, Device::CUDA);
   load_checkpoint(latest_checkpoint(run_dir), cfg, resumed.model, resumed.trainer);
   const std::vector<StepMetrics> got = train(resumed, 2);
-  for (int i = 0; i < 2; ++i) {
-    EXPECT_EQ(got[i].step, expected[3 + i].step);
-    EXPECT_TRUE(same_double_bits(got[i].loss, expected[3 + i].loss)) << "step " << got[i].step;
-    EXPECT_TRUE(same_double_bits(got[i].grad_norm, expected[3 + i].grad_norm)) << "step " << got[i].step;
-    EXPECT_EQ(got[i].expert_load, expected[3 + i].expert_load);
-  }
+  expect_same_steps(got, expected, 3);
   expect_same_state(uninterrupted, resumed);
 
   // The GPU's checkpoint on the CPU: the values the GPU run saved, bit for bit.

@@ -43,7 +43,9 @@ using testing_util::bitwise_equal;
 using testing_util::checkpoint_state;
 using testing_util::expect_error;
 using testing_util::expect_same_checkpoint_state;
+using testing_util::expect_same_steps;
 using testing_util::read_le;
+using testing_util::same_double_bits;
 
 constexpr int kVocab = 29, kSeq = 7, kCompressedVocab = 19;
 
@@ -116,8 +118,6 @@ double eval_loss(TrainingRun& run) {
   std::mt19937 rng(4242);
   return run.model.forward(random_batch(3, rng)).ce_sum;
 }
-
-bool same_double_bits(double a, double b) { return std::memcmp(&a, &b, sizeof a) == 0; }
 
 std::map<std::string, std::vector<float>> snapshot(TrainingRun& run) {
   std::map<std::string, std::vector<float>> out;
@@ -192,12 +192,7 @@ TEST_F(CheckpointTest, ResumeEqualsUninterruptedRunBitwise) {
   load_checkpoint(latest_checkpoint(run_dir()), cfg_, resumed.model, resumed.trainer);
   const std::vector<StepMetrics> got = train(resumed, 2);
 
-  for (int i = 0; i < 2; ++i) {
-    EXPECT_EQ(got[i].step, expected[3 + i].step);
-    EXPECT_TRUE(same_double_bits(got[i].loss, expected[3 + i].loss)) << "step " << got[i].step;
-    EXPECT_TRUE(same_double_bits(got[i].grad_norm, expected[3 + i].grad_norm)) << "step " << got[i].step;
-    EXPECT_EQ(got[i].expert_load, expected[3 + i].expert_load);
-  }
+  expect_same_steps(got, expected, 3);
   expect_same_state(uninterrupted, resumed);
 }
 
