@@ -22,9 +22,10 @@ bool tensor_core_attention_fits(int64_t head_dim);
 // CUDA tensor-core kernels run (MatmulPrecision::BF16, head_dim 64 or 128, and the GPU has the shared
 // memory they need), which then skip their own rounding copies; F32 elsewhere, the only dtype the CPU
 // and the float32 kernels take.
+// The head dims the CUDA tensor-core kernels have instances for.
+inline bool tensor_core_attention_head_dim(int64_t head_dim) { return head_dim == 64 || head_dim == 128; }
 inline DType attention_operand_dtype(Device device, int64_t head_dim) {
-  const bool tensor_core_instance = head_dim == 64 || head_dim == 128;
-  if (matmul_operand_dtype(device) != DType::BF16 || !tensor_core_instance) return DType::F32;
+  if (matmul_operand_dtype(device) != DType::BF16 || !tensor_core_attention_head_dim(head_dim)) return DType::F32;
 #ifdef ENGRAM_HAVE_CUDA
   if (!cuda::tensor_core_attention_fits(head_dim)) return DType::F32;
 #endif

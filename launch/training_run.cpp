@@ -202,7 +202,8 @@ namespace {
 // GPUs lack at head_dim 128; the float32 kernels then run instead, silently but for this line.
 void warn_if_attention_falls_back(const ModelConfig& model, Device device) {
   const int64_t d_h = head_dim(model);
-  if (device != Device::CUDA || kernels::matmul_operand_dtype(device) != DType::BF16 || (d_h != 64 && d_h != 128))
+  if (device != Device::CUDA || kernels::matmul_operand_dtype(device) != DType::BF16 ||
+      !kernels::tensor_core_attention_head_dim(d_h))
     return;
   if (kernels::attention_operand_dtype(device, d_h) == DType::F32)
     EG_LOG_WARN("attention at head_dim ", d_h,
@@ -304,14 +305,15 @@ TrainingResult run_training(const TrainingOptions& options, Communicator& world)
     }
     if (t.eval_every() > 0 && (m.step % t.eval_every() == 0 || m.step == max_steps)) {
       const EvalResult eval = evaluate(model, data.validation);  // collective: every rank, same batches
+      const MemoryStats host = host_memory_stats();
       if (writer)
         metrics->write({{"type", "eval"},
                         {"step", m.step},
                         {"val_loss", eval.loss},
                         {"val_ppl", std::exp(eval.loss)},
                         {"val_tokens", eval.tokens},
-                        {"peak_host_bytes", host_memory_stats().peak_in_use},
-                        {"host_blocks_returned", host_memory_stats().returned_blocks},
+                        {"peak_host_bytes", host.peak_in_use},
+                        {"host_blocks_returned", host.returned_blocks},
                         {"peak_device_bytes", device_stats(device).peak_in_use}});
       char line[160];
       std::snprintf(line, sizeof(line),

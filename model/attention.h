@@ -33,8 +33,8 @@ class Attention {
   // As the products take them (kernels::matmul_operand, rounded once per forward): the input
   // [B, T, D] and the four weights, for backward.
   Tensor x_, wq_operand_, wk_operand_, wv_operand_, wo_operand_;
-  // q_, k_ after RoPE; all [B, T, H, d_h] except lse_ [B, H, T]; q_, k_, v_ in the dtype the attention
-  // reads (kernels::attention_operand_dtype), o_ f32.
+  // q_, k_ after RoPE; all [B, T, H, d_h] except lse_ [B, H, T]; q_, k_, v_, o_ in the dtype the
+  // attention reads (kernels::attention_operand_dtype), which its tensor-core kernels also write o in.
   Tensor q_, k_, v_, o_, lse_;
 };
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <string>
 
+#include "kernels/attention.h"
 #include "kernels/ngram_hash.h"
 #include "parallel/nccl_communicator.h"
 #include "runtime/cuda/device.h"
@@ -63,9 +64,8 @@ ActivationWidths activation_widths(const ExperimentConfig& cfg, int64_t world) {
   ActivationWidths w;
   if (cfg.runtime().device() != config::CUDA || cfg.runtime().matmul_precision() != config::BF16) return w;
   const ModelConfig& m = cfg.model();
-  const int64_t head_dim = m.d_model() / m.n_heads();
   w.operand = kBf16;
-  w.attention = head_dim == 64 || head_dim == 128 ? kBf16 : kF32;
+  w.attention = kernels::tensor_core_attention_head_dim(head_dim(m)) ? kBf16 : kF32;
   w.expert_out = world == 1 ? kBf16 : kF32;
   return w;
 }

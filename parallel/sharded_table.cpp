@@ -45,7 +45,7 @@ PendingLookup ShardedTable::start_lookup(const Tensor& shard, const Tensor& rows
   // requests in row order.
   TableRouting routing;
   routing.requested = m;
-  const Tensor order = stable_key_order(id, m, global_rows_);
+  const Tensor order = stable_key_order(id, m, global_rows_ - 1);
   const int64_t* by_row = order.data<int64_t>();
   std::vector<int64_t> unique;
   unique.reserve(static_cast<size_t>(m));  // pages are touched only as far as it fills
@@ -112,12 +112,12 @@ RowGrads ShardedTable::backward(const TableRouting& routing, const Tensor& drows
             " needs ", routing.requested, "·", width_, " elements");
   EG_CHECK(drows.device() == routing.inverse.device(), "sharded table backward drows ", drows.describe(),
            " is not on ", device_name(routing.inverse.device()), " with its lookup");
-  // 1'. One summed gradient per distinct row (every distinct row was requested at least once).
-  const RowGrads local = kernels::reduce_rows(drows.view({routing.requested, width_}), routing.inverse);
-  EG_ASSERT(local.rows.numel() == routing.unique_rows.numel(),
-            "sharded table backward: routing does not match");
+  // 1'. One summed gradient per distinct row, in the lookup's distinct-row order (inverse already
+  // names each request's row: no second sort), each row's requests added in ascending order.
+  Tensor local = Tensor::zeros({routing.unique_rows.numel(), width_}, DType::F32, drows.device());
+  kernels::embedding_scatter_add(drows.view({routing.requested, width_}), routing.inverse, local);
   // 2'. To the owners, in the order of the ids; 3'. owners sum by source rank.
-  const Tensor received = group_.all_to_all_v_rows(local.values, routing.ids_to_owner, routing.ids_from_rank);
+  const Tensor received = group_.all_to_all_v_rows(local, routing.ids_to_owner, routing.ids_from_rank);
   RowGrads owned = kernels::reduce_rows(received, routing.served_rows);
 
   backward_stats_ = TableStats{};

@@ -12,13 +12,10 @@ constexpr int kDigitBits = 11;
 constexpr int64_t kBuckets = int64_t{1} << kDigitBits;
 }  // namespace
 
-Tensor stable_key_order(const int64_t* keys, int64_t n, int64_t key_bound) {
-  EG_ASSERT(n >= 0 && key_bound >= 0, "stable_key_order: n ", n, ", key_bound ", key_bound);
-  for (int64_t i = 0; i < n; ++i)
-    EG_ASSERT(keys[i] >= 0 && keys[i] < key_bound, "stable_key_order: key ", keys[i], " at position ", i,
-              " is outside [0, ", key_bound, ")");
+Tensor stable_key_order(const int64_t* keys, int64_t n, int64_t max_key) {
+  EG_ASSERT(n >= 0 && max_key >= 0, "stable_key_order: n ", n, ", max_key ", max_key);
   int bits = 0;
-  while (bits < 63 && (int64_t{1} << bits) < key_bound) ++bits;
+  while (bits < 63 && (max_key >> bits) != 0) ++bits;
   // (key, position) pairs, moved together so that every pass reads them in sequence. Each pass is a
   // counting sort by one more significant digit that keeps the order of equal digits, so after the
   // last pass the pairs are ordered by the whole key, ties by position.
@@ -28,6 +25,8 @@ Tensor stable_key_order(const int64_t* keys, int64_t n, int64_t key_bound) {
     int64_t* k = key.data<int64_t>();
     int64_t* p = position.data<int64_t>();
     for (int64_t i = 0; i < n; ++i) {
+      EG_ASSERT(keys[i] >= 0 && keys[i] <= max_key, "stable_key_order: key ", keys[i], " at position ", i,
+                " is outside [0, ", max_key, "]");
       k[i] = keys[i];
       p[i] = i;
     }

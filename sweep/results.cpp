@@ -34,6 +34,8 @@ int64_t bytes_or_unset(const json& line, const char* key) {
   return line.contains(key) && line[key].is_number_integer() ? line[key].get<int64_t>() : -1;
 }
 
+bool trains_on_cuda(const SweepPoint& p) { return p.config.runtime().device() == config::CUDA; }
+
 // One CSV cell: numbers as JSON writes them (shortest exact form), null empty, text quoted when needed.
 std::string csv_cell(const json& value) {
   if (value.is_null()) return "";

@@ -30,8 +30,8 @@ struct PointOutcome {
   std::string error;                            // why a failed point failed
 };
 
-// The memory a point's peak_memory_bytes measures, that of the device it trains on (runtime.device):
-// "cuda" (the GPU's) or "cpu" (the host's).
+// The device a point trains on (runtime.device), whose memory its peak_memory_bytes measures and on
+// which its held-out evaluation runs: "cuda" (the GPU) or "cpu" (the host).
 const char* memory_device(const SweepPoint& point);
 
 // One row: planned and measured columns in the order of results.csv (unmeasured values null).

@@ -151,11 +151,11 @@ std::string SweepRun::training_problem(size_t i) {
 std::optional<ChildSpec> SweepRun::heldout_eval(size_t i, const std::vector<std::string>& env) const {
   if (!cfg().has_heldout_text()) return std::nullopt;
   const SweepPoint& p = points_[i];
-  const char* device = trains_on_cuda(p) ? "cuda" : "cpu";
-  ChildSpec spec{{tool("engram-eval"), "--checkpoint", p.run_dir, "--text", cfg().heldout_text(), "--device", device},
-                 log_path(p),
-                 join(p.run_dir, "heldout_eval.json"),
-                 env};
+  ChildSpec spec{
+      {tool("engram-eval"), "--checkpoint", p.run_dir, "--text", cfg().heldout_text(), "--device", memory_device(p)},
+      log_path(p),
+      join(p.run_dir, "heldout_eval.json"),
+      env};
   if (cfg().heldout_max_tokens() > 0)
     spec.argv.insert(spec.argv.end(), {"--max-tokens", std::to_string(cfg().heldout_max_tokens())});
   return spec;

@@ -23,10 +23,6 @@ struct SweepPoint {
   int64_t peak_bytes = 0;   // the planner's memory per rank on the run's device (MemoryEstimate::total)
 };
 
-// Whether the point's runs train on a GPU (runtime.device CUDA): its memory, evaluation and peak are
-// the GPU's.
-inline bool trains_on_cuda(const SweepPoint& point) { return point.config.runtime().device() == config::CUDA; }
-
 // Seed-major (every ρ of the first seed, then the next seed), ρ ascending: a partial sweep has
 // whole curves. The token budget is train_tokens, or train_flops / (6 · P_act) with P_act the
 // point's activated parameters. Errors name the point (ρ, seed) and the rule broken.

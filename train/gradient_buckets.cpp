@@ -33,8 +33,6 @@ Communicator* summing_group(const Parameter& p, ProcessGroups& groups) {
 
 }  // namespace
 
-int64_t GradientBuckets::default_bucket_bytes() { return grad_bucket_bytes(config::ParallelConfig()); }
-
 GradientBuckets::GradientBuckets(ParameterRegistry& params, ProcessGroups& groups, int64_t bucket_bytes) {
   EG_CHECK(bucket_bytes >= 0, "gradient bucket size ", bucket_bytes, " bytes must be >= 0");
   const std::vector<Parameter*>& all = params.all();

@@ -31,9 +31,6 @@ class ProcessGroups;
 
 class GradientBuckets {
  public:
-  // The bucket size the config's parallel.grad_bucket_mb defaults to, in bytes.
-  static int64_t default_bucket_bytes();
-
   // Rebuilds the summed gradients of `params` (a model built with `groups`) as views into the flat
   // buffers, keeping their values. The views stay valid as long as this object; nothing may replace
   // those gradient tensors afterwards.

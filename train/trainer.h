@@ -45,7 +45,7 @@ class Trainer {
  public:
   // grad_bucket_bytes: the size of the gradient buckets (distributed models only; parallel.grad_bucket_mb).
   Trainer(Model& model, const config::OptimConfig& cfg, int64_t max_steps,
-          int64_t grad_bucket_bytes = GradientBuckets::default_bucket_bytes());
+          int64_t grad_bucket_bytes = engram::grad_bucket_bytes(config::ParallelConfig()));
 
   // One optimizer step over `micro_batches`: the whole global batch on one process, this rank's
   // slice of it when distributed (collective over the world then).

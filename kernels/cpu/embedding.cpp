@@ -1,7 +1,6 @@
 #include "kernels/embedding.h"
 
 #include <algorithm>
-#include <limits>
 
 #include "kernels/checks.h"
 #include "runtime/key_order.h"
@@ -50,18 +49,16 @@ RowGrads reduce_rows(const Tensor& dout, const Tensor& ids) {
   checks::rows_per_id(dout, ids, c, "reduce_rows dout");
   const Tensor keys = Tensor::empty({n}, DType::I64);  // the caching host allocator's: no fresh pages
   int64_t* key = keys.data<int64_t>();
-  int64_t key_bound = 0;
+  int64_t max_key = 0;
   checks::visit_ids(ids, "reduce_rows ids", [&](const auto* id) {
     for (int64_t i = 0; i < n; ++i) {
       EG_CHECK(id[i] >= 0, "row id ", id[i], " at position ", i, " is negative");
-      EG_CHECK(id[i] < std::numeric_limits<int64_t>::max(), "row id ", id[i], " at position ", i,
-               " is the largest int64 (no row id bound above it)");
       key[i] = id[i];
-      key_bound = std::max(key_bound, key[i] + 1);
+      max_key = std::max(max_key, key[i]);
     }
   });
   // Positions stably ordered by id: equal ids keep ascending i, so each segment sums in i order.
-  const Tensor order_tensor = stable_key_order(key, n, key_bound);
+  const Tensor order_tensor = stable_key_order(key, n, max_key);
   const int64_t* order = order_tensor.data<int64_t>();
   int64_t n_unique = 0;
   for (int64_t s = 0; s < n; ++s) n_unique += (s == 0 || key[order[s]] != key[order[s - 1]]);

@@ -306,7 +306,7 @@ TEST(GradientBuckets, BucketSizeChangesNoTrainingStep) {
     SCOPED_TRACE("expert_parallel " + std::to_string(ep));
     std::vector<std::vector<double>> losses;
     std::vector<std::vector<Tensor>> values;
-    for (int64_t bucket_bytes : {int64_t{0}, int64_t{1024}, GradientBuckets::default_bucket_bytes()}) {
+    for (int64_t bucket_bytes : {int64_t{0}, int64_t{1024}, grad_bucket_bytes(config::ParallelConfig())}) {
       ProcessGroups groups(comm, ep, kExperts);
       Model model(tiny_config(true), {}, &groups);
       Trainer trainer(model, optim_config(), kSteps, bucket_bytes);
