@@ -245,23 +245,15 @@ __device__ inline float fast_exp2(float x) {
 // Writes scale·acc, the warp's rows row0 + (g, g+8) of head (b, h) of x [B, T, H, kDim], within T: f32,
 // or bf16 rounded to nearest even. A thread's two adjacent columns are one 8- or 4-byte store.
 template <int kDim, class Out>
-__device__ void store_warp_rows(const float (&acc)[kDim / 8][4], float scale, Out* x, const Geometry& g, int b,
-                                int h, int row0) {
-  using Pair = std::conditional_t<std::is_same_v<Out, float>, float2, __nv_bfloat162>;
+__device__ void store_warp_rows(const float (&acc)[kDim / 8][4], float scale, Out* x, const Geometry& g, int b, int h,
+                                int row0) {
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
     const int t = row0 + fragment_row() + 8 * half;
     if (t >= g.seq) continue;
-    auto* row = reinterpret_cast<Pair*>(x + g.at(b, t, h) + fragment_col());
+    Out* row = x + g.at(b, t, h) + fragment_col();
 #pragma unroll
-    for (int n = 0; n < kDim / 8; ++n) {
-      const float lo = acc[n][2 * half] * scale, hi = acc[n][2 * half + 1] * scale;
-      if constexpr (std::is_same_v<Out, float>) {
-        row[4 * n] = make_float2(lo, hi);
-      } else {
-        row[4 * n] = __floats2bfloat162_rn(lo, hi);
-      }
-    }
+    for (int n = 0; n < kDim / 8; ++n) store_pair(row + 8 * n, acc[n][2 * half] * scale, acc[n][2 * half + 1] * scale);
   }
 }
 

@@ -170,6 +170,12 @@ __device__ inline Floats<kVec> load_floats(const __nv_bfloat16* p) {
   }
   return x;
 }
+// Two adjacent values (e.g. columns 2c, 2c + 1 of a tensor-core accumulator fragment) as one access:
+// a float2, or a __nv_bfloat162 of their nearest-even roundings. `out` is 8- or 4-byte aligned.
+__device__ inline void store_pair(float* out, float x, float y) { *reinterpret_cast<float2*>(out) = make_float2(x, y); }
+__device__ inline void store_pair(__nv_bfloat16* out, float x, float y) {
+  *reinterpret_cast<__nv_bfloat162*>(out) = __floats2bfloat162_rn(x, y);
+}
 // As float, or as bf16 rounded to nearest even (4 bf16: two 4-byte stores).
 template <int kVec, class Out>
 __device__ inline void store_floats(Out* p, const Floats<kVec>& x) {
@@ -177,8 +183,8 @@ __device__ inline void store_floats(Out* p, const Floats<kVec>& x) {
   if constexpr (kVec == 4 && std::is_same_v<Out, float>) {
     *reinterpret_cast<float4*>(p) = make_float4(x.v[0], x.v[1], x.v[2], x.v[3]);
   } else if constexpr (kVec == 4) {
-    reinterpret_cast<__nv_bfloat162*>(p)[0] = __floats2bfloat162_rn(x.v[0], x.v[1]);
-    reinterpret_cast<__nv_bfloat162*>(p)[1] = __floats2bfloat162_rn(x.v[2], x.v[3]);
+    store_pair(p, x.v[0], x.v[1]);
+    store_pair(p + 2, x.v[2], x.v[3]);
   } else {
     *p = static_cast<Out>(x.v[0]);
   }

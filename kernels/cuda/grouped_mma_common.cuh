@@ -110,13 +110,6 @@ __device__ inline void copy_chunk(uint32_t shared_address, const __nv_bfloat16* 
   cp_async_16_or_zeros(shared_address, inside ? base + int64_t{row} * ld + column : base, inside);
 }
 
-// Two adjacent outputs (columns 2c, 2c + 1 of an accumulator fragment) as one access: a float2, or a
-// __nv_bfloat162 of their nearest-even roundings.
-__device__ inline void store_pair(float* out, float x, float y) { *reinterpret_cast<float2*>(out) = make_float2(x, y); }
-__device__ inline void store_pair(__nv_bfloat16* out, float x, float y) {
-  *reinterpret_cast<__nv_bfloat162*>(out) = __floats2bfloat162_rn(x, y);
-}
-
 }  // namespace
 
 // Calls launch.template operator()<kWeightGrad, kBRowsK, Out>() for the kernel instance a table needs:
