@@ -2,8 +2,9 @@
 // 768, 64 experts of width 256, top-6, 12 heads of 64, sequence 2048), under bf16 matmuls: the grouped
 // expert products (forward, row gradients and their pair, weight gradients, balanced groups; f32 output,
 // and bf16 beside it for the products into 768 columns), the attention forward and backward (TFLOP/s
-// each) and the RMSNorm forward and backward (GB/s of the bytes they must move); the figures and
-// their commands live in docs/PERFORMANCE.md.
+// each), a branch's output product onto the residual stream (product then add, against gemm_plus) and
+// the RMSNorm forward and backward (GB/s of the bytes they must move); the figures and their commands
+// live in docs/PERFORMANCE.md.
 //   build-gpu/benchmarks/bench_cuda_kernels [--benchmark_filter=grouped]
 #include <benchmark/benchmark.h>
 
@@ -12,6 +13,7 @@
 
 #include "kernels/attention.h"
 #include "kernels/cuda/grouped_mma.h"
+#include "kernels/elementwise.h"
 #include "kernels/gemm.h"
 #include "kernels/matmul_precision.h"
 #include "kernels/rmsnorm.h"
@@ -173,6 +175,29 @@ void BM_attention_backward(benchmark::State& state) {
                  [&] { kernels::attention_backward(t.dout, t.q, t.k, t.v, t.out, t.lse, t.dq, t.dk, t.dv); });
 }
 BENCHMARK(BM_attention_backward)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+// A branch's output product joining the residual stream (W_o: o [tokens, d_model] bf16 against the
+// f32 residual): arg 0 the product into its own f32 tensor, then an out-of-place add (what the blocks
+// did before gemm_plus); arg 1 gemm_plus, cuBLASLt reading the residual as C and writing the sum as D.
+void BM_output_product_onto_residual(benchmark::State& state) {
+  if (!device_ready(state)) return;
+  const bool plus = state.range(0) == 1;
+  state.SetLabel(plus ? "gemm_plus" : "gemm, add");
+  const Tensor o = random_on_device({kTokens, kModel}, 15, DType::BF16);
+  const Tensor w = random_on_device({kModel, kModel}, 16, DType::BF16);
+  const Tensor residual = random_on_device({kTokens, kModel}, 17);
+  Tensor y = Tensor::empty({kTokens, kModel}, DType::F32, Device::CUDA);
+  Tensor sum = Tensor::empty({kTokens, kModel}, DType::F32, Device::CUDA);
+  time_on_device(state, 2.0 * kTokens * kModel * kModel, [&] {
+    if (plus) {
+      kernels::gemm_plus(o, false, w, true, residual, sum);
+    } else {
+      kernels::gemm(o, false, w, true, y);
+      kernels::add(residual, y, sum);
+    }
+  });
+}
+BENCHMARK(BM_output_product_onto_residual)->Arg(0)->Arg(1)->Unit(benchmark::kMicrosecond)->UseRealTime();
 
 // RMSNorm over one step's rows of d_model: arg 0 the forward writing bf16 y (what the products take),
 // 1 the backward adding the residual gradient, dg's column sums included. Prints GB/s of the bytes

@@ -7,6 +7,7 @@
 
 #include "kernels/attention.h"
 #include "kernels/cross_entropy.h"
+#include "kernels/elementwise.h"
 #include "kernels/embedding.h"
 #include "kernels/gemm.h"
 #include "kernels/ngram_hash.h"
@@ -45,6 +46,25 @@ void BM_gemm(benchmark::State& state) {
                                                  benchmark::Counter::kIs1000);
 }
 BENCHMARK(BM_gemm)->Arg(256)->Arg(512)->Unit(benchmark::kMillisecond);
+
+// A branch's output product joining the residual stream (small.pbtxt's W_o: 2048 tokens, d_model 512):
+// arg 0 the product, then an out-of-place add; arg 1 gemm_plus, which adds the residual as it writes.
+void BM_output_product_onto_residual(benchmark::State& state) {
+  const int64_t n = 2048, d = 512;
+  const Tensor o = random_tensor({n, d}, 1), w = random_tensor({d, d}, 2), residual = random_tensor({n, d}, 3);
+  Tensor y = Tensor::empty({n, d}), sum = Tensor::empty({n, d});
+  const bool plus = state.range(0) == 1;
+  state.SetLabel(plus ? "gemm_plus" : "gemm, add");
+  for (auto _ : state) {
+    if (plus) {
+      kernels::gemm_plus(o, false, w, true, residual, sum);
+    } else {
+      kernels::gemm(o, false, w, true, y);
+      kernels::add(residual, y, sum);
+    }
+  }
+}
+BENCHMARK(BM_output_product_onto_residual)->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond);
 
 void BM_attention_fwd_bwd(benchmark::State& state) {
   const int64_t B = 2, T = state.range(0), H = 4, dh = 64;

@@ -117,6 +117,12 @@ GemmDims gemm_dims(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b,
   return {m, k, n};
 }
 
+void gemm_plus_sum(const Tensor& c, const Tensor& d) {
+  check_dtype(c, DType::F32, "gemm_plus c");
+  check_dtype(d, DType::F32, "gemm_plus d");
+  check_shape(c, d.shape(), "gemm_plus c");
+}
+
 ConvDims causal_conv_forward(const Tensor& x, const Tensor& w, int dilation, const Tensor& y) {
   const ConvDims dims = conv_dims(x, w, dilation, "causal_conv_forward");
   check_shape(y, x.shape(), "causal_conv_forward y");

@@ -30,6 +30,8 @@ struct GemmDims {
   int64_t m, k, n;  // C [m, n] = op(A) [m, k] · op(B) [k, n]
 };
 GemmDims gemm_dims(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const Tensor& c);
+// gemm_plus's addend c and output d: both f32, one shape.
+void gemm_plus_sum(const Tensor& c, const Tensor& d);
 
 struct ConvDims {
   int64_t b, t, d, w;  // x [b, t, d], w [w, d]

@@ -13,6 +13,10 @@ namespace engram::kernels {
 namespace cpu {
 void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& c, float alpha = 1.0f,
           float beta = 0.0f);
+// d = op(a)·op(b) + c, c and d f32 of one shape (d is c or does not overlap it): a product whose
+// output joins a sum it does not own, the blocks' residual stream, in one pass (on CUDA cuBLASLt
+// reads c as its C and writes d: no output to read back for a separate add).
+void gemm_plus(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const Tensor& c, Tensor& d);
 // gemm's contract as a true float32 product (a, b, c f32) whatever the matmul precision: what
 // DESIGN.md decision 7 keeps in float32 (the MoE router). The CPU always multiplies so.
 void gemm_float32(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& c, float alpha = 1.0f,
@@ -41,6 +45,7 @@ namespace cuda {  // kernels/cuda/gemm.cu, the contracts of cpu:: above
 // cuBLASLt call per group.
 void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& c, float alpha = 1.0f,
           float beta = 0.0f);
+void gemm_plus(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const Tensor& c, Tensor& d);
 void gemm_float32(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& c, float alpha = 1.0f,
                   float beta = 0.0f);  // CUBLAS_COMPUTE_32F on f32 operands, never rounded
 void grouped_gemm(const Tensor& a, const Tensor& b, bool trans_b, Tensor& c, const std::vector<int64_t>& offsets,
@@ -53,6 +58,7 @@ Tensor matmul_operand(const Tensor& x);
 }  // namespace cuda
 #endif
 EG_KERNEL(gemm)
+EG_KERNEL(gemm_plus)
 EG_KERNEL(gemm_float32)
 EG_KERNEL(grouped_gemm)
 EG_KERNEL(grouped_gemm_pair)

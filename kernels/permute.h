@@ -16,8 +16,11 @@ struct ExpertSort {
 
 namespace cpu {
 ExpertSort sort_by_expert(const Tensor& topk_idx, int n_experts);  // topk_idx i32 [N, K]
-// y[t] = Σ_k topk_w[t,k] · expert_out[position[t·K+k]], summed in k order. y [N, D] written.
-void combine_expert_outputs(const Tensor& expert_out, const Tensor& position, const Tensor& topk_w, Tensor& y);
+// y[t] = Σ_k topk_w[t,k] · expert_out[position[t·K+k]], summed in k order. y [N, D] written, or with
+// accumulate added to what y holds (its value first, then the terms in k order: the MoE adds its
+// routed experts onto the residual stream plus the shared experts).
+void combine_expert_outputs(const Tensor& expert_out, const Tensor& position, const Tensor& topk_w, Tensor& y,
+                            bool accumulate = false);
 // d_expert_out[position[a]] = w[a]·dy[t]; d_topk_w[t,k] = <dy[t], expert_out[position[a]]>. Both written.
 void combine_expert_outputs_backward(const Tensor& dy, const Tensor& expert_out, const Tensor& position,
                                      const Tensor& topk_w, Tensor& d_expert_out, Tensor& d_topk_w);
@@ -30,7 +33,8 @@ void combine_expert_outputs_backward(const Tensor& dy, const Tensor& expert_out,
 // may expert_out (as the products wrote it), read as the floats it holds.
 namespace cuda {
 ExpertSort sort_by_expert(const Tensor& topk_idx, int n_experts);
-void combine_expert_outputs(const Tensor& expert_out, const Tensor& position, const Tensor& topk_w, Tensor& y);
+void combine_expert_outputs(const Tensor& expert_out, const Tensor& position, const Tensor& topk_w, Tensor& y,
+                            bool accumulate = false);
 void combine_expert_outputs_backward(const Tensor& dy, const Tensor& expert_out, const Tensor& position,
                                      const Tensor& topk_w, Tensor& d_expert_out, Tensor& d_topk_w);
 }  // namespace cuda

@@ -37,7 +37,7 @@ const kernels::RopeTables& Attention::rope_tables(int64_t seq_len, Device device
   return rope_;
 }
 
-Tensor Attention::forward(const Tensor& x) {
+Tensor Attention::forward(const Tensor& x, const Tensor& residual) {
   EG_ASSERT(x.ndim() == 3, "attention input must be [B, T, D], got ", shape_str(x.shape()));
   const int64_t batch = x.dim(0), seq = x.dim(1);
   const Shape heads_shape{batch, seq, n_heads_, head_dim_};
@@ -70,7 +70,11 @@ Tensor Attention::forward(const Tensor& x) {
   kernels::attention_forward(q_, k_, v_, o_, lse_);
 
   Tensor y = Tensor::empty(x.shape(), DType::F32, x.device());
-  kernels::gemm(o_.view(x.shape()), false, wo_operand_, true, y);
+  if (residual.defined()) {
+    kernels::gemm_plus(o_.view(x.shape()), false, wo_operand_, true, residual, y);
+  } else {
+    kernels::gemm(o_.view(x.shape()), false, wo_operand_, true, y);
+  }
   return y;
 }
 

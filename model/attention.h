@@ -14,8 +14,9 @@ class Attention {
   // layers.{layer}.attn.wo.weight [D,D] (Decay, N(0, init_std/√(2L))).
   Attention(const ModelConfig& cfg, int layer, ParameterRegistry& params);
 
-  // x [B, T, D] (already normed) -> [B, T, D]; saves what backward needs.
-  Tensor forward(const Tensor& x);
+  // x [B, T, D] (already normed) -> [B, T, D], plus residual when given (the block's residual
+  // stream, added by the output product as it writes: no separate pass); saves what backward needs.
+  Tensor forward(const Tensor& x, const Tensor& residual = Tensor());
   // dy [B, T, D] -> dx [B, T, D]; accumulates the four weight gradients.
   Tensor backward(const Tensor& dy);
 

@@ -13,6 +13,7 @@ namespace {
 
 // h + branch as a new tensor: modules keep handles to their inputs for backward, so the residual
 // stream is never updated in place. One pass (read both, write the sum), not a copy then an add.
+// (The attention and the FFN take their residual instead: their last product adds it as it writes.)
 Tensor residual_add(const Tensor& h, const Tensor& branch) {
   Tensor sum = Tensor::empty(h.shape(), DType::F32, h.device());
   kernels::add(h, branch, sum);
@@ -57,14 +58,16 @@ Tensor Block::forward(const Tensor& h, const Tensor& ids_c, const LossWeights& w
   Tensor h_mid;
   {
     const TraceRange range(ranges_.attn_forward.c_str());
-    h_mid = residual_add(h_in, attn_.forward(attn_norm_.forward(h_in, operand_dtype)));
+    h_mid = attn_.forward(attn_norm_.forward(h_in, operand_dtype), /*residual=*/h_in);
   }
   const TraceRange range(ranges_.ffn_forward.c_str());
   // The FFN works on token rows [B·T, D].
-  const Tensor ffn_in =
-      ffn_norm_.forward(h_mid, moe_ ? DType::F32 : operand_dtype).view({h.rows(), h.cols()});
-  const Tensor ffn_out = mlp_ ? mlp_->forward(ffn_in) : moe_->forward(ffn_in, w);
-  return residual_add(h_mid, ffn_out.view(h.shape()));
+  const Shape rows{h.rows(), h.cols()};
+  const Tensor ffn_in = ffn_norm_.forward(h_mid, moe_ ? DType::F32 : operand_dtype).view(rows);
+  const Tensor h_mid_rows = h_mid.view(rows);
+  const Tensor h_out =
+      mlp_ ? mlp_->forward(ffn_in, /*residual=*/h_mid_rows) : moe_->forward(ffn_in, w, /*residual=*/h_mid_rows);
+  return h_out.view(h.shape());
 }
 
 Tensor Block::backward(const Tensor& dh) {

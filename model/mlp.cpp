@@ -12,23 +12,7 @@ SwiGluMlp::SwiGluMlp(ParameterRegistry& params, const std::string& prefix, int64
       w3_(params.add(prefix + ".w3.weight", {d_ff, d_model}, OptimGroup::Decay, {InitKind::Normal, in_std})),
       w2_(params.add(prefix + ".w2.weight", {d_model, d_ff}, OptimGroup::Decay, {InitKind::Normal, out_std})) {}
 
-Tensor SwiGluMlp::forward(const Tensor& x) {
-  Tensor y = Tensor::empty(x.shape(), DType::F32, x.device());
-  forward_into(x, y, 0.0f);
-  return y;
-}
-
-void SwiGluMlp::forward_add_to(const Tensor& x, Tensor& y) { forward_into(x, y, 1.0f); }
-
-Tensor SwiGluMlp::backward(const Tensor& dy) {
-  Tensor dx = Tensor::empty(x_.shape(), DType::F32, dy.device());
-  backward_into(dy, dx, 0.0f);
-  return dx;
-}
-
-void SwiGluMlp::backward_add_to(const Tensor& dy, Tensor& dx) { backward_into(dy, dx, 1.0f); }
-
-void SwiGluMlp::forward_into(const Tensor& x, Tensor& y, float beta) {
+Tensor SwiGluMlp::forward(const Tensor& x, const Tensor& residual) {
   const int64_t n = x.rows(), d_ff = w1_.value.dim(0);
   x_ = kernels::matmul_operand(x);
   w1_operand_ = kernels::matmul_operand(w1_.value);
@@ -44,8 +28,22 @@ void SwiGluMlp::forward_into(const Tensor& x, Tensor& y, float beta) {
   kernels::gemm(x_, false, w1_operand_, true, gate_);
   kernels::gemm(x_, false, w3_operand_, true, up_);
   kernels::swiglu_forward(gate_, up_, act_);
-  kernels::gemm(act_, false, w2_operand_, true, y, 1.0f, beta);
+  Tensor y = Tensor::empty(x.shape(), DType::F32, x.device());
+  if (residual.defined()) {
+    kernels::gemm_plus(act_, false, w2_operand_, true, residual, y);
+  } else {
+    kernels::gemm(act_, false, w2_operand_, true, y);
+  }
+  return y;
 }
+
+Tensor SwiGluMlp::backward(const Tensor& dy) {
+  Tensor dx = Tensor::empty(x_.shape(), DType::F32, dy.device());
+  backward_into(dy, dx, 0.0f);
+  return dx;
+}
+
+void SwiGluMlp::backward_add_to(const Tensor& dy, Tensor& dx) { backward_into(dy, dx, 1.0f); }
 
 void SwiGluMlp::backward_into(const Tensor& dy_in, Tensor& dx, float beta) {
   const Shape& hidden = gate_.shape();

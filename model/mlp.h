@@ -14,17 +14,16 @@ class SwiGluMlp {
   SwiGluMlp(ParameterRegistry& params, const std::string& prefix, int64_t d_model, int64_t d_ff, double in_std,
             double out_std);
 
-  Tensor forward(const Tensor& x);    // x [N, D] -> [N, D]; saves what backward needs
+  // x [N, D] -> [N, D], plus residual [N, D] (f32) when given, added by the last product as it writes
+  // (no separate sum: the block's residual stream); saves what backward needs.
+  Tensor forward(const Tensor& x, const Tensor& residual = Tensor());
   Tensor backward(const Tensor& dy);  // -> dx [N, D]; accumulates weight gradients
-  // The same, added into y or dx [N, D] (f32) by the last product (beta = 1) instead of a separate
-  // sum: the MoE adds its shared experts to the routed experts' output and input gradient.
-  void forward_add_to(const Tensor& x, Tensor& y);
+  // The same, added into dx [N, D] (f32) by the last product (beta = 1) instead of a separate sum: the
+  // MoE adds its shared experts' input gradient to the routed experts'.
   void backward_add_to(const Tensor& dy, Tensor& dx);
 
  private:
-  // y = beta·y + forward(x); dx = beta·dx + backward(dy).
-  void forward_into(const Tensor& x, Tensor& y, float beta);
-  void backward_into(const Tensor& dy, Tensor& dx, float beta);
+  void backward_into(const Tensor& dy, Tensor& dx, float beta);  // dx = beta·dx + backward(dy)
 
   Parameter& w1_;
   Parameter& w3_;

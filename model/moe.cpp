@@ -128,7 +128,7 @@ Tensor MoELayer::experts_backward(const Tensor& d_out_in, const std::vector<int6
   return d_rows;
 }
 
-Tensor MoELayer::forward(const Tensor& x_in, const LossWeights& weights) {
+Tensor MoELayer::forward(const Tensor& x_in, const LossWeights& weights, const Tensor& residual) {
   const auto& moe = cfg_.moe();
   const int64_t n = x_in.rows(), d = cfg_.d_model(), n_experts = moe.n_routed_experts(), k = moe.top_k();
   const Device dev = x_in.device();
@@ -136,6 +136,7 @@ Tensor MoELayer::forward(const Tensor& x_in, const LossWeights& weights) {
   auto s = std::make_shared<Saved>();
   const Tensor x = x_in.view({n, d});
   EG_ASSERT(x.dtype() == DType::F32, "MoE forward: x ", x.describe(), " must be f32 (the router's input)");
+  if (residual.defined()) check_shape(residual, x_in.shape(), "MoE forward residual");
   s->x = x;
   // The shared experts take x rounded (kernels::matmul_operand) and keep that copy for backward; the
   // expert gather reads it where there is one (half the bytes), else rounds x's rows as it copies them.
@@ -152,15 +153,25 @@ Tensor MoELayer::forward(const Tensor& x_in, const LossWeights& weights) {
                        s->topk_idx, s->topk_w);
   // Loads: this rank's assignments per global expert (the trainer sums them over ranks).
   load_.assign(n_experts, 0);
-  Tensor y = Tensor::empty(x_in.shape(), DType::F32, dev);
-  Tensor y_flat = y.view({n, d});
+  // The output starts as the shared experts' (written onto the residual when there is one) or as the
+  // residual; the routed experts' sum is added onto it. Neither: the routed sum is the output.
+  const Tensor residual_rows = residual.defined() ? residual.view({n, d}) : Tensor();
+  Tensor y_flat = shared_              ? shared_->forward(x_operand, residual_rows)
+                  : residual.defined() ? residual_rows.clone()
+                                       : Tensor::empty({n, d}, DType::F32, dev);
+  const bool onto_base = shared_ || residual.defined();
   if (dispatcher_) {
     for (int32_t e : s->topk_idx.to_vector<int32_t>()) ++load_[e];  // host buffers (MPI)
     // Tokens travel to the ranks holding their experts; the held experts run on what arrives.
-    y_flat.copy_from(dispatcher_->forward(x, s->topk_idx, s->topk_w,
-                                          [&](const Tensor& rows, const std::vector<int64_t>& offsets) {
-                                            return experts_forward(rows, offsets, s->experts);
-                                          }));
+    const Tensor routed =
+        dispatcher_->forward(x, s->topk_idx, s->topk_w, [&](const Tensor& rows, const std::vector<int64_t>& offsets) {
+          return experts_forward(rows, offsets, s->experts);
+        });
+    if (onto_base) {
+      kernels::add_(y_flat, routed);
+    } else {
+      y_flat = routed;
+    }
   } else {
     // Routed experts on the assignments grouped by expert (empty groups are skipped by the kernels).
     s->sort = kernels::sort_by_expert(s->topk_idx, static_cast<int>(n_experts));
@@ -169,9 +180,8 @@ Tensor MoELayer::forward(const Tensor& x_in, const LossWeights& weights) {
     Tensor x_sorted = Tensor::empty({n * k, d}, kernels::matmul_operand_dtype(dev), dev);
     kernels::embedding_gather(x_operand, s->sort.sorted_token, x_sorted);
     s->expert_out = experts_forward(x_sorted, s->sort.offsets, s->experts);
-    kernels::combine_expert_outputs(s->expert_out, s->sort.position, s->topk_w, y_flat);
+    kernels::combine_expert_outputs(s->expert_out, s->sort.position, s->topk_w, y_flat, onto_base);
   }
-  if (shared_) shared_->forward_add_to(x_operand, y_flat);
 
   // Auxiliary terms: their gradients do not depend on dy, so they are computed here and added in backward.
   aux_loss_ = 0.0;
@@ -187,7 +197,7 @@ Tensor MoELayer::forward(const Tensor& x_in, const LossWeights& weights) {
     z_loss_ = scale * kernels::router_z_loss(s->logits, scale, s->z_dlogits);
   }
   saved_ = std::move(s);
-  return y;
+  return y_flat.view(x_in.shape());
 }
 
 const Tensor& MoELayer::last_scores() const {

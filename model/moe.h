@@ -27,9 +27,11 @@ class MoELayer {
   MoELayer(const ModelConfig& cfg, int layer, ParameterRegistry& params, ProcessGroups* groups = nullptr);
   ~MoELayer();
 
-  // x [N, D] (already normed) -> y [N, D]. Computes the aux / z-loss values of this micro-batch
-  // (weighted by `w`) and keeps what backward needs. x is f32: the router multiplies it in float32.
-  Tensor forward(const Tensor& x, const LossWeights& w);
+  // x [N, D] (already normed) -> y [N, D], plus residual [N, D] when given (the block's residual
+  // stream: the shared experts' last product adds it as it writes, the routed experts' sum adds onto
+  // that; no separate pass). Computes the aux / z-loss values of this micro-batch (weighted by `w`)
+  // and keeps what backward needs. x is f32: the router multiplies it in float32.
+  Tensor forward(const Tensor& x, const LossWeights& w, const Tensor& residual = Tensor());
   // dy [N, D] -> dx [N, D]; accumulates parameter gradients, including the aux / z-loss gradients
   // with the weights given to forward.
   Tensor backward(const Tensor& dy);

@@ -32,6 +32,12 @@ void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& 
               static_cast<blasint>(b.cols()), beta, c_data, static_cast<blasint>(n));
 }
 
+void gemm_plus(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const Tensor& c, Tensor& d) {
+  checks::gemm_plus_sum(c, d);
+  if (c.raw() != d.raw()) d.copy_from(c);
+  gemm(a, trans_a, b, trans_b, d, 1.0f, 1.0f);
+}
+
 void grouped_gemm(const Tensor& a, const Tensor& b, bool trans_b, Tensor& c, const std::vector<int64_t>& offsets,
                   float beta) {
   gemm_groups::grouped_gemm(gemm, a, b, trans_b, c, offsets, beta);

@@ -40,7 +40,8 @@ ExpertSort sort_by_expert(const Tensor& topk_idx, int n_experts) {
   return out;
 }
 
-void combine_expert_outputs(const Tensor& expert_out, const Tensor& position, const Tensor& topk_w, Tensor& y) {
+void combine_expert_outputs(const Tensor& expert_out, const Tensor& position, const Tensor& topk_w, Tensor& y,
+                            bool accumulate) {
   const auto [n, k, d] = checks::combine_expert_outputs(expert_out, position, topk_w, y);
   check_positions(position, n * k, "combine_expert_outputs");
   const float* eo = expert_out.data<float>();
@@ -49,7 +50,7 @@ void combine_expert_outputs(const Tensor& expert_out, const Tensor& position, co
   float* out = y.data<float>();
   for (int64_t t = 0; t < n; ++t) {
     float* yt = out + t * d;
-    std::fill(yt, yt + d, 0.0f);
+    if (!accumulate) std::fill(yt, yt + d, 0.0f);
     for (int64_t slot = 0; slot < k; ++slot) {
       const float wk = w[t * k + slot];
       const float* row = eo + pos[t * k + slot] * d;

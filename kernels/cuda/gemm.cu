@@ -15,6 +15,7 @@
 //   run one cublasLtMatmul per group.
 #include <cuda_bf16.h>
 
+#include <algorithm>
 #include <compare>
 #include <map>
 #include <memory>
@@ -100,7 +101,8 @@ struct PlanKey {
   DType output;
   int64_t m, n, k;
   bool trans_a, trans_b;
-  uint32_t align_a, align_b, align_c;  // c is also cuBLASLt's D (C and D alignment)
+  uint32_t align_a, align_b,
+      align_c;  // align_c: the smaller of cuBLASLt's C and D (gemm_plus reads one, writes the other)
   auto operator<=>(const PlanKey&) const = default;
 };
 
@@ -200,26 +202,28 @@ Tensor matmul_operand(const Tensor& x) {
 
 namespace {
 
-// The product of operands as they are (both f32 or both bf16): the one cuBLASLt path of gemm and
-// gemm_float32.
-void multiply(const char* what, const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& c, float alpha,
-              float beta) {
-  const checks::GemmDims dims = checks::gemm_dims(a, trans_a, b, trans_b, c);
+// d = alpha·op(a)·op(b) + beta·c for operands as they are (both f32 or both bf16), c and d of one
+// dtype and shape (d may be c): the one cuBLASLt path of gemm, gemm_plus and gemm_float32.
+void multiply(const char* what, const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const Tensor& c,
+              Tensor& d, float alpha, float beta) {
+  const checks::GemmDims dims = checks::gemm_dims(a, trans_a, b, trans_b, d);
   if (dims.m == 0 || dims.n == 0) return;
-  if (dims.k == 0) {  // nothing to multiply: C = beta·C (0 overwrites NaN), as on the CPU
-    EG_ASSERT(beta == 0.0f || c.dtype() == DType::F32, what, ": k = 0 with beta ", beta, " on ", c.describe());
+  if (dims.k == 0) {  // nothing to multiply: D = beta·C (0 overwrites NaN), as on the CPU
+    EG_ASSERT(beta == 0.0f || d.dtype() == DType::F32, what, ": k = 0 with beta ", beta, " on ", d.describe());
     if (beta == 0.0f) {
-      c.zero_();
+      d.zero_();
     } else {
-      scale_(c, beta);
+      if (c.raw() != d.raw()) d.copy_from(c);
+      scale_(d, beta);
     }
     return;
   }
-  const Plan& plan = PlanCache::plan({a.dtype(), c.dtype(), dims.m, dims.n, dims.k, trans_a, trans_b,
-                                      alignment(a.raw()), alignment(b.raw()), alignment(c.raw())});
+  const uint32_t align_c = std::min(alignment(c.raw()), alignment(d.raw()));
+  const Plan& plan = PlanCache::plan({a.dtype(), d.dtype(), dims.m, dims.n, dims.k, trans_a, trans_b,
+                                      alignment(a.raw()), alignment(b.raw()), align_c});
   const CudaContext& ctx = cuda_context();
   EG_CUBLAS_CHECK(cublasLtMatmul(ctx.cublaslt, plan.op.handle, &alpha, b.raw(), plan.first.handle, a.raw(),
-                                 plan.second.handle, &beta, c.raw(), plan.out.handle, c.raw(), plan.out.handle,
+                                 plan.second.handle, &beta, c.raw(), plan.out.handle, d.raw(), plan.out.handle,
                                  &plan.algo, ctx.workspace, ctx.workspace_bytes, ctx.compute));
 }
 
@@ -230,7 +234,14 @@ void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& 
   check_dtypes("gemm", a, b, c);
   // Under BF16 an f32 operand is rounded here (once per product: a tensor several products take is
   // passed already rounded); after that both operands have one dtype.
-  multiply("gemm", matmul_operand(a), trans_a, matmul_operand(b), trans_b, c, alpha, beta);
+  multiply("gemm", matmul_operand(a), trans_a, matmul_operand(b), trans_b, c, c, alpha, beta);
+}
+
+void gemm_plus(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const Tensor& c, Tensor& d) {
+  check_on_cuda("gemm_plus", a, b, c, d);
+  check_dtypes("gemm_plus", a, b, d);
+  checks::gemm_plus_sum(c, d);
+  multiply("gemm_plus", matmul_operand(a), trans_a, matmul_operand(b), trans_b, c, d, 1.0f, 1.0f);
 }
 
 void gemm_float32(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& c, float alpha,
@@ -238,7 +249,7 @@ void gemm_float32(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, 
   check_on_cuda("gemm_float32", a, b, c);
   EG_ASSERT(a.dtype() == DType::F32 && b.dtype() == DType::F32 && c.dtype() == DType::F32,
             "gemm_float32: a ", a.describe(), ", b ", b.describe(), ", c ", c.describe(), " must all be f32");
-  multiply("gemm_float32", a, trans_a, b, trans_b, c, alpha, beta);
+  multiply("gemm_float32", a, trans_a, b, trans_b, c, c, alpha, beta);
 }
 
 // Grouped products take their whole operands as products take them, rounded once per call (the

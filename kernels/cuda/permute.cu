@@ -87,17 +87,17 @@ const unsigned long long* check_positions(const Tensor& position, int64_t n_assi
   return bad_position;
 }
 
-// y[t, j] = Σ_k w[t, k] · expert_out[position[t·K + k], j], from 0 and in slot order as on the CPU;
-// nothing when a position is bad. One thread per kVec columns of a token.
+// y[t, j] = Σ_k w[t, k] · expert_out[position[t·K + k], j], from 0 (from y[t, j] when accumulating)
+// and in slot order as on the CPU; nothing when a position is bad. One thread per kVec columns of a token.
 template <int kVec, class In>
 __global__ void combine_kernel(const In* expert_out, const int32_t* position, const float* topk_w, int64_t n, int64_t k,
-                               int64_t d, const unsigned long long* bad_position, float* y) {
+                               int64_t d, bool accumulate, const unsigned long long* bad_position, float* y) {
   if (bad_value_reported(bad_position)) return;
   const int64_t vectors = n * d / kVec;
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < vectors;
        i += int64_t{gridDim.x} * blockDim.x) {
     const int64_t t = i * kVec / d, j = i * kVec % d;
-    Floats<kVec> acc{};
+    Floats<kVec> acc = accumulate ? load_floats<kVec>(y + t * d + j) : Floats<kVec>{};
     for (int64_t slot = 0; slot < k; ++slot) {
       const float w = topk_w[t * k + slot];
       const Floats<kVec> x = load_floats<kVec>(expert_out + position[t * k + slot] * d + j);
@@ -186,7 +186,8 @@ ExpertSort sort_by_expert(const Tensor& topk_idx, int n_experts) {
   return out;
 }
 
-void combine_expert_outputs(const Tensor& expert_out, const Tensor& position, const Tensor& topk_w, Tensor& y) {
+void combine_expert_outputs(const Tensor& expert_out, const Tensor& position, const Tensor& topk_w, Tensor& y,
+                            bool accumulate) {
   check_on_cuda("combine_expert_outputs", expert_out, position, topk_w, y);
   const auto [n, k, d] = checks::combine_expert_outputs(expert_out, position, topk_w, y, f32_or_bf16(expert_out));
   const unsigned long long* bad_position = check_positions(position, n * k, "combine_expert_outputs");
@@ -196,7 +197,7 @@ void combine_expert_outputs(const Tensor& expert_out, const Tensor& position, co
     using In = std::remove_pointer_t<decltype(rows)>;
     const auto kernel = vectors ? combine_kernel<4, In> : combine_kernel<1, In>;
     kernel<<<grid_for(n * d / (vectors ? 4 : 1)), kThreads, 0, compute_stream()>>>(
-        rows, position.data<int32_t>(), topk_w.data<float>(), n, k, d, bad_position, y.data<float>());
+        rows, position.data<int32_t>(), topk_w.data<float>(), n, k, d, accumulate, bad_position, y.data<float>());
   });
   EG_CUDA_CHECK_LAUNCH("combine_kernel");
 }

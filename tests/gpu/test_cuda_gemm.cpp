@@ -1,11 +1,10 @@
 // CUDA GEMMs (cuBLASLt) against the CPU ones (OpenBLAS) on odd sizes, every transpose combination,
-// with NaN-poisoned outputs or accumulation (beta = 1). Both are float32 products accumulated in
-// float32 in different orders: |difference| stays within a few ulps of Σ|a·b| (k ≤ 67 terms of
-// magnitude ≤ 1: atol 1e-4, rtol 1e-5). bf16 inputs are compared with the CPU product of the same
-// rounded values (exact products in float32), so the same tolerance holds; a bf16 output adds its
-// own rounding (rtol 2^-8). cuBLASLt plans are kept per shape, so the same product must repeat bit
-// for bit however calls of other shapes interleave, and grouped products must stay right with many
-// uneven (and empty) groups.
+// with NaN-poisoned outputs, accumulation (beta = 1) or an addend read from another tensor (gemm_plus). Both are
+// float32 products accumulated in float32 in different orders: |difference| stays within a few ulps of Σ|a·b| (k ≤ 67
+// terms of magnitude ≤ 1: atol 1e-4, rtol 1e-5). bf16 inputs are compared with the CPU product of the same rounded
+// values (exact products in float32), so the same tolerance holds; a bf16 output adds its own rounding (rtol 2^-8).
+// cuBLASLt plans are kept per shape, so the same product must repeat bit for bit however calls of other shapes
+// interleave, and grouped products must stay right with many uneven (and empty) groups.
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -69,6 +68,35 @@ TEST_F(CudaGemm, F32MatchesTheCpuForEveryTransposeAndBeta) {
       kernels::gemm(a.cpu, trans_a, b.cpu, trans_b, acc.cpu, 0.5f, 1.0f);
       kernels::gemm(a.gpu, trans_a, b.gpu, trans_b, acc.gpu, 0.5f, 1.0f);
       expect_close_to_cpu(acc.gpu, acc.cpu, 1e-5, 1e-4, what + ", beta 1");
+    }
+  }
+}
+
+// gemm_plus: D = op(A)·op(B) + C with C another tensor, read only; also C at a 4-byte offset (the plan
+// must take the smaller of C's and D's alignments), and D = C in place.
+TEST_F(CudaGemm, PlusAddsAnotherTensorAsItWritesAndMatchesTheCpu) {
+  std::mt19937 gen(90);
+  const int64_t m = 33, k = 67, n = 45;
+  for (bool trans_a : {false, true}) {
+    for (bool trans_b : {false, true}) {
+      const HostDevice a = random_on_both(trans_a ? Shape{k, m} : Shape{m, k}, gen);
+      const HostDevice b = random_on_both(trans_b ? Shape{n, k} : Shape{k, n}, gen);
+      const std::string what = std::string("a") + (trans_a ? "^T" : "") + " · b" + (trans_b ? "^T" : "");
+      for (int64_t offset : {0, 1}) {
+        const HostDevice storage = random_on_both({m * n + offset}, gen);
+        const Tensor c_cpu = storage.cpu.slice(offset, m * n + offset).view({m, n});
+        const Tensor c_gpu = storage.gpu.slice(offset, m * n + offset).view({m, n});
+        HostDevice d = nan_on_both({m, n});
+        kernels::gemm_plus(a.cpu, trans_a, b.cpu, trans_b, c_cpu, d.cpu);
+        kernels::gemm_plus(a.gpu, trans_a, b.gpu, trans_b, c_gpu, d.gpu);
+        const std::string at = what + ", c at element " + std::to_string(offset);
+        expect_close_to_cpu(d.gpu, d.cpu, 1e-5, 1e-4, at);
+        expect_bitwise_equal_to_cpu(storage.gpu, storage.cpu, "c left as it was, " + at);
+      }
+      HostDevice c = random_on_both({m, n}, gen);
+      kernels::gemm_plus(a.cpu, trans_a, b.cpu, trans_b, c.cpu, c.cpu);
+      kernels::gemm_plus(a.gpu, trans_a, b.gpu, trans_b, c.gpu, c.gpu);
+      expect_close_to_cpu(c.gpu, c.cpu, 1e-5, 1e-4, what + ", in place");
     }
   }
 }

@@ -1,6 +1,6 @@
 // The Attention module (MODEL.md §2): its forward against a naive double-precision reference
 // (projections, rotate-half RoPE at positions 0..T−1, causal softmax, output projection), also when
-// the sequence length changes between calls; and its backward against central differences for dx
+// the sequence length changes between calls and onto a residual; and its backward against central differences for dx
 // and all four weight matrices, whose gradients must be accumulated onto what the buffers hold.
 #include <gtest/gtest.h>
 
@@ -117,6 +117,13 @@ TEST(GradcheckAttention, ForwardMatchesNaiveReferenceForChangingSequenceLengths)
     const float* py = y.data<float>();
     for (int64_t i = 0; i < y.numel(); ++i)
       ASSERT_NEAR(py[i], ref[i], 1e-4 + 1e-4 * std::abs(ref[i])) << "T = " << seq << ", element " << i;
+    // Given the residual stream, the output product adds it.
+    const Tensor residual = test::random_normal(x.shape(), rng);
+    const Tensor y_onto = attn.forward(x, residual);
+    const float* pr = residual.data<float>();
+    for (int64_t i = 0; i < y_onto.numel(); ++i)
+      ASSERT_NEAR(y_onto.data<float>()[i], ref[i] + pr[i], 1e-4 + 1e-4 * std::abs(ref[i] + pr[i]))
+          << "T = " << seq << ", element " << i << " with a residual";
   }
 }
 

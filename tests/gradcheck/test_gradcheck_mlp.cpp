@@ -1,8 +1,9 @@
 // Finite-difference check of SwiGluMlp::backward: dx and the gradients of w1, w3, w2, which must
-// be accumulated onto what the gradient buffers already hold.
+// be accumulated onto what the gradient buffers already hold; and the residual the forward adds.
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <random>
 
 #include "model/mlp.h"
@@ -39,6 +40,19 @@ void check_mlp(int64_t n, int64_t d, int64_t f, unsigned seed) {
     EXPECT_EQ(r.checked, std::min<int64_t>(20, p->value.numel())) << p->name;
     EXPECT_GT(r.max_abs_grad, 0.0) << p->name;
   }
+}
+
+TEST(GradcheckMlp, ResidualIsAddedToTheOutput) {
+  std::mt19937 rng(4);
+  ParameterRegistry params;
+  SwiGluMlp mlp(params, "mlp", 9, 13, 0.02, 0.01);
+  for (Parameter* p : params.all()) test::fill_normal(p->value, rng, 0.0, 0.5);
+  const Tensor x = test::random_normal({11, 9}, rng), residual = test::random_normal({11, 9}, rng);
+  const std::vector<float> alone = mlp.forward(x).to_vector<float>();
+  const std::vector<float> onto = mlp.forward(x, residual).to_vector<float>();
+  const std::vector<float> r = residual.to_vector<float>();
+  for (size_t i = 0; i < alone.size(); ++i)
+    ASSERT_NEAR(onto[i], alone[i] + r[i], 1e-6 * (1.0 + std::abs(alone[i] + r[i]))) << "element " << i;
 }
 
 TEST(GradcheckMlp, OddSizes) { check_mlp(13, 7, 5, 1); }

@@ -76,6 +76,32 @@ TEST(KernelGemm, BetaAccumulatesIntoOutput) {
   }
 }
 
+TEST(KernelGemm, PlusWritesTheProductPlusTheAddendIntoAnotherTensorOrOntoIt) {
+  std::mt19937 gen(7);
+  for (bool ta : {false, true}) {
+    for (bool tb : {false, true}) {
+      SCOPED_TRACE(testing::Message() << "ta=" << ta << " tb=" << tb);
+      Tensor a = random_uniform(op_shape(9, 13, ta), gen);
+      Tensor b = random_uniform(op_shape(13, 7, tb), gen);
+      Tensor c = random_uniform({9, 7}, gen);
+      const Tensor c_before = c.clone();
+      const std::vector<double> expected = naive_gemm(a, ta, b, tb, c, 1.0, 1.0);
+      Tensor d = nan_tensor({9, 7});
+      kernels::gemm_plus(a, ta, b, tb, c, d);
+      expect_close(d, expected, 0.0, 1e-5, "d");
+      expect_close(c, to_double(c_before), 0.0, 0.0, "c (read only)");
+      kernels::gemm_plus(a, ta, b, tb, c, c);  // d = c: in place
+      expect_close(c, expected, 0.0, 1e-5, "c");
+    }
+  }
+}
+
+TEST(KernelGemm, PlusRejectsAnAddendOfAnotherShapeOrDtype) {
+  Tensor a = Tensor::zeros({3, 4}), b = Tensor::zeros({4, 2}), d = Tensor::zeros({3, 2});
+  EXPECT_THROW(kernels::gemm_plus(a, false, b, false, Tensor::zeros({2, 3}), d), Error);
+  EXPECT_THROW(kernels::gemm_plus(a, false, b, false, Tensor::zeros({3, 2}, DType::I32), d), Error);
+}
+
 TEST(KernelGemm, ReadsHigherRankTensorsAsMatrices) {
   std::mt19937 gen(3);
   Tensor a = random_uniform({2, 3, 5}, gen);  // [6, 5]

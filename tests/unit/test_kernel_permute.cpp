@@ -90,6 +90,24 @@ TEST(KernelPermute, CombineMatchesNaive) {
   }
 }
 
+TEST(KernelPermute, AccumulatingCombineAddsOntoWhatTheOutputHolds) {
+  std::mt19937 gen(12);
+  for (const auto& s : kShapes) {
+    const int64_t n = s[0], k = s[1];
+    for (int64_t d : {1, 7, 33}) {
+      kernels::ExpertSort sorted = kernels::sort_by_expert(random_topk(n, s[1], s[3], gen), s[2]);
+      Tensor eo = random_uniform({n * k, d}, gen);
+      Tensor w = random_uniform({n, k}, gen, 0.0f, 1.0f);
+      Tensor y = random_uniform({n, d}, gen);
+      std::vector<double> expected = naive_combine(to_double(eo), sorted.position, to_double(w), n, k, d);
+      const std::vector<double> base = to_double(y);
+      for (size_t i = 0; i < expected.size(); ++i) expected[i] += base[i];
+      kernels::combine_expert_outputs(eo, sorted.position, w, y, /*accumulate=*/true);
+      expect_close(y, expected, 0.0, 1e-6, "y");
+    }
+  }
+}
+
 TEST(KernelPermute, IdentityExpertsGiveInputTimesWeightSum) {
   // expert_out = x gathered by sorted_token (every expert the identity) ⇒ y = x·Σ_k w.
   std::mt19937 gen(3);

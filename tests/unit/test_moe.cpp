@@ -1,5 +1,5 @@
 // MoELayer forward against a naive double-precision reference (routing, weights, experts, shared
-// expert, loads, aux and z-loss values), the identical-experts identity, lower-index tie breaking,
+// expert, onto a residual, loads, aux and z-loss values), the identical-experts identity, lower-index tie breaking,
 // zero-token experts, and the balancing-bias update evening out a skewed router.
 #include <gtest/gtest.h>
 
@@ -154,6 +154,11 @@ void check_against_naive(const ModelConfig& cfg, unsigned seed) {
   }
   expect_near_rel(y, expected, 1e-5);
   EXPECT_EQ(fx.moe.last_load(), load);
+  // Given the residual stream, the output is that plus the same sum.
+  const Tensor residual = random_normal({n, d}, rng);
+  std::vector<double> onto = expected;
+  for (int64_t i = 0; i < n * d; ++i) onto[i] += residual.data<float>()[i];
+  expect_near_rel(fx.moe.forward(x, weights, residual), onto, 1e-5);
   EXPECT_EQ(std::accumulate(load.begin(), load.end(), int64_t{0}), n * k);
 
   // Aux: α·E·Σ f_i P_i (f = load share, P = mean normalized score), per micro-batch weight.
