@@ -213,27 +213,28 @@ Tensor MoELayer::backward(const Tensor& dy_in) {
   const Device dev = dy_in.device();
   const Tensor dy = dy_in.view({n, d});
 
-  Tensor dx = Tensor::empty(dy_in.shape(), DType::F32, dev);
-  Tensor dx_flat = dx.view({n, d});
+  Tensor dx_flat;  // [N, D] f32: each part below adds onto the ones before it
   Tensor d_topk_w;
   const auto experts_bwd = [&](const Tensor& d_out, const std::vector<int64_t>& offsets) {
     return experts_backward(d_out, offsets, s.experts);
   };
   if (dispatcher_) {
     ExpertDispatcher::Grads grads = dispatcher_->backward(dy, experts_bwd);
-    dx_flat.copy_from(grads.dx);
+    dx_flat = grads.dx.view({n, d});  // the dispatcher's own new tensor: the sum starts there
     d_topk_w = std::move(grads.d_topk_w);
+    if (shared_) shared_->backward_add_to(dy, dx_flat);
   } else {
+    // The shared experts' input gradient starts the sum (their last product writes it, so nothing is
+    // zeroed), and the routed rows are added onto it.
+    dx_flat = shared_ ? shared_->backward(dy) : Tensor::zeros({n, d}, DType::F32, dev);
     // Combine: gradients of the expert outputs and of the routing weights; experts in reverse.
     // Written straight in the dtype the expert products take (no f32 copy to round).
     Tensor d_expert_out = Tensor::empty(s.expert_out.shape(), kernels::matmul_operand_dtype(dev), dev);
     d_topk_w = Tensor::empty(s.topk_w.shape(), DType::F32, dev);
     kernels::combine_expert_outputs_backward(dy, s.expert_out, s.sort.position, s.topk_w, d_expert_out,
                                              d_topk_w);
-    dx.zero_();
     kernels::embedding_scatter_add(experts_bwd(d_expert_out, s.sort.offsets), s.sort.sorted_token, dx_flat);
   }
-  if (shared_) shared_->backward_add_to(dy, dx_flat);
 
   // Router: through the selected weights (the selection itself has no gradient), plus the aux terms.
   Tensor dscores = s.aux_dscores.defined() ? s.aux_dscores.clone()
@@ -245,7 +246,7 @@ Tensor MoELayer::backward(const Tensor& dy_in) {
   if (s.z_dlogits.defined()) kernels::add_(dlogits, s.z_dlogits);
   kernels::gemm_float32(dlogits, true, s.x, false, router_.grad, 1.0f, 1.0f);
   kernels::gemm_float32(dlogits, false, router_.value, false, dx_flat, 1.0f, 1.0f);
-  return dx;
+  return dx_flat.view(dy_in.shape());
 }
 
 }  // namespace engram
