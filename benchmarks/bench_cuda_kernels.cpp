@@ -2,8 +2,8 @@
 // 768, 64 experts of width 256, top-6, 12 heads of 64, sequence 2048), under bf16 matmuls: the grouped
 // expert products (forward, row gradients and their pair, weight gradients, balanced groups; f32 output,
 // and bf16 beside it for the products into 768 columns), the attention forward and backward (TFLOP/s
-// each), a branch's output product onto the residual stream (product then add, against gemm_plus) and
-// the RMSNorm forward and backward (GB/s of the bytes they must move); the figures and their commands
+// each), a branch's output product onto the residual stream (product then add, against gemm_plus), RoPE
+// and the RMSNorm forward and backward (GB/s of the bytes they must move); the figures and their commands
 // live in docs/PERFORMANCE.md.
 //   build-gpu/benchmarks/bench_cuda_kernels [--benchmark_filter=grouped]
 #include <benchmark/benchmark.h>
@@ -17,6 +17,7 @@
 #include "kernels/gemm.h"
 #include "kernels/matmul_precision.h"
 #include "kernels/rmsnorm.h"
+#include "kernels/rope.h"
 #include "runtime/cuda/device.h"
 
 namespace engram {
@@ -198,6 +199,22 @@ void BM_output_product_onto_residual(benchmark::State& state) {
   });
 }
 BENCHMARK(BM_output_product_onto_residual)->Arg(0)->Arg(1)->Unit(benchmark::kMicrosecond)->UseRealTime();
+
+// RoPE on one layer's q (or k) at the step's shape, rotated from the f32 product into the bf16 the
+// attention reads: GB/s of the 4 + 2 bytes a value it must move (the tables stay in L2).
+void BM_rope(benchmark::State& state) {
+  if (!device_ready(state)) return;
+  constexpr int64_t kSeq = 2048, kHeads = 12, kHeadDim = 64;
+  const kernels::RopeTables host = kernels::make_rope_tables(kSeq, kHeadDim, 10000.0);
+  const Tensor cos = host.cos.copy_to(Device::CUDA), sin = host.sin.copy_to(Device::CUDA);
+  const Tensor x = random_on_device({kTokens / kSeq, kSeq, kHeads, kHeadDim}, 18);
+  Tensor out = Tensor::empty(x.shape(), DType::BF16, Device::CUDA);
+  time_on_device(state, 0.0, [&] { kernels::rope_apply_to(x, cos, sin, false, out); });
+  state.counters.erase("TFLOP/s");  // a figure of bytes, not of products
+  state.counters["GB/s"] = benchmark::Counter(6.0 * x.numel() * 1e-9, benchmark::Counter::kIsIterationInvariantRate,
+                                              benchmark::Counter::kIs1000);
+}
+BENCHMARK(BM_rope)->Unit(benchmark::kMicrosecond)->UseRealTime();
 
 // RMSNorm over one step's rows of d_model: arg 0 the forward writing bf16 y (what the products take),
 // 1 the backward adding the residual gradient, dg's column sums included. Prints GB/s of the bytes

@@ -1,7 +1,10 @@
-// Rotary position embedding on the GPU, the CUDA side of kernels/rope.h: one thread per rotated
-// pair (lo[i], hi[i]) of a head, with the host-made cos/sin tables (device copies). The output may be
-// x itself, or bf16 (kernels::attention_operand_dtype: the attention's q and k, which only its
-// products read), rounded to nearest even once rotated.
+// Rotary position embedding on the GPU, the CUDA side of kernels/rope.h: one thread per four adjacent
+// rotated pairs (lo[i..i+3], hi[i..i+3]) of a head where the tensors allow, else per pair, with the
+// host-made cos/sin tables (device copies). The output may be x itself, or bf16
+// (kernels::attention_operand_dtype: the attention's q and k, which only its products read), rounded
+// to nearest even once rotated.
+#include <cstdint>
+
 #include "kernels/checks.h"
 #include "kernels/cuda/common.cuh"
 #include "kernels/rope.h"
@@ -10,19 +13,46 @@ namespace engram::kernels::cuda {
 
 namespace {
 
-// n = B·T·H·half pairs; pair p is (row = p / half, i = p % half) with row = (b·T + t)·H + h. Each
-// thread reads its pair before writing it, so out may be x.
-template <class Out>
-__global__ void rope_kernel(const float* x, const float* cos, const float* sin, int64_t seq, int64_t heads,
-                            int64_t half, float sign, int64_t n, Out* out) {
-  for (int64_t p = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; p < n; p += int64_t{gridDim.x} * blockDim.x) {
-    const int64_t row = p / half, i = p % half;
-    const int64_t t = (row / heads) % seq;
-    const int64_t lo = row * 2 * half + i, hi = lo + half;
-    const float c = cos[t * half + i], sn = sign * sin[t * half + i];
-    const float a = x[lo], z = x[hi];
-    out[lo] = static_cast<Out>(a * c - z * sn);
-    out[hi] = static_cast<Out>(a * sn + z * c);
+// groups = B·T·H·half / kVec; group g is (row = g / (half / kVec), i = kVec·(g % (half / kVec))) with
+// row = (b·T + t)·H + h. Index is 32-bit whenever the groups allow: the divisions are per group, and
+// 64-bit ones cost tens of instructions each (they bounded the one-pair-a-thread kernel). Each thread
+// reads its pairs before writing them, so out may be x.
+template <int kVec, class Index, class Out>
+__global__ void rope_kernel(const float* x, const float* cos, const float* sin, Index seq, Index heads, Index half,
+                            float sign, Index groups, Out* out) {
+  const Index per_row = half / kVec;
+  for (Index g = blockIdx.x * blockDim.x + threadIdx.x; g < groups; g += gridDim.x * blockDim.x) {
+    const Index row = g / per_row, i = (g - row * per_row) * kVec;
+    const int64_t table = int64_t{(row / heads) % seq} * half + i;
+    const int64_t lo = int64_t{row} * 2 * half + i, hi = lo + half;
+    const Floats<kVec> c = load_floats<kVec>(cos + table), s = load_floats<kVec>(sin + table);
+    const Floats<kVec> a = load_floats<kVec>(x + lo), z = load_floats<kVec>(x + hi);
+    Floats<kVec> out_lo, out_hi;
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) {
+      const float sn = sign * s.v[k];
+      out_lo.v[k] = a.v[k] * c.v[k] - z.v[k] * sn;
+      out_hi.v[k] = a.v[k] * sn + z.v[k] * c.v[k];
+    }
+    store_floats<kVec>(out + lo, out_lo);
+    store_floats<kVec>(out + hi, out_hi);
+  }
+}
+
+template <int kVec, class Out>
+void launch_rope(const Tensor& x, const Tensor& cos, const Tensor& sin, int64_t half, float sign, Out* out) {
+  const int64_t groups = x.numel() / 2 / kVec;
+  const auto launch = [&](auto index) {
+    using Index = decltype(index);
+    rope_kernel<kVec, Index, Out><<<grid_for(groups), kThreads, 0, compute_stream()>>>(
+        x.data<float>(), cos.data<float>(), sin.data<float>(), static_cast<Index>(x.dim(1)),
+        static_cast<Index>(x.dim(2)), static_cast<Index>(half), sign, static_cast<Index>(groups), out);
+  };
+  // 32 bits while g + the grid's stride stays below 2^32.
+  if (groups < (int64_t{1} << 31)) {
+    launch(uint32_t{});
+  } else {
+    launch(int64_t{});
   }
 }
 
@@ -31,11 +61,15 @@ __global__ void rope_kernel(const float* x, const float* cos, const float* sin, 
 void rope_apply_to(const Tensor& x, const Tensor& cos, const Tensor& sin, bool inverse, Tensor& out) {
   check_on_cuda("rope_apply", x, cos, sin, out);
   const int64_t half = checks::rope_apply(x, cos, sin, out, f32_or_bf16(out));
-  const int64_t n = x.numel() / 2;
-  if (n == 0) return;
+  if (x.numel() == 0) return;
+  const float sign = inverse ? -1.0f : 1.0f;
+  const bool vectors = four_at_a_time(half, x, cos, sin, out);
   with_f32_or_bf16(out, "rope_apply out", [&](auto* o) {
-    rope_kernel<<<grid_for(n), kThreads, 0, compute_stream()>>>(x.data<float>(), cos.data<float>(), sin.data<float>(),
-                                                                x.dim(1), x.dim(2), half, inverse ? -1.0f : 1.0f, n, o);
+    if (vectors) {
+      launch_rope<4>(x, cos, sin, half, sign, o);
+    } else {
+      launch_rope<1>(x, cos, sin, half, sign, o);
+    }
   });
   EG_CUDA_CHECK_LAUNCH("rope_kernel");
 }

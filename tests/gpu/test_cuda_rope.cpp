@@ -1,9 +1,11 @@
-// CUDA RoPE against the CPU one: forward and inverse rotation with tables longer than the sequence
-// (rows 0..T−1 used). The GPU fuses the multiply-adds of each rotation: rtol 1e-6, atol 1e-6. The
-// rotation into a bf16 tensor holds the GPU's f32 rotation rounded to nearest even, bit for bit.
+// CUDA RoPE against the CPU one: forward and inverse rotation, in place and into another tensor, with
+// tables longer than the sequence (rows 0..T−1 used), one pair a thread (odd pairs per head) and four. The GPU fuses
+// the multiply-adds of each rotation: rtol 1e-6, atol 1e-6. The rotation into a bf16 tensor holds the GPU's f32
+// rotation rounded to nearest even, bit for bit.
 #include <gtest/gtest.h>
 
 #include <random>
+#include <string>
 
 #include "kernels/rope.h"
 #include "tests/gpu/cuda_test_util.h"
@@ -17,13 +19,22 @@ using CudaRope = CudaTest;
 
 TEST_F(CudaRope, ForwardAndInverseMatchTheCpu) {
   std::mt19937 gen(41);
-  const kernels::RopeTables tables = kernels::make_rope_tables(/*seq_len=*/29, /*head_dim=*/34, 10000.0);
-  const HostDevice cos = on_both(tables.cos), sin = on_both(tables.sin);
-  for (bool inverse : {false, true}) {
-    HostDevice x = random_on_both({3, 23, 5, 34}, gen);
-    kernels::rope_apply_to(x.cpu, cos.cpu, sin.cpu, inverse, x.cpu);
-    kernels::rope_apply_to(x.gpu, cos.gpu, sin.gpu, inverse, x.gpu);
-    expect_close_to_cpu(x.gpu, x.cpu, 1e-6, 1e-6, inverse ? "inverse rotation" : "rotation");
+  // head_dim 34: 17 pairs a head, one pair a thread; 64: four pairs a thread; also out of place.
+  for (int64_t head_dim : {34, 64}) {
+    const kernels::RopeTables tables = kernels::make_rope_tables(/*seq_len=*/29, head_dim, 10000.0);
+    const HostDevice cos = on_both(tables.cos), sin = on_both(tables.sin);
+    for (bool inverse : {false, true}) {
+      const std::string what =
+          std::string(inverse ? "inverse rotation" : "rotation") + ", head_dim " + std::to_string(head_dim);
+      HostDevice x = random_on_both({3, 23, 5, head_dim}, gen);
+      HostDevice out = nan_on_both(x.cpu.shape());
+      kernels::rope_apply_to(x.cpu, cos.cpu, sin.cpu, inverse, out.cpu);
+      kernels::rope_apply_to(x.gpu, cos.gpu, sin.gpu, inverse, out.gpu);
+      expect_close_to_cpu(out.gpu, out.cpu, 1e-6, 1e-6, what + ", out of place");
+      kernels::rope_apply_to(x.cpu, cos.cpu, sin.cpu, inverse, x.cpu);
+      kernels::rope_apply_to(x.gpu, cos.gpu, sin.gpu, inverse, x.gpu);
+      expect_close_to_cpu(x.gpu, x.cpu, 1e-6, 1e-6, what + ", in place");
+    }
   }
 }
 
