@@ -2,9 +2,9 @@
 // 768, 64 experts of width 256, top-6, 12 heads of 64, sequence 2048), under bf16 matmuls: the grouped
 // expert products (forward, row gradients and their pair, weight gradients, balanced groups; f32 output,
 // and bf16 beside it for the products into 768 columns), the attention forward and backward (TFLOP/s
-// each), a branch's output product onto the residual stream (product then add, against gemm_plus), RoPE
-// and the RMSNorm forward and backward (GB/s of the bytes they must move); the figures and their commands
-// live in docs/PERFORMANCE.md.
+// each), a branch's output product onto the residual stream (product then add, against gemm_plus); and
+// RoPE, the cross-entropy and the RMSNorm forward and backward (GB/s of the bytes they must move). The
+// figures and their commands live in docs/PERFORMANCE.md.
 //   build-gpu/benchmarks/bench_cuda_kernels [--benchmark_filter=grouped]
 #include <benchmark/benchmark.h>
 
@@ -12,6 +12,7 @@
 #include <string>
 
 #include "kernels/attention.h"
+#include "kernels/cross_entropy.h"
 #include "kernels/cuda/grouped_mma.h"
 #include "kernels/elementwise.h"
 #include "kernels/gemm.h"
@@ -215,6 +216,27 @@ void BM_rope(benchmark::State& state) {
                                               benchmark::Counter::kIs1000);
 }
 BENCHMARK(BM_rope)->Unit(benchmark::kMicrosecond)->UseRealTime();
+
+// The head's softmax cross-entropy over one step's logits, dlogits in bf16: arg the vocabulary, 32000
+// (h100-bench's: rows held in registers) and 32772 (just past what registers hold: the rows streamed
+// three times), side by side. GB/s of the 4 + 2 bytes a logit it must move.
+void BM_cross_entropy(benchmark::State& state) {
+  if (!device_ready(state)) return;
+  const int64_t vocab = state.range(0);
+  state.SetLabel(vocab <= 32768 ? "held in registers" : "streamed");
+  const Tensor logits = random_on_device({kTokens, vocab}, 19);
+  Tensor targets = Tensor::empty({kTokens}, DType::I32);
+  for (int64_t i = 0; i < kTokens; ++i) targets.data<int32_t>()[i] = static_cast<int32_t>(i * 7919 % vocab);
+  targets = targets.copy_to(Device::CUDA);
+  Tensor losses = Tensor::empty({kTokens}, DType::F32, Device::CUDA);
+  Tensor dlogits = Tensor::empty({kTokens, vocab}, DType::BF16, Device::CUDA);
+  time_on_device(state, 0.0,
+                 [&] { kernels::cross_entropy_forward_backward(logits, targets, 1.0f / kTokens, losses, dlogits); });
+  state.counters.erase("TFLOP/s");  // a figure of bytes, not of products
+  state.counters["GB/s"] = benchmark::Counter(
+      6.0 * logits.numel() * 1e-9, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
+}
+BENCHMARK(BM_cross_entropy)->Arg(32000)->Arg(32772)->Unit(benchmark::kMicrosecond)->UseRealTime();
 
 // RMSNorm over one step's rows of d_model: arg 0 the forward writing bf16 y (what the products take),
 // 1 the backward adding the residual gradient, dg's column sums included. Prints GB/s of the bytes
