@@ -75,15 +75,20 @@ void check_topk_shape(const Tensor& topk_idx, int64_t n, int64_t n_experts, cons
 }
 
 // The shapes combine and its backward share; returns (N, K, D).
+// n tokens, each of K assignments: topk_w's columns when it is defined (it must be [N, K] f32), else
+// position's size over N.
 CombineDims combine_dims(const Tensor& expert_out, DType expert_out_dtype, const Tensor& position, const Tensor& topk_w,
-                         const char* what) {
+                         int64_t n, const char* what) {
   check_dtype(expert_out, expert_out_dtype, what);
   check_dtype(position, DType::I32, what);
-  check_dtype(topk_w, DType::F32, what);
-  const int64_t n = topk_w.rows(), k = topk_w.cols(), d = expert_out.cols();
+  const int64_t k = topk_w.defined() ? topk_w.cols() : n > 0 ? position.numel() / n : 0, d = expert_out.cols();
   EG_ASSERT(position.numel() == n * k && expert_out.rows() == n * k, what, ": position ", position.describe(),
-            " and expert_out ", expert_out.describe(), " need N·K = ", n * k, " rows for topk_w ",
-            topk_w.describe());
+            " and expert_out ", expert_out.describe(), " need N·K rows for N = ", n, " tokens");
+  if (topk_w.defined()) {
+    check_dtype(topk_w, DType::F32, what);
+    EG_ASSERT(topk_w.rows() == n && topk_w.cols() == k, what, ": topk_w ", topk_w.describe(), " is not [", n, ", ", k,
+              "]");
+  }
   return {n, k, d};
 }
 
@@ -298,18 +303,19 @@ void assignment_outside_experts(int64_t assignment, int64_t expert, int n_expert
 
 CombineDims combine_expert_outputs(const Tensor& expert_out, const Tensor& position, const Tensor& topk_w,
                                    const Tensor& y, DType expert_out_dtype) {
-  const CombineDims dims = combine_dims(expert_out, expert_out_dtype, position, topk_w, "combine_expert_outputs");
   check_dtype(y, DType::F32, "combine_expert_outputs y");
-  EG_ASSERT(y.rows() == dims.n && y.cols() == dims.d, "combine_expert_outputs y ", y.describe(), " is not [",
-            dims.n, ", ", dims.d, "]");
+  const CombineDims dims =
+      combine_dims(expert_out, expert_out_dtype, position, topk_w, y.rows(), "combine_expert_outputs");
+  EG_ASSERT(y.cols() == dims.d, "combine_expert_outputs y ", y.describe(), " is not [", dims.n, ", ", dims.d, "]");
   return dims;
 }
 
 CombineDims combine_expert_outputs_backward(const Tensor& dy, const Tensor& expert_out, const Tensor& position,
                                             const Tensor& topk_w, const Tensor& d_expert_out, const Tensor& d_topk_w,
                                             DType d_expert_out_dtype, DType expert_out_dtype) {
+  EG_ASSERT(topk_w.defined(), "combine_expert_outputs_backward: topk_w is undefined");
   const CombineDims dims =
-      combine_dims(expert_out, expert_out_dtype, position, topk_w, "combine_expert_outputs_backward");
+      combine_dims(expert_out, expert_out_dtype, position, topk_w, topk_w.rows(), "combine_expert_outputs_backward");
   check_dtype(dy, DType::F32, "combine_expert_outputs_backward dy");
   EG_ASSERT(dy.rows() == dims.n && dy.cols() == dims.d, "combine_expert_outputs_backward dy ", dy.describe(),
             " is not [", dims.n, ", ", dims.d, "]");

@@ -16,9 +16,11 @@ struct ExpertSort {
 
 namespace cpu {
 ExpertSort sort_by_expert(const Tensor& topk_idx, int n_experts);  // topk_idx i32 [N, K]
-// y[t] = Σ_k topk_w[t,k] · expert_out[position[t·K+k]], summed in k order. y [N, D] written, or with
-// accumulate added to what y holds (its value first, then the terms in k order: the MoE adds its
-// routed experts onto the residual stream plus the shared experts).
+// y[t] = Σ_k topk_w[t,k] · expert_out[position[t·K+k]], summed in k order (K = position's size / N).
+// y [N, D] written, or with accumulate added to what y holds (its value first, then the terms in k
+// order: the MoE adds its routed experts onto the residual stream plus the shared experts). topk_w
+// undefined: unit weights, each token's rows summed (the MoE's input gradient from its experts' row
+// gradients: the sorted rows scattered back without sorting their tokens again).
 void combine_expert_outputs(const Tensor& expert_out, const Tensor& position, const Tensor& topk_w, Tensor& y,
                             bool accumulate = false);
 // d_expert_out[position[a]] = w[a]·dy[t]; d_topk_w[t,k] = <dy[t], expert_out[position[a]]>. Both written.

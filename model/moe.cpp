@@ -122,7 +122,7 @@ Tensor MoELayer::experts_backward(const Tensor& d_out_in, const std::vector<int6
   kernels::swiglu_backward(dact, saved.gate, saved.up, dgate, dup);
   kernels::grouped_gemm_wgrad(dgate, saved.rows, w1_.grad, offsets);
   kernels::grouped_gemm_wgrad(dup, saved.rows, w3_.grad, offsets);
-  // Read by the scatter-add that sums each token's rows in f32 (the dispatcher exchanges f32 instead).
+  // Read by the combine that sums each token's rows in f32 (the dispatcher exchanges f32 instead).
   Tensor d_rows = Tensor::empty(saved.rows.shape(), dispatcher_ ? DType::F32 : saved.act.dtype(), dev);
   kernels::grouped_gemm_pair(dgate, saved.w1, dup, saved.w3, false, d_rows, offsets);
   return d_rows;
@@ -224,16 +224,18 @@ Tensor MoELayer::backward(const Tensor& dy_in) {
     d_topk_w = std::move(grads.d_topk_w);
     if (shared_) shared_->backward_add_to(dy, dx_flat);
   } else {
-    // The shared experts' input gradient starts the sum (their last product writes it, so nothing is
-    // zeroed), and the routed rows are added onto it.
-    dx_flat = shared_ ? shared_->backward(dy) : Tensor::zeros({n, d}, DType::F32, dev);
     // Combine: gradients of the expert outputs and of the routing weights; experts in reverse.
     // Written straight in the dtype the expert products take (no f32 copy to round).
     Tensor d_expert_out = Tensor::empty(s.expert_out.shape(), kernels::matmul_operand_dtype(dev), dev);
     d_topk_w = Tensor::empty(s.topk_w.shape(), DType::F32, dev);
     kernels::combine_expert_outputs_backward(dy, s.expert_out, s.sort.position, s.topk_w, d_expert_out,
                                              d_topk_w);
-    kernels::embedding_scatter_add(experts_bwd(d_expert_out, s.sort.offsets), s.sort.sorted_token, dx_flat);
+    const Tensor d_rows = experts_bwd(d_expert_out, s.sort.offsets);
+    // Each token's rows summed back in slot order (the combine with unit weights: the sort's positions
+    // say where they are, so nothing is sorted again), onto the shared experts' input gradient, which
+    // their last product wrote (nothing is zeroed).
+    dx_flat = shared_ ? shared_->backward(dy) : Tensor::empty({n, d}, DType::F32, dev);
+    kernels::combine_expert_outputs(d_rows, s.sort.position, Tensor(), dx_flat, /*accumulate=*/shared_ != nullptr);
   }
 
   // Router: through the selected weights (the selection itself has no gradient), plus the aux terms.

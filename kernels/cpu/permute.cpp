@@ -46,13 +46,13 @@ void combine_expert_outputs(const Tensor& expert_out, const Tensor& position, co
   check_positions(position, n * k, "combine_expert_outputs");
   const float* eo = expert_out.data<float>();
   const int32_t* pos = position.data<int32_t>();
-  const float* w = topk_w.data<float>();
+  const float* w = topk_w.defined() ? topk_w.data<float>() : nullptr;
   float* out = y.data<float>();
   for (int64_t t = 0; t < n; ++t) {
     float* yt = out + t * d;
     if (!accumulate) std::fill(yt, yt + d, 0.0f);
     for (int64_t slot = 0; slot < k; ++slot) {
-      const float wk = w[t * k + slot];
+      const float wk = w ? w[t * k + slot] : 1.0f;
       const float* row = eo + pos[t * k + slot] * d;
       for (int64_t j = 0; j < d; ++j) yt[j] += wk * row[j];
     }

@@ -87,8 +87,9 @@ const unsigned long long* check_positions(const Tensor& position, int64_t n_assi
   return bad_position;
 }
 
-// y[t, j] = Σ_k w[t, k] · expert_out[position[t·K + k], j], from 0 (from y[t, j] when accumulating)
-// and in slot order as on the CPU; nothing when a position is bad. One thread per kVec columns of a token.
+// y[t, j] = Σ_k w[t, k] · expert_out[position[t·K + k], j] (w = 1 without topk_w), from 0 (from
+// y[t, j] when accumulating) and in slot order as on the CPU; nothing when a position is bad. One thread per kVec
+// columns of a token.
 template <int kVec, class In>
 __global__ void combine_kernel(const In* expert_out, const int32_t* position, const float* topk_w, int64_t n, int64_t k,
                                int64_t d, bool accumulate, const unsigned long long* bad_position, float* y) {
@@ -99,7 +100,7 @@ __global__ void combine_kernel(const In* expert_out, const int32_t* position, co
     const int64_t t = i * kVec / d, j = i * kVec % d;
     Floats<kVec> acc = accumulate ? load_floats<kVec>(y + t * d + j) : Floats<kVec>{};
     for (int64_t slot = 0; slot < k; ++slot) {
-      const float w = topk_w[t * k + slot];
+      const float w = topk_w ? topk_w[t * k + slot] : 1.0f;
       const Floats<kVec> x = load_floats<kVec>(expert_out + position[t * k + slot] * d + j);
 #pragma unroll
       for (int c = 0; c < kVec; ++c) acc.v[c] += __fmul_rn(w, x.v[c]);
@@ -197,7 +198,8 @@ void combine_expert_outputs(const Tensor& expert_out, const Tensor& position, co
     using In = std::remove_pointer_t<decltype(rows)>;
     const auto kernel = vectors ? combine_kernel<4, In> : combine_kernel<1, In>;
     kernel<<<grid_for(n * d / (vectors ? 4 : 1)), kThreads, 0, compute_stream()>>>(
-        rows, position.data<int32_t>(), topk_w.data<float>(), n, k, d, accumulate, bad_position, y.data<float>());
+        rows, position.data<int32_t>(), topk_w.defined() ? topk_w.data<float>() : nullptr, n, k, d, accumulate,
+        bad_position, y.data<float>());
   });
   EG_CUDA_CHECK_LAUNCH("combine_kernel");
 }

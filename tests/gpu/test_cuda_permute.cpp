@@ -1,11 +1,10 @@
 // CUDA expert permutation against the CPU's: sort_by_expert (N = 0 and 1, empty experts, E not a
 // power of two and above 256) must give the same sorted tokens, positions and offsets; the combine
-// (also onto what y holds) and d_expert_out are the CPU's expression in the CPU's order, so they must
-// equal it bit for bit;
-// d_topk_w is a double dot product summed in another order, rounded to float: rtol 1e-6 with atol
-// 1e-9. Also the CPU's errors for an expert or a position outside its range (the combines' deferred
-// to the next wait, nothing written; more deferred checks between two waits than the device has
-// slots), and two runs that must agree bit for bit. Float outputs start NaN.
+// (also onto what y holds, and with unit weights) and d_expert_out are the CPU's expression in the CPU's order, so they
+// must equal it bit for bit; d_topk_w is a double dot product summed in another order, rounded to float: rtol 1e-6 with
+// atol 1e-9. Also the CPU's errors for an expert or a position outside its range (the combines' deferred to the next
+// wait, nothing written; more deferred checks between two waits than the device has slots), and two runs that must
+// agree bit for bit. Float outputs start NaN.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -93,6 +92,10 @@ TEST_F(CudaPermute, CombineAndItsBackwardMatchTheCpu) {
       kernels::combine_expert_outputs(expert_out.cpu, position.cpu, topk_w.cpu, onto.cpu, /*accumulate=*/true);
       kernels::combine_expert_outputs(expert_out.gpu, position.gpu, topk_w.gpu, onto.gpu, /*accumulate=*/true);
       expect_bitwise_equal_to_cpu(onto.gpu, onto.cpu, "y accumulated, " + what);
+      HostDevice sums = nan_on_both({n, d});  // unit weights: each token's rows summed
+      kernels::combine_expert_outputs(expert_out.cpu, position.cpu, Tensor(), sums.cpu);
+      kernels::combine_expert_outputs(expert_out.gpu, position.gpu, Tensor(), sums.gpu);
+      expect_bitwise_equal_to_cpu(sums.gpu, sums.cpu, "y without weights, " + what);
 
       const HostDevice dy = random_on_both({n, d}, gen);
       HostDevice d_expert_out = nan_on_both({n * k, d}), d_topk_w = nan_on_both({n, k});

@@ -108,6 +108,23 @@ TEST(KernelPermute, AccumulatingCombineAddsOntoWhatTheOutputHolds) {
   }
 }
 
+TEST(KernelPermute, CombineWithoutWeightsSumsEachTokensRows) {
+  std::mt19937 gen(13);
+  for (const auto& s : kShapes) {
+    const int64_t n = s[0], k = s[1], d = 7;
+    kernels::ExpertSort sorted = kernels::sort_by_expert(random_topk(n, s[1], s[3], gen), s[2]);
+    Tensor eo = random_uniform({n * k, d}, gen);
+    Tensor y = nan_tensor({n, d});
+    kernels::combine_expert_outputs(eo, sorted.position, Tensor(), y);
+    expect_close(y, naive_combine(to_double(eo), sorted.position, std::vector<double>(n * k, 1.0), n, k, d), 0.0, 1e-6,
+                 "y");
+  }
+  // The tokens come from y: positions must hold N·K of them.
+  Tensor y = Tensor::zeros({3, 2});
+  EXPECT_THROW(kernels::combine_expert_outputs(Tensor::zeros({7, 2}), Tensor::zeros({7}, DType::I32), Tensor(), y),
+               Error);
+}
+
 TEST(KernelPermute, IdentityExpertsGiveInputTimesWeightSum) {
   // expert_out = x gathered by sorted_token (every expert the identity) ⇒ y = x·Σ_k w.
   std::mt19937 gen(3);
