@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One command for the GPU machine: configure with the CUDA backend, build with every core, run the
 # gpu suite (CUDA kernels and the model against the CPU reference), the CPU suites (unit, gradcheck),
-# the parallel suite (mpirun; its GPU tests run here) and the step benchmark (benchmarks/step_time on the configs in ENGRAM_BENCH_CONFIGS), and print a
-# table last. Full logs go to ${OUT:-/tmp/gpu-check}. Installs nothing (the GPU machine has
+# the parallel suite (mpirun; its GPU tests run here), the step benchmark (benchmarks/step_time on the
+# configs in ENGRAM_BENCH_CONFIGS) and the kernel benchmarks (benchmarks/bench_cuda_kernels; set
+# ENGRAM_KERNEL_BENCH=0 to skip them), and print a table last. Full logs go to ${OUT:-/tmp/gpu-check}. Installs nothing (the GPU machine has
 # no package registry): it needs cmake, ninja, nvcc and the Debian/Ubuntu -dev packages already there.
 #   scripts/gpu-check.sh                      everything
 #   scripts/gpu-check.sh -R CudaGemm          extra ctest arguments apply to the gpu suite only
@@ -67,6 +68,10 @@ for config in $bench_configs; do
   done
 done
 rm -f "$out/step_time.log.tmp"
+# The CUDA kernels at the benchmark's shapes, side by side (the A/B pairs print their ratio below).
+if [ "${ENGRAM_KERNEL_BENCH:-1}" != 0 ]; then
+  step bench_cuda_kernels "$out/bench_cuda_kernels.log" "$build_dir/benchmarks/bench_cuda_kernels" || status=1
+fi
 
 # One row per log: ctest's per-test lines read "N/M Test #K: name ....   Passed   0.1 sec"
 # (or ***Failed, ***Skipped, ***Timeout, ***Exception, Not Run).
@@ -94,7 +99,12 @@ for line in open(sys.argv[1]):
     print(f"{r['config']:<34} {r['matmul_precision']:<8} {r['median_step_ms']:10.1f} {r['tokens_per_s']:12,.0f} "
           f"{100 * r['mfu']:6.1f}% {r['peak_device_bytes'] / 2**30:10.2f}")
     print("  phases: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in sorted(r['phase_share'].items(), key=lambda kv: -kv[1])))
+    print(f"  device blocks handed back in the timed steps: {r.get('blocks_returned_in_timed_steps', '?')}")
 PY
+fi
+if [ -s "$out/bench_cuda_kernels.log" ]; then
+  echo
+  grep '^BM_' "$out/bench_cuda_kernels.log" || true
 fi
 echo "device: $device; architectures: $archs; logs: $out"
 if [ "$status" -ne 0 ]; then
