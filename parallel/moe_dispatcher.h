@@ -22,8 +22,8 @@
 //   stay on the expert rank; the expert-data-parallel group sums them later);
 //   2'. each received row's input gradient summed over its assignments there, sent home;
 //   1'. dx_t summed over destination ranks. Both sums run in ascending global expert order (local
-//   experts ascending within a rank, ranks ascending), exactly the order of the single-rank
-//   MoELayer's scatter-add.
+//   experts ascending within a rank, ranks ascending); the single-rank MoELayer adds a token's rows
+//   in slot order, so the two agree to float rounding.
 //
 // Devices: x, topk_w and dy may be CPU or CUDA tensors (the same device; topk_idx anywhere), and every
 // result is on that device, bitwise the result for CPU tensors. The exchange plan (destinations,
