@@ -126,6 +126,11 @@ void gemm_plus_sum(const Tensor& c, const Tensor& d) {
   check_dtype(c, DType::F32, "gemm_plus c");
   check_dtype(d, DType::F32, "gemm_plus d");
   check_shape(c, d.shape(), "gemm_plus c");
+  const auto* c_bytes = static_cast<const char*>(c.raw());
+  const auto* d_bytes = static_cast<const char*>(d.raw());
+  const bool overlap = c_bytes < d_bytes + d.nbytes() && d_bytes < c_bytes + c.nbytes();
+  EG_ASSERT(c_bytes == d_bytes || !overlap, "gemm_plus: c ", c.describe(), " and d ", d.describe(),
+            " overlap without being one tensor");
 }
 
 ConvDims causal_conv_forward(const Tensor& x, const Tensor& w, int dilation, const Tensor& y) {

@@ -30,7 +30,7 @@ struct GemmDims {
   int64_t m, k, n;  // C [m, n] = op(A) [m, k] · op(B) [k, n]
 };
 GemmDims gemm_dims(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const Tensor& c);
-// gemm_plus's addend c and output d: both f32, one shape.
+// gemm_plus's addend c and output d: both f32, one shape, the same tensor or apart.
 void gemm_plus_sum(const Tensor& c, const Tensor& d);
 
 struct ConvDims {

@@ -158,20 +158,18 @@ Tensor MoELayer::forward(const Tensor& x_in, const LossWeights& weights, const T
   const Tensor residual_rows = residual.defined() ? residual.view({n, d}) : Tensor();
   Tensor y_flat = shared_              ? shared_->forward(x_operand, residual_rows)
                   : residual.defined() ? residual_rows.clone()
-                                       : Tensor::empty({n, d}, DType::F32, dev);
-  const bool onto_base = shared_ || residual.defined();
+                                       : Tensor();
+  const bool onto_base = y_flat.defined();
   if (dispatcher_) {
     for (int32_t e : s->topk_idx.to_vector<int32_t>()) ++load_[e];  // host buffers (MPI)
-    // Tokens travel to the ranks holding their experts; the held experts run on what arrives.
-    const Tensor routed =
-        dispatcher_->forward(x, s->topk_idx, s->topk_w, [&](const Tensor& rows, const std::vector<int64_t>& offsets) {
+    // Tokens travel to the ranks holding their experts; the held experts run on what arrives, and
+    // the dispatcher's combine adds their sum onto the output begun above (or makes it).
+    y_flat = dispatcher_->forward(
+        x, s->topk_idx, s->topk_w,
+        [&](const Tensor& rows, const std::vector<int64_t>& offsets) {
           return experts_forward(rows, offsets, s->experts);
-        });
-    if (onto_base) {
-      kernels::add_(y_flat, routed);
-    } else {
-      y_flat = routed;
-    }
+        },
+        y_flat);
   } else {
     // Routed experts on the assignments grouped by expert (empty groups are skipped by the kernels).
     s->sort = kernels::sort_by_expert(s->topk_idx, static_cast<int>(n_experts));
@@ -180,6 +178,7 @@ Tensor MoELayer::forward(const Tensor& x_in, const LossWeights& weights, const T
     Tensor x_sorted = Tensor::empty({n * k, d}, kernels::matmul_operand_dtype(dev), dev);
     kernels::embedding_gather(x_operand, s->sort.sorted_token, x_sorted);
     s->expert_out = experts_forward(x_sorted, s->sort.offsets, s->experts);
+    if (!onto_base) y_flat = Tensor::empty({n, d}, DType::F32, dev);
     kernels::combine_expert_outputs(s->expert_out, s->sort.position, s->topk_w, y_flat, onto_base);
   }
 

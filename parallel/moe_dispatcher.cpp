@@ -26,7 +26,7 @@ ExpertDispatcher::ExpertDispatcher(Communicator& ep_group, int64_t n_experts)
 }
 
 Tensor ExpertDispatcher::forward(const Tensor& x_in, const Tensor& topk_idx, const Tensor& topk_w,
-                                 const ExpertForwardFn& experts) {
+                                 const ExpertForwardFn& experts, const Tensor& onto) {
   check_dtype(x_in, DType::F32, "dispatcher x");
   check_dtype(topk_idx, DType::I32, "dispatcher topk_idx");
   check_dtype(topk_w, DType::F32, "dispatcher topk_w");
@@ -37,6 +37,11 @@ Tensor ExpertDispatcher::forward(const Tensor& x_in, const Tensor& topk_idx, con
   const Device device = x_in.device();
   EG_CHECK(topk_w.device() == device, "dispatcher topk_w ", topk_w.describe(), " is not on ", device_name(device),
            " with x");
+  if (onto.defined()) {
+    check_dtype(onto, DType::F32, "dispatcher onto");
+    EG_CHECK(onto.numel() == n * d && onto.device() == device, "dispatcher onto ", onto.describe(), " is not [", n,
+             ", ", d, "] on ", device_name(device));
+  }
   const int p = group_.size();
   const int64_t per_rank = local_experts_.size();
   const Tensor x = x_in.view({n, d});
@@ -135,10 +140,10 @@ Tensor ExpertDispatcher::forward(const Tensor& x_in, const Tensor& topk_idx, con
   kernels::embedding_gather(expert_out, Tensor::from_vector(return_order).to(device), out_send);
   s.out_home = group_.all_to_all_v_rows(out_send, s.return_rows, s.home_out_rows);
 
-  // 5. Weighted combine in slot order.
-  Tensor y = Tensor::empty(x_in.shape(), DType::F32, device);
+  // 5. Weighted combine in slot order (onto what `onto` holds, when given).
+  Tensor y = onto.defined() ? onto : Tensor::empty(x_in.shape(), DType::F32, device);
   Tensor y_flat = y.view({n, d});
-  kernels::combine_expert_outputs(s.out_home, s.home_position, topk_w, y_flat);
+  kernels::combine_expert_outputs(s.out_home, s.home_position, topk_w, y_flat, /*accumulate=*/onto.defined());
   s.topk_w = topk_w;
 
   const int64_t row_bytes = d * kFloatBytes, counts_bytes = (p - 1) * kCountBytes;

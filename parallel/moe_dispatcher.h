@@ -59,9 +59,11 @@ class ExpertDispatcher {
   // ep_group: the expert-parallel group; n_experts: routed experts of the layer (divisible by its size).
   ExpertDispatcher(Communicator& ep_group, int64_t n_experts);
 
-  // Returns y [N, D] (written). Collective over the group: every rank calls it, N may be 0.
-  Tensor forward(const Tensor& x, const Tensor& topk_idx, const Tensor& topk_w,
-                 const ExpertForwardFn& experts);
+  // Returns y [N, D]: a new tensor, or `onto` ([N, D] f32) when given, with the combine's sum added
+  // to what it holds (the MoE's shared experts' output: no separate add). Collective over the group:
+  // every rank calls it, N may be 0.
+  Tensor forward(const Tensor& x, const Tensor& topk_idx, const Tensor& topk_w, const ExpertForwardFn& experts,
+                 const Tensor& onto = Tensor());
 
   struct Grads {
     Tensor dx;        // [N, D]

@@ -33,6 +33,7 @@ void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& 
 }
 
 void gemm_plus(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const Tensor& c, Tensor& d) {
+  checks::gemm_dims(a, trans_a, b, trans_b, d);  // before d is written
   checks::gemm_plus_sum(c, d);
   if (c.raw() != d.raw()) d.copy_from(c);
   gemm(a, trans_a, b, trans_b, d, 1.0f, 1.0f);

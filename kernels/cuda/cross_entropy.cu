@@ -1,7 +1,8 @@
 // Softmax cross-entropy on the GPU, the CUDA side of kernels/cross_entropy.h. One block per row:
 // the row max (float), Σ exp(logit − max) in double (fixed tree order), the loss in double as on
-// the CPU, then dlogits written in a last pass; rows of up to 32,768 logits are read from memory once
-// and held in registers for the three passes. A thread only overwrites the logits it read itself,
+// the CPU, then dlogits written in a last pass. Rows of up to 32,768 logits taken four at a time (a
+// vocabulary that is a multiple of 4, 16-byte aligned logits) are read from memory once and held in
+// registers for the three passes. A thread only overwrites the logits it read itself,
 // after the block has finished reading, so dlogits may alias logits. dlogits may also be bf16
 // (kernels::matmul_operand_dtype: the head's two products take it), written rounded to nearest even.
 #include <cstdint>

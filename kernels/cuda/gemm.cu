@@ -214,7 +214,7 @@ void multiply(const char* what, const Tensor& a, bool trans_a, const Tensor& b, 
       d.zero_();
     } else {
       if (c.raw() != d.raw()) d.copy_from(c);
-      scale_(d, beta);
+      if (beta != 1.0f) scale_(d, beta);
     }
     return;
   }

@@ -73,7 +73,7 @@ TEST_F(CudaGemm, F32MatchesTheCpuForEveryTransposeAndBeta) {
 }
 
 // gemm_plus: D = op(A)·op(B) + C with C another tensor, read only; also C at a 4-byte offset (the plan
-// must take the smaller of C's and D's alignments), and D = C in place.
+// must take the smaller of C's and D's alignments), D = C in place, under bf16 matmuls, and k = 0.
 TEST_F(CudaGemm, PlusAddsAnotherTensorAsItWritesAndMatchesTheCpu) {
   std::mt19937 gen(90);
   const int64_t m = 33, k = 67, n = 45;
@@ -97,8 +97,25 @@ TEST_F(CudaGemm, PlusAddsAnotherTensorAsItWritesAndMatchesTheCpu) {
       kernels::gemm_plus(a.cpu, trans_a, b.cpu, trans_b, c.cpu, c.cpu);
       kernels::gemm_plus(a.gpu, trans_a, b.gpu, trans_b, c.gpu, c.gpu);
       expect_close_to_cpu(c.gpu, c.cpu, 1e-5, 1e-4, what + ", in place");
+
+      // As the model calls it: bf16 matmuls (f32 operands rounded), f32 addend and sum at another
+      // address; the CPU multiplies the rounded values.
+      const HostDevice addend = random_on_both({m, n}, gen);
+      HostDevice sum = nan_on_both({m, n});
+      kernels::gemm_plus(round_to_bf16(a.cpu).f32, trans_a, round_to_bf16(b.cpu).f32, trans_b, addend.cpu, sum.cpu);
+      {
+        const ScopedMatmulPrecision bf16(kernels::MatmulPrecision::BF16);
+        kernels::gemm_plus(a.gpu, trans_a, b.gpu, trans_b, addend.gpu, sum.gpu);
+      }
+      expect_close_to_cpu(sum.gpu, sum.cpu, 1e-5, 1e-4, what + ", bf16 matmuls");
     }
   }
+  // No inner dimension: d is c.
+  const HostDevice c = random_on_both({3, 4}, gen);
+  HostDevice d = nan_on_both({3, 4});
+  kernels::gemm_plus(Tensor::empty({3, 0}, DType::F32, Device::CUDA), false,
+                     Tensor::empty({0, 4}, DType::F32, Device::CUDA), false, c.gpu, d.gpu);
+  expect_bitwise_equal_to_cpu(d.gpu, c.cpu, "k = 0");
 }
 
 TEST_F(CudaGemm, EmptyInnerDimensionWritesBetaTimesC) {

@@ -6,6 +6,7 @@
 //   - per-expert linear maps, for every EP dividing the world: the distributed y, dx, d_topk_w and
 //     expert gradients (summed over the expert-data-parallel group) equal one rank computing the whole
 //     batch (norm-wise relative error ≤ 1e-6), which itself matches a naive double-precision reference;
+//   - onto a given output: the combine adds to what it holds (and a wrongly shaped one is refused);
 //   - with a CUDA device, CUDA tensors (staged through host copies by the host communicator): y, dx,
 //     the expert rows and the traffic equal the CPU run's bit for bit; d_topk_w within one float
 //     rounding (its dot products are summed in double by kernels::combine_expert_outputs_backward,
@@ -14,6 +15,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <random>
 #include <set>
 
 #include "kernels/gemm.h"
@@ -377,6 +379,34 @@ TEST_F(ExpertDispatcherOnCudaTensors, GivesTheCpuResults) {
     const ScaledRun mixed = run_scaled(comm, s.n_experts, x.copy_to(Device::CUDA), idx, w.copy_to(Device::CUDA),
                                        dy.copy_to(Device::CUDA));
     testing_util::expect_cuda_with_cpu_bits(mixed.y, cpu.y, "y with host routing");
+  }
+}
+
+// Given `onto`, the combine adds the routed sum to what it holds and returns it.
+TEST(ExpertDispatcher, CombinesOntoAGivenOutput) {
+  Communicator& comm = world();
+  const int p = comm.size(), me = comm.rank();
+  for (size_t si = 0; si < kCases.size(); ++si) {
+    const RoutingCase& s = kCases[si];
+    SCOPED_TRACE("setup " + std::to_string(si));
+    const RankTokens t = tokens_of(make_batch(s, p, p, 500 + si), s, me);
+    const Tensor y = run_scaled(comm, s.n_experts, t.x, t.idx, t.w, t.dy).y;
+    std::mt19937 gen(600 + si);
+    const Tensor base = testing_util::random_uniform(y.shape(), gen);
+    Tensor onto = base.clone();
+    ExpertDispatcher dispatcher(comm, s.n_experts);
+    const int64_t first = dispatcher.local_experts().begin;
+    const auto experts = [&](const Tensor& rows, const std::vector<int64_t>& offsets) {
+      return scale_by_expert(rows, offsets, first);
+    };
+    const Tensor sum = dispatcher.forward(t.x, t.idx, t.w, experts, onto);
+    EXPECT_EQ(sum.raw(), onto.raw()) << "the sum is written into onto";
+    for (int64_t i = 0; i < y.numel(); ++i)
+      ASSERT_NEAR(sum.data<float>()[i], base.data<float>()[i] + y.data<float>()[i],
+                  1e-6 * (1.0 + std::abs(base.data<float>()[i] + y.data<float>()[i])))
+          << "element " << i;
+    // On every rank at once (before any message): nothing hangs.
+    EXPECT_THROW(dispatcher.forward(t.x, t.idx, t.w, experts, Tensor::zeros({y.rows() + 1, 1})), Error);
   }
 }
 

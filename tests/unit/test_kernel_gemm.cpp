@@ -96,10 +96,25 @@ TEST(KernelGemm, PlusWritesTheProductPlusTheAddendIntoAnotherTensorOrOntoIt) {
   }
 }
 
-TEST(KernelGemm, PlusRejectsAnAddendOfAnotherShapeOrDtype) {
-  Tensor a = Tensor::zeros({3, 4}), b = Tensor::zeros({4, 2}), d = Tensor::zeros({3, 2});
+TEST(KernelGemm, PlusWithAnEmptyInnerDimensionCopiesTheAddend) {
+  const Tensor a = Tensor::zeros({3, 0}), b = Tensor::zeros({0, 4});
+  std::mt19937 gen(8);
+  const Tensor c = random_uniform({3, 4}, gen);
+  Tensor d = nan_tensor({3, 4});
+  kernels::gemm_plus(a, false, b, false, c, d);
+  expect_close(d, to_double(c), 0.0, 0.0, "d");
+}
+
+TEST(KernelGemm, PlusRejectsBadAddendsAndLeavesTheOutputAlone) {
+  Tensor a = Tensor::zeros({3, 4}), b = Tensor::zeros({4, 2}), d = Tensor::full({3, 2}, 7.0f);
   EXPECT_THROW(kernels::gemm_plus(a, false, b, false, Tensor::zeros({2, 3}), d), Error);
   EXPECT_THROW(kernels::gemm_plus(a, false, b, false, Tensor::zeros({3, 2}, DType::I32), d), Error);
+  EXPECT_THROW(kernels::gemm_plus(a, false, Tensor::zeros({5, 2}), false, Tensor::zeros({3, 2}), d), Error);
+  // An addend that overlaps the output without being it (one row along).
+  Tensor storage = Tensor::zeros({4, 2});
+  Tensor out = storage.slice(0, 3);
+  EXPECT_THROW(kernels::gemm_plus(a, false, b, false, storage.slice(1, 4), out), Error);
+  expect_close(d, std::vector<double>(6, 7.0), 0.0, 0.0, "d after the refusals");
 }
 
 TEST(KernelGemm, ReadsHigherRankTensorsAsMatrices) {
