@@ -97,12 +97,13 @@ Tensor MoELayer::experts_forward(const Tensor& rows, const std::vector<int64_t>&
   saved.w2 = kernels::matmul_operand(w2_.value);
   // Outputs that only elementwise kernels read (which compute in f32) are written in bf16 under bf16
   // matmuls, as autocast does: half the traffic. gate and up feed the SwiGLU, which writes act in the
-  // dtype the w2 product takes; out feeds the combine, except under a dispatcher, which exchanges f32.
+  // dtype the w2 product takes; out feeds the combine (under a dispatcher, after travelling home in
+  // that dtype: half the bytes).
   const DType hidden = kernels::matmul_operand_dtype(dev);
   saved.gate = Tensor::empty({n_rows, d_ff}, hidden, dev);
   saved.up = Tensor::empty({n_rows, d_ff}, hidden, dev);
   saved.act = Tensor::empty({n_rows, d_ff}, hidden, dev);
-  Tensor out = Tensor::empty({n_rows, d}, dispatcher_ ? DType::F32 : hidden, dev);
+  Tensor out = Tensor::empty({n_rows, d}, hidden, dev);
   kernels::grouped_gemm(saved.rows, saved.w1, true, saved.gate, offsets);
   kernels::grouped_gemm(saved.rows, saved.w3, true, saved.up, offsets);
   kernels::swiglu_forward(saved.gate, saved.up, saved.act);
@@ -122,8 +123,8 @@ Tensor MoELayer::experts_backward(const Tensor& d_out_in, const std::vector<int6
   kernels::swiglu_backward(dact, saved.gate, saved.up, dgate, dup);
   kernels::grouped_gemm_wgrad(dgate, saved.rows, w1_.grad, offsets);
   kernels::grouped_gemm_wgrad(dup, saved.rows, w3_.grad, offsets);
-  // Read by the combine that sums each token's rows in f32 (the dispatcher exchanges f32 instead).
-  Tensor d_rows = Tensor::empty(saved.rows.shape(), dispatcher_ ? DType::F32 : saved.act.dtype(), dev);
+  // Read by the combine that sums each token's rows in f32 (or the dispatcher's sums per received row).
+  Tensor d_rows = Tensor::empty(saved.rows.shape(), saved.act.dtype(), dev);
   kernels::grouped_gemm_pair(dgate, saved.w1, dup, saved.w3, false, d_rows, offsets);
   return d_rows;
 }
@@ -140,7 +141,8 @@ Tensor MoELayer::forward(const Tensor& x_in, const LossWeights& weights, const T
   s->x = x;
   // The shared experts take x rounded (kernels::matmul_operand) and keep that copy for backward; the
   // expert gather reads it where there is one (half the bytes), else rounds x's rows as it copies them.
-  const Tensor x_operand = shared_ ? kernels::matmul_operand(x) : x;
+  // A dispatcher sends the rounded rows (half the bytes of f32 ones).
+  const Tensor x_operand = shared_ || dispatcher_ ? kernels::matmul_operand(x) : x;
 
   // Routing.
   s->logits = Tensor::empty({n, n_experts}, DType::F32, dev);
@@ -165,7 +167,7 @@ Tensor MoELayer::forward(const Tensor& x_in, const LossWeights& weights, const T
     // Tokens travel to the ranks holding their experts; the held experts run on what arrives, and
     // the dispatcher's combine adds their sum onto the output begun above (or makes it).
     y_flat = dispatcher_->forward(
-        x, s->topk_idx, s->topk_w,
+        x_operand, s->topk_idx, s->topk_w,
         [&](const Tensor& rows, const std::vector<int64_t>& offsets) {
           return experts_forward(rows, offsets, s->experts);
         },

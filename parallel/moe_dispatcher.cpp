@@ -9,6 +9,12 @@ namespace {
 
 constexpr int64_t kFloatBytes = sizeof(float), kRoutingBytes = sizeof(int32_t), kCountBytes = sizeof(int64_t);
 
+// Rows travel in f32, or in bf16 as the expert products take them (half the bytes).
+void check_row_dtype(const Tensor& rows, const char* what) {
+  EG_CHECK(rows.dtype() == DType::F32 || rows.dtype() == DType::BF16, what, " ", rows.describe(),
+           " must be f32 or bf16");
+}
+
 // Exclusive prefix sums: where each rank's block starts.
 std::vector<int64_t> starts(const std::vector<int64_t>& counts) {
   std::vector<int64_t> out(counts.size(), 0);
@@ -27,7 +33,7 @@ ExpertDispatcher::ExpertDispatcher(Communicator& ep_group, int64_t n_experts)
 
 Tensor ExpertDispatcher::forward(const Tensor& x_in, const Tensor& topk_idx, const Tensor& topk_w,
                                  const ExpertForwardFn& experts, const Tensor& onto) {
-  check_dtype(x_in, DType::F32, "dispatcher x");
+  check_row_dtype(x_in, "dispatcher x");
   check_dtype(topk_idx, DType::I32, "dispatcher topk_idx");
   check_dtype(topk_w, DType::F32, "dispatcher topk_w");
   check_shape(topk_w, topk_idx.shape(), "dispatcher topk_w");
@@ -95,7 +101,7 @@ Tensor ExpertDispatcher::forward(const Tensor& x_in, const Tensor& topk_idx, con
 
   // 2. Exchange counts, then token rows and routing rows, received by (source rank, token).
   s.recv_rows = group_.exchange_counts(s.send_rows);
-  Tensor x_send = Tensor::empty({n_sent, d}, DType::F32, device);
+  Tensor x_send = Tensor::empty({n_sent, d}, x_in.dtype(), device);
   kernels::embedding_gather(x, s.send_token, x_send);
   const Tensor x_recv = group_.all_to_all_v_rows(x_send, s.send_rows, s.recv_rows);
   // Routing rows stay host metadata (an NCCL group sends them over its host group).
@@ -112,10 +118,11 @@ Tensor ExpertDispatcher::forward(const Tensor& x_in, const Tensor& topk_idx, con
   expert_offsets_.assign(sort.offsets.begin(), sort.offsets.end() - 1);
   const int64_t n_assigned = expert_offsets_.back();
   s.sorted_row = sort.sorted_token.slice(0, n_assigned).to(device);
-  Tensor expert_in = Tensor::empty({n_assigned, d}, DType::F32, device);
+  Tensor expert_in = Tensor::empty({n_assigned, d}, x_in.dtype(), device);
   kernels::embedding_gather(x_recv, s.sorted_row, expert_in);
   const Tensor expert_out = experts(expert_in, expert_offsets_);
   check_shape(expert_out, {n_assigned, d}, "expert function output");
+  check_row_dtype(expert_out, "expert function output");
   EG_CHECK(expert_out.device() == device, "expert function output ", expert_out.describe(), " is not on ",
            device_name(device), " with its input");
 
@@ -136,7 +143,7 @@ Tensor ExpertDispatcher::forward(const Tensor& x_in, const Tensor& topk_idx, con
     }
   }
   s.expert_order = Tensor::from_vector(expert_order).to(device);
-  Tensor out_send = Tensor::empty({n_assigned, d}, DType::F32, device);
+  Tensor out_send = Tensor::empty({n_assigned, d}, expert_out.dtype(), device);
   kernels::embedding_gather(expert_out, Tensor::from_vector(return_order).to(device), out_send);
   s.out_home = group_.all_to_all_v_rows(out_send, s.return_rows, s.home_out_rows);
 
@@ -146,14 +153,15 @@ Tensor ExpertDispatcher::forward(const Tensor& x_in, const Tensor& topk_idx, con
   kernels::combine_expert_outputs(s.out_home, s.home_position, topk_w, y_flat, /*accumulate=*/onto.defined());
   s.topk_w = topk_w;
 
-  const int64_t row_bytes = d * kFloatBytes, counts_bytes = (p - 1) * kCountBytes;
+  const int64_t token_bytes = d * static_cast<int64_t>(dtype_size(x_in.dtype())) + k * kRoutingBytes;
+  const int64_t out_bytes = d * static_cast<int64_t>(dtype_size(expert_out.dtype())),
+                counts_bytes = (p - 1) * kCountBytes;
   forward_stats_.rows_sent = group_.to_others(s.send_rows) + group_.to_others(s.return_rows);
   forward_stats_.rows_received = group_.to_others(s.recv_rows) + group_.to_others(s.home_out_rows);
-  forward_stats_.bytes_sent = counts_bytes + group_.to_others(s.send_rows) * (row_bytes + k * kRoutingBytes) +
-                              group_.to_others(s.return_rows) * row_bytes;
-  forward_stats_.bytes_received = counts_bytes +
-                                  group_.to_others(s.recv_rows) * (row_bytes + k * kRoutingBytes) +
-                                  group_.to_others(s.home_out_rows) * row_bytes;
+  forward_stats_.bytes_sent =
+      counts_bytes + group_.to_others(s.send_rows) * token_bytes + group_.to_others(s.return_rows) * out_bytes;
+  forward_stats_.bytes_received =
+      counts_bytes + group_.to_others(s.recv_rows) * token_bytes + group_.to_others(s.home_out_rows) * out_bytes;
   s.valid = true;
   saved_ = std::move(s);
   return y;
@@ -174,19 +182,21 @@ ExpertDispatcher::Grads ExpertDispatcher::backward(const Tensor& dy_in,
 
   // 5'. Gradients of each assignment's output and of the routing weights, on the home rank.
   Grads grads{Tensor::zeros(dy_in.shape(), DType::F32, device), Tensor::empty({n, k}, DType::F32, device)};
-  Tensor d_out_home = Tensor::empty(s.out_home.shape(), DType::F32, device);
+  // The outputs' gradients travel in the outputs' dtype (bf16: what the expert products take).
+  Tensor d_out_home = Tensor::empty(s.out_home.shape(), s.out_home.dtype(), device);
   kernels::combine_expert_outputs_backward(dy, s.out_home, s.home_position, s.topk_w, d_out_home,
                                            grads.d_topk_w);
 
   // 4'. To the expert ranks, back in expert order.
   const Tensor d_returned = group_.all_to_all_v_rows(d_out_home, s.home_out_rows, s.return_rows);
   const int64_t n_assigned = d_returned.rows();
-  Tensor d_expert_out = Tensor::empty({n_assigned, d}, DType::F32, device);
+  Tensor d_expert_out = Tensor::empty({n_assigned, d}, d_returned.dtype(), device);
   kernels::embedding_gather(d_returned, s.expert_order, d_expert_out);
 
   // 3'. Expert backward; each received row sums its assignments in local-expert order.
   const Tensor d_expert_in = experts_backward(d_expert_out, expert_offsets_);
   check_shape(d_expert_in, {n_assigned, d}, "expert backward output");
+  check_row_dtype(d_expert_in, "expert backward output");
   Tensor dx_recv = Tensor::zeros({Communicator::total(s.recv_rows), d}, DType::F32, device);
   kernels::embedding_scatter_add(d_expert_in, s.sorted_row, dx_recv);
 
@@ -195,11 +205,14 @@ ExpertDispatcher::Grads ExpertDispatcher::backward(const Tensor& dy_in,
   Tensor dx_flat = grads.dx.view({n, d});
   kernels::embedding_scatter_add(dx_sent, s.send_token, dx_flat);
 
-  const int64_t row_bytes = d * kFloatBytes;
+  // The outputs' gradients in their dtype, the input gradients' sums in f32.
+  const int64_t d_out_bytes = d * static_cast<int64_t>(dtype_size(d_out_home.dtype())), dx_bytes = d * kFloatBytes;
   backward_stats_.rows_sent = group_.to_others(s.home_out_rows) + group_.to_others(s.recv_rows);
   backward_stats_.rows_received = group_.to_others(s.return_rows) + group_.to_others(s.send_rows);
-  backward_stats_.bytes_sent = backward_stats_.rows_sent * row_bytes;
-  backward_stats_.bytes_received = backward_stats_.rows_received * row_bytes;
+  backward_stats_.bytes_sent =
+      group_.to_others(s.home_out_rows) * d_out_bytes + group_.to_others(s.recv_rows) * dx_bytes;
+  backward_stats_.bytes_received =
+      group_.to_others(s.return_rows) * d_out_bytes + group_.to_others(s.send_rows) * dx_bytes;
   return grads;
 }
 

@@ -26,7 +26,10 @@
 //   in slot order, so the two agree to float rounding.
 //
 // Devices: x, topk_w and dy may be CPU or CUDA tensors (the same device; topk_idx anywhere), and every
-// result is on that device, bitwise the result for CPU tensors. The exchange plan (destinations,
+// result is on that device, bitwise the result for CPU tensors. Dtypes: x's rows travel as they are
+// (f32, or bf16 as the expert products take them: the MoE sends its rounded rows under bf16 matmuls),
+// the experts' outputs and their gradients in the dtype the expert function returns, each received
+// row's input gradient as an f32 sum; y, dx and d_topk_w are f32. The exchange plan (destinations,
 // routing rows, the sort by expert) is index work on host copies; the row gathers, scatters and the
 // combine run as kernels on the tensors' device. The expert functions get and return tensors there.
 #include <cstdint>
@@ -46,8 +49,8 @@ using ExpertForwardFn = std::function<Tensor(const Tensor& rows, const std::vect
 using ExpertBackwardFn = std::function<Tensor(const Tensor& d_outputs, const std::vector<int64_t>& offsets)>;
 
 // Traffic of one forward or backward to and from OTHER ranks (what stays on the rank is a copy):
-// rows of D floats (tokens, expert outputs or their gradients) and bytes including the routing rows
-// and the counts exchange.
+// rows of D values (tokens, expert outputs or their gradients, in the dtypes they travel in) and bytes
+// including the routing rows and the counts exchange.
 struct DispatchStats {
   int64_t rows_sent = 0, rows_received = 0;
   int64_t bytes_sent = 0, bytes_received = 0;

@@ -58,32 +58,4 @@ inline bool device_bitwise_equal(const Tensor& a, const Tensor& b) {
   return bitwise_equal(a.copy_to(Device::CPU), b.copy_to(Device::CPU));
 }
 
-// bfloat16 by round-to-nearest-even (inputs are finite), and back.
-inline uint16_t to_bf16(float f) {
-  uint32_t u = 0;
-  std::memcpy(&u, &f, sizeof(u));
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return static_cast<uint16_t>(u >> 16);
-}
-inline float from_bf16(uint16_t h) {
-  const uint32_t u = static_cast<uint32_t>(h) << 16;
-  float f = 0.0f;
-  std::memcpy(&f, &u, sizeof(f));
-  return f;
-}
-
-// A host BF16 tensor of f's values rounded to bfloat16, and the f32 tensor of exactly those values.
-struct Bf16Values {
-  Tensor bf16, f32;
-};
-inline Bf16Values round_to_bf16(const Tensor& f) {
-  Bf16Values out{Tensor::empty(f.shape(), DType::BF16), Tensor::empty(f.shape())};
-  auto* bits = static_cast<uint16_t*>(out.bf16.raw());
-  for (int64_t i = 0; i < f.numel(); ++i) {
-    bits[i] = to_bf16(f.data<float>()[i]);
-    out.f32.data<float>()[i] = from_bf16(bits[i]);
-  }
-  return out;
-}
-
 }  // namespace engram::testing_util

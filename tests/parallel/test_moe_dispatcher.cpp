@@ -7,6 +7,7 @@
 //     expert gradients (summed over the expert-data-parallel group) equal one rank computing the whole
 //     batch (norm-wise relative error ≤ 1e-6), which itself matches a naive double-precision reference;
 //   - onto a given output: the combine adds to what it holds (and a wrongly shaped one is refused);
+//   - with a CUDA device, bf16 rows travel as they are (half the bytes), y bitwise the CPU's on their values;
 //   - with a CUDA device, CUDA tensors (staged through host copies by the host communicator): y, dx,
 //     the expert rows and the traffic equal the CPU run's bit for bit; d_topk_w within one float
 //     rounding (its dot products are summed in double by kernels::combine_expert_outputs_backward,
@@ -379,6 +380,55 @@ TEST_F(ExpertDispatcherOnCudaTensors, GivesTheCpuResults) {
     const ScaledRun mixed = run_scaled(comm, s.n_experts, x.copy_to(Device::CUDA), idx, w.copy_to(Device::CUDA),
                                        dy.copy_to(Device::CUDA));
     testing_util::expect_cuda_with_cpu_bits(mixed.y, cpu.y, "y with host routing");
+  }
+}
+
+// Identity experts on whatever rows arrive, in their dtype.
+ScaledRun run_identity(Communicator& group, int64_t n_experts, const Tensor& x, const Tensor& idx, const Tensor& w,
+                       const Tensor& dy) {
+  ExpertDispatcher dispatcher(group, n_experts);
+  ScaledRun r;
+  r.y = dispatcher.forward(x, idx, w, [&](const Tensor& rows, const std::vector<int64_t>&) {
+    r.expert_rows = rows.copy_to(Device::CPU);
+    return rows;
+  });
+  r.forward = dispatcher.last_forward_stats();
+  const ExpertDispatcher::Grads g =
+      dispatcher.backward(dy, [](const Tensor& d_out, const std::vector<int64_t>&) { return d_out; });
+  r.dx = g.dx;
+  r.d_topk_w = g.d_topk_w;
+  r.backward = dispatcher.last_backward_stats();
+  return r;
+}
+
+// bf16 rows (what the MoE sends under bf16 matmuls) travel as they are: the experts get the very bf16
+// rows, y is the CPU's on their values bit for bit (the combine reads bf16 as the floats they are),
+// the expert outputs' gradients travel rounded to bf16 (dx within that rounding of the CPU's f32 run:
+// at most K terms of |w·dy| ≤ 1, each off by ≤ 2^-9), and each token and output row costs half its
+// f32 bytes.
+TEST_F(ExpertDispatcherOnCudaTensors, Bf16RowsTravelAsTheyAre) {
+  Communicator& comm = world();
+  const int p = comm.size(), me = comm.rank();
+  for (size_t si = 0; si < kCases.size(); ++si) {
+    const RoutingCase& s = kCases[si];
+    SCOPED_TRACE("setup " + std::to_string(si));
+    const RankTokens t = tokens_of(make_batch(s, p, p, 700 + si), s, me);
+    const testing_util::Bf16Values x = testing_util::round_to_bf16(t.x);
+    const ScaledRun cpu = run_identity(comm, s.n_experts, x.f32, t.idx, t.w, t.dy);
+    const ScaledRun gpu = run_identity(comm, s.n_experts, x.bf16.copy_to(Device::CUDA), t.idx.copy_to(Device::CUDA),
+                                       t.w.copy_to(Device::CUDA), t.dy.copy_to(Device::CUDA));
+    EXPECT_TRUE(testing_util::bitwise_equal(gpu.expert_rows, testing_util::round_to_bf16(cpu.expert_rows).bf16))
+        << "the experts get the bf16 rows";
+    testing_util::expect_cuda_with_cpu_bits(gpu.y, cpu.y, "y");
+    testing_util::expect_close(gpu.dx.copy_to(Device::CPU), testing_util::to_double(cpu.dx), 0.0,
+                               static_cast<double>(s.top_k) / 512, "dx");
+    testing_util::expect_close(gpu.d_topk_w.copy_to(Device::CPU), testing_util::to_double(cpu.d_topk_w), 1.2e-7, 1e-30,
+                               "d_topk_w");
+    EXPECT_EQ(gpu.forward.rows_sent, cpu.forward.rows_sent);
+    EXPECT_EQ(gpu.forward.bytes_sent, cpu.forward.bytes_sent - gpu.forward.rows_sent * s.d_model * 2);
+    EXPECT_EQ(gpu.forward.bytes_received, cpu.forward.bytes_received - gpu.forward.rows_received * s.d_model * 2);
+    EXPECT_EQ(gpu.backward.rows_sent, cpu.backward.rows_sent);
+    EXPECT_LE(gpu.backward.bytes_sent, cpu.backward.bytes_sent);
   }
 }
 
