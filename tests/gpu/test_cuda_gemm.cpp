@@ -52,7 +52,7 @@ std::vector<int64_t> uneven_group_offsets(int64_t groups) {
   return offsets;
 }
 
-TEST_F(CudaGemm, F32MatchesTheCpuForEveryTransposeAndBeta) {
+TEST_F(CudaGemm, F32MatchesTheCpuForEveryTransposeBetaAndAddend) {
   std::mt19937 gen(91);
   const int64_t m = 33, k = 67, n = 45;
   for (bool trans_a : {false, true}) {
@@ -68,20 +68,9 @@ TEST_F(CudaGemm, F32MatchesTheCpuForEveryTransposeAndBeta) {
       kernels::gemm(a.cpu, trans_a, b.cpu, trans_b, acc.cpu, 0.5f, 1.0f);
       kernels::gemm(a.gpu, trans_a, b.gpu, trans_b, acc.gpu, 0.5f, 1.0f);
       expect_close_to_cpu(acc.gpu, acc.cpu, 1e-5, 1e-4, what + ", beta 1");
-    }
-  }
-}
 
-// gemm_plus: D = op(A)·op(B) + C with C another tensor, read only; also C at a 4-byte offset (the plan
-// must take the smaller of C's and D's alignments), D = C in place, under bf16 matmuls, and k = 0.
-TEST_F(CudaGemm, PlusAddsAnotherTensorAsItWritesAndMatchesTheCpu) {
-  std::mt19937 gen(90);
-  const int64_t m = 33, k = 67, n = 45;
-  for (bool trans_a : {false, true}) {
-    for (bool trans_b : {false, true}) {
-      const HostDevice a = random_on_both(trans_a ? Shape{k, m} : Shape{m, k}, gen);
-      const HostDevice b = random_on_both(trans_b ? Shape{n, k} : Shape{k, n}, gen);
-      const std::string what = std::string("a") + (trans_a ? "^T" : "") + " · b" + (trans_b ? "^T" : "");
+      // gemm_plus: D = op(A)·op(B) + C with C another tensor, read only; also C at a 4-byte offset (the
+      // plan must take the smaller of C's and D's alignments), D = C in place, and under bf16 matmuls.
       for (int64_t offset : {0, 1}) {
         const HostDevice storage = random_on_both({m * n + offset}, gen);
         const Tensor c_cpu = storage.cpu.slice(offset, m * n + offset).view({m, n});
@@ -93,10 +82,10 @@ TEST_F(CudaGemm, PlusAddsAnotherTensorAsItWritesAndMatchesTheCpu) {
         expect_close_to_cpu(d.gpu, d.cpu, 1e-5, 1e-4, at);
         expect_bitwise_equal_to_cpu(storage.gpu, storage.cpu, "c left as it was, " + at);
       }
-      HostDevice c = random_on_both({m, n}, gen);
-      kernels::gemm_plus(a.cpu, trans_a, b.cpu, trans_b, c.cpu, c.cpu);
-      kernels::gemm_plus(a.gpu, trans_a, b.gpu, trans_b, c.gpu, c.gpu);
-      expect_close_to_cpu(c.gpu, c.cpu, 1e-5, 1e-4, what + ", in place");
+      HostDevice in_place = random_on_both({m, n}, gen);
+      kernels::gemm_plus(a.cpu, trans_a, b.cpu, trans_b, in_place.cpu, in_place.cpu);
+      kernels::gemm_plus(a.gpu, trans_a, b.gpu, trans_b, in_place.gpu, in_place.gpu);
+      expect_close_to_cpu(in_place.gpu, in_place.cpu, 1e-5, 1e-4, what + ", in place");
 
       // As the model calls it: bf16 matmuls (f32 operands rounded), f32 addend and sum at another
       // address; the CPU multiplies the rounded values.
@@ -110,19 +99,19 @@ TEST_F(CudaGemm, PlusAddsAnotherTensorAsItWritesAndMatchesTheCpu) {
       expect_close_to_cpu(sum.gpu, sum.cpu, 1e-5, 1e-4, what + ", bf16 matmuls");
     }
   }
-  // No inner dimension: d is c.
-  const HostDevice c = random_on_both({3, 4}, gen);
-  HostDevice d = nan_on_both({3, 4});
-  kernels::gemm_plus(Tensor::empty({3, 0}, DType::F32, Device::CUDA), false,
-                     Tensor::empty({0, 4}, DType::F32, Device::CUDA), false, c.gpu, d.gpu);
-  expect_bitwise_equal_to_cpu(d.gpu, c.cpu, "k = 0");
 }
 
+// k = 0: gemm writes beta·C (0 over NaN), gemm_plus copies the addend.
 TEST_F(CudaGemm, EmptyInnerDimensionWritesBetaTimesC) {
   Tensor a = Tensor::empty({3, 0}, DType::F32, Device::CUDA), b = Tensor::empty({0, 4}, DType::F32, Device::CUDA);
   Tensor c = nan_tensor({3, 4}).copy_to(Device::CUDA);
   kernels::gemm(a, false, b, false, c);
   for (float x : c.to_vector<float>()) ASSERT_EQ(x, 0.0f);
+  std::mt19937 gen(90);
+  const HostDevice addend = random_on_both({3, 4}, gen);
+  HostDevice d = nan_on_both({3, 4});
+  kernels::gemm_plus(a, false, b, false, addend.gpu, d.gpu);
+  expect_bitwise_equal_to_cpu(d.gpu, addend.cpu, "gemm_plus with k = 0");
 }
 
 TEST_F(CudaGemm, Bf16InputsAccumulateInF32) {

@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <random>
 #include <set>
 
@@ -333,24 +334,32 @@ struct ScaledRun {
   DispatchStats forward, backward;
 };
 
-ScaledRun run_scaled(Communicator& group, int64_t n_experts, const Tensor& x, const Tensor& idx, const Tensor& w,
-                     const Tensor& dy) {
+// The experts, given the first global expert this rank holds: rows grouped by local expert -> outputs
+// (and the same map for the gradients).
+using ExpertMap = std::function<Tensor(const Tensor& rows, const std::vector<int64_t>& offsets, int64_t first)>;
+
+ScaledRun run_with(Communicator& group, int64_t n_experts, const Tensor& x, const Tensor& idx, const Tensor& w,
+                   const Tensor& dy, const ExpertMap& map) {
   ExpertDispatcher dispatcher(group, n_experts);
   const int64_t first = dispatcher.local_experts().begin;
   ScaledRun r;
   r.y = dispatcher.forward(x, idx, w, [&](const Tensor& rows, const std::vector<int64_t>& offsets) {
     r.expert_rows = rows.copy_to(Device::CPU);
-    return scale_by_expert(rows, offsets, first);
+    return map(rows, offsets, first);
   });
   r.offsets = dispatcher.local_expert_offsets();
   r.forward = dispatcher.last_forward_stats();
-  const ExpertDispatcher::Grads g = dispatcher.backward(dy, [&](const Tensor& d_out, const std::vector<int64_t>& offsets) {
-    return scale_by_expert(d_out, offsets, first);
-  });
+  const ExpertDispatcher::Grads g = dispatcher.backward(
+      dy, [&](const Tensor& d_out, const std::vector<int64_t>& offsets) { return map(d_out, offsets, first); });
   r.dx = g.dx;
   r.d_topk_w = g.d_topk_w;
   r.backward = dispatcher.last_backward_stats();
   return r;
+}
+
+ScaledRun run_scaled(Communicator& group, int64_t n_experts, const Tensor& x, const Tensor& idx, const Tensor& w,
+                     const Tensor& dy) {
+  return run_with(group, n_experts, x, idx, w, dy, scale_by_expert);
 }
 
 using ExpertDispatcherOnCudaTensors = testing_util::CudaTensorTest;
@@ -383,24 +392,6 @@ TEST_F(ExpertDispatcherOnCudaTensors, GivesTheCpuResults) {
   }
 }
 
-// Identity experts on whatever rows arrive, in their dtype.
-ScaledRun run_identity(Communicator& group, int64_t n_experts, const Tensor& x, const Tensor& idx, const Tensor& w,
-                       const Tensor& dy) {
-  ExpertDispatcher dispatcher(group, n_experts);
-  ScaledRun r;
-  r.y = dispatcher.forward(x, idx, w, [&](const Tensor& rows, const std::vector<int64_t>&) {
-    r.expert_rows = rows.copy_to(Device::CPU);
-    return rows;
-  });
-  r.forward = dispatcher.last_forward_stats();
-  const ExpertDispatcher::Grads g =
-      dispatcher.backward(dy, [](const Tensor& d_out, const std::vector<int64_t>&) { return d_out; });
-  r.dx = g.dx;
-  r.d_topk_w = g.d_topk_w;
-  r.backward = dispatcher.last_backward_stats();
-  return r;
-}
-
 // bf16 rows (what the MoE sends under bf16 matmuls) travel as they are: the experts get the very bf16
 // rows, y is the CPU's on their values bit for bit (the combine reads bf16 as the floats they are),
 // the expert outputs' gradients travel rounded to bf16 (dx within that rounding of the CPU's f32 run:
@@ -414,9 +405,11 @@ TEST_F(ExpertDispatcherOnCudaTensors, Bf16RowsTravelAsTheyAre) {
     SCOPED_TRACE("setup " + std::to_string(si));
     const RankTokens t = tokens_of(make_batch(s, p, p, 700 + si), s, me);
     const testing_util::Bf16Values x = testing_util::round_to_bf16(t.x);
-    const ScaledRun cpu = run_identity(comm, s.n_experts, x.f32, t.idx, t.w, t.dy);
-    const ScaledRun gpu = run_identity(comm, s.n_experts, x.bf16.copy_to(Device::CUDA), t.idx.copy_to(Device::CUDA),
-                                       t.w.copy_to(Device::CUDA), t.dy.copy_to(Device::CUDA));
+    // Identity experts: whatever rows arrive go back, in their dtype.
+    const ExpertMap identity = [](const Tensor& rows, const std::vector<int64_t>&, int64_t) { return rows; };
+    const ScaledRun cpu = run_with(comm, s.n_experts, x.f32, t.idx, t.w, t.dy, identity);
+    const ScaledRun gpu = run_with(comm, s.n_experts, x.bf16.copy_to(Device::CUDA), t.idx.copy_to(Device::CUDA),
+                                   t.w.copy_to(Device::CUDA), t.dy.copy_to(Device::CUDA), identity);
     EXPECT_TRUE(testing_util::bitwise_equal(gpu.expert_rows, testing_util::round_to_bf16(cpu.expert_rows).bf16))
         << "the experts get the bf16 rows";
     testing_util::expect_cuda_with_cpu_bits(gpu.y, cpu.y, "y");
