@@ -234,7 +234,7 @@ Tensor MoELayer::backward(const Tensor& dy_in) {
     const Tensor d_rows = experts_bwd(d_expert_out, s.sort.offsets);
     // Each token's rows summed back in slot order (the combine with unit weights: the sort's positions
     // say where they are, so nothing is sorted again), onto the shared experts' input gradient, which
-    // their last product wrote (nothing is zeroed).
+    // their input products wrote (nothing is zeroed).
     dx_flat = shared_ ? shared_->backward(dy) : Tensor::empty({n, d}, DType::F32, dev);
     kernels::combine_expert_outputs(d_rows, s.sort.position, Tensor(), dx_flat, /*accumulate=*/shared_ != nullptr);
   }

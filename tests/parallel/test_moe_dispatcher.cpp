@@ -330,6 +330,7 @@ Tensor scale_by_expert(const Tensor& rows, const std::vector<int64_t>& offsets, 
 
 struct ScaledRun {
   Tensor y, dx, d_topk_w, expert_rows;
+  DType gradients_dtype = DType::F32;  // of the output gradients the experts' backward got
   std::vector<int64_t> offsets;
   DispatchStats forward, backward;
 };
@@ -349,8 +350,11 @@ ScaledRun run_with(Communicator& group, int64_t n_experts, const Tensor& x, cons
   });
   r.offsets = dispatcher.local_expert_offsets();
   r.forward = dispatcher.last_forward_stats();
-  const ExpertDispatcher::Grads g = dispatcher.backward(
-      dy, [&](const Tensor& d_out, const std::vector<int64_t>& offsets) { return map(d_out, offsets, first); });
+  const ExpertDispatcher::Grads g =
+      dispatcher.backward(dy, [&](const Tensor& d_out, const std::vector<int64_t>& offsets) {
+        r.gradients_dtype = d_out.dtype();
+        return map(d_out, offsets, first);
+      });
   r.dx = g.dx;
   r.d_topk_w = g.d_topk_w;
   r.backward = dispatcher.last_backward_stats();
@@ -420,6 +424,7 @@ TEST_F(ExpertDispatcherOnCudaTensors, Bf16RowsTravelAsTheyAre) {
     EXPECT_EQ(gpu.forward.rows_sent, cpu.forward.rows_sent);
     EXPECT_EQ(gpu.forward.bytes_sent, cpu.forward.bytes_sent - gpu.forward.rows_sent * s.d_model * 2);
     EXPECT_EQ(gpu.forward.bytes_received, cpu.forward.bytes_received - gpu.forward.rows_received * s.d_model * 2);
+    EXPECT_EQ(gpu.gradients_dtype, DType::BF16) << "the outputs' gradients travel in the outputs' dtype";
     EXPECT_EQ(gpu.backward.rows_sent, cpu.backward.rows_sent);
     EXPECT_LE(gpu.backward.bytes_sent, cpu.backward.bytes_sent);
   }
