@@ -2,7 +2,8 @@
 // 768, 64 experts of width 256, top-6, 12 heads of 64, sequence 2048), under bf16 matmuls: the grouped
 // expert products (forward, row gradients and their pair, weight gradients, balanced groups; f32 output,
 // and bf16 beside it for the products into 768 columns), the attention forward and backward (TFLOP/s
-// each), a branch's output product onto the residual stream (product then add, against gemm_plus); and
+// each), a branch's output product onto the residual stream (product then add, against gemm_plus), the
+// attention's q, k, v backward products (three each against one each); and
 // RoPE, the cross-entropy and the RMSNorm forward and backward (GB/s of the bytes they must move). The
 // figures and their commands live in docs/PERFORMANCE.md.
 //   build-gpu/benchmarks/bench_cuda_kernels [--benchmark_filter=grouped]
@@ -10,6 +11,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "kernels/attention.h"
 #include "kernels/cross_entropy.h"
@@ -200,6 +202,41 @@ void BM_output_product_onto_residual(benchmark::State& state) {
   });
 }
 BENCHMARK(BM_output_product_onto_residual)->Arg(0)->Arg(1)->Unit(benchmark::kMicrosecond)->UseRealTime();
+
+// The attention's q, k, v products in backward (the input gradient and the three weight gradients):
+// arg 0 three products each, the input gradient summed over three products (two read it back); arg 1
+// one product each over the [N, 3D] gradients side by side (what the model runs), plus the three adds
+// of the stacked weight gradient into the parameters' gradients.
+void BM_qkv_backward_products(benchmark::State& state) {
+  if (!device_ready(state)) return;
+  const bool stacked = state.range(0) == 1;
+  state.SetLabel(stacked ? "one product each" : "three products each");
+  const int64_t d = kModel;
+  const Tensor d_qkv = random_on_device({kTokens, 3 * d}, 20, DType::BF16);
+  const Tensor w_qkv = random_on_device({3 * d, d}, 21, DType::BF16);
+  const Tensor x = random_on_device({kTokens, d}, 22, DType::BF16);
+  // The three gradients and weights as separate tensors (arg 0 reads these).
+  std::vector<Tensor> grads, weights;
+  for (int i = 0; i < 3; ++i) {
+    grads.push_back(random_on_device({kTokens, d}, 23 + i, DType::BF16));
+    weights.push_back(w_qkv.slice(i * d, (i + 1) * d));
+  }
+  Tensor dx = Tensor::empty({kTokens, d}, DType::F32, Device::CUDA);
+  Tensor dw = Tensor::empty({3 * d, d}, DType::F32, Device::CUDA);
+  std::vector<Tensor> w_grads;
+  for (int i = 0; i < 3; ++i) w_grads.push_back(Tensor::zeros({d, d}, DType::F32, Device::CUDA));
+  time_on_device(state, 4.0 * 3 * kTokens * d * d, [&] {
+    if (stacked) {
+      kernels::gemm(d_qkv, true, x, false, dw);
+      for (int i = 0; i < 3; ++i) kernels::add_(w_grads[i], dw.slice(i * d, (i + 1) * d));
+      kernels::gemm(d_qkv, false, w_qkv, false, dx);
+    } else {
+      for (int i = 0; i < 3; ++i) kernels::gemm(grads[i], true, x, false, w_grads[i], 1.0f, 1.0f);
+      for (int i = 0; i < 3; ++i) kernels::gemm(grads[i], false, weights[i], false, dx, 1.0f, i == 0 ? 0.0f : 1.0f);
+    }
+  });
+}
+BENCHMARK(BM_qkv_backward_products)->Arg(0)->Arg(1)->Unit(benchmark::kMicrosecond)->UseRealTime();
 
 // RoPE on one layer's q (or k) at the step's shape, rotated from the f32 product into the bf16 the
 // attention reads: GB/s of the 4 + 2 bytes a value it must move (the tables stay in L2).

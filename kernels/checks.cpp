@@ -122,6 +122,14 @@ GemmDims gemm_dims(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b,
   return {m, k, n};
 }
 
+void copy_into_columns(const Tensor& src, const Tensor& dst, int64_t first_column) {
+  check_dtype(src, dst.dtype(), "copy_into_columns src");
+  EG_ASSERT(src.ndim() == 2 && dst.ndim() == 2 && src.dim(0) == dst.dim(0) && first_column >= 0 &&
+                first_column + src.dim(1) <= dst.dim(1),
+            "copy_into_columns: src ", src.describe(), " does not fit dst ", dst.describe(), " from column ",
+            first_column);
+}
+
 void gemm_plus_sum(const Tensor& c, const Tensor& d) {
   check_dtype(c, DType::F32, "gemm_plus c");
   check_dtype(d, DType::F32, "gemm_plus d");
@@ -239,6 +247,18 @@ int64_t rope_apply(const Tensor& x, const Tensor& cos, const Tensor& sin, const 
             "rope_apply: tables cos ", shape_str(cos.shape()), ", sin ", shape_str(sin.shape()), " for x ",
             shape_str(x.shape()));
   check_like(out, out_dtype, x, "rope_apply out");
+  return half;
+}
+
+int64_t rope_apply_into_columns(const Tensor& x, const Tensor& cos, const Tensor& sin, const Tensor& out,
+                                int64_t first_column, DType out_dtype) {
+  // x and the tables as rope_apply checks them (x itself standing for an out of its shape).
+  const int64_t half = rope_apply(x, cos, sin, x, DType::F32), width = x.dim(2) * x.dim(3);
+  check_dtype(out, out_dtype, "rope_apply_into_columns out");
+  EG_ASSERT(
+      out.ndim() == 2 && out.dim(0) == x.dim(0) * x.dim(1) && first_column >= 0 && first_column + width <= out.dim(1),
+      "rope_apply_into_columns: out ", out.describe(), " has no columns [", first_column, ", ", first_column + width,
+      ") for the rows of x ", shape_str(x.shape()));
   return half;
 }
 

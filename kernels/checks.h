@@ -30,6 +30,8 @@ struct GemmDims {
   int64_t m, k, n;  // C [m, n] = op(A) [m, k] · op(B) [k, n]
 };
 GemmDims gemm_dims(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const Tensor& c);
+// copy_into_columns: src [N, C] and dst [N, W] of one dtype, first_column + C <= W.
+void copy_into_columns(const Tensor& src, const Tensor& dst, int64_t first_column);
 // gemm_plus's addend c and output d: both f32, one shape, the same tensor or apart.
 void gemm_plus_sum(const Tensor& c, const Tensor& d);
 
@@ -72,6 +74,9 @@ AttentionDims attention_backward(const Tensor& dout, const Tensor& q, const Tens
 // RoPE (kernels/rope.h): x [B, T, H, d_h] f32 with d_h even, tables [>= T, d_h/2], out of x's shape
 // in `out_dtype`; returns the half head dim.
 int64_t rope_apply(const Tensor& x, const Tensor& cos, const Tensor& sin, const Tensor& out, DType out_dtype);
+// The same with out [B·T, W] in `out_dtype` taking H·d_h columns from first_column.
+int64_t rope_apply_into_columns(const Tensor& x, const Tensor& cos, const Tensor& sin, const Tensor& out,
+                                int64_t first_column, DType out_dtype);
 
 // Router (kernels/router.h): shapes and dtypes; the expert ids in topk_idx are checked by each backend.
 void router_scores(const Tensor& logits, const Tensor& scores);

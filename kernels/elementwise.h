@@ -9,6 +9,8 @@ namespace cpu {
 void add_(Tensor& y, const Tensor& x, float alpha = 1.0f);   // y += alpha·x (same numel)
 void add(const Tensor& a, const Tensor& b, Tensor& out);     // out = a + b (same numel; out may be a or b)
 void scale_(Tensor& y, float alpha);                         // y *= alpha
+// dst[:, first_column : first_column + C] = src, src [N, C] and dst [N, W] of one dtype (any).
+void copy_into_columns(const Tensor& src, Tensor& dst, int64_t first_column);
 void silu_forward(const Tensor& x, Tensor& y);                // y = x·sigmoid(x)
 void silu_backward(const Tensor& dy, const Tensor& x, Tensor& dx);  // dx = dy·silu'(x)
 void add_bias_rows(Tensor& y, const Tensor& bias);           // y[r, :] += bias, y [N, C], bias [C]
@@ -21,6 +23,7 @@ namespace cuda {  // kernels/cuda/elementwise.cu, the contracts of cpu:: above
 void add_(Tensor& y, const Tensor& x, float alpha = 1.0f);
 void add(const Tensor& a, const Tensor& b, Tensor& out);
 void scale_(Tensor& y, float alpha);
+void copy_into_columns(const Tensor& src, Tensor& dst, int64_t first_column);  // one strided copy
 void silu_forward(const Tensor& x, Tensor& y);
 void silu_backward(const Tensor& dy, const Tensor& x, Tensor& dx);
 void add_bias_rows(Tensor& y, const Tensor& bias);
@@ -32,6 +35,7 @@ std::vector<double> sum_squares_each(const std::vector<Tensor>& xs);  // one wai
 EG_KERNEL(add_)
 EG_KERNEL(add)
 EG_KERNEL(scale_)
+EG_KERNEL(copy_into_columns)
 EG_KERNEL(silu_forward)
 EG_KERNEL(silu_backward)
 EG_KERNEL(add_bias_rows)

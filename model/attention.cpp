@@ -4,6 +4,7 @@
 #include <string>
 
 #include "kernels/attention.h"
+#include "kernels/elementwise.h"
 #include "kernels/gemm.h"
 #include "kernels/matmul_precision.h"
 
@@ -43,9 +44,14 @@ Tensor Attention::forward(const Tensor& x, const Tensor& residual) {
   const Shape heads_shape{batch, seq, n_heads_, head_dim_};
   const kernels::RopeTables& rope = rope_tables(seq, x.device());
   x_ = kernels::matmul_operand(x);
-  wq_operand_ = kernels::matmul_operand(wq_.value);
-  wk_operand_ = kernels::matmul_operand(wk_.value);
-  wv_operand_ = kernels::matmul_operand(wv_.value);
+  // W_q, W_k and W_v stacked [3D, D], as the products take them: the forward multiplies each block,
+  // the backward the whole (one product for dx, one for the three weight gradients).
+  const int64_t d = x.dim(2);
+  Tensor w_qkv = Tensor::empty({3 * d, d}, DType::F32, x.device());
+  w_qkv.slice(0, d).copy_from(wq_.value);
+  w_qkv.slice(d, 2 * d).copy_from(wk_.value);
+  w_qkv.slice(2 * d, 3 * d).copy_from(wv_.value);
+  wqkv_operand_ = kernels::matmul_operand(w_qkv);
   wo_operand_ = kernels::matmul_operand(wo_.value);
   // q and k are rotated in f32, then written in the dtype the attention reads (bf16 for the CUDA
   // tensor-core kernels: rounded once rotated, where those kernels would round them); v goes there
@@ -54,9 +60,9 @@ Tensor Attention::forward(const Tensor& x, const Tensor& residual) {
   Tensor q_rows = Tensor::empty(x.shape(), DType::F32, x.device());
   Tensor k_rows = Tensor::empty(x.shape(), DType::F32, x.device());
   v_ = Tensor::empty(x.shape(), operands, x.device());
-  kernels::gemm(x_, false, wq_operand_, true, q_rows);
-  kernels::gemm(x_, false, wk_operand_, true, k_rows);
-  kernels::gemm(x_, false, wv_operand_, true, v_);
+  kernels::gemm(x_, false, wqkv_operand_.slice(0, d), true, q_rows);
+  kernels::gemm(x_, false, wqkv_operand_.slice(d, 2 * d), true, k_rows);
+  kernels::gemm(x_, false, wqkv_operand_.slice(2 * d, 3 * d), true, v_);
   q_ = Tensor::empty(heads_shape, operands, x.device());
   k_ = Tensor::empty(heads_shape, operands, x.device());
   v_ = v_.view(heads_shape);
@@ -91,23 +97,23 @@ Tensor Attention::backward(const Tensor& dy_in) {
   Tensor dk = Tensor::empty(k_.shape(), DType::F32, dy.device());
   Tensor dv = Tensor::empty(v_.shape(), o_.dtype(), dy.device());  // bf16 with bf16 operands, as o
   kernels::attention_backward(d_o, q_, k_, v_, o_, lse_, dq, dk, dv);
-  // RoPE is a rotation per position: its backward rotates the gradient back by the same angle, here
-  // into the dtype the products take (rounded once rotated, as matmul_operand would).
+  // The gradients of q, k and v side by side, [N, 3D] in the dtype the products take: RoPE's
+  // backward rotates dq and dk back by the same angle into their columns (rounded once rotated, as
+  // matmul_operand would), and dv joins them. Then one product makes dx (no sums read back and
+  // written again) and one the three weight gradients.
+  const int64_t n = model_shape[0] * model_shape[1], d = model_shape[2];
   const kernels::RopeTables& rope = rope_tables(model_shape[1], dy.device());
-  const DType operands = kernels::matmul_operand_dtype(dy.device());
-  Tensor dq_rows = Tensor::empty(model_shape, operands, dy.device());
-  Tensor dk_rows = Tensor::empty(model_shape, operands, dy.device());
-  Tensor dq_heads = dq_rows.view(q_.shape()), dk_heads = dk_rows.view(k_.shape());
-  kernels::rope_apply_to(dq, rope.cos, rope.sin, true, dq_heads);
-  kernels::rope_apply_to(dk, rope.cos, rope.sin, true, dk_heads);
-  const Tensor dv_rows = kernels::matmul_operand(dv.view(model_shape));
-  kernels::gemm(dq_rows, true, x_, false, wq_.grad, 1.0f, 1.0f);
-  kernels::gemm(dk_rows, true, x_, false, wk_.grad, 1.0f, 1.0f);
-  kernels::gemm(dv_rows, true, x_, false, wv_.grad, 1.0f, 1.0f);
+  Tensor d_qkv = Tensor::empty({n, 3 * d}, kernels::matmul_operand_dtype(dy.device()), dy.device());
+  kernels::rope_apply_into_columns(dq, rope.cos, rope.sin, true, d_qkv, 0);
+  kernels::rope_apply_into_columns(dk, rope.cos, rope.sin, true, d_qkv, d);
+  kernels::copy_into_columns(kernels::matmul_operand(dv.view({n, d})), d_qkv, 2 * d);
+  Tensor dw_qkv = Tensor::empty({3 * d, d}, DType::F32, dy.device());
+  kernels::gemm(d_qkv, true, x_, false, dw_qkv);
+  kernels::add_(wq_.grad, dw_qkv.slice(0, d));
+  kernels::add_(wk_.grad, dw_qkv.slice(d, 2 * d));
+  kernels::add_(wv_.grad, dw_qkv.slice(2 * d, 3 * d));
   Tensor dx = Tensor::empty(model_shape, DType::F32, dy.device());
-  kernels::gemm(dq_rows, false, wq_operand_, false, dx);
-  kernels::gemm(dk_rows, false, wk_operand_, false, dx, 1.0f, 1.0f);
-  kernels::gemm(dv_rows, false, wv_operand_, false, dx, 1.0f, 1.0f);
+  kernels::gemm(d_qkv, false, wqkv_operand_, false, dx);
   return dx;
 }
 

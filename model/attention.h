@@ -32,8 +32,8 @@ class Attention {
   Parameter& wo_;
   kernels::RopeTables rope_;
   // As the products take them (kernels::matmul_operand, rounded once per forward): the input
-  // [B, T, D] and the four weights, for backward.
-  Tensor x_, wq_operand_, wk_operand_, wv_operand_, wo_operand_;
+  // [B, T, D], W_q, W_k and W_v stacked [3D, D], and W_o, for backward.
+  Tensor x_, wqkv_operand_, wo_operand_;
   // q_, k_ after RoPE; all [B, T, H, d_h] except lse_ [B, H, T]; q_, k_, v_, o_ in the dtype the
   // attention reads (kernels::attention_operand_dtype), which its tensor-core kernels also write o in.
   Tensor q_, k_, v_, o_, lse_;

@@ -2,7 +2,10 @@
 #include "kernels/elementwise.h"
 
 #include <cmath>
+#include <cstring>
 #include <vector>
+
+#include "kernels/checks.h"
 
 namespace engram::kernels::cpu {
 
@@ -36,6 +39,15 @@ void add(const Tensor& a, const Tensor& b, Tensor& out) {
 void scale_(Tensor& y, float alpha) {
   float* yp = y.data<float>();
   for (int64_t i = 0; i < y.numel(); ++i) yp[i] *= alpha;
+}
+
+void copy_into_columns(const Tensor& src, Tensor& dst, int64_t first_column) {
+  checks::copy_into_columns(src, dst, first_column);
+  const size_t value = dtype_size(src.dtype()), row = static_cast<size_t>(src.dim(1)) * value;
+  const auto* from = static_cast<const char*>(src.raw());
+  auto* to = static_cast<char*>(dst.raw()) + static_cast<size_t>(first_column) * value;
+  const size_t pitch = static_cast<size_t>(dst.dim(1)) * value;
+  for (int64_t r = 0; r < src.dim(0); ++r) std::memcpy(to + r * pitch, from + r * row, row);
 }
 
 void silu_forward(const Tensor& x, Tensor& y) {

@@ -28,29 +28,46 @@ RopeTables make_rope_tables(int64_t seq_len, int64_t head_dim, double theta) {
 
 namespace cpu {
 
-// Tables may be longer than the sequence (made once for the longest one): rows 0..T−1 are used.
-void rope_apply_to(const Tensor& x, const Tensor& cos, const Tensor& sin, bool inverse, Tensor& out) {
-  const int64_t half = checks::rope_apply(x, cos, sin, out, DType::F32);
+namespace {
+
+// Rotates x [B, T, H, d_h] into rows of `width` values starting at `first_column` of out: x's own
+// shape when width = H·d_h and first_column = 0. Tables may be longer than the sequence (made once
+// for the longest one): rows 0..T−1 are used. Each pair is read before it is written, so out may be x.
+void rotate(const Tensor& x, const Tensor& cos, const Tensor& sin, bool inverse, int64_t half, float* op, int64_t width,
+            int64_t first_column) {
   const int64_t batch = x.dim(0), seq = x.dim(1), heads = x.dim(2), head_dim = x.dim(3);
   const float* cos_p = cos.data<float>();
   const float* sin_p = sin.data<float>();
   const float sign = inverse ? -1.0f : 1.0f;  // rotating by −angle: cos unchanged, sin negated
   const float* xp = x.data<float>();
-  float* op = out.data<float>();
   for (int64_t b = 0; b < batch; ++b) {
     for (int64_t t = 0; t < seq; ++t) {
       const float* c = cos_p + t * half;
       const float* s = sin_p + t * half;
       for (int64_t h = 0; h < heads; ++h) {
         const int64_t lo = ((b * seq + t) * heads + h) * head_dim, hi = lo + half;
+        float* o = op + (b * seq + t) * width + first_column + h * head_dim;
         for (int64_t i = 0; i < half; ++i) {
           const float a = xp[lo + i], z = xp[hi + i], sn = sign * s[i];
-          op[lo + i] = a * c[i] - z * sn;
-          op[hi + i] = a * sn + z * c[i];
+          o[i] = a * c[i] - z * sn;
+          o[half + i] = a * sn + z * c[i];
         }
       }
     }
   }
+}
+
+}  // namespace
+
+void rope_apply_to(const Tensor& x, const Tensor& cos, const Tensor& sin, bool inverse, Tensor& out) {
+  const int64_t half = checks::rope_apply(x, cos, sin, out, DType::F32);
+  rotate(x, cos, sin, inverse, half, out.data<float>(), x.dim(2) * x.dim(3), 0);
+}
+
+void rope_apply_into_columns(const Tensor& x, const Tensor& cos, const Tensor& sin, bool inverse, Tensor& out,
+                             int64_t first_column) {
+  const int64_t half = checks::rope_apply_into_columns(x, cos, sin, out, first_column, DType::F32);
+  rotate(x, cos, sin, inverse, half, out.data<float>(), out.dim(1), first_column);
 }
 
 }  // namespace cpu

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "kernels/checks.h"
 #include "kernels/cuda/common.cuh"
 #include "kernels/elementwise.h"
 
@@ -120,6 +121,17 @@ void add(const Tensor& a, const Tensor& b, Tensor& out) {
   add_out_of_place_kernel<<<grid_for(out.numel()), kThreads, 0, compute_stream()>>>(
       a.data<float>(), b.data<float>(), out.data<float>(), out.numel());
   EG_CUDA_CHECK_LAUNCH("add_out_of_place_kernel");
+}
+
+void copy_into_columns(const Tensor& src, Tensor& dst, int64_t first_column) {
+  check_on_cuda("copy_into_columns", src, dst);
+  checks::copy_into_columns(src, dst, first_column);
+  if (src.numel() == 0) return;
+  const size_t value = dtype_size(src.dtype());
+  EG_CUDA_CHECK(cudaMemcpy2DAsync(static_cast<char*>(dst.raw()) + static_cast<size_t>(first_column) * value,
+                                  static_cast<size_t>(dst.dim(1)) * value, src.raw(),
+                                  static_cast<size_t>(src.dim(1)) * value, static_cast<size_t>(src.dim(1)) * value,
+                                  static_cast<size_t>(src.dim(0)), cudaMemcpyDeviceToDevice, compute_stream()));
 }
 
 void scale_(Tensor& y, float alpha) {

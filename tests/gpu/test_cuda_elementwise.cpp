@@ -45,6 +45,21 @@ TEST_F(CudaElementwise, AddOutOfPlaceMatchesTheCpuBitwise) {
   }
 }
 
+// A strided copy into columns: the CPU's bytes, f32 and bf16, the other columns untouched.
+TEST_F(CudaElementwise, CopyIntoColumnsMatchesTheCpu) {
+  std::mt19937 gen(27);
+  const HostDevice src = random_on_both({37, 24}, gen);
+  HostDevice dst = random_on_both({37, 72}, gen);
+  kernels::copy_into_columns(src.cpu, dst.cpu, 44);
+  kernels::copy_into_columns(src.gpu, dst.gpu, 44);
+  expect_bitwise_equal_to_cpu(dst.gpu, dst.cpu, "f32");
+  const Bf16Values src16 = round_to_bf16(src.cpu), dst16 = round_to_bf16(dst.cpu);
+  Tensor dst16_gpu = dst16.bf16.copy_to(Device::CUDA), dst16_cpu = dst16.bf16.clone();
+  kernels::copy_into_columns(src16.bf16, dst16_cpu, 3);
+  kernels::copy_into_columns(src16.bf16.copy_to(Device::CUDA), dst16_gpu, 3);
+  expect_bitwise_equal_to_cpu(dst16_gpu, dst16_cpu, "bf16, from an odd column");
+}
+
 TEST_F(CudaElementwise, SiluForwardAndBackwardMatchTheCpu) {
   std::mt19937 gen(12);
   const HostDevice x = random_on_both({1001}, gen, -8.0f, 8.0f);

@@ -38,6 +38,33 @@ TEST_F(CudaRope, ForwardAndInverseMatchTheCpu) {
   }
 }
 
+// Into columns of wider rows (the attention backward's [N, 3D] of q, k and v gradients): f32 against
+// the CPU, four pairs a thread at an aligned first column and one at an odd one; bf16 as the f32
+// rotation rounded.
+TEST_F(CudaRope, IntoColumnsMatchesTheCpu) {
+  std::mt19937 gen(43);
+  const kernels::RopeTables tables = kernels::make_rope_tables(/*seq_len=*/29, /*head_dim=*/64, 10000.0);
+  const HostDevice cos = on_both(tables.cos), sin = on_both(tables.sin);
+  const HostDevice x = random_on_both({3, 23, 2, 64}, gen);
+  for (int64_t first_column : {128, 3}) {
+    for (bool inverse : {false, true}) {
+      const std::string what = "from column " + std::to_string(first_column) + (inverse ? ", inverse" : "");
+      HostDevice wide = random_on_both({69, 3 * 128}, gen);
+      kernels::rope_apply_into_columns(x.cpu, cos.cpu, sin.cpu, inverse, wide.cpu, first_column);
+      kernels::rope_apply_into_columns(x.gpu, cos.gpu, sin.gpu, inverse, wide.gpu, first_column);
+      expect_close_to_cpu(wide.gpu, wide.cpu, 1e-6, 1e-6, what);
+      Tensor wide_bf16 = Tensor::empty({69, 3 * 128}, DType::BF16, Device::CUDA);
+      kernels::rope_apply_into_columns(x.gpu, cos.gpu, sin.gpu, inverse, wide_bf16, first_column);
+      const Tensor rotated = wide.gpu.copy_to(Device::CPU), rounded = wide_bf16.copy_to(Device::CPU);
+      for (int64_t r = 0; r < 69; ++r)
+        for (int64_t c = first_column; c < first_column + 128; ++c)
+          ASSERT_EQ(static_cast<const uint16_t*>(rounded.raw())[r * 384 + c],
+                    to_bf16(rotated.data<float>()[r * 384 + c]))
+              << what << ", bf16 at row " << r << ", column " << c;
+    }
+  }
+}
+
 TEST_F(CudaRope, RotationIntoBf16IsTheF32RotationRounded) {
   std::mt19937 gen(42);
   const kernels::RopeTables tables = kernels::make_rope_tables(/*seq_len=*/40, /*head_dim=*/64, 10000.0);

@@ -5,7 +5,8 @@
 //   size dividing it, with the MoE auxiliary and z-losses off and on: every step's loss, aux / z-loss,
 //   gradient norm, expert loads and token count match the reference (relative error <= 1e-5; loads
 //   exactly), and at the end every parameter shard held by every rank (expert blocks, table row ranges,
-//   replicated tensors, balancing biases) matches the same rows of the reference parameter;
+//   replicated tensors, balancing biases) matches the same rows of the reference parameter (norm-wise
+//   relative error <= 3e-5);
 // - the shards cover every expert and every table row exactly once (table memory per rank = its rows);
 // - communication metrics: nothing sent on one rank, tokens and table rows sent otherwise, dedup >= 1;
 // - ranks with different micro-batch counts are an error on every rank (nothing hangs);
@@ -38,6 +39,10 @@ constexpr int kVocab = 37, kSeq = 7, kSteps = 3;
 constexpr int kMicroBatches = 4, kRowsPerMicroBatch = 2;  // global batch: 8 sequences
 constexpr int kExperts = 8;
 constexpr double kTolerance = 1e-5;
+// The parameters after the steps: an Adam step is a ratio of gradient moments, so gradient components
+// near zero carry summation-order noise into updates of full learning-rate size (measured ≤ 1.3e-5,
+// an expert block on 4 ranks with aux and z-loss).
+constexpr double kParameterTolerance = 3e-5;
 
 ModelConfig tiny_config(bool aux_terms) {
   ModelConfig cfg;
@@ -172,7 +177,7 @@ void train_and_compare(bool aux_terms, int expert_parallel) {
     }
     EXPECT_EQ(p->shard_begin, expected_begin) << p->name;
     ASSERT_EQ(p->value.dim(0), expected_rows) << p->name;
-    EXPECT_LE(shard_relative_error(*p, ref), kTolerance) << p->name << " on rank " << comm.rank();
+    EXPECT_LE(shard_relative_error(*p, ref), kParameterTolerance) << p->name << " on rank " << comm.rank();
     // The shards cover every row once: expert blocks over an EP group, table rows over the world.
     if (p->shard == ShardKind::Rows) {
       EXPECT_EQ(comm.all_reduce_sum<int64_t>(p->value.dim(0)), p->global_shape[0]) << p->name;

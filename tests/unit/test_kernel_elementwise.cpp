@@ -47,6 +47,23 @@ TEST(KernelElementwise, AddWritesTheSumOutOfPlace) {
   EXPECT_THROW(kernels::add(a, wrong, out), Error);
 }
 
+TEST(KernelElementwise, CopyIntoColumnsWritesThoseColumnsOnly) {
+  std::mt19937 gen(9);
+  const Tensor src = random_uniform({5, 3}, gen), before = random_uniform({5, 8}, gen);
+  Tensor dst = before.clone();
+  kernels::copy_into_columns(src, dst, 4);
+  for (int64_t r = 0; r < 5; ++r)
+    for (int64_t c = 0; c < 8; ++c)
+      ASSERT_EQ(dst.data<float>()[r * 8 + c],
+                c >= 4 && c < 7 ? src.data<float>()[r * 3 + c - 4] : before.data<float>()[r * 8 + c])
+          << "row " << r << ", column " << c;
+  EXPECT_THROW(kernels::copy_into_columns(src, dst, 6), Error);  // past the last column
+  Tensor other_rows = Tensor::zeros({4, 8});
+  EXPECT_THROW(kernels::copy_into_columns(src, other_rows, 0), Error);
+  Tensor other_dtype = Tensor::zeros({5, 8}, DType::I32);
+  EXPECT_THROW(kernels::copy_into_columns(src, other_dtype, 0), Error);
+}
+
 TEST(KernelElementwise, ScaleMultipliesInPlace) {
   std::mt19937 gen(2);
   Tensor y = random_uniform({13}, gen);

@@ -125,6 +125,31 @@ TEST(KernelRope, ApplyToAnotherTensorMatchesInPlace) {
   EXPECT_THROW(kernels::rope_apply_to(x, tables.cos, tables.sin, false, wrong_shape), Error);
 }
 
+// Into columns of wider rows: each token's rotated heads side by side from first_column, the
+// columns around them untouched, bit for bit what rope_apply_to writes.
+TEST(KernelRope, ApplyIntoColumnsWritesTheSameRowsThere) {
+  std::mt19937 gen(7);
+  kernels::RopeTables tables = kernels::make_rope_tables(11, 6, 10000.0);
+  const Tensor x = random_uniform({2, 11, 3, 6}, gen);
+  for (bool inverse : {false, true}) {
+    Tensor rotated = nan_tensor(x.shape());
+    kernels::rope_apply_to(x, tables.cos, tables.sin, inverse, rotated);
+    const Tensor wide_before = random_uniform({22, 25}, gen);
+    Tensor wide = wide_before.clone();
+    kernels::rope_apply_into_columns(x, tables.cos, tables.sin, inverse, wide, 4);
+    for (int64_t r = 0; r < 22; ++r)
+      for (int64_t c = 0; c < 25; ++c) {
+        const float expected =
+            c >= 4 && c < 22 ? rotated.data<float>()[r * 18 + c - 4] : wide_before.data<float>()[r * 25 + c];
+        ASSERT_EQ(wide.data<float>()[r * 25 + c], expected) << "row " << r << ", column " << c;
+      }
+  }
+  Tensor narrow = Tensor::zeros({22, 21});  // 18 columns from 4 need 22
+  EXPECT_THROW(kernels::rope_apply_into_columns(x, tables.cos, tables.sin, false, narrow, 4), Error);
+  Tensor too_few_rows = Tensor::zeros({21, 25});
+  EXPECT_THROW(kernels::rope_apply_into_columns(x, tables.cos, tables.sin, false, too_few_rows, 0), Error);
+}
+
 TEST(KernelRope, OddHeadDimIsRejected) {
   EXPECT_THROW(kernels::make_rope_tables(8, 7, 10000.0), Error);
   kernels::RopeTables tables = kernels::make_rope_tables(4, 4, 10000.0);
