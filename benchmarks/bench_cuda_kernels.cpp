@@ -205,14 +205,15 @@ BENCHMARK(BM_output_product_onto_residual)->Arg(0)->Arg(1)->Unit(benchmark::kMic
 
 // The attention's q, k, v products in backward (the input gradient and the three weight gradients):
 // arg 0 three products each, the input gradient summed over three products (two read it back); arg 1
-// one product each over the [N, 3D] gradients side by side (what the model runs), plus the three adds
-// of the stacked weight gradient into the parameters' gradients.
+// one product each over the [N, 3D] gradients side by side (what the model runs), plus what that costs
+// besides: dv's copy into its columns and the three adds of the stacked weight gradient into the
+// parameters' gradients.
 void BM_qkv_backward_products(benchmark::State& state) {
   if (!device_ready(state)) return;
   const bool stacked = state.range(0) == 1;
   state.SetLabel(stacked ? "one product each" : "three products each");
   const int64_t d = kModel;
-  const Tensor d_qkv = random_on_device({kTokens, 3 * d}, 20, DType::BF16);
+  Tensor d_qkv = random_on_device({kTokens, 3 * d}, 20, DType::BF16);
   const Tensor w_qkv = random_on_device({3 * d, d}, 21, DType::BF16);
   const Tensor x = random_on_device({kTokens, d}, 22, DType::BF16);
   // The three gradients and weights as separate tensors (arg 0 reads these).
@@ -227,6 +228,7 @@ void BM_qkv_backward_products(benchmark::State& state) {
   for (int i = 0; i < 3; ++i) w_grads.push_back(Tensor::zeros({d, d}, DType::F32, Device::CUDA));
   time_on_device(state, 4.0 * 3 * kTokens * d * d, [&] {
     if (stacked) {
+      kernels::copy_into_columns(grads[2], d_qkv, 2 * d);
       kernels::gemm(d_qkv, true, x, false, dw);
       for (int i = 0; i < 3; ++i) kernels::add_(w_grads[i], dw.slice(i * d, (i + 1) * d));
       kernels::gemm(d_qkv, false, w_qkv, false, dx);

@@ -43,6 +43,7 @@ void scale_(Tensor& y, float alpha) {
 
 void copy_into_columns(const Tensor& src, Tensor& dst, int64_t first_column) {
   checks::copy_into_columns(src, dst, first_column);
+  if (src.numel() == 0) return;
   const size_t value = dtype_size(src.dtype()), row = static_cast<size_t>(src.dim(1)) * value;
   const auto* from = static_cast<const char*>(src.raw());
   auto* to = static_cast<char*>(dst.raw()) + static_cast<size_t>(first_column) * value;
