@@ -231,10 +231,11 @@ TrainingResult run_training(const TrainingOptions& options, Communicator& world)
   const std::string run_dir = t.run_dir();
   const bool resuming = !options.resume_dir.empty();
   const Device device = select_device(cfg.runtime());
-  warn_if_attention_falls_back(cfg.model(), device);
   // The ranks as this device's collectives need them: NCCL when every rank has its own GPU, else
-  // the world moving device tensors through host copies (also on the CPU).
+  // the world moving device tensors through host copies (also on the CPU). It picks each rank's GPU,
+  // so it comes before anything that makes the CUDA context (the attention check below does).
   const std::unique_ptr<Communicator> ranks = make_device_communicator(world, device);
+  warn_if_attention_falls_back(cfg.model(), device);
   if (ranks->size() > 1 && device == Device::CUDA)
     EG_LOG_INFO("collectives over ", ranks->size(), " ranks: ",
                 ranks->backend() == "nccl" ? "NCCL (every rank has a GPU of its own)"

@@ -38,20 +38,29 @@ const kernels::RopeTables& Attention::rope_tables(int64_t seq_len, Device device
   return rope_;
 }
 
+Tensor Attention::stacked_qkv() const {
+  const int64_t d = wq_.value.dim(0);
+  Tensor w_qkv = Tensor::empty({3 * d, d}, DType::F32, wq_.value.device());
+  w_qkv.slice(0, d).copy_from(wq_.value);
+  w_qkv.slice(d, 2 * d).copy_from(wk_.value);
+  w_qkv.slice(2 * d, 3 * d).copy_from(wv_.value);
+  return w_qkv;
+}
+
 Tensor Attention::forward(const Tensor& x, const Tensor& residual) {
   EG_ASSERT(x.ndim() == 3, "attention input must be [B, T, D], got ", shape_str(x.shape()));
   const int64_t batch = x.dim(0), seq = x.dim(1);
   const Shape heads_shape{batch, seq, n_heads_, head_dim_};
   const kernels::RopeTables& rope = rope_tables(seq, x.device());
   x_ = kernels::matmul_operand(x);
-  // W_q, W_k and W_v stacked [3D, D], as the products take them: the forward multiplies each block,
-  // the backward the whole (one product for dx, one for the three weight gradients).
+  // Under rounded operands W_q, W_k and W_v are rounded once, stacked, and kept for the backward's
+  // product over the whole; float32 operands are the parameters themselves (nothing kept).
   const int64_t d = x.dim(2);
-  Tensor w_qkv = Tensor::empty({3 * d, d}, DType::F32, x.device());
-  w_qkv.slice(0, d).copy_from(wq_.value);
-  w_qkv.slice(d, 2 * d).copy_from(wk_.value);
-  w_qkv.slice(2 * d, 3 * d).copy_from(wv_.value);
-  wqkv_operand_ = kernels::matmul_operand(w_qkv);
+  wqkv_operand_ =
+      kernels::matmul_operand_dtype(x.device()) == DType::F32 ? Tensor() : kernels::matmul_operand(stacked_qkv());
+  const Tensor wq = wqkv_operand_.defined() ? wqkv_operand_.slice(0, d) : wq_.value;
+  const Tensor wk = wqkv_operand_.defined() ? wqkv_operand_.slice(d, 2 * d) : wk_.value;
+  const Tensor wv = wqkv_operand_.defined() ? wqkv_operand_.slice(2 * d, 3 * d) : wv_.value;
   wo_operand_ = kernels::matmul_operand(wo_.value);
   // q and k are rotated in f32, then written in the dtype the attention reads (bf16 for the CUDA
   // tensor-core kernels: rounded once rotated, where those kernels would round them); v goes there
@@ -60,9 +69,9 @@ Tensor Attention::forward(const Tensor& x, const Tensor& residual) {
   Tensor q_rows = Tensor::empty(x.shape(), DType::F32, x.device());
   Tensor k_rows = Tensor::empty(x.shape(), DType::F32, x.device());
   v_ = Tensor::empty(x.shape(), operands, x.device());
-  kernels::gemm(x_, false, wqkv_operand_.slice(0, d), true, q_rows);
-  kernels::gemm(x_, false, wqkv_operand_.slice(d, 2 * d), true, k_rows);
-  kernels::gemm(x_, false, wqkv_operand_.slice(2 * d, 3 * d), true, v_);
+  kernels::gemm(x_, false, wq, true, q_rows);
+  kernels::gemm(x_, false, wk, true, k_rows);
+  kernels::gemm(x_, false, wv, true, v_);
   q_ = Tensor::empty(heads_shape, operands, x.device());
   k_ = Tensor::empty(heads_shape, operands, x.device());
   v_ = v_.view(heads_shape);
@@ -113,7 +122,7 @@ Tensor Attention::backward(const Tensor& dy_in) {
   kernels::add_(wk_.grad, dw_qkv.slice(d, 2 * d));
   kernels::add_(wv_.grad, dw_qkv.slice(2 * d, 3 * d));
   Tensor dx = Tensor::empty(model_shape, DType::F32, dy.device());
-  kernels::gemm(d_qkv, false, wqkv_operand_, false, dx);
+  kernels::gemm(d_qkv, false, wqkv_operand_.defined() ? wqkv_operand_ : stacked_qkv(), false, dx);
   return dx;
 }
 

@@ -23,6 +23,8 @@ class Attention {
  private:
   // RoPE tables covering at least `seq_len` positions (rebuilt only when a longer sequence comes).
   const kernels::RopeTables& rope_tables(int64_t seq_len, Device device);  // made on first need
+  // W_q, W_k and W_v copied into one [3D, D] float32 matrix: the backward's dx is one product with it.
+  Tensor stacked_qkv() const;
 
   int64_t n_heads_, head_dim_;
   double rope_theta_;
@@ -32,7 +34,8 @@ class Attention {
   Parameter& wo_;
   kernels::RopeTables rope_;
   // As the products take them (kernels::matmul_operand, rounded once per forward): the input
-  // [B, T, D], W_q, W_k and W_v stacked [3D, D], and W_o, for backward.
+  // [B, T, D], W_q, W_k and W_v stacked [3D, D] (only when rounded: float32 operands are the
+  // parameters, stacked by the backward for its one product), and W_o, for backward.
   Tensor x_, wqkv_operand_, wo_operand_;
   // q_, k_ after RoPE; all [B, T, H, d_h] except lse_ [B, H, T]; q_, k_, v_, o_ in the dtype the
   // attention reads (kernels::attention_operand_dtype), which its tensor-core kernels also write o in.

@@ -155,8 +155,9 @@ Tensor MoELayer::forward(const Tensor& x_in, const LossWeights& weights, const T
                        s->topk_idx, s->topk_w);
   // Loads: this rank's assignments per global expert (the trainer sums them over ranks).
   load_.assign(n_experts, 0);
-  // The output starts as the shared experts' (written onto the residual when there is one) or as the
-  // residual; the routed experts' sum is added onto it. Neither: the routed sum is the output.
+  // The output starts as the shared experts' (written onto the residual when there is one) or as a
+  // copy of the residual (the block keeps the residual for its norm's backward; the combine adds in
+  // place); the routed experts' sum is added onto it. Neither: the routed sum is the output.
   const Tensor residual_rows = residual.defined() ? residual.view({n, d}) : Tensor();
   Tensor y_flat = shared_              ? shared_->forward(x_operand, residual_rows)
                   : residual.defined() ? residual_rows.clone()

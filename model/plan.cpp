@@ -53,20 +53,20 @@ int64_t matmul_weights(const ModelConfig& m, int64_t routed_experts) {
 }
 
 // Bytes per value of the saved activations that the GPU keeps in bf16 under bf16 matmuls (float32
-// everywhere else): what products take (operands), the attention's q, k, v, o (its tensor-core head
-// dims; at 128 only where the GPU has the shared memory, as an H100 does and an RTX 4090 does not:
-// the plan assumes it), and the routed experts' outputs (one process: a dispatcher exchanges f32).
+// everywhere else): what products take and write for elementwise kernels (operands; the routed
+// experts' outputs too, also as a dispatcher brings them home), and the attention's q, k, v, o (its
+// tensor-core head dims; at 128 only where the GPU has the shared memory, as an H100 does and an
+// RTX 4090 does not: the plan assumes it).
 struct ActivationWidths {
-  int64_t operand = kF32, attention = kF32, expert_out = kF32;
+  int64_t operand = kF32, attention = kF32;
 };
 
-ActivationWidths activation_widths(const ExperimentConfig& cfg, int64_t world) {
+ActivationWidths activation_widths(const ExperimentConfig& cfg) {
   ActivationWidths w;
   if (cfg.runtime().device() != config::CUDA || cfg.runtime().matmul_precision() != config::BF16) return w;
   const ModelConfig& m = cfg.model();
   w.operand = kBf16;
   w.attention = kernels::tensor_core_attention_head_dim(head_dim(m)) ? kBf16 : kF32;
-  w.expert_out = world == 1 ? kBf16 : kF32;
   return w;
 }
 
@@ -89,13 +89,13 @@ ActivationsPerToken activations_per_token(const ModelConfig& m, const Activation
     const auto& e = m.moe();
     const int64_t k = e.top_k(), fe = e.expert_d_ff(), experts = e.n_routed_experts();
     const int64_t shared = int64_t{e.n_shared_experts()} * fe;
-    a.moe_layer_ffn = kF32 * d                               // normed input (the router's, float32)
-                      + kF32 * 2 * experts                   // router logits, scores
-                      + kF32 * 4 * k                         // top-k ids and weights, sort order, positions
-                      + w.operand * k * d                    // gathered inputs
-                      + w.expert_out * k * d                 // expert outputs
-                      + w.operand * 3 * k * fe               // expert gate, up, act
-                      + w.operand * 3 * shared               // shared expert gate, up, act
+    a.moe_layer_ffn = kF32 * d                  // normed input (the router's, float32)
+                      + kF32 * 2 * experts      // router logits, scores
+                      + kF32 * 4 * k            // top-k ids and weights, sort order, positions
+                      + w.operand * k * d       // gathered inputs
+                      + w.operand * k * d       // expert outputs
+                      + w.operand * 3 * k * fe  // expert gate, up, act
+                      + w.operand * 3 * shared  // shared expert gate, up, act
                       + (shared > 0 && w.operand != kF32 ? w.operand * d : 0)  // the shared experts' input copy
                       + kF32 * ((e.aux_loss_coeff() > 0 ? experts : 0) + (e.z_loss_coeff() > 0 ? experts : 0));
   }
@@ -161,7 +161,7 @@ MemoryEstimate estimate_memory(const ExperimentConfig& cfg, const PlanLayout& la
       mem.table_row_grads += held * (kF32 * m.engram().head_dim() + kI64);
     }
   }
-  mem.activations = activation_bytes(m, activation_widths(cfg, world), mem.micro_batch * t.seq_len());
+  mem.activations = activation_bytes(m, activation_widths(cfg), mem.micro_batch * t.seq_len());
   if (cfg.runtime().device() == config::CUDA) {
     mem.device_extra = static_cast<int64_t>(kCublasWorkspaceBytes);
     // bf16 matmuls: the copies of every weight the products take, rounded once per forward and kept

@@ -2,15 +2,17 @@
 # One command for the GPU machine: configure with the CUDA backend, build with every core, run the
 # gpu suite (CUDA kernels and the model against the CPU reference), the CPU suites (unit, gradcheck),
 # the parallel suite (mpirun; its GPU tests run here), the step benchmark (benchmarks/step_time on the
-# configs in ENGRAM_BENCH_CONFIGS) and the kernel benchmarks (benchmarks/bench_cuda_kernels; set
-# ENGRAM_KERNEL_BENCH=0 to skip them), and print a table last. Full logs go to ${OUT:-/tmp/gpu-check}. Installs nothing (the GPU machine has
-# no package registry): it needs cmake, ninja, nvcc and the Debian/Ubuntu -dev packages already there.
+# configs in ENGRAM_BENCH_CONFIGS) and the kernel benchmarks (benchmarks/bench_cuda_kernels), and
+# print a table last. Full logs go to ${OUT:-/tmp/gpu-check}. Installs nothing (the GPU machine has no
+# package registry): it needs cmake, ninja, nvcc and the Debian/Ubuntu -dev packages already there.
 #   scripts/gpu-check.sh                      everything
 #   scripts/gpu-check.sh -R CudaGemm          extra ctest arguments apply to the gpu suite only
-# ENGRAM_BUILD_DIR (default build-gpu), ENGRAM_CUDA_ARCHITECTURES (default 90a, the H100),
-# ENGRAM_JOBS (default: all cores), ENGRAM_BENCH_CONFIGS (default configs/h100-bench.pbtxt and
-# configs/4090-1b.pbtxt; empty skips the benchmark) and ENGRAM_BENCH_PRECISIONS (default BF16; e.g.
-# "BF16 FLOAT32") adjust it.
+# ENGRAM_SUITES (default "gpu cpu parallel"; "gpu" alone, or "" for benchmarks only: a second call on
+# a warm machine reuses the build), ENGRAM_BUILD_DIR (default build-gpu), ENGRAM_CUDA_ARCHITECTURES
+# (default 90a, the H100), ENGRAM_JOBS (default: all cores), ENGRAM_BENCH_CONFIGS (default
+# configs/h100-bench.pbtxt and configs/4090-1b.pbtxt; empty skips the step benchmark),
+# ENGRAM_BENCH_PRECISIONS (default BF16; e.g. "BF16 FLOAT32") and ENGRAM_KERNEL_BENCH (0 skips the
+# kernel benchmarks) adjust it. A gpu suite that a visible GPU leaves entirely skipped fails the check.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,7 +20,9 @@ out=${OUT:-/tmp/gpu-check}
 build_dir=${ENGRAM_BUILD_DIR:-build-gpu}
 archs=${ENGRAM_CUDA_ARCHITECTURES:-90a}
 jobs=${ENGRAM_JOBS:-$(nproc)}
+suites=" ${ENGRAM_SUITES-gpu cpu parallel} "
 mkdir -p "$out"
+rm -f "$out/step_time.jsonl"
 
 # The device as the driver sees it, for the record.
 device="none found (no nvidia-smi)"
@@ -52,13 +56,19 @@ step build "$out/build.log" cmake --build "$build_dir" -j "$jobs"
 
 export OPENBLAS_NUM_THREADS=1
 status=0
-step "ctest -L gpu" "$out/ctest-gpu.log" \
-  ctest --test-dir "$build_dir" -L gpu -j 4 --output-on-failure --output-junit "$out/ctest-gpu.xml" "$@" || status=1
-step "ctest -L 'unit|gradcheck'" "$out/ctest-cpu.log" \
-  ctest --test-dir "$build_dir" -L 'unit|gradcheck' -j "$jobs" --output-on-failure || status=1
+if [[ $suites == *" gpu "* ]]; then
+  step "ctest -L gpu" "$out/ctest-gpu.log" \
+    ctest --test-dir "$build_dir" -L gpu -j 4 --output-on-failure --output-junit "$out/ctest-gpu.xml" "$@" || status=1
+fi
+if [[ $suites == *" cpu "* ]]; then
+  step "ctest -L 'unit|gradcheck'" "$out/ctest-cpu.log" \
+    ctest --test-dir "$build_dir" -L 'unit|gradcheck' -j "$jobs" --output-on-failure || status=1
+fi
 # The parallel suite (mpirun): its CUDA-tensor and GPU-run tests skip elsewhere.
-step "ctest -L parallel" "$out/ctest-parallel.log" \
-  ctest --test-dir "$build_dir" -L parallel -j "$jobs" --output-on-failure || status=1
+if [[ $suites == *" parallel "* ]]; then
+  step "ctest -L parallel" "$out/ctest-parallel.log" \
+    ctest --test-dir "$build_dir" -L parallel -j "$jobs" --output-on-failure || status=1
+fi
 bench_configs=${ENGRAM_BENCH_CONFIGS-configs/h100-bench.pbtxt configs/4090-1b.pbtxt}
 for config in $bench_configs; do
   for precision in ${ENGRAM_BENCH_PRECISIONS:-BF16}; do
@@ -78,6 +88,7 @@ fi
 echo
 printf '%-22s %6s %6s %6s %8s\n' suite tests passed failed skipped
 for pair in "gpu:$out/ctest-gpu.log" "unit|gradcheck:$out/ctest-cpu.log" "parallel:$out/ctest-parallel.log"; do
+  [ -f "${pair#*:}" ] || continue
   awk -v suite="${pair%%:*}" '
     / Test +#[0-9]+: / {
       total++
@@ -87,6 +98,13 @@ for pair in "gpu:$out/ctest-gpu.log" "unit|gradcheck:$out/ctest-cpu.log" "parall
     }
     END { printf "%-22s %6d %6d %6d %8d\n", suite, total, passed, failed, skipped }' "${pair#*:}"
 done
+# Every GPU test skips without a device: with one visible, a wholly skipped gpu suite is a failure.
+if [ -f "$out/ctest-gpu.log" ] && [ "$device" != "none found (no nvidia-smi)" ] &&
+   awk '/ Test +#[0-9]+: / { total++; if ($0 ~ /\*\*\*Skipped/) skipped++ }
+        END { exit !(total > 0 && skipped == total) }' "$out/ctest-gpu.log"; then
+  echo "gpu-check: nvidia-smi sees a GPU ($device) but every gpu test skipped: the tests found no CUDA device"
+  status=1
+fi
 if [ -s "$out/step_time.jsonl" ]; then
   echo
   printf '%-34s %-8s %10s %12s %7s %10s\n' config matmul ms/step tokens/s MFU 'peak GiB'

@@ -34,9 +34,11 @@ __global__ void rope_kernel(const float* x, const float* cos, const float* sin, 
     Floats<kVec> rotated_lo, rotated_hi;
 #pragma unroll
     for (int k = 0; k < kVec; ++k) {
+      // Rounded products, no fused multiply-adds: the CPU's arithmetic, and the same in every instance
+      // (the f32 and bf16 outputs differ by the rounding only).
       const float sn = sign * s.v[k];
-      rotated_lo.v[k] = a.v[k] * c.v[k] - z.v[k] * sn;
-      rotated_hi.v[k] = a.v[k] * sn + z.v[k] * c.v[k];
+      rotated_lo.v[k] = __fsub_rn(__fmul_rn(a.v[k], c.v[k]), __fmul_rn(z.v[k], sn));
+      rotated_hi.v[k] = __fadd_rn(__fmul_rn(a.v[k], sn), __fmul_rn(z.v[k], c.v[k]));
     }
     store_floats<kVec>(out + out_lo, rotated_lo);
     store_floats<kVec>(out + out_lo + half, rotated_hi);

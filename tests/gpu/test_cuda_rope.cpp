@@ -1,7 +1,8 @@
 // CUDA RoPE against the CPU one: forward and inverse rotation, in place and into another tensor, with
-// tables longer than the sequence (rows 0..T−1 used), one pair a thread (odd pairs per head) and four. The GPU fuses
-// the multiply-adds of each rotation: rtol 1e-6, atol 1e-6. The rotation into a bf16 tensor holds the GPU's f32
-// rotation rounded to nearest even, bit for bit.
+// tables longer than the sequence (rows 0..T−1 used), one pair a thread (odd pairs per head) and four. The GPU
+// rounds each product as the CPU does (no fused multiply-adds); rtol 1e-6, atol 1e-6 leave room for a CPU build
+// that contracts them. The rotation into a bf16 tensor holds the GPU's f32 rotation rounded to nearest even, bit for
+// bit.
 #include <gtest/gtest.h>
 
 #include <random>
