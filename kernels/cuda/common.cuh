@@ -293,6 +293,7 @@ __global__ void column_chunk_sums_kernel(ChunkSum chunk_sum, int64_t rows, int64
 }
 
 // out[col] += Σ_chunk partial[chunk, col], chunks in ascending order (kernels/cuda/column_sums.cu).
+constexpr int kChunkSumColumns = 32, kChunkSumThreads = 256;  // add_chunk_sums_kernel's block
 __global__ void add_chunk_sums_kernel(const double* partial, int64_t chunks, int64_t cols, float* out);
 
 // The row chunks of a column sum, also for kernels that make the partial sums themselves (fused with
@@ -306,7 +307,8 @@ struct RowChunks {
 
 // The second stage: out[col] += Σ_chunk partial[chunk, col] (partial: device_doubles(chunks·cols)).
 inline void add_chunk_sums(const Tensor& partial, int64_t chunks, int64_t cols, float* out) {
-  add_chunk_sums_kernel<<<grid_for(cols), kThreads, 0, compute_stream()>>>(doubles(partial), chunks, cols, out);
+  const auto blocks = static_cast<unsigned>((cols + kChunkSumColumns - 1) / kChunkSumColumns);
+  add_chunk_sums_kernel<<<blocks, kChunkSumThreads, 0, compute_stream()>>>(doubles(partial), chunks, cols, out);
   EG_CUDA_CHECK_LAUNCH("add_chunk_sums_kernel");
 }
 
