@@ -66,6 +66,7 @@ int main(int argc, char** argv) {
   return engram::cli::run_tool(app, "engram-train", argc, argv, [&] {
     if (options.config_path.empty() && options.resume_dir.empty())
       throw engram::Error("one of --config FILE or --resume RUN_DIR is required");
+    engram::check_world_spans_the_launch(*world);
     // Several ranks: an error on one must end all of them (the others would wait in a collective).
     if (world->size() == 1) return engram::run(options, *world);
     return engram::run_or_abort_all(*world, [&] { return engram::run(options, *world); });

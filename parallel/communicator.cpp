@@ -356,6 +356,23 @@ std::unique_ptr<Communicator> make_world_communicator(int* argc, char*** argv) {
   return make_local_communicator();
 }
 
+void check_world_spans_the_launch(const Communicator& world) {
+  if (world.size() != 1) return;
+  // The launcher's task count: an MPI launcher's own, else (none of its variables set) an srun step's.
+  const char* var = nullptr;
+  for (const char* name : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE"})
+    if (var == nullptr && std::getenv(name) != nullptr) var = name;
+  if (var == nullptr && std::getenv("PMIX_RANK") == nullptr && std::getenv("SLURM_STEP_NUM_TASKS") != nullptr)
+    var = "SLURM_STEP_NUM_TASKS";
+  if (var == nullptr) return;
+  const std::string tasks = std::getenv(var);
+  if (tasks == "1") return;
+  EG_FAIL("this process was started as one of ", var, " = ", tasks, " tasks but is a world of one: ",
+          built_with_mpi() ? "its launcher set no MPI environment (use srun --mpi=pmix, or mpirun)"
+                           : "this build has no MPI (configure where an MPI library is found)",
+          "; otherwise every task would train alone into the same run directory");
+}
+
 int run_or_abort_all(Communicator& world, const std::function<int()>& body) {
   try {
     return body();

@@ -258,6 +258,11 @@ bool built_with_nccl();
 // so keep the world alive for the whole program.
 std::unique_ptr<Communicator> make_world_communicator(int* argc, char*** argv);
 
+// Refuses (engram::Error) a world of one in a process its launcher started as one of several tasks
+// (mpirun under a build without MPI; srun without --mpi=pmix, whose tasks see no MPI launcher):
+// those tasks would each train alone, all writing the same run directory.
+void check_world_spans_the_launch(const Communicator& world);
+
 // The communicator a run on `device` trains with, made from the world (parallel/device_communicator.cpp).
 // Collective over world, which stays the caller's (keep it alive: it owns MPI). On CUDA it first
 // gives this rank its GPU: local rank (world.split_node()) modulo the GPUs it sees, before the CUDA

@@ -7,13 +7,15 @@
 // one hands its buffers to its PendingCollective, which frees them only after it has made the compute
 // stream wait (wait()), with the same effect; its scratch is freed once the communication stream has
 // finished with it (hand_over_scratch).
+#include "parallel/nccl_communicator.h"
+
 #include <nccl.h>
 
 #include <cstring>
 #include <deque>
+#include <exception>
 #include <type_traits>
 
-#include "parallel/nccl_communicator.h"
 #include "parallel/ordered_sum.h"
 #include "parallel/process_groups.h"
 #include "runtime/cuda/check.h"
@@ -107,11 +109,18 @@ class NcclCommunicator final : public Communicator {
     EG_CUDA_CHECK(cudaEventCreateWithFlags(&comm_done_, cudaEventDisableTiming));
   }
   ~NcclCommunicator() override {
-    // No throwing here: a failed run is already reporting its first error.
-    (void)cudaStreamSynchronize(stream_);
+    // No throwing here: a failed run is already reporting its first error. Unwinding from one, this
+    // rank's peers may be waiting on it (in NCCL or MPI) until run_or_abort_all aborts the job:
+    // ncclCommAbort ends its operations without waiting for them, where ncclCommDestroy may not.
+    const bool failing = std::uncaught_exceptions() > 0;
+    if (!failing) (void)cudaStreamSynchronize(stream_);
     for (InFlightScratch& s : scratch_in_flight_) (void)cudaEventDestroy(s.done);
     scratch_in_flight_.clear();
-    ncclCommDestroy(comm_);
+    if (failing) {
+      ncclCommAbort(comm_);
+    } else {
+      ncclCommDestroy(comm_);
+    }
     (void)cudaEventDestroy(compute_ready_);
     (void)cudaEventDestroy(comm_done_);
     (void)cudaStreamDestroy(stream_);

@@ -425,6 +425,20 @@ TEST_F(TrainCli, MissingArgumentsFail) {
   expect_clean_failure(train({"--config"}), {"--config"});
 }
 
+// srun without --mpi=pmix starts its tasks outside any MPI world: each would train alone.
+TEST_F(TrainCli, TasksOfALauncherOutsideOneWorldFail) {
+  const fs::path config = write_config("c.pbtxt", dir_ / "run", 5, 0);
+  ASSERT_EQ(setenv("SLURM_STEP_NUM_TASKS", "3", 1), 0);
+  const Outcome three_tasks = train({"--config", config.string()});
+  const bool run_dir_made = fs::exists(dir_ / "run");
+  ASSERT_EQ(setenv("SLURM_STEP_NUM_TASKS", "1", 1), 0);
+  const Outcome one_task = train({"--config", config.string()});
+  unsetenv("SLURM_STEP_NUM_TASKS");
+  expect_clean_failure(three_tasks, {"SLURM_STEP_NUM_TASKS = 3", "world of one"});
+  EXPECT_FALSE(run_dir_made);
+  EXPECT_EQ(one_task.exit_code, 0) << one_task.output;
+}
+
 TEST_F(TrainCli, MissingShardFails) {
   const fs::path missing = dir_ / "no_such_shard.bin";
   const fs::path config = write_config("c.pbtxt", dir_ / "run", 5, 0);
