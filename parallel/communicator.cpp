@@ -2,6 +2,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <initializer_list>
 #include <numeric>
 
 #include "runtime/trace_range.h"
@@ -347,23 +348,32 @@ bool built_with_nccl() {
 #endif
 }
 
+namespace {
+
+// The first of `names` set in this process's environment, else nullptr.
+const char* first_set(std::initializer_list<const char*> names) {
+  for (const char* name : names)
+    if (std::getenv(name) != nullptr) return name;
+  return nullptr;
+}
+
+// Open MPI, MPICH/Hydra and PMIx launchers (srun --mpi=pmix) each set one of these.
+bool started_by_an_mpi_launcher() { return first_set({"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"}) != nullptr; }
+
+}  // namespace
+
 std::unique_ptr<Communicator> make_world_communicator(int* argc, char*** argv) {
 #ifdef ENGRAM_HAVE_MPI
-  // Open MPI, MPICH/Hydra and PMIx launchers (srun --mpi=pmix) each set one of these.
-  for (const char* var : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"})
-    if (std::getenv(var) != nullptr) return make_mpi_world_communicator(argc, argv);
+  if (started_by_an_mpi_launcher()) return make_mpi_world_communicator(argc, argv);
 #endif
   return make_local_communicator();
 }
 
 void check_world_spans_the_launch(const Communicator& world) {
   if (world.size() != 1) return;
-  // The launcher's task count: an MPI launcher's own, else (none of its variables set) an srun step's.
-  const char* var = nullptr;
-  for (const char* name : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE"})
-    if (var == nullptr && std::getenv(name) != nullptr) var = name;
-  if (var == nullptr && std::getenv("PMIX_RANK") == nullptr && std::getenv("SLURM_STEP_NUM_TASKS") != nullptr)
-    var = "SLURM_STEP_NUM_TASKS";
+  // The launcher's task count: an MPI launcher's own, else (no MPI launcher) an srun step's.
+  const char* var = first_set({"OMPI_COMM_WORLD_SIZE", "PMI_SIZE"});
+  if (var == nullptr && !started_by_an_mpi_launcher()) var = first_set({"SLURM_STEP_NUM_TASKS"});
   if (var == nullptr) return;
   const std::string tasks = std::getenv(var);
   if (tasks == "1") return;

@@ -22,7 +22,7 @@ archs=${ENGRAM_CUDA_ARCHITECTURES:-90a}
 jobs=${ENGRAM_JOBS:-$(nproc)}
 suites=" ${ENGRAM_SUITES-gpu cpu parallel} "
 mkdir -p "$out"
-rm -f "$out/step_time.jsonl"
+rm -f "$out"/ctest-*.log "$out/step_time.jsonl" "$out/bench_cuda_kernels.log"  # a reused OUT: this run's only
 
 # The device as the driver sees it, for the record.
 device="none found (no nvidia-smi)"
@@ -83,28 +83,31 @@ if [ "${ENGRAM_KERNEL_BENCH:-1}" != 0 ]; then
   step bench_cuda_kernels "$out/bench_cuda_kernels.log" "$build_dir/benchmarks/bench_cuda_kernels" || status=1
 fi
 
-# One row per log: ctest's per-test lines read "N/M Test #K: name ....   Passed   0.1 sec"
-# (or ***Failed, ***Skipped, ***Timeout, ***Exception, Not Run).
-echo
-printf '%-22s %6s %6s %6s %8s\n' suite tests passed failed skipped
-for pair in "gpu:$out/ctest-gpu.log" "unit|gradcheck:$out/ctest-cpu.log" "parallel:$out/ctest-parallel.log"; do
-  [ -f "${pair#*:}" ] || continue
-  awk -v suite="${pair%%:*}" '
+# "total passed failed skipped" of a ctest log, whose per-test lines read
+# "N/M Test #K: name ....   Passed   0.1 sec" (or ***Failed, ***Skipped, ***Timeout, ***Exception, Not Run).
+test_counts() {
+  awk '
     / Test +#[0-9]+: / {
       total++
       if ($0 ~ /\*\*\*Skipped/) skipped++
       else if ($0 ~ / Passed /) passed++
       else failed++
     }
-    END { printf "%-22s %6d %6d %6d %8d\n", suite, total, passed, failed, skipped }' "${pair#*:}"
+    END { print total + 0, passed + 0, failed + 0, skipped + 0 }' "$1"
+}
+echo
+printf '%-22s %6s %6s %6s %8s\n' suite tests passed failed skipped
+for pair in "gpu:$out/ctest-gpu.log" "unit|gradcheck:$out/ctest-cpu.log" "parallel:$out/ctest-parallel.log"; do
+  [ -f "${pair#*:}" ] || continue
+  read -r total passed failed skipped < <(test_counts "${pair#*:}")
+  printf '%-22s %6d %6d %6d %8d\n' "${pair%%:*}" "$total" "$passed" "$failed" "$skipped"
+  # Every GPU test skips without a device: with one visible, a wholly skipped gpu suite is a failure.
+  if [ "${pair%%:*}" = gpu ] && [ "$device" != "none found (no nvidia-smi)" ] && [ "$total" -gt 0 ] &&
+     [ "$skipped" -eq "$total" ]; then
+    echo "gpu-check: nvidia-smi sees a GPU ($device) but every gpu test skipped: the tests found no CUDA device"
+    status=1
+  fi
 done
-# Every GPU test skips without a device: with one visible, a wholly skipped gpu suite is a failure.
-if [ -f "$out/ctest-gpu.log" ] && [ "$device" != "none found (no nvidia-smi)" ] &&
-   awk '/ Test +#[0-9]+: / { total++; if ($0 ~ /\*\*\*Skipped/) skipped++ }
-        END { exit !(total > 0 && skipped == total) }' "$out/ctest-gpu.log"; then
-  echo "gpu-check: nvidia-smi sees a GPU ($device) but every gpu test skipped: the tests found no CUDA device"
-  status=1
-fi
 if [ -s "$out/step_time.jsonl" ]; then
   echo
   printf '%-34s %-8s %10s %12s %7s %10s\n' config matmul ms/step tokens/s MFU 'peak GiB'

@@ -101,8 +101,8 @@ struct PlanKey {
   DType output;
   int64_t m, n, k;
   bool trans_a, trans_b;
-  uint32_t align_a, align_b,
-      align_c;  // align_c: the smaller of cuBLASLt's C and D (gemm_plus reads one, writes the other)
+  // align_c: the smaller of cuBLASLt's C and D alignments (gemm_plus reads one, writes the other).
+  uint32_t align_a, align_b, align_c;
   auto operator<=>(const PlanKey&) const = default;
 };
 

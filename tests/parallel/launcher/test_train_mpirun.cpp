@@ -27,11 +27,9 @@
 #include <vector>
 
 #include "runtime/atomic_file.h"
-#ifdef ENGRAM_HAVE_CUDA
-#include "runtime/cuda/device.h"
-#endif
 #include "runtime/checksum.h"
 #include "runtime/token_shards.h"
+#include "tests/parallel/support/cuda_tensors.h"
 #include "tests/test_util.h"
 #include "text/compression.h"
 
@@ -150,11 +148,7 @@ fs::path rewound_to_step_3(const fs::path& from, const fs::path& to) {
 }
 
 TEST_F(TrainMpirun, TwoRanksSharingOneGpuMatchOneGpuProcess) {
-#ifdef ENGRAM_HAVE_CUDA
-  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
-#else
-  GTEST_SKIP() << "this build has no CUDA backend";
-#endif
+  if (const std::string why = testing_util::why_no_cuda(); !why.empty()) GTEST_SKIP() << why;
   const std::string on_gpu = " --set runtime.device=CUDA --set runtime.matmul_precision=FLOAT32";
   const fs::path cpu_run = dir_ / "run_cpu", gpu_run = dir_ / "run_gpu", two_run = dir_ / "run_gpu_2";
   const Outcome cpu = train(0, "--config " + write_config("cpu.pbtxt", cpu_run).string());
@@ -184,11 +178,7 @@ TEST_F(TrainMpirun, TwoRanksSharingOneGpuMatchOneGpuProcess) {
 // run's, only the input-gradient sums and the routing stay as they were (at this test's d_model 16,
 // about 0.6 of the bytes whether one or two output rows return per token row sent; under 0.8 asked).
 TEST_F(TrainMpirun, TwoRanksSharingOneGpuStayCloseToOneGpuProcessUnderBf16) {
-#ifdef ENGRAM_HAVE_CUDA
-  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
-#else
-  GTEST_SKIP() << "this build has no CUDA backend";
-#endif
+  if (const std::string why = testing_util::why_no_cuda(); !why.empty()) GTEST_SKIP() << why;
   const std::string bf16 = " --set runtime.device=CUDA --set runtime.matmul_precision=BF16";
   const fs::path one_run = dir_ / "run_bf16", two_run = dir_ / "run_bf16_2";
   const Outcome one = train(0, "--config " + write_config("one.pbtxt", one_run).string() + bf16);

@@ -14,14 +14,19 @@
 
 namespace engram::testing_util {
 
+// Why a test that needs a GPU cannot run here; empty where it can.
+inline std::string why_no_cuda() {
+#ifdef ENGRAM_HAVE_CUDA
+  return cuda_device_count() == 0 ? "no CUDA device; these tests run on a GPU machine" : "";
+#else
+  return "this build has no CUDA backend";
+#endif
+}
+
 class CudaTensorTest : public ::testing::Test {
  protected:
   void SetUp() override {
-#ifdef ENGRAM_HAVE_CUDA
-    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device; these tests run on a GPU machine";
-#else
-    GTEST_SKIP() << "this build has no CUDA backend";
-#endif
+    if (const std::string why = why_no_cuda(); !why.empty()) GTEST_SKIP() << why;
   }
 };
 
